@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Broadcast benchmark: uwsgi_ws against WebSocket peers, side by side.
+
+Usage (after ``bash bench/setup.sh``)::
+
+    python bench/run.py                    # R=3 interleaved rounds, full matrix
+    python bench/run.py --quick            # 1 round, N=100, small M (< 3 min)
+    python bench/run.py --servers websockets,uwsgi_ws --rounds 5 --clients 100,1000 --sizes 100,16384
+
+Every server implements one contract (``GET /ws`` receive-only WebSocket,
+``POST /publish`` broadcasts the body). For each round, each scenario and
+each server (order rotated per round) the server is started fresh on a free
+port, driven by ``client/load.js``, measured (process-tree CPU over the
+throughput phase, summed VmHWM) and stopped by pid; the report gives medians
+over rounds. Only the standard library is needed to run this file; servers
+run from ``bench/.venv`` (override with ``BENCH_VENV``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.client import run_client
+from harness.proc import ManagedProcess, free_port, peak_rss_mib, stop_all, wait_http
+from harness.report import aggregate, machine_line, markdown
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = Path(os.environ.get("BENCH_VENV", BENCH / ".venv"))
+SRV = BENCH / "servers"
+RESULTS = BENCH / "results"
+BASELINE = "websockets"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSpec:
+    """How to launch one server under test.
+
+    ``cmd`` items are ``str.format``-ed with: port, py, uwsgi, gunicorn, srv,
+    repo, gevent (async cores for single-process gevent servers), threads
+    (worker threads for thread-per-connection servers), conns.
+    """
+
+    name: str
+    cmd: tuple[str, ...]
+    proto: str = "ws"  # "ws" or "sio" (Engine.IO v4 over WebSocket)
+    max_clients: int = 100_000  # scenarios with more clients are skipped
+    stop_signal: int = signal.SIGINT  # uWSGI: SIGINT = shutdown (SIGTERM = reload)
+    note: str = ""
+
+
+# --------------------------------------------------------------------------
+# All server command lines live here. Additions to the command lines given in
+# the brief, applied to every uWSGI server alike: --listen 1024 (backlog for
+# 1000 simultaneous connects), --need-app (fail at startup instead of serving
+# 500s), --disable-logging (no access log; no server here logs requests).
+# uWSGI declares --mule and --mule-msg-size with an *optional* argument, so
+# they must be written --opt=value (with a space uWSGI takes the value for a
+# config file name and exits).
+UWSGI = ("{uwsgi}", "--master", "--http-socket", "127.0.0.1:{port}", "--listen", "1024",
+         "--need-app", "--disable-logging")
+SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
+    ServerSpec("websockets", ("{py}", "{srv}/websockets_server.py", "{port}"),
+               note="websockets asyncio broadcast(), POST sniffed on the same port"),
+    ServerSpec("flask-socketio", ("{py}", "{srv}/socketio_server.py", "{port}"), proto="sio",
+               note="Flask-SocketIO socketio.run, gevent + gevent-websocket"),
+    ServerSpec("flask-sock", ("{gunicorn}", "--bind", "127.0.0.1:{port}", "--worker-class", "gthread",
+                              "--workers", "1", "--threads", "{threads}", "--worker-connections",
+                              "{conns}", "--backlog", "2048", "--chdir", "{srv}",
+                              "flask_sock_server:app"),
+               note="flask-sock on gunicorn gthread, 1 worker"),
+    ServerSpec("flask-uwsgi-websocket", UWSGI + ("--processes", "1", "--gevent", "{gevent}",
+                                                 "--wsgi-file", "{srv}/flask_uwsgi_ws_server.py",
+                                                 "--callable", "app"),
+               note="Flask-uWSGI-WebSocket 0.6.1 GeventWebSocket (patched for Flask 3)"),
+    ServerSpec("uwsgi-raw", UWSGI + ("--processes", "1", "--gevent", "{gevent}",
+                                     "--wsgi-file", "{srv}/uwsgi_raw_server.py"),
+               note="raw uwsgi.websocket_* API, gevent, no Flask"),
+    ServerSpec("uwsgi_ws", UWSGI + ("--processes", "2", "--gevent", "1000", "--sharedarea", "4096",
+                                    "--mule=uwsgi_ws.mule:run", "--mule-msg-size=65536",
+                                    "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
+                                    "--pythonpath", "{repo}"),
+               note="our package, 2 gevent workers + mule"),
+    ServerSpec("uwsgi_ws-threads", UWSGI + ("--processes", "2", "--threads", "600",
+                                            "--sharedarea", "4096", "--mule=uwsgi_ws.mule:run",
+                                            "--mule-msg-size=65536",
+                                            "--wsgi-file", "{srv}/uwsgi_ws_app.py",
+                                            "--callable", "app", "--pythonpath", "{repo}"),
+               max_clients=1100, note="our package, 2 workers x 600 threads + mule"),
+    ServerSpec("node-ws", ("node", "{srv}/node_ws_server.js", "{port}"),
+               note="Node ws: the load client's own ceiling"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One client session: N clients, payload size, M throughput messages,
+    optionally followed by the latency phase."""
+
+    clients: int
+    size: int
+    messages: int
+    latency: dict[str, float] | None = None
+
+    @property
+    def name(self) -> str:
+        size = f"{self.size // 1024} KiB" if self.size % 1024 == 0 else f"{self.size} B"
+        lat = f" + latency {self.latency['rate']:.0f} msg/s" if self.latency else ""
+        return f"N={self.clients}, {size}, M={self.messages}{lat}"
+
+
+def build_scenarios(clients: list[int], sizes: list[int], quick: bool) -> list[Scenario]:
+    """Throughput messages M aim at a fixed delivery budget per scenario
+    (300k deliveries for small payloads, 100k for >1 KiB ones, i.e. N=1000 x
+    16 KiB gets M=100); --quick divides budgets by 10. The latency phase
+    (50 msg/s, 100 B) rides on the smallest-N, smallest-size scenario."""
+    out = []
+    lat_key = (min(clients), min(sizes))
+    for n in clients:
+        for s in sizes:
+            budget = (300_000 if s <= 1024 else 100_000) // (10 if quick else 1)
+            lat = None
+            if (n, s) == lat_key:
+                lat = {"rate": 50, "seconds": 2 if quick else 5, "size": 100}
+            out.append(Scenario(n, s, max(20, budget // n), lat))
+    return out
+
+
+def client_config(url: str, spec: ServerSpec, scen: Scenario, quick: bool) -> dict[str, Any]:
+    return {
+        "url": url, "proto": spec.proto, "clients": scen.clients, "size": scen.size,
+        "messages": scen.messages, "latency": scen.latency, "pubConcurrency": 1,
+        "tpSeconds": 8 if quick else 20, "drainSeconds": 10 if quick else 20,
+        "quietSeconds": 3, "warmupSeconds": 10 if quick else 20,
+    }
+
+
+def metrics_from(result: dict[str, Any], rss: float) -> dict[str, Any]:
+    """Flatten the client result into the report's metric names."""
+    m: dict[str, Any] = {"peak_rss_mib": rss}
+    tp = result.get("tp")
+    if tp:
+        secs = tp["seconds"] or float("nan")
+        cpu = result.get("server_cpu_s")
+        m.update(
+            deliveries_per_s=tp["deliveries_per_s"], deliveries=tp["deliveries"],
+            lost=tp["lost"], dup=tp["dup"], reorder=tp["reorder"],
+            publish_errors=tp["publish_errors"], tp_seconds=tp["seconds"],
+            client_cpu_pct=100 * result.get("client_proc_cpu_s", 0) / secs,
+        )
+        if cpu is not None and tp["deliveries"]:
+            m["cpu_us_per_delivery"] = cpu * 1e6 / tp["deliveries"]
+            m["server_cpu_pct"] = 100 * cpu / secs
+    lat = result.get("lat")
+    if lat:
+        m.update(p50_ms=lat["p50_ms"], p99_ms=lat["p99_ms"], lat_lost=lat["lost"],
+                 lat_max_ms=lat["max_ms"])
+    return m
+
+
+def run_one(spec: ServerSpec, scen: Scenario, rnd: int, fmt: dict[str, Any], quick: bool,
+            logdir: Path) -> dict[str, Any]:
+    """Start ``spec``, run ``scen`` against it, stop it; return a record."""
+    rec: dict[str, Any] = {"round": rnd, "server": spec.name, "scenario": scen.name,
+                           "status": "ok", "reason": "", "metrics": {}}
+    if scen.clients > spec.max_clients:
+        rec.update(status="skipped", reason=f"N > {spec.max_clients} (one thread per connection)")
+        return rec
+    port = free_port()
+    cmd = [part.format(port=port, **fmt) for part in spec.cmd]
+    tag = f"{spec.name}-n{scen.clients}-s{scen.size}-r{rnd}"
+    server = ManagedProcess(cmd, cwd=REPO, log=logdir / f"{tag}.server.log",
+                            stop_signal=spec.stop_signal)
+    try:
+        try:
+            wait_http(port, server, timeout=30)
+        except RuntimeError as exc:
+            rec.update(status="skipped", reason=f"startup failed: {exc}: {server.log_tail(4)}")
+            return rec
+        result = run_client(client_config(f"http://127.0.0.1:{port}", spec, scen, quick),
+                            server, timeout=200, log=logdir / f"{tag}.client.log")
+        rss = peak_rss_mib(server.pids())
+        if result.get("error"):
+            rec.update(status="error", reason=result["error"] + f" | server: {server.log_tail(3)}")
+        rec["metrics"] = metrics_from(result, rss)
+        rec["raw"] = result
+    finally:
+        leftovers = server.stop()
+        if leftovers:
+            rec["leftover_pids"] = leftovers
+            print(f"  !! {spec.name}: processes left after SIGKILL: {leftovers}", file=sys.stderr)
+    return rec
+
+
+def progress(rec: dict[str, Any]) -> str:
+    m = rec["metrics"]
+    head = f"[r{rec['round']}] {rec['server']:<22} {rec['scenario']:<40}"
+    if rec["status"] != "ok":
+        return f"{head} {rec['status'].upper()}: {rec['reason'][:300]}"
+    parts = []
+    if "deliveries_per_s" in m:
+        parts.append(f"{m['deliveries_per_s']:>9,.0f} deliv/s")
+        parts.append(f"{m.get('cpu_us_per_delivery', float('nan')):6.2f} µs/deliv")
+        parts.append(f"lost/dup/reord {m['lost']}/{m['dup']}/{m['reorder']}")
+    if "p99_ms" in m:
+        parts.append(f"p50/p99 {m['p50_ms']:.2f}/{m['p99_ms']:.2f} ms")
+    parts.append(f"rss {m['peak_rss_mib']:.0f} MiB")
+    return f"{head} " + ", ".join(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round, N=100 only, small M")
+    p.add_argument("--servers", default=",".join(SERVERS), help="comma list, default all: %(default)s")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
+    p.add_argument("--clients", type=ints, default=None, help="comma list of N (default 100,1000)")
+    p.add_argument("--sizes", type=ints, default=None, help="payload bytes (default 100,16384)")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.clients = args.clients or ([100] if args.quick else [100, 1000])
+    args.sizes = args.sizes or [100, 16384]
+    args.servers = [s for s in args.servers.split(",") if s]
+    unknown = [s for s in args.servers if s not in SERVERS]
+    if unknown:
+        p.error(f"unknown servers {unknown}; known: {', '.join(SERVERS)}")
+    return args
+
+
+def check_setup() -> None:
+    missing = [str(p) for p in (VENV / "bin" / "uwsgi", BENCH / "client" / "node_modules" / "ws")
+               if not p.exists()]
+    if missing or not shutil.which("node"):
+        sys.exit(f"missing {missing or 'node'}: run `bash bench/setup.sh` first")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_setup()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    scenarios = build_scenarios(args.clients, args.sizes, args.quick)
+    max_n = max(args.clients)
+    fmt = {"py": VENV / "bin" / "python", "uwsgi": VENV / "bin" / "uwsgi",
+           "gunicorn": VENV / "bin" / "gunicorn", "srv": SRV, "repo": REPO,
+           "gevent": max(1000, max_n + 100), "threads": max_n + 64, "conns": 2 * max_n + 100}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    logdir = RESULTS / "logs" / stamp
+    logdir.mkdir(parents=True, exist_ok=True)
+    machine = machine_line(VENV)
+    print(f"machine: {machine}\nlogs: {logdir}", file=sys.stderr)
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        for rnd in range(1, args.rounds + 1):
+            shift = (rnd - 1) % len(args.servers)
+            order = args.servers[shift:] + args.servers[:shift]
+            for scen in scenarios:
+                for name in order:
+                    rec = run_one(SERVERS[name], scen, rnd, fmt, args.quick, logdir)
+                    records.append(rec)
+                    print(progress(rec), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: stopping everything", file=sys.stderr)
+    finally:
+        stop_all()
+    elapsed = time.monotonic() - started
+    order_key = {n: i for i, n in enumerate(args.servers)}
+    records.sort(key=lambda r: ([s.name for s in scenarios].index(r["scenario"]),
+                                order_key[r["server"]], r["round"]))
+    rows = aggregate(records, BASELINE)
+    header = [
+        f"# uwsgi_ws broadcast benchmark — {stamp}",
+        "",
+        f"- machine: {machine}",
+        f"- rounds: {args.rounds} (median shown; lost/dup/reord are totals over rounds), "
+        f"servers restarted for every scenario, wall time {elapsed / 60:.1f} min",
+        f"- command: `python bench/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "- ratios (×ws) are against the `websockets` row of the same scenario",
+    ]
+    report = markdown(rows, header)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.md").write_text(report)
+    (RESULTS / "latest.json").write_text(json.dumps(
+        {"machine": machine, "args": vars(args), "rows": rows, "records": records}, indent=1,
+        default=str))
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
