@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.client import run_client
-from harness.proc import ManagedProcess, free_port, peak_rss_mib, stop_all, wait_http
+from harness.proc import (ManagedProcess, free_port, peak_rss_mib, pss_mib, stop_all,
+                          wait_http)
 from harness.report import aggregate, machine_line, markdown
 
 BENCH = Path(__file__).resolve().parent
@@ -121,13 +122,13 @@ class Scenario:
 def build_scenarios(clients: list[int], sizes: list[int], quick: bool) -> list[Scenario]:
     """Throughput messages M aim at a fixed delivery budget per scenario
     (300k deliveries for small payloads, 100k for >1 KiB ones, i.e. N=1000 x
-    16 KiB gets M=100); --quick divides budgets by 10. The latency phase
+    16 KiB gets M=100); --quick divides budgets by 3. The latency phase
     (50 msg/s, 100 B) rides on the smallest-N, smallest-size scenario."""
     out = []
     lat_key = (min(clients), min(sizes))
     for n in clients:
         for s in sizes:
-            budget = (300_000 if s <= 1024 else 100_000) // (10 if quick else 1)
+            budget = (300_000 if s <= 1024 else 100_000) // (3 if quick else 1)
             lat = None
             if (n, s) == lat_key:
                 lat = {"rate": 50, "seconds": 2 if quick else 5, "size": 100}
@@ -144,9 +145,9 @@ def client_config(url: str, spec: ServerSpec, scen: Scenario, quick: bool) -> di
     }
 
 
-def metrics_from(result: dict[str, Any], rss: float) -> dict[str, Any]:
+def metrics_from(result: dict[str, Any], rss: float, pss: float) -> dict[str, Any]:
     """Flatten the client result into the report's metric names."""
-    m: dict[str, Any] = {"peak_rss_mib": rss}
+    m: dict[str, Any] = {"peak_rss_mib": rss, "pss_mib": pss}
     tp = result.get("tp")
     if tp:
         secs = tp["seconds"] or float("nan")
@@ -184,14 +185,15 @@ def run_one(spec: ServerSpec, scen: Scenario, rnd: int, fmt: dict[str, Any], qui
         try:
             wait_http(port, server, timeout=30)
         except RuntimeError as exc:
-            rec.update(status="skipped", reason=f"startup failed: {exc}: {server.log_tail(4)}")
+            rec.update(status="skipped", reason=f"startup failed ({exc}): {server.log_error()}")
             return rec
         result = run_client(client_config(f"http://127.0.0.1:{port}", spec, scen, quick),
                             server, timeout=200, log=logdir / f"{tag}.client.log")
-        rss = peak_rss_mib(server.pids())
+        pids = server.pids()
+        rss, pss = peak_rss_mib(pids), pss_mib(pids)
         if result.get("error"):
-            rec.update(status="error", reason=result["error"] + f" | server: {server.log_tail(3)}")
-        rec["metrics"] = metrics_from(result, rss)
+            rec.update(status="error", reason=result["error"] + f" | server log: {server.log_tail(2)}")
+        rec["metrics"] = metrics_from(result, rss, pss)
         rec["raw"] = result
     finally:
         leftovers = server.stop()
@@ -213,7 +215,7 @@ def progress(rec: dict[str, Any]) -> str:
         parts.append(f"lost/dup/reord {m['lost']}/{m['dup']}/{m['reorder']}")
     if "p99_ms" in m:
         parts.append(f"p50/p99 {m['p50_ms']:.2f}/{m['p99_ms']:.2f} ms")
-    parts.append(f"rss {m['peak_rss_mib']:.0f} MiB")
+    parts.append(f"rss {m['peak_rss_mib']:.0f} MiB, pss {m['pss_mib']:.0f} MiB")
     return f"{head} " + ", ".join(parts)
 
 
@@ -246,7 +248,11 @@ def check_setup() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_setup()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # ^C and SIGTERM both unwind through the finally blocks that stop servers
+    # by pid. (Setting SIGINT explicitly also un-ignores it when we were started
+    # in the background, so that servers do not inherit an ignored SIGINT.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     scenarios = build_scenarios(args.clients, args.sizes, args.quick)
     max_n = max(args.clients)
     fmt = {"py": VENV / "bin" / "python", "uwsgi": VENV / "bin" / "uwsgi",

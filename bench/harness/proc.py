@@ -6,8 +6,8 @@ Contract:
   or :func:`stop_all`, that every process of that group is gone afterwards
   (SIGINT/SIGTERM first, SIGKILL after a timeout).
 - :func:`tree_pids` returns the root pid, all its descendants (by ppid) and
-  every live process of its process group; :func:`cpu_seconds` and
-  :func:`peak_rss_mib` sum over such a set. Processes that exit between two
+  every live process of its process group; :func:`cpu_seconds`,
+  :func:`peak_rss_mib` and :func:`pss_mib` sum over such a set. Processes that exit between two
   samples are simply absent (their CPU is not counted).
 """
 from __future__ import annotations
@@ -82,6 +82,20 @@ def peak_rss_mib(pids: Iterable[int]) -> float:
     return kib / 1024
 
 
+def pss_mib(pids: Iterable[int]) -> float:
+    """Sum of current proportional set sizes (Pss, smaps_rollup), MiB: pages
+    shared between processes (e.g. uWSGI's forked workers) count once."""
+    kib = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            pass
+    return kib / 1024
+
+
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1."""
     with socket.socket() as s:
@@ -147,14 +161,25 @@ class ManagedProcess:
         return tree_pids(self.pid)
 
     def log_tail(self, lines: int = 6) -> str:
+        """The last ``lines`` lines of the log, joined by " | "."""
         if not self.log or not self.log.exists():
             return ""
         text = self.log.read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
+        return " | ".join(line.strip() for line in text[-lines:])
+
+    def log_error(self) -> str:
+        """The last log line that names an error/exception, else the last line."""
+        if not self.log or not self.log.exists():
+            return ""
+        text = [t.strip() for t in self.log.read_text(errors="replace").splitlines() if t.strip()]
+        errors = [t for t in text if "Error" in t or "Exception" in t or "error" in t]
+        return (errors or text or [""])[-1]
 
     def stop(self, timeout: float = 8.0) -> list[int]:
-        """Signal the group, SIGKILL it after ``timeout``; return leftover pids."""
-        _LIVE.pop(self.pid, None)
+        """Signal the group, SIGKILL it after ``timeout``; return leftover pids.
+
+        The process stays registered for :func:`stop_all` until it is gone, so
+        an interrupt in the middle of this call leaks nothing."""
         members = self.pids() | {self.pid}
         for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 3.0)):
             _signal(-self.pid, sig)  # the whole process group
@@ -165,6 +190,7 @@ class ManagedProcess:
                 self.popen.poll()
                 members = {p for p in members if _alive(p)} | tree_pids(self.pid)
                 if not members:
+                    _LIVE.pop(self.pid, None)
                     return []
                 time.sleep(0.05)
         return sorted(members)

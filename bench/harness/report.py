@@ -100,7 +100,7 @@ def markdown(rows: list[dict[str, Any]], header: list[str]) -> str:
         has_lat = any(r.get("p50_ms") is not None for r in sub)
         cols = [
             "server", "deliveries/s", "CPU µs/delivery", "CPU ×ws", "server CPU %",
-            "client CPU %", "peak RSS MiB", "lost/dup/reord",
+            "client CPU %", "RSS peak / PSS MiB", "lost/dup/reord",
         ]
         if has_lat:
             cols += ["p50 ms", "p99 ms", "p99 ×ws", "lat lost"]
@@ -115,7 +115,7 @@ def markdown(rows: list[dict[str, Any]], header: list[str]) -> str:
                 _fmt(r.get("cpu_ratio"), 2),
                 _fmt(r.get("server_cpu_pct"), 0),
                 _fmt(r.get("client_cpu_pct"), 0),
-                _fmt(r.get("peak_rss_mib"), 1),
+                f"{_fmt(r.get('peak_rss_mib'), 0)} / {_fmt(r.get('pss_mib'), 0)}",
                 "/".join(_fmt(r.get(k)) for k in ("lost", "dup", "reorder")) if r["ok"] else "–",
             ]
             if has_lat:
