@@ -1,0 +1,239 @@
+"""The Flask extension: WebSocket routes on Flask's own routing, served by uWSGI.
+
+This layer only wires things: Flask routing and request context, the
+handshake (`handshake`), the connection (`connection`), the concurrency model
+(`runtime`) and the broadcast hub (`hub`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
+
+from . import handshake, runtime
+from .connection import Connection
+from .protocol import INTERNAL_ERROR, NORMAL
+
+#: Options and their defaults; each can also be set as Flask config key
+#: ``UWSGI_WS_<NAME>`` (e.g. ``UWSGI_WS_MAX_MESSAGE_SIZE``); keyword arguments win.
+DEFAULTS: Dict[str, Any] = {
+    "max_message_size": 1 << 20,  # bytes; a bigger message is closed with 1009
+    "ping_interval": 20.0,  # seconds between server pings; None turns keepalive off
+    "ping_timeout": 20.0,  # seconds to wait for the pong before closing with 1011
+    "close_timeout": 5.0,  # seconds to wait for the peer's close frame
+    "max_queue": 16,  # received messages buffered before reading pauses
+    "write_limit": 1 << 20,  # bytes buffered per connection before it counts as slow
+}
+
+Handler = Callable[..., Any]
+
+
+class _Upgraded(Response):
+    """The response of a WebSocket route: performs the upgrade when called by
+    the WSGI server and runs the handler; writes nothing through WSGI."""
+
+    def __init__(self, ws: "WebSocket", handler: Handler, kwargs: Dict[str, Any], key: str,
+                 subprotocol: Optional[str]) -> None:
+        super().__init__()
+        self._ws, self._handler, self._kwargs = ws, handler, kwargs
+        self._key, self._subprotocol = key, subprotocol
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:  # type: ignore[override]
+        self._ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol)
+        return []
+
+
+class WebSocket:
+    """WebSocket routes for a Flask app served by uWSGI.
+
+    `WebSocket(app)` or `WebSocket()` then `init_app(app)`. The concurrency
+    model (threads, gevent, async) is read from the running uWSGI options at
+    the first connection; `GeventWebSocket`, `AsyncWebSocket` and
+    `ThreadedWebSocket` force one.
+    """
+
+    model: Optional[str] = None
+
+    def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
+        unknown = set(options) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.app = app
+        self._options = options
+        self._deferred: list = []
+        self._runtime: Any = None
+        self._hub: Any = None
+        self._hub_pid = 0
+        if app is not None:
+            self.init_app(app)
+
+    # -- set-up -------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to `app`: routes declared before now are registered, `app.run` launches uWSGI."""
+        self.app = app
+        app.extensions["uwsgi_ws"] = self
+        from .run import run, wrap_debug
+
+        wrap_debug(app)
+
+        app.run = functools.partial(run, app)  # type: ignore[method-assign]
+        for args in self._deferred:
+            self._add_rule(app, *args)
+        self._deferred.clear()
+
+    def option(self, name: str) -> Any:
+        """The effective value of an option (keyword, then Flask config, then default)."""
+        if name in self._options:
+            return self._options[name]
+        app = self.app
+        key = "UWSGI_WS_" + name.upper()
+        if app is not None and key in app.config:
+            return app.config[key]
+        return DEFAULTS[name]
+
+    def route(self, rule: str, bp: Optional[Blueprint] = None, *, subprotocols: Sequence[str] = (),
+              **options: Any) -> Callable[[Handler], Handler]:
+        """Declare a WebSocket route; the handler gets the connection and the URL variables.
+
+        `bp` registers it on a blueprint instead of the app (flask-sock style);
+        `subprotocols` lists the Sec-WebSocket-Protocol values the route speaks.
+        Other keyword arguments go to Flask's `add_url_rule` (`endpoint`, `defaults`, ...).
+        """
+
+        def decorator(handler: Handler) -> Handler:
+            view = self._make_view(handler, tuple(subprotocols))
+            target: Union[Flask, Blueprint, None] = bp or self.app
+            if target is None:
+                self._deferred.append((rule, view, handler, options))
+            else:
+                self._add_rule(target, rule, view, handler, options)
+            return handler
+
+        return decorator
+
+    @staticmethod
+    def _add_rule(target: Any, rule: str, view: Callable[..., Any], handler: Handler,
+                  options: Dict[str, Any]) -> None:
+        options = dict(options)
+        endpoint = options.pop("endpoint", handler.__name__)
+        target.add_url_rule(rule, endpoint, view, websocket=True, methods=["GET"], **options)
+
+    def _make_view(self, handler: Handler, subprotocols: Sequence[str]) -> Callable[..., Any]:
+        @functools.wraps(handler)
+        def view(**kwargs: Any) -> Response:
+            environ = request.environ
+            try:
+                key = handshake.check_request(environ)
+            except handshake.HandshakeError as exc:
+                return Response(str(exc) + "\n", status=exc.status, headers=exc.headers,
+                                mimetype="text/plain")
+            if "uwsgi.version" not in environ:
+                return Response("WebSocket routes need uWSGI: run the app with uwsgi or app.run()\n",
+                                status=501, mimetype="text/plain")
+            return _Upgraded(self, handler, kwargs, key, handshake.select_subprotocol(environ, subprotocols))
+
+        return view
+
+    # -- serving --------------------------------------------------------------
+
+    def runtime(self) -> Any:
+        """The concurrency-model adapter in use (decided at the first connection)."""
+        if self._runtime is None:
+            self._runtime = runtime.load(self.model or runtime.detect())
+        return self._runtime
+
+    def _serve(self, environ: Dict[str, Any], start_response: Callable[..., Any], handler: Handler,
+               kwargs: Dict[str, Any], key: str, subprotocol: Optional[str]) -> None:
+        import uwsgi
+
+        write = start_response("101 Switching Protocols", handshake.response_headers(key, subprotocol))
+        write(b"")  # uWSGI sends the headers now; the socket is ours from here on
+        sock = socket.socket(fileno=uwsgi.connection_fd())
+        try:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(
+                sock,
+                environ,
+                self.runtime(),
+                max_message_size=self.option("max_message_size"),
+                ping_interval=self.option("ping_interval"),
+                ping_timeout=self.option("ping_timeout"),
+                close_timeout=self.option("close_timeout"),
+                max_queue=self.option("max_queue"),
+                write_limit=self.option("write_limit"),
+            )
+            conn.subprotocol = subprotocol  # type: ignore[attr-defined]
+            hub = self.hub()
+            if hub is not None:
+                hub.attach(conn)
+            conn.start()
+            code, reason = NORMAL, ""
+            try:
+                handler(conn, **kwargs)
+            except Exception as exc:  # the client gets 1011; Flask logs it; the worker lives
+                code, reason = INTERNAL_ERROR, "internal error"
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+                got_request_exception.send(app, exception=exc)
+                app.log_exception(sys.exc_info())
+            finally:
+                conn.finish(code, reason)
+                if conn.hub is not None:
+                    conn.hub.detach(conn)
+        finally:
+            sock.detach()  # uWSGI closes the fd when the request ends
+
+    # -- broadcast ------------------------------------------------------------
+
+    def hub(self) -> Any:
+        """This worker's broadcast hub (None outside uWSGI or without a broadcast ring)."""
+        pid = os.getpid()
+        if self._hub is not None and self._hub_pid == pid:
+            return self._hub
+        from .hub import Hub
+
+        self._hub = Hub.for_worker(self.runtime())
+        self._hub_pid = pid
+        return self._hub
+
+    def publish(self, data: Union[str, bytes], channel: Optional[str] = None) -> int:
+        """Broadcast `data` to every connection subscribed to `channel` (None: every
+        connection of the instance), in every worker. Thread-safe; may block
+        briefly while the broadcast mule's queue is full.
+
+        Returns the number of bytes handed to the mule. Raises
+        `uwsgi_ws.broadcast.PublishError` with the option to set when it can't.
+        """
+        from .mule import publish
+
+        return publish(data, channel)
+
+    def subscribe(self, conn: Connection, channel: str) -> Any:
+        """Context manager: `conn` receives broadcasts on `channel` inside the block."""
+        return conn.subscribe(channel)
+
+
+class ThreadedWebSocket(WebSocket):
+    """Forces the threads model (``--processes N --threads M``)."""
+
+    model = "threads"
+
+
+class GeventWebSocket(WebSocket):
+    """Forces uWSGI's gevent loop engine (``--gevent N``)."""
+
+    model = "gevent"
+
+
+class AsyncWebSocket(WebSocket):
+    """Forces uWSGI async cores (``--async N --ugreen``): no broadcast, no keepalive
+    while the handler is not in `receive`."""
+
+    model = "async"

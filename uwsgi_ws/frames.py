@@ -1,0 +1,54 @@
+"""Server-side RFC 6455 frames, as bytes ready to write.
+
+Server frames are never masked, so a message is framed once and the same bytes
+can go to any number of connections (the broadcast ring stores them this way).
+"""
+
+from __future__ import annotations
+
+import struct
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_FIN = 0x80
+
+
+def encode(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One unmasked frame: header followed by `payload`."""
+    first = (_FIN if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        header = bytes((first, n))
+    elif n < 0x10000:
+        header = struct.pack("!BBH", first, 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 127, n)
+    return header + payload
+
+
+def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
+    """A text frame for `str`, a binary frame for bytes-like data."""
+    if isinstance(data, str):
+        return encode(OP_TEXT, data.encode("utf-8"))
+    return encode(OP_BINARY, bytes(data))
+
+
+def close_payload(code: int | None, reason: str = "") -> bytes:
+    """The body of a close frame; RFC 6455 caps it at 125 bytes (reason is cut on a character)."""
+    if code is None:
+        return b""
+    raw = reason.encode("utf-8")
+    while len(raw) > 123:
+        reason = reason[:-1]
+        raw = reason.encode("utf-8")
+    return struct.pack("!H", code) + raw
+
+
+def header_size(payload_len: int) -> int:
+    """How many bytes `encode` puts before a payload of this length."""
+    return 2 if payload_len < 126 else 4 if payload_len < 0x10000 else 10

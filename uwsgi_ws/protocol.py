@@ -1,0 +1,225 @@
+"""The WebSocket protocol engine: RFC 6455, server side, after the handshake.
+
+Sans-I/O: bytes go in with `receive_data`, events come out of
+`events_received`, bytes to write come out of `data_to_send`. It knows nothing
+of sockets, uWSGI or Flask. Frame parsing, unmasking and incremental UTF-8
+validation are wsproto's frame layer; this module adds the connection state
+machine, message reassembly, the message size limit, automatic pongs and the
+closing handshake. One instance per connection; not thread-safe (the caller
+serialises access).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+from wsproto.frame_protocol import (
+    CloseReason,
+    FrameDecoder,
+    FrameProtocol,
+    Opcode,
+    ParseFailed,
+)
+
+from . import frames
+
+# Close codes used by the engine (RFC 6455 section 7.4.1).
+NORMAL = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+NO_STATUS = 1005
+ABNORMAL = 1006
+INVALID_DATA = 1007
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+SERVICE_RESTART = 1012
+TRY_AGAIN_LATER = 1013
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # we sent a close frame and wait for the peer's
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A complete data message: `str` for text, `bytes` for binary."""
+
+    data: Union[str, bytes]
+
+
+@dataclass(frozen=True)
+class Ping:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    """The connection is closed (handshake done, failed, or transport lost)."""
+
+    code: int
+    reason: str
+
+
+Event = Union[Message, Ping, Pong, Close]
+
+
+class _LimitedDecoder(FrameDecoder):
+    """wsproto's frame decoder, refusing a message as soon as a header announces
+    more bytes than the limit allows (before any of the payload arrives)."""
+
+    def __init__(self, max_message_size: Optional[int]) -> None:
+        super().__init__(client=False, extensions=[])
+        self.max_message_size = max_message_size
+        self._message_bytes = 0
+
+    def parse_header(self) -> bool:
+        if not super().parse_header():
+            return False
+        header = self.header
+        assert header is not None
+        if self.max_message_size is not None and not header.opcode.iscontrol():
+            if header.opcode is not Opcode.CONTINUATION:
+                self._message_bytes = 0
+            self._message_bytes += header.payload_len
+            if self._message_bytes > self.max_message_size:
+                raise ParseFailed(
+                    f"message of at least {self._message_bytes} bytes exceeds "
+                    f"the limit of {self.max_message_size} bytes",
+                    CloseReason.MESSAGE_TOO_BIG,
+                )
+        return True
+
+
+class Protocol:
+    """Server side of one WebSocket connection after the opening handshake.
+
+    `max_message_size` bounds a reassembled data message (close 1009 above it);
+    None means unbounded. Not thread-safe.
+    """
+
+    def __init__(self, max_message_size: Optional[int] = 1 << 20) -> None:
+        self._frames = FrameProtocol(client=False, extensions=[])
+        self._frames._frame_decoder = _LimitedDecoder(max_message_size)
+        self.state = State.OPEN
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self.close_sent = False
+        self.close_received = False
+        self._out: List[bytes] = []
+        self._events: List[Event] = []
+        self._parts: list = []
+        self._failure: Optional[tuple] = None
+
+    # -- input ------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the socket; `b""` means the peer closed TCP."""
+        if not data:
+            self._receive_eof()
+            return
+        if self.state is State.CLOSED or self._failed():
+            return  # after a failure or the closing handshake, input is discarded
+        self._frames.receive_bytes(data)
+        try:
+            for frame in self._frames.received_frames():
+                self._handle(frame)
+                if self.state is State.CLOSED:
+                    break
+        except ParseFailed as exc:
+            self.fail(int(exc.code), str(exc))
+
+    def _handle(self, frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.PING:
+            if self.state is State.OPEN:
+                self._out.append(frames.encode(frames.OP_PONG, bytes(frame.payload)))
+            self._events.append(Ping(bytes(frame.payload)))
+        elif opcode is Opcode.PONG:
+            self._events.append(Pong(bytes(frame.payload)))
+        elif opcode is Opcode.CLOSE:
+            code, reason = frame.payload
+            self.close_received = True
+            if self.state is State.OPEN:
+                # Echo the peer's code (none for 1005), then the handshake is done.
+                self._send_close(None if code == NO_STATUS else int(code), "")
+            self._finish(int(code), reason)
+        elif self.state is State.OPEN:
+            self._parts.append(frame.payload)
+            if frame.message_finished:
+                parts, self._parts = self._parts, []
+                if opcode is Opcode.TEXT:
+                    data: Union[str, bytes] = parts[0] if len(parts) == 1 else "".join(parts)
+                else:
+                    data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+                self._events.append(Message(data))
+
+    def _receive_eof(self) -> None:
+        if self.state is not State.CLOSED:
+            self._finish(ABNORMAL, "connection lost without a close frame")
+
+    # -- output -----------------------------------------------------------
+
+    def close(self, code: int = NORMAL, reason: str = "") -> None:
+        """Start the closing handshake (no-op unless open)."""
+        if self.state is State.OPEN:
+            self._send_close(code, reason)
+            self.state = State.CLOSING
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, accept no more data.
+
+        The connection's close code becomes `code` whatever the peer answers.
+        """
+        if self._failure is None:
+            self._failure = (code, reason)
+        if self.state is State.OPEN:
+            self._send_close(code, reason)
+            self.state = State.CLOSING
+
+    def abort(self, reason: str = "connection lost without a close frame") -> None:
+        """The transport is gone or the closing handshake timed out: closed, code 1006."""
+        if self.state is not State.CLOSED:
+            self._finish(ABNORMAL, reason)
+
+    def ping(self, payload: bytes = b"") -> None:
+        if len(payload) > 125:
+            raise ValueError("a ping payload is at most 125 bytes")
+        if self.state is State.OPEN:
+            self._out.append(frames.encode(frames.OP_PING, bytes(payload)))
+
+    def data_to_send(self) -> bytes:
+        """Bytes the engine wants written (pongs, close frames), in order."""
+        if not self._out:
+            return b""
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def events_received(self) -> List[Event]:
+        events, self._events = self._events, []
+        return events
+
+    # -- internals --------------------------------------------------------
+
+    def _send_close(self, code: Optional[int], reason: str) -> None:
+        self._out.append(frames.encode(frames.OP_CLOSE, frames.close_payload(code, reason)))
+        self.close_sent = True
+
+    def _failed(self) -> bool:
+        return self._failure is not None
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self._failure is not None:
+            code, reason = self._failure
+        self.state = State.CLOSED
+        self.close_code, self.close_reason = code, reason
+        self._events.append(Close(code, reason))

@@ -1,0 +1,58 @@
+"""`app.run(**uwsgi_options)`: launch uWSGI serving this app, as Flask-uWSGI-WebSocket does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Any, List
+
+from flask import Flask
+
+
+def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False,
+               **options: Any) -> List[str]:
+    """The uwsgi command line for `app.run(...)`: `--http-socket host:port --master`, the
+    app's file and callable, then each option as `--name value` (True: a bare flag;
+    False/None: left out; lists: repeated)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path:
+        raise RuntimeError("app.run() must be called from a script (python app.py)")
+    callable_name = next((k for k, v in vars(main).items() if v is app), "app")
+    args = ["--http-socket", f"{host}:{port}", "--master", "--wsgi-file", os.path.abspath(path),
+            "--callable", callable_name, "--die-on-term", "--need-app"]
+    if debug:
+        # One worker, one core: the debugger's state lives in one process.
+        for key in ("processes", "workers", "threads", "gevent", "async"):
+            options.pop(key, None)
+        options["processes"] = 1
+        args += ["--env", "UWSGI_WS_DEBUG=1"]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is True:
+                args.append(flag)
+            elif v is not False and v is not None:
+                args.append(f"{flag}={v}")
+    return args
+
+
+def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False, **options: Any) -> None:
+    """Replace this process with uWSGI serving `app` (never returns)."""
+    binary = shutil.which("uwsgi", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if binary is None:
+        raise RuntimeError("uwsgi is not installed: pip install uwsgi (not pyuwsgi, which has no SSL)")
+    args = uwsgi_args(app, host, port, debug, **options)
+    os.execv(binary, [binary, *args])
+
+
+def wrap_debug(app: Flask) -> None:
+    """Under `app.run(debug=True)`: Werkzeug's debugger around the app (called at import)."""
+    if os.environ.get("UWSGI_WS_DEBUG") == "1" and not getattr(app, "_uwsgi_ws_debug", False):
+        from werkzeug.debug import DebuggedApplication
+
+        app.debug = True
+        app.wsgi_app = DebuggedApplication(app.wsgi_app, evalex=True)  # type: ignore[method-assign]
+        app._uwsgi_ws_debug = True  # type: ignore[attr-defined]

@@ -1,0 +1,90 @@
+"""Adapter for uWSGI async cores (``--async N --ugreen``).
+
+There are no background tasks: a core runs only while its request handler
+runs, so the connection does its protocol work inline (``HAS_TASKS`` is
+False). Waiting is ``uwsgi.wait_fd_read``/``wait_fd_write`` then
+``uwsgi.suspend()``; cores are cooperative, so locks never contend.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import queue
+from typing import Callable, NoReturn, Optional, Tuple
+
+import uwsgi
+
+NAME = "async"
+HAS_TASKS = False
+Empty = queue.Empty
+
+
+class Lock:
+    """Cooperative cores never run at the same time: nothing to exclude."""
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+class Event:
+    def __init__(self) -> None:
+        self._flag = False
+
+    def set(self) -> None:
+        self._flag = True
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._flag
+
+
+class Queue:
+    """A plain deque with the queue.Queue names the connection uses (no blocking)."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+
+    def put(self, item: object) -> None:
+        self._items.append(item)
+
+    def get_nowait(self) -> object:
+        if not self._items:
+            raise Empty
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+def spawn(fn: Callable[..., object], *args: object) -> NoReturn:
+    raise RuntimeError("uWSGI async cores cannot run background tasks")
+
+
+def wait(fd: int, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
+    seconds = 0 if timeout is None else max(1, math.ceil(timeout))
+    if read:
+        uwsgi.wait_fd_read(fd, seconds)
+    else:
+        uwsgi.wait_fd_write(fd, seconds)
+    uwsgi.suspend()
+    ready = uwsgi.ready_fd() == fd
+    return (ready and read), (ready and not read)
+
+
+def poller() -> NoReturn:
+    raise RuntimeError("uWSGI async cores cannot run the broadcast waker")
