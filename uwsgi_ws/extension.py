@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
 
+from werkzeug.routing import WebsocketMismatch
+
 from . import handshake, runtime
 from .connection import Connection
 from .protocol import INTERNAL_ERROR, NORMAL
@@ -46,6 +48,14 @@ class _Upgraded(Response):
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:  # type: ignore[override]
         self._ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol)
         return []
+
+
+def _websocket_mismatch(exc: WebsocketMismatch) -> Response:
+    if "websocket" in request.headers.get("Upgrade", "").lower():
+        message = "this URL is not a WebSocket endpoint; connect with plain HTTP"
+    else:
+        message = "this URL is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)"
+    return Response(f"400 Bad Request: {message}\n", status=400, mimetype="text/plain")
 
 
 class WebSocket:
@@ -83,6 +93,7 @@ class WebSocket:
         wrap_debug(app)
 
         app.run = functools.partial(run, app)  # type: ignore[method-assign]
+        app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
         for args in self._deferred:
             self._add_rule(app, *args)
         self._deferred.clear()
