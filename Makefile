@@ -1,0 +1,86 @@
+# uwsgi_ws developer entry points.
+#
+#   make run     install into .venv (first time only), then run the Emperor on vassals/
+#                (echo :8001, chat :8002, ticker :8003) in the foreground; Ctrl-C stops it
+#   make test    install into .venv (first time only), then run the test suite
+#   make bench   the broadcast benchmark (bench/setup.sh, then bench/run.py)
+#   make venv    just the install step (idempotent: a stamp file skips it when done)
+#   make clean   remove .venv and build litter
+#
+# The install compiles uWSGI from its sdist (pip's `uwsgi`, never `pyuwsgi`),
+# which needs gcc, the Python headers and the OpenSSL headers: without OpenSSL
+# uWSGI builds fine but its websocket handshake fails at run time.
+
+SHELL       := /bin/bash
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+UWSGI       := $(VENV)/bin/uwsgi
+STAMP       := $(VENV)/.uwsgi_ws-installed
+SSL_HEADER  := /usr/include/openssl/ssl.h
+PIP         := $(PY) -m pip --disable-pip-version-check
+EXTRAS      ?= gevent,test
+PYTEST_ARGS ?=
+# Set ALLOW_NO_TESTS=1 to turn pytest's exit 5 ("no tests collected") into success.
+ALLOW_NO_TESTS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install ssl-headers run test bench clean
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+venv install: $(STAMP)
+
+# Re-runs only when the stamp is missing (fresh clone, after `make clean`) or
+# setup.py/pyproject.toml changed; the editable install picks up code changes
+# by itself.
+$(STAMP): setup.py pyproject.toml
+	@$(MAKE) --no-print-directory ssl-headers
+	@command -v gcc >/dev/null || command -v cc >/dev/null || { \
+	  echo "error: no C compiler: pip compiles uWSGI; install gcc (Debian: apt-get install build-essential)" >&2; exit 1; }
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@# A uwsgi wheel cached by pip before the OpenSSL headers were installed
+	@# would come back without SSL: detect that and rebuild from source.
+	@if ! $(UWSGI) --help 2>/dev/null | grep -q -- '--ssl-socket'; then \
+	  echo "uWSGI in $(VENV) was built without SSL: rebuilding it from source"; \
+	  $(PIP) install -q --no-cache-dir --force-reinstall --no-deps --no-binary uwsgi 'uwsgi>=2.0.31' || exit 1; \
+	  $(UWSGI) --help 2>/dev/null | grep -q -- '--ssl-socket' || { \
+	    echo "error: uWSGI still has no SSL support; are $(SSL_HEADER) and libssl usable?" >&2; exit 1; }; \
+	fi
+	@echo "installed: $$($(UWSGI) --version | sed 's/^/uWSGI /') (with SSL) in $(VENV)"
+	@touch $@
+
+ssl-headers:
+	@if [ -f $(SSL_HEADER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "$(SSL_HEADER) missing: installing libssl-dev (uWSGI needs OpenSSL for the websocket handshake)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q libssl-dev || exit 1; \
+	  test -f $(SSL_HEADER) || { echo "error: libssl-dev installed but $(SSL_HEADER) is still missing" >&2; exit 1; }; \
+	else \
+	  echo "error: $(SSL_HEADER) not found." >&2; \
+	  echo "  uWSGI must be compiled against OpenSSL (its websocket handshake needs it)." >&2; \
+	  echo "  Install the OpenSSL development headers, then re-run make:" >&2; \
+	  echo "    Debian/Ubuntu: sudo apt-get install libssl-dev" >&2; \
+	  echo "    Fedora/RHEL:   sudo dnf install openssl-devel" >&2; \
+	  exit 1; \
+	fi
+
+run: $(STAMP)
+	$(UWSGI) --emperor vassals/
+
+test: $(STAMP)
+	@rc=0; $(PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ] && [ -n "$(ALLOW_NO_TESTS)" ]; then \
+	  echo "pytest collected no tests (exit 5); accepted because ALLOW_NO_TESTS is set"; rc=0; \
+	fi; \
+	exit $$rc
+
+bench: $(STAMP)
+	bash bench/setup.sh && $(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -path ./bench -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf

@@ -1,0 +1,54 @@
+"""Packaging for uwsgi_ws: real-time WebSockets for Flask apps served by uWSGI.
+
+`pip install -e .[gevent,test]` (what `make venv` runs) compiles uWSGI from
+its sdist: that needs gcc, the Python headers and the OpenSSL headers
+(Debian: libssl-dev), without which uWSGI builds with no SSL and its
+websocket handshake fails.  Never use the `pyuwsgi` wheel: it has no SSL.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+
+setup(
+    name="uwsgi_ws",
+    version="0.1.0",
+    description="Real-time WebSockets for Flask apps served by uWSGI, with a broadcast mule",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["uwsgi_ws*"]),
+    package_data={"uwsgi_ws": ["py.typed", "static/*"]},
+    include_package_data=False,
+    zip_safe=False,
+    python_requires=">=3.9",
+    install_requires=[
+        # The `uwsgi` sdist (compiled by pip), NOT `pyuwsgi`.  It also ships
+        # the `uwsgidecorators` module, so that is not listed separately.
+        "uwsgi>=2.0.31",
+        "flask>=2.2",
+        "wsproto>=1.2,<2",
+        "pyyaml",
+    ],
+    extras_require={
+        "gevent": ["gevent>=22"],
+        "test": [
+            "pytest",
+            "websocket-client",
+            "websockets",
+            "gevent",
+            "kosoku",
+            "hypothesis",
+            "requests",
+        ],
+    },
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Operating System :: POSIX",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
+    ],
+)
