@@ -137,7 +137,8 @@ class UWSGI:
     # -- inspection -------------------------------------------------------
 
     def log(self) -> str:
-        self._logfile.flush()
+        if not self._logfile.closed:
+            self._logfile.flush()
         return self.log_path.read_bytes().decode("utf-8", "replace")
 
     def worker_pids(self) -> list[int]:
@@ -196,3 +197,30 @@ def serve(
         *extra,
     ]
     return UWSGI(args, tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    """Poll `condition` until it returns something truthy (and return that);
+    fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_reports(path: Path, count: int = 1, timeout: float = 10.0) -> list:
+    """The JSON lines a test app appended to `path`, once there are at least `count`."""
+    import json
+
+    def complete_lines() -> list:
+        if not path.exists():
+            return []
+        lines = path.read_text().split("\n")[:-1]  # the last piece may be half written
+        found = [json.loads(line) for line in lines if line.strip()]
+        return found if len(found) >= count else []
+
+    return wait_for(complete_lines, timeout, f"{count} report line(s) in {path}")
