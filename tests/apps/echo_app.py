@@ -85,7 +85,13 @@ def urls(conn):
         "room_external": url_for("room", name="blue", _external=True),
         "bp": url_for("bp.bp_echo"),
         "self": url_for(request.endpoint),
+        "http_view": url_for("login"),
     }))
+
+
+@app.route("/urls")
+def urls_http():
+    return json.dumps({"echo": url_for("echo"), "bp": url_for("bp.bp_echo")})
 
 
 # The same rule twice: plain GETs reach the HTTP view, upgrades the handler.
