@@ -8,10 +8,10 @@ the price mule, http://127.0.0.1:8003/), with the package installed
 
     python examples/ticker/app.py
 
-or with uWSGI directly, from the repository root (the broadcast mule first):
+or with uWSGI directly, from the repository root:
 
     uwsgi --master --http-socket 127.0.0.1:8003 --processes 2 --threads 16 \
-          --sharedarea 256 --mule=uwsgi_ws.mule:run --mule-msg-size 1048576 \
+          --sharedarea 4096 --mule=uwsgi_ws.mule:run --mule-msg-size 262144 \
           --mule=examples/ticker/mule.py \
           --pythonpath . --wsgi-file examples/ticker/app.py --callable app
 
@@ -98,6 +98,6 @@ if __name__ == "__main__":
     # Execs uWSGI: the broadcast mule first, then the price mule.
     app.run(
         host="127.0.0.1", port=8003, processes=2, threads=16,
-        sharedarea=256, mule_msg_size=1048576,
+        sharedarea=4096, mule_msg_size=262144,
         mule=["uwsgi_ws.mule:run", os.path.join(here, "mule.py")],
     )
