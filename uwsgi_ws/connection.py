@@ -87,6 +87,7 @@ class Connection:
         self._pong_deadline: Optional[float] = None
         self._close_deadline: Optional[float] = None
         self._reader = None
+        self._slow = False
         #: Broadcast channels this connection receives (managed by the hub).
         self.channels: Set[str] = set()
         self.hub: Any = None
@@ -277,15 +278,37 @@ class Connection:
         return len(self._out)
 
     def flush(self) -> bool:
-        """Write what the socket accepts now; True when the buffer is empty."""
+        """Write what the socket accepts now; True when nothing more is to be flushed."""
         with self._wlock:
-            return self._flush_locked()
+            empty = self._flush_locked()
+        if self._slow:
+            # A slow consumer gets its close frame if it drains in time, then TCP is shut.
+            if empty or time.monotonic() >= (self._close_deadline or 0):
+                self._abort("slow consumer")
+                return True
+            return False
+        return empty
+
+    def fail_slow_consumer(self, code: int, reason: str) -> None:
+        """Close a connection that cannot keep up: the close frame goes after what is
+        already queued (even past `write_limit`); TCP is shut once it is written or
+        after `close_timeout`. Never blocks."""
+        with self._plock:
+            if self._protocol.state is not State.OPEN:
+                return
+            self._protocol.fail(code, reason)
+            out = self._protocol.data_to_send()
+        self._close_deadline = time.monotonic() + self.close_timeout
+        self._slow = True
+        with self._wlock:
+            self._out += out
+        self.flush()
 
     # -- internals: writing -------------------------------------------------
 
     def _check_open(self) -> None:
         if self._protocol.state is not State.OPEN:
-            raise ConnectionClosed(self._protocol.close_code or ABNORMAL, self._protocol.close_reason)
+            raise ConnectionClosed(*self._protocol.pending_close)
 
     def _send_frame(self, frame: bytes) -> None:
         self._check_open()
@@ -402,6 +425,7 @@ class Connection:
             protocol.receive_data(data)
             out = protocol.data_to_send()
             events = protocol.events_received()
+            failed = protocol.failed
             if protocol.state is State.CLOSING and self._close_deadline is None:
                 self._close_deadline = time.monotonic() + self.close_timeout
         if out:
@@ -409,6 +433,9 @@ class Connection:
                 self._write(out, wait=False)
             except ConnectionClosed:
                 pass
+            if failed:
+                # RFC 6455 7.1.7: after failing, close TCP; read on until EOF or the deadline.
+                self._closing_handshake_done()
         for event in events:
             if type(event) is Message:
                 self._inbox.put(event.data)
@@ -467,6 +494,7 @@ class Connection:
             self._write(out, wait=False)
         except ConnectionClosed:
             pass
+        self._closing_handshake_done()
 
     def _end(self) -> None:
         """The reader is done: wake the consumer and whoever waits in `close`."""

@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, got_request_exception
 from werkzeug.routing import WebsocketMismatch
 
 from . import handshake, runtime
-from .connection import Connection
+from .connection import Connection, ConnectionClosed
 from .protocol import INTERNAL_ERROR, NORMAL
 
 #: Options and their defaults; each can also be set as Flask config key
@@ -76,6 +76,7 @@ class WebSocket:
         self.app = app
         self._options = options
         self._deferred: list = []
+        self._views: Dict[Any, Callable[..., Any]] = {}
         self._runtime: Any = None
         self._hub: Any = None
         self._hub_pid = 0
@@ -118,7 +119,10 @@ class WebSocket:
         """
 
         def decorator(handler: Handler) -> Handler:
-            view = self._make_view(handler, tuple(subprotocols))
+            key = (handler, tuple(subprotocols))
+            view = self._views.get(key)
+            if view is None:  # one view per handler: stacked @ws.route share the endpoint
+                view = self._views[key] = self._make_view(handler, tuple(subprotocols))
             target: Union[Flask, Blueprint, None] = bp or self.app
             if target is None:
                 self._deferred.append((rule, view, handler, options))
@@ -189,6 +193,8 @@ class WebSocket:
             code, reason = NORMAL, ""
             try:
                 handler(conn, **kwargs)
+            except ConnectionClosed:
+                pass  # the peer went away while the handler sent: not an application error
             except Exception as exc:  # the client gets 1011; Flask logs it; the worker lives
                 code, reason = INTERNAL_ERROR, "internal error"
                 app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -206,7 +212,7 @@ class WebSocket:
     def hub(self) -> Any:
         """This worker's broadcast hub (None outside uWSGI or without a broadcast ring)."""
         pid = os.getpid()
-        if self._hub is not None and self._hub_pid == pid:
+        if self._hub_pid == pid:
             return self._hub
         from .hub import Hub
 

@@ -1,8 +1,198 @@
-"""Placeholder: the per-worker broadcast hub lands with the broadcast ring."""
-from typing import Any, Optional
+"""The worker side of broadcast: this worker's connections, their channels, and
+the waker task that fans new ring entries out to them.
+
+One hub per worker process. Its waker (a thread in the threads model, a
+greenlet under gevent) sleeps on the worker's wake socket (`wakeup`), then
+copies every new ring entry once and writes the ready-made frame to each
+subscribed connection without blocking (`Connection.enqueue_frame`); what a
+socket does not take now stays in that connection's outbound buffer and the
+waker flushes it when the socket is writable. A connection whose buffer
+would pass its `write_limit` is a slow consumer: it is closed with 1013 and
+counted, and the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+from collections import defaultdict
+from typing import Any, Dict, Iterator, List, Optional, Set
+
+from . import wakeup
+from .protocol import TRY_AGAIN_LATER
+from .sharedarea import BroadcastRing, Lapped, RingError
+
+#: Close code for a connection that cannot keep up with broadcasts (or whose
+#: worker was lapped by the ring): "try again later".
+SLOW_CONSUMER = TRY_AGAIN_LATER
+_FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
 
 
 class Hub:
+    """Connections of this worker and their broadcast channels.
+
+    `attach`/`detach`/`subscribe`/`unsubscribe` may be called from any thread
+    or greenlet of the worker; the fan-out runs in the hub's own waker task.
+    """
+
+    def __init__(self, runtime: Any, ring: BroadcastRing) -> None:
+        self._rt = runtime
+        self.ring = ring
+        self._lock = runtime.Lock()
+        self._all: Set[Any] = set()
+        self._channels: Dict[str, Set[Any]] = defaultdict(set)
+        self._epoch = ring.epoch
+        self._last = ring.write_seq
+        self._pending: Set[Any] = set()  # connections with unflushed output
+        self._wake = wakeup.bind_worker_socket()
+        self.delivered = 0
+        self.slow_consumers = 0
+        self.lapped = 0
+        self._task = runtime.spawn(self._run)
+
     @classmethod
     def for_worker(cls, runtime: Any) -> Optional["Hub"]:
-        return None
+        """This worker's hub, or None when broadcast is unavailable (no uWSGI, no
+        sharedarea, or a model without background tasks)."""
+        if not runtime.HAS_TASKS:
+            return None
+        try:
+            import uwsgi  # noqa: F401
+
+            ring = BroadcastRing.from_sharedarea()
+        except (ImportError, RingError):
+            return None
+        return cls(runtime, ring)
+
+    # -- membership -----------------------------------------------------------
+
+    def attach(self, conn: Any) -> None:
+        conn.hub = self
+        with self._lock:
+            self._all.add(conn)
+
+    def detach(self, conn: Any) -> None:
+        with self._lock:
+            self._all.discard(conn)
+            for channel in list(conn.channels):
+                self._remove(conn, channel)
+            self._pending.discard(conn)
+
+    @contextlib.contextmanager
+    def _subscription(self, conn: Any, channel: str) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.unsubscribe(conn, channel)
+
+    def subscribe(self, conn: Any, channel: str) -> Any:
+        """Add `conn` to `channel` now; the returned context manager removes it on exit."""
+        if not isinstance(channel, str) or not channel:
+            raise ValueError("a channel is a non-empty str")
+        if len(channel.encode("utf-8")) > 255:
+            raise ValueError("a channel name is at most 255 bytes in UTF-8")
+        with self._lock:
+            conn.channels.add(channel)
+            self._channels[channel].add(conn)
+        return self._subscription(conn, channel)
+
+    def unsubscribe(self, conn: Any, channel: str) -> None:
+        with self._lock:
+            self._remove(conn, channel)
+
+    def _remove(self, conn: Any, channel: str) -> None:
+        conn.channels.discard(channel)
+        members = self._channels.get(channel)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self._channels[channel]
+
+    # -- the waker task ---------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = self._rt.poller()
+        wake_fd = self._wake.fileno()
+        poller.register(wake_fd, select.POLLIN)
+        watched: Set[int] = set()
+        while True:
+            try:
+                events = poller.poll(_FALLBACK_POLL * 1000)
+                for fd, _ in events:
+                    if fd == wake_fd:
+                        wakeup.drain(self._wake)
+                self._deliver()
+                watched = self._flush_pending(poller, watched)
+            except Exception:  # keep the worker's broadcast alive; report the bug
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+
+    def _flush_pending(self, poller: Any, watched: Set[int]) -> Set[int]:
+        with self._lock:
+            pending = list(self._pending)
+        now_watched = set()
+        for conn in pending:
+            if conn.flush():
+                with self._lock:
+                    self._pending.discard(conn)
+            else:
+                now_watched.add(conn.fd)
+        for fd in watched - now_watched:
+            poller.unregister(fd)
+        for fd in now_watched - watched:
+            poller.register(fd, select.POLLOUT)
+        return now_watched
+
+    def _deliver(self) -> None:
+        ring = self.ring
+        epoch = ring.epoch
+        if epoch != self._epoch:
+            # The ring was formatted after this worker started: read it from the start.
+            self._epoch, self._last = epoch, 0
+        while True:
+            last = ring.write_seq
+            if last <= self._last:
+                return
+            try:
+                entries = ring.read_range(self._last + 1, min(last, self._last + 4096))
+            except Lapped:
+                self._lapped()
+                continue
+            self._fan_out(entries)
+            self._last = entries[-1].seq
+
+    def _fan_out(self, entries: List[Any]) -> None:
+        # Consecutive entries of one channel go out as one write per connection.
+        i = 0
+        while i < len(entries):
+            channel = entries[i].channel
+            j = i + 1
+            while j < len(entries) and entries[j].channel == channel:
+                j += 1
+            data = entries[i].frame if j == i + 1 else b"".join(e.frame for e in entries[i:j])
+            with self._lock:
+                targets = list(self._all if not channel else self._channels.get(channel, ()))
+            for conn in targets:
+                if conn.enqueue_frame(data):
+                    self.delivered += j - i
+                    if conn.pending_output:
+                        with self._lock:
+                            self._pending.add(conn)
+                elif conn.connected:
+                    self.slow_consumers += 1
+                    conn.fail_slow_consumer(SLOW_CONSUMER, "slow consumer: too far behind the broadcasts")
+            i = j
+
+    def _lapped(self) -> None:
+        """This worker fell behind the ring: its connections missed messages."""
+        self.lapped += 1
+        with self._lock:
+            victims = [c for c in self._all if c.connected]
+        for conn in victims:
+            conn.fail_slow_consumer(SLOW_CONSUMER, "missed broadcasts: the server fell behind")
+        self._last = self.ring.min_seq - 1
+        print(f"uwsgi_ws: worker {os.getpid()} was lapped by the broadcast ring; "
+              f"closed {len(victims)} connection(s) with {SLOW_CONSUMER}", file=sys.stderr, flush=True)

@@ -119,6 +119,7 @@ class Protocol:
         self._events: List[Event] = []
         self._parts: list = []
         self._failure: Optional[tuple] = None
+        self._sent: Optional[tuple] = None
 
     # -- input ------------------------------------------------------------
 
@@ -213,6 +214,20 @@ class Protocol:
     def _send_close(self, code: Optional[int], reason: str) -> None:
         self._out.append(frames.encode(frames.OP_CLOSE, frames.close_payload(code, reason)))
         self.close_sent = True
+        self._sent = (NO_STATUS if code is None else code, reason)
+
+    @property
+    def failed(self) -> bool:
+        """True once the connection was failed (protocol error, size, keepalive)."""
+        return self._failure is not None
+
+    @property
+    def pending_close(self) -> tuple:
+        """(code, reason) the connection is closing with: final once closed, else the
+        failure or the close frame we sent; (1006, ...) if nothing is known yet."""
+        if self.state is State.CLOSED:
+            return self.close_code, self.close_reason
+        return self._failure or self._sent or (ABNORMAL, "")
 
     def _failed(self) -> bool:
         return self._failure is not None

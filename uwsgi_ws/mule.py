@@ -1,0 +1,182 @@
+"""The broadcast mule, and `publish()` for every other process of the instance.
+
+Run it with ``--mule=uwsgi_ws.mule:run`` (YAML ``mule: uwsgi_ws.mule:run``)
+next to ``--master --sharedarea N``. Workers, spoolers and other mules hand it
+publish requests with ``uwsgi.mule_msg``; it frames each message once, appends
+it to the broadcast ring (`sharedarea.BroadcastRing`) and wakes the workers
+(`wakeup`), once per batch of requests however large the burst.
+
+A publish request is one mule message:
+
+    b"UWS1" | flags u8 (bit 0: binary) | channel_len u8 | channel (UTF-8) | payload
+
+Delivery: a request accepted by ``mule_msg`` stays in the mule's queue while
+the mule is down (the master respawns it; the queue survives), and the
+respawned mule resumes the ring from its header: nothing accepted is lost or
+duplicated, except the one request a mule killed with ``kill -9`` may have
+been taking off the queue at that instant.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Optional, Union
+
+from . import frames, wakeup
+from .sharedarea import FLAG_BINARY, BroadcastRing, RingError
+
+PREFIX = b"UWS1"
+_REQ = struct.Struct("<4sBB")
+DEFAULT_MULE_MSG_SIZE = 65536
+PUBLISH_TIMEOUT = float(os.environ.get("UWSGI_WS_PUBLISH_TIMEOUT", "10"))
+
+
+class PublishError(RingError):
+    """A publish could not be accepted; the message says what to configure or check."""
+
+
+def encode_request(data: Union[str, bytes, bytearray, memoryview], channel: Optional[str]) -> bytes:
+    if isinstance(data, str):
+        flags, payload = 0, data.encode("utf-8")
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        flags, payload = FLAG_BINARY, bytes(data)
+    else:
+        raise TypeError(f"publish() takes str (a text message) or bytes (binary), not {type(data).__name__}")
+    chan = (channel or "").encode("utf-8")
+    if len(chan) > 255:
+        raise PublishError(f"channel name {channel[:40]!r}... is over 255 bytes in UTF-8")
+    return _REQ.pack(PREFIX, flags, len(chan)) + chan + payload
+
+
+def decode_request(message: bytes) -> tuple:
+    """(channel, flags, payload) of a publish request; ValueError if it is not one."""
+    if len(message) < _REQ.size or message[:4] != PREFIX:
+        raise ValueError("not a uwsgi_ws publish request")
+    _, flags, clen = _REQ.unpack_from(message, 0)
+    start = _REQ.size
+    return message[start:start + clen].decode("utf-8"), flags, message[start + clen:]
+
+
+def mule_msg_size() -> int:
+    import uwsgi
+
+    value = (getattr(uwsgi, "opt", {}) or {}).get("mule-msg-size")
+    if isinstance(value, (list, tuple)):
+        value = value[-1]
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return int(value) if value not in (None, True) else DEFAULT_MULE_MSG_SIZE
+    except ValueError:
+        return DEFAULT_MULE_MSG_SIZE
+
+
+_ring: Optional[BroadcastRing] = None
+
+
+def _shared_ring() -> BroadcastRing:
+    global _ring
+    if _ring is None:
+        _ring = BroadcastRing.from_sharedarea()
+    return _ring
+
+
+def _sleep(seconds: float) -> None:
+    try:
+        import uwsgi
+
+        if getattr(uwsgi, "loop", None) in (b"gevent", "gevent"):
+            import gevent
+
+            gevent.sleep(seconds)
+            return
+    except ImportError:
+        pass
+    time.sleep(seconds)
+
+
+def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
+    """Broadcast `data` (str: text frame, bytes: binary) on `channel` (None: to every
+    WebSocket of the instance). Callable from any process of the instance:
+    workers (any thread or greenlet), spoolers, mules.
+
+    Blocks while the mule's queue is full (e.g. while the mule respawns), up to
+    $UWSGI_WS_PUBLISH_TIMEOUT seconds (default 10), then raises PublishError; it
+    never drops a message silently. Returns the size of the request.
+    """
+    try:
+        import uwsgi
+    except ImportError:
+        raise PublishError(
+            "publish() needs uWSGI: run the app under uwsgi with --master, --sharedarea 4096 "
+            "and --mule=uwsgi_ws.mule:run"
+        ) from None
+    request = encode_request(data, channel)
+    limit = mule_msg_size()
+    if len(request) > limit:
+        raise PublishError(
+            f"message of {len(request) - _REQ.size} bytes (with its channel) is over the "
+            f"--mule-msg-size of {limit} bytes: raise --mule-msg-size (and --sharedarea) or send less"
+        )
+    ring = _shared_ring()
+    chan_len = request[5]
+    frame_size = frames.header_size(len(request) - _REQ.size - chan_len) + len(request) - _REQ.size - chan_len
+    if frame_size > ring.max_frame_size(chan_len):
+        raise PublishError(
+            f"message of {frame_size} bytes (framed) is over the broadcast ring's limit of "
+            f"{ring.max_frame_size(chan_len)} bytes (a quarter of the ring): raise --sharedarea"
+        )
+    deadline = time.monotonic() + PUBLISH_TIMEOUT
+    delay = 0.001
+    while True:
+        mule_id = ring.mule_id
+        if mule_id:
+            if uwsgi.mule_id() == mule_id:  # the broadcast mule publishing itself
+                _append(ring, request)
+                wakeup.wake_workers()
+                return len(request)
+            if uwsgi.mule_msg(request, mule_id):
+                return len(request)
+            reason = f"the broadcast mule's queue (mule {mule_id}) stayed full"
+        else:
+            reason = "the broadcast mule did not start (add --mule=uwsgi_ws.mule:run and --master)"
+        if time.monotonic() >= deadline:
+            raise PublishError(f"publish failed after {PUBLISH_TIMEOUT:g}s: {reason}")
+        _sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _append(ring: BroadcastRing, request: bytes) -> Optional[int]:
+    try:
+        channel, flags, payload = decode_request(request)
+    except ValueError:
+        return None
+    frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
+    return ring.append(frame, channel, flags)
+
+
+def run() -> None:
+    """The broadcast mule's main loop (``--mule=uwsgi_ws.mule:run``); never returns."""
+    import uwsgi
+
+    ring = _shared_ring()
+    ring.format(uwsgi.mule_id())
+    size = max(mule_msg_size(), DEFAULT_MULE_MSG_SIZE) + 64
+    print(f"uwsgi_ws: broadcast mule {uwsgi.mule_id()} serving ring epoch {ring.epoch:x} "
+          f"at message {ring.write_seq}", flush=True)
+    while True:
+        message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=-1)
+        appended = 0
+        while message is not None:
+            try:
+                if _append(ring, message) is not None:
+                    appended += 1
+            except RingError as exc:
+                print(f"uwsgi_ws: dropped a publish request: {exc}", flush=True)
+            if appended >= 4096:
+                break
+            message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=0)
+        if appended:
+            wakeup.wake_workers()

@@ -1,0 +1,289 @@
+"""The broadcast ring: numbered, ready-to-send frames in a uWSGI sharedarea.
+
+One writer (the broadcast mule) appends; every worker reads. The ring stores
+bytes and knows nothing of connections. Readers never take a lock: they copy
+a record, then check that the writer had not started to overwrite it (a torn
+or lapped record is reported as `Lapped`, never returned).
+
+Byte layout (little-endian), the whole sharedarea:
+
+    offset  size  field
+    0       8     magic b"UWSRING1"
+    8       4     layout version (1)
+    12      4     index_entries   (power of two)
+    16      8     data_size       bytes in the data region
+    24      8     epoch           random, set when the ring is formatted (new instance)
+    32      8     write_seq       number of the last committed message (0: none yet)
+    40      8     min_seq         oldest message whose record is still intact
+    48      8     write_pos       data-region offset of the next record
+    56      4     mule_id         the broadcast mule (publishers send to it)
+    60      4     reserved
+    64      16 x index_entries    index: message seq -> record
+                  entry:  seq u64 | offset u32 | length u32   (slot = seq % index_entries)
+    64 + 16 x index_entries       data region, data_size bytes, records back to back:
+                  record: seq u64 | frame_len u32 | flags u8 | channel_len u8 | 2 reserved
+                          | channel (channel_len bytes, UTF-8) | frame (frame_len bytes)
+                          | zero padding to a multiple of 8
+
+`frame` is a complete server WebSocket frame (header + payload), framed once
+by the mule and written as-is to every subscribed connection. Flags: bit 0 =
+binary. A record never wraps: if it does not fit before the end of the data
+region, it starts at offset 0.
+
+Writer protocol (append): compute the records the new one will overwrite,
+raise `min_seq` past them, write the record, its index entry, `write_pos`,
+and last `write_seq` (the commit). A writer killed mid-append leaves
+`write_seq` unchanged, so the half-written record is never read; the next
+writer (a respawned mule) resumes from the header.
+
+Reader protocol (read): for seq <= write_seq, look up the index entry, copy
+the record, then re-read `min_seq`: if it passed seq, the copy may be torn and
+the reader has been lapped.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Iterator, List, NamedTuple, Optional, Tuple
+
+MAGIC = b"UWSRING1"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQQQQQII")  # 64 bytes
+INDEX_ENTRY = struct.Struct("<QII")  # 16 bytes
+RECORD = struct.Struct("<QIBBH")  # 16 bytes
+FLAG_BINARY = 0x01
+HEADER_SIZE = 64
+MIN_AREA = 64 * 1024
+
+_W_SEQ = 32
+_MIN_SEQ = 40
+_W_POS = 48
+_U64 = struct.Struct("<Q")
+
+assert HEADER.size == HEADER_SIZE and INDEX_ENTRY.size == 16 and RECORD.size == 16
+
+
+class RingError(Exception):
+    """The ring cannot be used as asked; the message says what to configure."""
+
+
+class Lapped(Exception):
+    """The message asked for was overwritten before (or while) it was read."""
+
+
+class Entry(NamedTuple):
+    seq: int
+    channel: str
+    flags: int
+    frame: bytes
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def geometry(area_size: int) -> Tuple[int, int]:
+    """(index_entries, data_size) for a sharedarea of `area_size` bytes: one index
+    entry per 256 bytes of area (a power of two, at least 256), the rest data."""
+    if area_size < MIN_AREA:
+        raise RingError(
+            f"the sharedarea has {area_size} bytes; the broadcast ring needs at least {MIN_AREA}: "
+            "raise --sharedarea (it counts 4 KiB pages, e.g. --sharedarea 4096 for 16 MiB)"
+        )
+    entries = 256
+    while entries * 2 * 256 <= area_size:
+        entries *= 2
+    data_size = area_size - HEADER_SIZE - entries * INDEX_ENTRY.size
+    return entries, data_size
+
+
+class BroadcastRing:
+    """A view of the ring in `buf` (a writable memoryview of the whole sharedarea).
+
+    Reading (`write_seq`, `read`, `read_range`) is safe from any process at any
+    time. Writing (`format`, `append`) is for the single broadcast mule only.
+    """
+
+    def __init__(self, buf: memoryview) -> None:
+        if buf.readonly:
+            raise RingError("the sharedarea memoryview is read-only")
+        self.buf = buf.cast("B") if buf.format != "B" else buf
+        self.entries, self.data_size = geometry(len(self.buf))
+        self.index_base = HEADER_SIZE
+        self.data_base = HEADER_SIZE + self.entries * INDEX_ENTRY.size
+
+    @classmethod
+    def from_sharedarea(cls, area_id: Optional[int] = None) -> "BroadcastRing":
+        """The ring over uWSGI sharedarea `area_id` (default: $UWSGI_WS_SHAREDAREA or 0).
+
+        Raises RingError naming the option to set outside uWSGI or without a sharedarea.
+        """
+        if area_id is None:
+            area_id = int(os.environ.get("UWSGI_WS_SHAREDAREA", "0"))
+        try:
+            import uwsgi
+        except ImportError:
+            raise RingError(
+                "broadcast needs uWSGI: run the app under uwsgi with --master, "
+                "--sharedarea 4096 and --mule=uwsgi_ws.mule:run"
+            ) from None
+        try:
+            view = uwsgi.sharedarea_memoryview(area_id)
+        except Exception as exc:
+            raise RingError(
+                f"no uWSGI sharedarea {area_id} ({exc}): add --sharedarea 4096 "
+                "(YAML `sharedarea: 4096`) for the broadcast ring"
+            ) from None
+        if view is None:
+            raise RingError(f"no uWSGI sharedarea {area_id}: add --sharedarea 4096 for the broadcast ring")
+        return cls(view)
+
+    # -- header -------------------------------------------------------------
+
+    @property
+    def formatted(self) -> bool:
+        return bytes(self.buf[0:8]) == MAGIC
+
+    def header(self) -> dict:
+        magic, version, entries, data_size, epoch, wseq, mseq, wpos, mule, _ = HEADER.unpack_from(self.buf, 0)
+        return dict(magic=magic, version=version, index_entries=entries, data_size=data_size, epoch=epoch,
+                    write_seq=wseq, min_seq=mseq, write_pos=wpos, mule_id=mule)
+
+    @property
+    def write_seq(self) -> int:
+        """Number of the last committed message (0 before the first)."""
+        return _U64.unpack_from(self.buf, _W_SEQ)[0]
+
+    @property
+    def min_seq(self) -> int:
+        return _U64.unpack_from(self.buf, _MIN_SEQ)[0]
+
+    @property
+    def epoch(self) -> int:
+        """Changes when the ring is formatted anew (a new uWSGI instance); 0 before."""
+        return _U64.unpack_from(self.buf, 24)[0] if self.formatted else 0
+
+    @property
+    def mule_id(self) -> int:
+        return struct.unpack_from("<I", self.buf, 56)[0] if self.formatted else 0
+
+    def max_frame_size(self, channel_len: int = 255) -> int:
+        """The largest frame `append` accepts with a channel of that many bytes."""
+        return min(self.data_size // 4, 0xFFFFFFFF) - RECORD.size - channel_len - 8
+
+    # -- writer (the broadcast mule only) --------------------------------
+
+    def format(self, mule_id: int) -> None:
+        """Resume the ring if it is intact and of this geometry, else lay it out anew
+        with a fresh epoch. Then record `mule_id` as the broadcast mule."""
+        h = self.header()
+        if not (h["magic"] == MAGIC and h["version"] == VERSION and h["index_entries"] == self.entries
+                and h["data_size"] == self.data_size and h["write_pos"] <= self.data_size):
+            epoch = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+            self.buf[: self.data_base] = bytes(self.data_base)
+            HEADER.pack_into(self.buf, 0, b"\0" * 8, VERSION, self.entries, self.data_size, epoch, 0, 1, 0, 0, 0)
+            self.buf[0:8] = MAGIC
+        struct.pack_into("<I", self.buf, 56, mule_id)
+
+    def append(self, frame: bytes, channel: str = "", flags: int = 0) -> int:
+        """Append one frame; returns its sequence number. Single writer only."""
+        chan = channel.encode("utf-8")
+        if len(chan) > 255:
+            raise RingError(f"channel name {channel[:40]!r}... is over 255 bytes")
+        length = _align8(RECORD.size + len(chan) + len(frame))
+        if length - RECORD.size - len(chan) > self.max_frame_size(len(chan)) + 8:
+            raise RingError(
+                f"a {len(frame)}-byte frame does not fit the ring (at most {self.max_frame_size(len(chan))}): "
+                "raise --sharedarea"
+            )
+        buf = self.buf
+        seq = self.write_seq + 1
+        start = _U64.unpack_from(buf, _W_POS)[0]
+        pos = start if start + length <= self.data_size else 0
+        self._invalidate(seq, start, pos, length)
+        base = self.data_base + pos
+        RECORD.pack_into(buf, base, seq, len(frame), flags, len(chan), 0)
+        end = base + RECORD.size
+        buf[end:end + len(chan)] = chan
+        end += len(chan)
+        buf[end:end + len(frame)] = frame
+        INDEX_ENTRY.pack_into(buf, self.index_base + (seq % self.entries) * 16, seq, pos, length)
+        _U64.pack_into(buf, _W_POS, pos + length)
+        _U64.pack_into(buf, _W_SEQ, seq)  # commit
+        return seq
+
+    def _invalidate(self, seq: int, start: int, pos: int, length: int) -> None:
+        """Raise min_seq past every record the append of `seq` at `pos` overwrites."""
+        buf = self.buf
+        min_seq = self.min_seq
+        last = seq - 1
+        zones = [(pos, pos + length)] if pos == start else [(start, self.data_size), (0, length)]
+        new_min = min_seq
+        while new_min <= last:
+            if new_min <= seq - self.entries:  # its index slot is about to be reused
+                new_min += 1
+                continue
+            s, off, ln = INDEX_ENTRY.unpack_from(buf, self.index_base + (new_min % self.entries) * 16)
+            if s != new_min or any(off < hi and lo < off + ln for lo, hi in zones):
+                new_min += 1
+                continue
+            break
+        if new_min != min_seq:
+            _U64.pack_into(buf, _MIN_SEQ, new_min)
+
+    # -- readers -----------------------------------------------------------
+
+    def read(self, seq: int) -> Optional[Entry]:
+        """Message `seq`, None if not yet written; raises Lapped if it is gone."""
+        entries = self.read_range(seq, seq)
+        return entries[0] if entries else None
+
+    def read_range(self, first: int, last: int) -> List[Entry]:
+        """Messages first..last (clipped to write_seq), in order.
+
+        Raises Lapped if `first` is already overwritten; a later message lost
+        during the copy cuts the list short before it (read again from there).
+        """
+        buf = self.buf
+        last = min(last, self.write_seq)
+        if first > last:
+            return []
+        if first < self.min_seq:
+            raise Lapped(first)
+        copies = []
+        for seq in range(first, last + 1):
+            s, off, ln = INDEX_ENTRY.unpack_from(buf, self.index_base + (seq % self.entries) * 16)
+            if s != seq or off + ln > self.data_size:
+                break
+            start = self.data_base + off
+            copies.append((seq, bytes(buf[start:start + ln])))
+        min_after = self.min_seq
+        out: List[Entry] = []
+        for seq, raw in copies:
+            if seq < min_after:
+                if not out:
+                    raise Lapped(seq)
+                break
+            rseq, flen, flags, clen, _ = RECORD.unpack_from(raw, 0)
+            if rseq != seq:
+                break
+            chan_end = RECORD.size + clen
+            out.append(Entry(seq, raw[RECORD.size:chan_end].decode("utf-8"), flags, raw[chan_end:chan_end + flen]))
+        if not out and copies:
+            raise Lapped(first)
+        return out
+
+    def __iter__(self) -> Iterator[Entry]:
+        """Every message still in the ring, oldest first (for tests and resume)."""
+        seq = max(self.min_seq, 1)
+        while True:
+            try:
+                batch = self.read_range(seq, seq + 1023)
+            except Lapped:
+                seq = self.min_seq
+                continue
+            if not batch:
+                return
+            yield from batch
+            seq = batch[-1].seq + 1

@@ -1,0 +1,74 @@
+"""Wake-ups from the broadcast mule to the workers, one datagram per worker.
+
+Each worker binds a Unix datagram socket in the abstract namespace, named
+after the instance (the master's pid) and its worker id; the mule sends one
+byte to every worker after each batch of ring appends. A worker drains all
+pending bytes at once, and a full socket buffer simply drops the byte (the
+worker is already due to read the ring), so a burst of publishes costs at most
+one wake-up per worker per batch and never queues in uWSGI's master.
+
+Why not a uWSGI signal: signals travel through the master's queue ("SIGNAL
+QUEUE IS FULL" under a fast publisher) and, in threaded workers, their
+handlers only run when a core is idle, which never happens while every thread
+holds a WebSocket. A socket works the same in every model: the worker's waker
+(a thread, or a greenlet under gevent) just waits for it to be readable.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Optional
+
+
+def _address(worker_id: int, master_pid: Optional[int] = None) -> bytes:
+    import uwsgi
+
+    pid = master_pid if master_pid is not None else uwsgi.masterpid()
+    return b"\0uwsgi_ws-wake-%d-%d" % (pid, worker_id)
+
+
+def bind_worker_socket() -> socket.socket:
+    """The calling worker's wake socket (non-blocking). Call once per worker process."""
+    import uwsgi
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = _address(uwsgi.worker_id())
+    try:
+        sock.bind(address)
+    except OSError:
+        # A previous incarnation of this worker id still holds it (dying): take over.
+        sock.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(address + b"-%d" % __import__("os").getpid())
+    sock.setblocking(False)
+    return sock
+
+
+def drain(sock: socket.socket) -> int:
+    """Read every pending wake-up byte; returns how many there were."""
+    n = 0
+    while True:
+        try:
+            sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return n
+        n += 1
+
+
+_sender: Optional[socket.socket] = None
+
+
+def wake_workers() -> None:
+    """Send one wake-up byte to every worker of this instance (never blocks)."""
+    global _sender
+    import uwsgi
+
+    if _sender is None:
+        _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        _sender.setblocking(False)
+    master = uwsgi.masterpid()
+    for worker_id in range(1, uwsgi.numproc + 1):
+        try:
+            _sender.sendto(b"w", _address(worker_id, master))
+        except OSError:
+            pass  # not bound yet (worker starting) or buffer full (a wake-up is pending)
