@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line(VENV)
     print(f"machine: {machine}\nlogs: {logdir}", file=sys.stderr)
     records: list[dict[str, Any]] = []
+    load0 = Path("/proc/loadavg").read_text().split()[0]
     started = time.monotonic()
     try:
         for rnd in range(1, args.rounds + 1):
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {machine}",
         f"- rounds: {args.rounds} (median shown; lost/dup/reord are totals over rounds), "
         f"servers restarted for every scenario, wall time {elapsed / 60:.1f} min",
+        f"- load average before/after: {load0} / {Path('/proc/loadavg').read_text().split()[0]} "
+        "(the client shares the 2 cores with the server; other work on the machine skews results)",
         f"- command: `python bench/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "- ratios (×ws) are against the `websockets` row of the same scenario",
     ]

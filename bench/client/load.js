@@ -198,9 +198,18 @@ async function connectAll(subs) {
 const agent = new http.Agent({ keepAlive: true, maxSockets: Math.max(cfg.pubConcurrency, 8) });
 const pubUrl = new URL(cfg.url + '/publish');
 
+const postStatus = {}; // HTTP status (or error code) -> count, for error messages
+
 /** POST one body; resolves true on 2xx. Retries once if a reused keep-alive
  * socket had been closed by the server (that request was never processed). */
 function post(body, retry = true) {
+  return postOnce(body, retry).then(([ok, status]) => {
+    postStatus[status] = (postStatus[status] || 0) + 1;
+    return ok;
+  });
+}
+
+function postOnce(body, retry) {
   return new Promise((resolve) => {
     const req = http.request({
       host: pubUrl.hostname,
@@ -212,15 +221,15 @@ function post(body, retry = true) {
       timeout: 10000,
     }, (res) => {
       res.resume();
-      res.on('end', () => resolve(res.statusCode >= 200 && res.statusCode < 300));
-      res.on('error', () => resolve(false));
+      res.on('end', () => resolve([res.statusCode >= 200 && res.statusCode < 300, res.statusCode]));
+      res.on('error', (err) => resolve([false, err.code || 'response error']));
     });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'timeout' })));
     req.on('error', (err) => {
       if (retry && req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
-        resolve(post(body, false));
+        resolve(postOnce(body, false));
       } else {
-        resolve(false);
+        resolve([false, err.code || String(err)]);
       }
     });
     req.end(body);
@@ -240,12 +249,14 @@ async function waitFor(cond, seconds, quietSeconds = null) {
 async function warmup(subs) {
   stats.phase = 'warm';
   const deadline = now() + cfg.warmupSeconds * 1000;
-  for (let k = 0; now() < deadline; k++) {
-    await post(makePayload('W', k, 10));
-    if (await waitFor(() => subs.every((s) => s.warm >= k), 1)) return k + 1;
+  let failures = 0; // consecutive non-2xx answers: a broken publish path fails fast
+  for (let k = 0; now() < deadline && failures < 5; k++) {
+    failures = (await post(makePayload('W', k, 10))) ? 0 : failures + 1;
+    if (await waitFor(() => subs.every((s) => s.warm >= k), failures ? 0.2 : 1)) return k + 1;
   }
   const got = subs.filter((s) => s.warm >= 0).length;
-  throw new Error(`warm-up: only ${got}/${subs.length} clients ever received a broadcast`);
+  throw new Error(`warm-up: only ${got}/${subs.length} clients ever received a broadcast `
+    + `(publish answers: ${JSON.stringify(postStatus)})`);
 }
 
 function resetPhase(subs, count) {
@@ -355,6 +366,7 @@ async function main() {
     if (cfg.messages > 0) result.tp = await throughput(subs);
     if (cfg.latency) result.lat = await latency(subs);
     result.stray = stats.stray;
+    result.publish_status = postStatus;
     result.disconnected = subs.filter((s) => !s.ready).length;
   } catch (err) {
     result.error = String(err && err.stack ? err.message : err);

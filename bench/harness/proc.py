@@ -13,6 +13,7 @@ Contract:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -168,12 +169,14 @@ class ManagedProcess:
         return " | ".join(line.strip() for line in text[-lines:])
 
     def log_error(self) -> str:
-        """The last log line that names an error/exception, else the last line."""
+        """The last Python exception line of the log (``XxxError: ...``), else
+        the last line naming an error, else the last line."""
         if not self.log or not self.log.exists():
             return ""
         text = [t.strip() for t in self.log.read_text(errors="replace").splitlines() if t.strip()]
-        errors = [t for t in text if "Error" in t or "Exception" in t or "error" in t]
-        return (errors or text or [""])[-1]
+        exc = [t for t in text if re.match(r"^[\w.]+(Error|Exception)\b", t)]
+        errors = [t for t in text if "rror" in t or "xception" in t]
+        return (exc or errors or text or [""])[-1]
 
     def stop(self, timeout: float = 8.0) -> list[int]:
         """Signal the group, SIGKILL it after ``timeout``; return leftover pids.
