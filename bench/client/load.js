@@ -88,6 +88,7 @@ const stats = {
   tp: { unique: 0, dup: 0, reorder: 0 },
   lat: { unique: 0, dup: 0, samples: null, n: 0 },
   stray: 0, // messages that belong to no current phase
+  closedByServer: 0, // connections closed after they were ready
 };
 
 class Sub {
@@ -146,7 +147,11 @@ function openSub(sub) {
     sub.ws = ws;
     const fail = (err) => { if (!sub.ready) reject(err); };
     ws.on('error', fail);
-    ws.on('close', () => { if (!sub.ready) fail(new Error('closed before ready')); sub.ready = false; });
+    ws.on('close', (code) => {
+      if (!sub.ready) fail(new Error(`closed before ready (code ${code})`));
+      else stats.closedByServer += 1;
+      sub.ready = false;
+    });
     if (cfg.proto === 'ws') {
       ws.on('open', () => { sub.ready = true; resolve(); });
       ws.on('message', (data) => sub.onPayload(data, 0));
@@ -190,7 +195,9 @@ async function connectAll(subs) {
   await Promise.all(Array.from({ length: cfg.connectConcurrency }, worker));
   const ready = subs.filter((s) => s.ready).length;
   if (ready < subs.length) {
-    throw new Error(`only ${ready}/${subs.length} clients connected (${failed} failed: ${firstError})`);
+    const why = failed ? `${failed} failed: ${firstError}` : 'none failed';
+    throw new Error(`only ${ready}/${subs.length} clients connected (${why}; `
+      + `${stats.closedByServer} closed by the server after opening)`);
   }
 }
 
@@ -368,6 +375,7 @@ async function main() {
     result.stray = stats.stray;
     result.publish_status = postStatus;
     result.disconnected = subs.filter((s) => !s.ready).length;
+    result.closed_by_server = stats.closedByServer;
   } catch (err) {
     result.error = String(err && err.stack ? err.message : err);
   }
