@@ -64,16 +64,19 @@ class UWSGI:
         env: dict[str, str] | None = None,
         ready: str = "port",
         timeout: float = 30.0,
+        executable: str | None = None,
     ) -> None:
+        """`executable` replaces the uwsgi binary (e.g. a Python interpreter
+        running a script that execs uwsgi, as app.run does)."""
         self.port = port or free_port()
         self.log_path = tmp_path / f"uwsgi-{self.port}.log"
-        self.args = [uwsgi_binary(), *[a.replace("{port}", str(self.port)) for a in args]]
+        self.args = [executable or uwsgi_binary(), *[a.replace("{port}", str(self.port)) for a in args]]
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), str(APPS), full_env.get("PYTHONPATH", "")]
         ).rstrip(os.pathsep)
-        if env:
-            full_env.update(env)
+        if env:  # "{port}" in a value becomes the port, as in args
+            full_env.update({k: v.replace("{port}", str(self.port)) for k, v in env.items()})
         self._logfile = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             self.args,
@@ -85,7 +88,7 @@ class UWSGI:
             start_new_session=True,
         )
         self.pid = self.proc.pid
-        if ready == "port":
+        if ready == "port":  # else call wait_for_port() or wait_for_log() yourself
             self.wait_for_port(timeout)
 
     # -- life cycle -------------------------------------------------------
