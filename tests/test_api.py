@@ -17,8 +17,6 @@ EXTRA = ["--sharedarea", "1"]  # one 4 KiB page
 
 ASYNC_SECONDS = ("uwsgi_ws bug (async model): runtime/ugreen.wait rounds every timeout up to whole "
                  "seconds (uwsgi.wait_fd_read takes int seconds): receive(timeout=0.1) waits 1 s")
-ASYNC_RECV_NB = ("uwsgi_ws bug (async model): Connection._receive_inline returns None for timeout=0 "
-                 "before reading the socket, so recv_nb() never sees a message nobody else read")
 
 
 def xfail_async(server, request, reason):
@@ -55,7 +53,6 @@ def test_receive_timeout_returns_none_eventually(server):
 
 
 def test_recv_nb(server, request):
-    xfail_async(server, request, ASYNC_RECV_NB)
     ws = websocket.create_connection(server.url + "/recv-nb", timeout=8)
     try:
         assert json.loads(ws.recv()) == {"first": "None"}  # nothing sent yet: None, no blocking

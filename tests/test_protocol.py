@@ -131,14 +131,6 @@ def test_close_reason_with_invalid_utf8_is_1007(server):
         expect_failure(raw, 1007)
 
 
-BUG_LINGER = (
-    "uwsgi_ws bug: after failing a connection (protocol.Protocol.fail) the engine discards all "
-    "input, the peer's close frame included, and nothing shuts TCP down, so the socket, the "
-    "handler and (threads model) its thread stay until close_timeout (5 s) expires"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_LINGER)
 @pytest.mark.parametrize("answer", [True, False], ids=["client-answers-close", "client-silent"])
 def test_tcp_closed_promptly_after_failing(server, answer):
     # RFC 6455 7.1.7: after a failure the server sends its close frame and closes

@@ -419,6 +419,19 @@ class Connection:
                 self._feed(data)
         self._on_timers(time.monotonic())
 
+    def _read_available(self) -> bool:
+        """Feed whatever the socket holds right now, without waiting; True if anything came."""
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        self._feed(data)
+        if self._protocol.state is State.CLOSED:
+            self._end()
+        return True
+
     def _feed(self, data: bytes) -> None:
         with self._plock:
             protocol = self._protocol
@@ -519,6 +532,8 @@ class Connection:
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if self._read_available():  # recv_nb and expired timeouts still see what arrived
+                    continue
                 return None
             self._pump(remaining)
             if self._protocol.state is State.CLOSED:
