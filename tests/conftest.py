@@ -7,12 +7,15 @@ A test module that takes the `server` fixture declares what to serve:
     EXTRA = ["--sharedarea", "1"]   # optional extra uWSGI options
 
 and each test runs once per model (`server.model` names it). A server's
-teardown fails the module if a worker crashed while it ran.
+teardown fails the module if a worker crashed while it ran; the shutdown
+itself (about a second of uWSGI reaping its workers) runs in the background
+while the next module starts, and the session fails if one went wrong.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,13 +31,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("server", models, indirect=True, scope="module")
 
 
+@pytest.fixture(scope="session")
+def _stopper():
+    """Stops module servers in the background; waits for them all at the end."""
+    stopping = []
+
+    def stop(instance) -> None:
+        thread = threading.Thread(target=instance.stop, name=f"stop-{instance.pid}")
+        thread.start()
+        stopping.append((instance, thread))
+
+    yield stop
+    for instance, thread in stopping:
+        thread.join(60)
+        assert instance.proc.poll() is not None, f"uwsgi {instance.pid} still running"
+        assert not instance.crashes(), instance.log()
+
+
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _stopper):
     model = request.param
     app = getattr(request.module, "APP", "echo_app:app")
     extra = getattr(request.module, "EXTRA", [])
     instance = serve(app, tmp_path_factory.mktemp(f"uwsgi-{model}"), model=model, extra=extra)
     instance.model = model  # type: ignore[attr-defined]
     yield instance
-    instance.stop()
-    assert not instance.crashes(), instance.log()
+    crashes, log = instance.crashes(), instance.log()
+    _stopper(instance)
+    assert not crashes, log
