@@ -11,6 +11,7 @@ import functools
 import os
 import socket
 import sys
+import threading
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
@@ -33,6 +34,9 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 Handler = Callable[..., Any]
+# Guards the per-process hub creation. A plain lock is right in every model:
+# under gevent nothing inside the critical section yields, so it never blocks.
+_hub_lock = threading.Lock()
 
 
 class _Upgraded(Response):
@@ -216,8 +220,10 @@ class WebSocket:
             return self._hub
         from .hub import Hub
 
-        self._hub = Hub.for_worker(self.runtime())
-        self._hub_pid = pid
+        with _hub_lock:  # first connections of a threaded worker arrive together
+            if self._hub_pid != pid:
+                self._hub = Hub.for_worker(self.runtime())
+                self._hub_pid = pid
         return self._hub
 
     def publish(self, data: Union[str, bytes], channel: Optional[str] = None) -> int:

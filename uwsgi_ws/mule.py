@@ -169,7 +169,8 @@ def run() -> None:
     while True:
         message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=-1)
         appended = 0
-        while message is not None:
+        # None: a signal was handled; b"": the timeout passed (uWSGI returns an empty message).
+        while message:
             try:
                 if _append(ring, message) is not None:
                     appended += 1
