@@ -97,3 +97,12 @@ def test_tcp_drop_without_close_frame_is_1006(server, tmp_path):
     outcome = read_reports(report)[0]
     assert outcome["close_code"] == 1006
     assert outcome["receive"][0] == "ConnectionClosed"
+
+
+def test_handler_returning_closes_with_1000(server):
+    # /both's websocket handler sends one message and returns.
+    with RawWebSocket(server.port, "/both") as raw:
+        assert raw.recv_frame().payload == b"websocket handler"
+        frame = raw.expect_close()
+        assert frame.close_code == 1000
+        raw.wait_eof(timeout=2)

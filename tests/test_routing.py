@@ -4,6 +4,7 @@ what plain HTTP and bad handshakes get."""
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -128,6 +129,51 @@ def test_missing_connection_upgrade_is_400(server):
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
     status, _, _ = http_request(server.port, raw)
     assert status == 400
+
+
+def upgrade_head(server, path, headers):
+    """Send a handshake with exactly `headers`; the response head (the socket is then closed)."""
+    raw = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{headers}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(raw)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+    return head.split(b"\r\n\r\n")[0].decode("latin-1")
+
+
+def test_browser_style_upgrade_headers(server):
+    # Firefox sends "Connection: keep-alive, Upgrade"; header values are case-insensitive.
+    head = upgrade_head(server, "/echo", (
+        "Upgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        "Origin: http://example.com\r\n"))
+    assert head.startswith("HTTP/1.1 101"), head
+    assert "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # the RFC 6455 example key's accept value
+
+
+@pytest.mark.parametrize(
+    "offered, chosen",
+    [("v1.chat", "v1.chat"), ("v1.chat, v2.chat", "v1.chat"), ("other, v2.chat", "v2.chat"), (None, None)],
+)
+def test_subprotocol_negotiation(server, offered, chosen):
+    options = {"subprotocols": [p.strip() for p in offered.split(",")]} if offered else {}
+    ws = websocket.create_connection(server.url + "/proto", timeout=5, **options)
+    try:
+        assert ws.recv() == repr(chosen)
+        assert ws.getsubprotocol() == chosen
+    finally:
+        ws.close()
+
+
+def test_no_common_subprotocol_means_no_header(server):
+    head = upgrade_head(server, "/proto", (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: other, v3.chat\r\n"))
+    assert head.startswith("HTTP/1.1 101"), head
+    assert "sec-websocket-protocol" not in head.lower()
 
 
 def test_server_still_echoes_after_bad_handshakes(server):

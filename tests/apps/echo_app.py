@@ -105,6 +105,11 @@ def both_ws(conn):
     conn.send("websocket handler")
 
 
+@ws.route("/proto", subprotocols=["v2.chat", "v1.chat"])
+def proto(conn):
+    conn.send(repr(conn.subprotocol))
+
+
 @app.route("/login")
 def login():
     session["user"] = request.args.get("user", "alice")
