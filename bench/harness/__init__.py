@@ -1,0 +1,2 @@
+"""Machinery of bench/run.py: process management (proc), client driving
+(client) and reporting (report). Standard library only."""
