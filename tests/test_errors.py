@@ -6,7 +6,7 @@ import re
 
 import websocket
 
-from harness import wait_for
+from harness import read_reports, wait_for
 from wsraw import RawWebSocket
 
 APP = "echo_app:app"
@@ -52,3 +52,18 @@ def test_handler_exception_with_websocket_client(server):
         assert int.from_bytes(data[:2], "big") == 1011
     finally:
         ws.close()
+
+
+def test_connection_closed_escaping_the_handler_is_not_an_error(server, tmp_path):
+    report = tmp_path / "teardown.jsonl"
+    with RawWebSocket(server.port, f"/receive-loop?report={report}") as raw:
+        raw.send_text("one")
+        assert raw.recv_frame().payload == b"one"
+        raw.send_close(4002, "done")
+        frame = raw.expect_close(answer=False)
+        assert frame.close_code == 4002  # the normal closing handshake, not 1011
+        raw.wait_eof(timeout=2)
+    # teardown runs once the handler (and the extension's error handling) is done
+    assert read_reports(report)[0]["event"] == "teardown"
+    assert "Exception on /receive-loop" not in server.log()
+    assert "ConnectionClosed" not in server.log()

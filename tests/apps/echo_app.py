@@ -179,6 +179,13 @@ def raises(conn):
     raise RuntimeError(f"handler failed on purpose: {message}")
 
 
+@ws.route("/receive-loop")
+def receive_loop(conn):
+    """Never catches ConnectionClosed: the client's close ends it with that exception."""
+    while True:
+        conn.send(conn.receive())
+
+
 @ws.route("/timeout")
 def timeout(conn):
     started = time.monotonic()
