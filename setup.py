@@ -8,7 +8,7 @@ websocket handshake fails.  Never use the `pyuwsgi` wheel: it has no SSL.
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -20,6 +20,9 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["uwsgi_ws*"]),
+    # Optional: the broadcast fan-out writes one buffer to many sockets in C.
+    # If it cannot be built the pure-Python path is used (UWSGI_WS_PURE=1 forces it).
+    ext_modules=[Extension("uwsgi_ws._speedups", ["uwsgi_ws/_speedups.c"], optional=True)],
     package_data={"uwsgi_ws": ["py.typed", "static/*"]},
     include_package_data=False,
     zip_safe=False,

@@ -13,6 +13,7 @@ different threads/greenlets at once; one consumer should call `receive`.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -271,6 +272,30 @@ class Connection:
             if n < len(frame):
                 self._out += frame[n:]
             return True
+
+    def fanout_acquire(self) -> bool:
+        """For the hub's batch send: take the write lock without waiting if the
+        connection is open with nothing queued. The caller writes the frame to
+        `fd` itself, reports a short write with `fanout_rest`, then calls
+        `fanout_release`. False: use `enqueue_frame` instead."""
+        if self._out or self._protocol.state is not State.OPEN or not self._wlock.acquire(False):
+            return False
+        if self._out or self._protocol.state is not State.OPEN:
+            self._wlock.release()
+            return False
+        return True
+
+    def fanout_rest(self, frame: Union[bytes, memoryview], result: int) -> None:
+        """After a batch send of `frame` returned `result` (bytes sent, or -errno)."""
+        if result >= 0:
+            self._out += memoryview(frame)[result:]
+        elif result == -errno.EAGAIN or result == -errno.EWOULDBLOCK:
+            self._out += frame
+        else:
+            self._broken()
+
+    def fanout_release(self) -> None:
+        self._wlock.release()
 
     @property
     def pending_output(self) -> int:

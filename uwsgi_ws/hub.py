@@ -21,12 +21,21 @@ from collections import defaultdict
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from . import wakeup
+
+if os.environ.get("UWSGI_WS_PURE") == "1":
+    _send_many = None
+else:
+    try:  # the optional native helper (built by setup.py when a compiler is there)
+        from ._speedups import send_many as _send_many
+    except ImportError:
+        _send_many = None
 from .protocol import TRY_AGAIN_LATER
 from .sharedarea import BroadcastRing, Lapped, RingError
 
 #: Close code for a connection that cannot keep up with broadcasts (or whose
 #: worker was lapped by the ring): "try again later".
 SLOW_CONSUMER = TRY_AGAIN_LATER
+_CHUNK = 256  # connections written between yields to other greenlets
 _FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
 
 
@@ -175,16 +184,45 @@ class Hub:
             data = entries[i].frame if j == i + 1 else b"".join(e.frame for e in entries[i:j])
             with self._lock:
                 targets = list(self._all if not channel else self._channels.get(channel, ()))
+            for start in range(0, len(targets), _CHUNK):
+                if start:
+                    # Let request handlers (publishes) run: what they publish meanwhile
+                    # joins the next batch, which goes out in one write per connection.
+                    self._rt.cooperate()
+                self._write_all(targets[start:start + _CHUNK], data, j - i)
+            i = j
+
+    def _write_all(self, targets: List[Any], data: bytes, count: int) -> None:
+        """Write `data` (`count` messages) to each target without blocking."""
+        if _send_many is not None:
+            ready, fds, rest = [], [], []
             for conn in targets:
-                if conn.enqueue_frame(data):
-                    self.delivered += j - i
+                if conn.fanout_acquire():
+                    ready.append(conn)
+                    fds.append(conn.fd)
+                else:
+                    rest.append(conn)
+            try:
+                for index, result in _send_many(fds, data):
+                    conn = ready[index]
+                    conn.fanout_rest(data, result)
                     if conn.pending_output:
                         with self._lock:
                             self._pending.add(conn)
-                elif conn.connected:
-                    self.slow_consumers += 1
-                    conn.fail_slow_consumer(SLOW_CONSUMER, "slow consumer: too far behind the broadcasts")
-            i = j
+            finally:
+                for conn in ready:
+                    conn.fanout_release()
+            self.delivered += len(ready) * count
+            targets = rest
+        for conn in targets:
+            if conn.enqueue_frame(data):
+                self.delivered += count
+                if conn.pending_output:
+                    with self._lock:
+                        self._pending.add(conn)
+            elif conn.connected:
+                self.slow_consumers += 1
+                conn.fail_slow_consumer(SLOW_CONSUMER, "slow consumer: too far behind the broadcasts")
 
     def _lapped(self) -> None:
         """This worker fell behind the ring: its connections missed messages."""

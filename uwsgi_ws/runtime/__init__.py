@@ -11,6 +11,7 @@ Every adapter module provides:
 - ``spawn(fn, *args) -> Task`` with ``Task.join(timeout)``;
 - ``wait(fd, read, write, timeout) -> (readable, writable)``: block until the fd
   is ready or the timeout (seconds, None = forever) passes;
+- ``cooperate()``: let other tasks run (long loops call it now and then);
 - ``poller()``: an object with the ``select.poll`` interface for many fds.
 """
 

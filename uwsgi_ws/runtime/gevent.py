@@ -40,5 +40,10 @@ def wait(fd: int, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bo
     return bool(r), bool(w)
 
 
+def cooperate() -> None:
+    """Let other greenlets run (long loops call this now and then)."""
+    gevent.sleep(0)
+
+
 def poller() -> "gevent.select.poll":
     return gevent.select.poll()

@@ -42,5 +42,9 @@ def wait(fd: int, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bo
     return bool(ev & select.POLLIN) or (err and read), bool(ev & select.POLLOUT) or (err and write)
 
 
+def cooperate() -> None:
+    """Nothing to do: threads are preempted, and every socket call releases the GIL."""
+
+
 def poller() -> "select.poll":
     return select.poll()

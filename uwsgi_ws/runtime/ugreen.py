@@ -86,5 +86,9 @@ def wait(fd: int, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bo
     return (ready and read), (ready and not read)
 
 
+def cooperate() -> None:
+    """Nothing to do: there is no background work to interleave with."""
+
+
 def poller() -> NoReturn:
     raise RuntimeError("uWSGI async cores cannot run the broadcast waker")
