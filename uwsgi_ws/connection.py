@@ -70,6 +70,7 @@ class Connection:
         self._sock = sock
         self.fd = sock.fileno()
         self._rt = runtime
+        self._waiter = runtime.Waiter(self.fd)  # the reader's own
         self._protocol = Protocol(max_message_size)
         self._plock = runtime.Lock()  # the protocol engine
         self._wlock = runtime.Lock()  # the outbound buffer and socket writes
@@ -362,13 +363,15 @@ class Connection:
 
     def _drain(self) -> None:
         """Block until the outbound buffer is empty (or the connection is lost)."""
+        waiter = None  # rare path (socket buffer full): a waiter of its own per call
         while True:
             with self._wlock:
                 if self._flush_locked():
                     return
             if self._protocol.state is State.CLOSED:
                 raise ConnectionClosed(self.close_code, self.close_reason)
-            self._rt.wait(self.fd, False, True, 1.0)
+            waiter = waiter or self._rt.Waiter(self.fd)
+            waiter.wait(False, True, 1.0)
 
     def _flush_locked(self) -> bool:
         if not self._out:
@@ -430,7 +433,7 @@ class Connection:
         if timeout is not None:
             wait_for = timeout if wait_for is None else min(wait_for, timeout)
         want_write = bool(self._out) and self._rt.HAS_TASKS
-        readable, writable = self._rt.wait(self.fd, True, want_write, wait_for)
+        readable, writable = self._waiter.wait(True, want_write, wait_for)
         if writable:
             self.flush()
         if readable:

@@ -170,7 +170,7 @@ class BroadcastRing:
 
     def max_frame_size(self, channel_len: int = 255) -> int:
         """The largest frame `append` accepts with a channel of that many bytes."""
-        return min(self.data_size // 4, 0xFFFFFFFF) - RECORD.size - channel_len - 8
+        return (min(self.data_size // 4, 0xFFFFFFFF) & ~7) - RECORD.size - channel_len
 
     # -- writer (the broadcast mule only) --------------------------------
 
@@ -192,7 +192,7 @@ class BroadcastRing:
         if len(chan) > 255:
             raise RingError(f"channel name {channel[:40]!r}... is over 255 bytes")
         length = _align8(RECORD.size + len(chan) + len(frame))
-        if length - RECORD.size - len(chan) > self.max_frame_size(len(chan)) + 8:
+        if len(frame) > self.max_frame_size(len(chan)):
             raise RingError(
                 f"a {len(frame)}-byte frame does not fit the ring (at most {self.max_frame_size(len(chan))}): "
                 "raise --sharedarea"

@@ -9,8 +9,9 @@ Every adapter module provides:
 - ``Lock()``, ``Event()``, ``Queue()`` and ``Empty``: primitives that block the
   right thing (a thread, a greenlet);
 - ``spawn(fn, *args) -> Task`` with ``Task.join(timeout)``;
-- ``wait(fd, read, write, timeout) -> (readable, writable)``: block until the fd
-  is ready or the timeout (seconds, None = forever) passes;
+- ``Waiter(fd)`` with ``wait(read, write, timeout) -> (readable, writable)``:
+  block until the fd is ready or the timeout (seconds, None = forever) passes
+  (one per connection: it keeps its registration between calls);
 - ``cooperate()``: let other tasks run (long loops call it now and then);
 - ``poller()``: an object with the ``select.poll`` interface for many fds.
 """

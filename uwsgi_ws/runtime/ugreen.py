@@ -75,15 +75,23 @@ def spawn(fn: Callable[..., object], *args: object) -> NoReturn:
     raise RuntimeError("uWSGI async cores cannot run background tasks")
 
 
-def wait(fd: int, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
-    seconds = 0 if timeout is None else max(1, math.ceil(timeout))
-    if read:
-        uwsgi.wait_fd_read(fd, seconds)
-    else:
-        uwsgi.wait_fd_write(fd, seconds)
-    uwsgi.suspend()
-    ready = uwsgi.ready_fd() == fd
-    return (ready and read), (ready and not read)
+class Waiter:
+    """Waits for one fd with uWSGI's async API: `wait_fd_read`/`wait_fd_write`, then
+    `uwsgi.suspend()`. One direction at a time; timeouts are whole seconds
+    (uWSGI's API takes int seconds), rounded up."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def wait(self, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
+        seconds = 0 if timeout is None else max(1, math.ceil(timeout))
+        if read:
+            uwsgi.wait_fd_read(self._fd, seconds)
+        else:
+            uwsgi.wait_fd_write(self._fd, seconds)
+        uwsgi.suspend()
+        ready = uwsgi.ready_fd() == self._fd
+        return (ready and read), (ready and not read)
 
 
 def cooperate() -> None:
