@@ -149,7 +149,7 @@ def test_browser_style_upgrade_headers(server):
     head = upgrade_head(server, "/echo", (
         "Upgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        "Origin: http://example.com\r\n"))
+        f"Origin: http://127.0.0.1:{server.port}\r\n"))
     assert head.startswith("HTTP/1.1 101"), head
     assert "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # the RFC 6455 example key's accept value
 

@@ -16,9 +16,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import handshake, runtime
+from . import access, handshake, runtime
 from .connection import Connection, ConnectionClosed
 from .protocol import INTERNAL_ERROR, NORMAL
 
@@ -31,6 +32,11 @@ DEFAULTS: Dict[str, Any] = {
     "close_timeout": 5.0,  # seconds to wait for the peer's close frame
     "max_queue": 16,  # received messages buffered before reading pauses
     "write_limit": 1 << 20,  # bytes buffered per connection before it counts as slow
+    # Access control (uwsgi_ws.access), checked before the upgrade:
+    "allowed_origins": None,  # None: same-origin pages only; "*": any; or a list of origins (403 otherwise)
+    "max_connections_per_worker": None,  # open WebSockets per worker process (503 beyond; None: no limit)
+    "max_connections": None,  # open WebSockets of the whole instance (503 beyond; None: no limit)
+    "retry_after": 5,  # seconds, the Retry-After of a 503 for a connection limit
 }
 
 Handler = Callable[..., Any]
@@ -50,8 +56,57 @@ class _Upgraded(Response):
         self._key, self._subprotocol = key, subprotocol
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:  # type: ignore[override]
-        self._ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol)
+        ws = self._ws
+        try:
+            release = ws._reserve_slot()
+        except access.Refused as exc:
+            return _refusal(exc)(environ, start_response)
+        try:
+            answer = ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol)
+        finally:
+            release()
+        if answer is not None:  # the handler (a decorator on it) answered before the upgrade
+            return answer(environ, start_response)
         return []
+
+
+class _PendingConnection:
+    """What a handler gets before the upgrade: the first use of any Connection
+    attribute or method (or iteration) sends the 101, and this very object
+    becomes the `Connection` (its class is switched in place, so identity and
+    speed are those of a Connection from then on).
+
+    So a decorator under ``@ws.route`` (``login_required`` style) that returns
+    a response or raises before calling the handler is answered with plain
+    HTTP, never with a half-open WebSocket. `environ` and `subprotocol` are
+    readable without upgrading.
+    """
+
+    def __init__(self, upgrade: Callable[[Any], None], environ: Dict[str, Any], subprotocol: Optional[str]) -> None:
+        self.environ = environ
+        self.subprotocol = subprotocol
+        self._upgrade_now = upgrade
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_upgrade_now":
+            raise AttributeError(name)
+        self._upgrade_now(self)
+        return getattr(self, name)
+
+    def __iter__(self) -> Any:
+        self._upgrade_now(self)
+        return iter(self)
+
+
+def _refusal(exc: Union[handshake.HandshakeError, access.Refused]) -> Response:
+    return Response(str(exc) + "\n", status=exc.status, headers=exc.headers, mimetype="text/plain")
+
+
+def _answer_before_upgrade(app: Flask, exc: Exception) -> Response:
+    """Flask's answer to an exception raised before the upgrade; call inside `except`."""
+    if isinstance(exc, HTTPException):  # abort(401) in a decorator: the app's error handlers apply
+        return app.make_response(app.handle_user_exception(exc))
+    return app.handle_exception(exc)  # logged, got_request_exception sent, 500
 
 
 def _websocket_mismatch(exc: WebsocketMismatch) -> Response:
@@ -79,6 +134,10 @@ class WebSocket:
             raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         self.app = app
         self._options = options
+        if "allowed_origins" in options:  # a malformed origin fails here, not at the first request
+            access.OriginPolicy(options["allowed_origins"])
+        self._origin_policies: Dict[Any, access.OriginPolicy] = {}
+        self._before_connect: list = []
         self._deferred: list = []
         self._views: Dict[Any, Callable[..., Any]] = {}
         self._runtime: Any = None
@@ -112,6 +171,25 @@ class WebSocket:
         if app is not None and key in app.config:
             return app.config[key]
         return DEFAULTS[name]
+
+    def before_connect(self, hook: Callable[[], Any]) -> Callable[[], Any]:
+        """Register `hook` (a decorator): it runs before every upgrade of this
+        extension's routes, in the Flask request context, after the handshake
+        and Origin checks. Return None or True to go on; False refuses with
+        403; a Flask response (or anything a view may return) is sent instead
+        of the upgrade; a raised HTTPException (``abort(401)``) is answered
+        as Flask answers it. Hooks run in registration order."""
+        self._before_connect.append(hook)
+        return hook
+
+    def origin_policy(self) -> access.OriginPolicy:
+        """The Origin policy in force (built from the `allowed_origins` option)."""
+        allowed = self.option("allowed_origins")
+        key = allowed if allowed is None or isinstance(allowed, str) else tuple(allowed)
+        policy = self._origin_policies.get(key)
+        if policy is None:
+            policy = self._origin_policies[key] = access.OriginPolicy(allowed)
+        return policy
 
     def route(self, rule: str, bp: Optional[Blueprint] = None, *, subprotocols: Sequence[str] = (),
               **options: Any) -> Callable[[Handler], Handler]:
@@ -149,9 +227,15 @@ class WebSocket:
             environ = request.environ
             try:
                 key = handshake.check_request(environ)
-            except handshake.HandshakeError as exc:
-                return Response(str(exc) + "\n", status=exc.status, headers=exc.headers,
-                                mimetype="text/plain")
+                self.origin_policy().check(environ)
+            except (handshake.HandshakeError, access.Refused) as exc:
+                return _refusal(exc)
+            for hook in self._before_connect:
+                result = hook()
+                if result is False:
+                    return _refusal(access.Refused(403, "403 Forbidden: a before_connect hook refused this WebSocket"))
+                if result is not None and result is not True:
+                    return result  # Flask makes a response of it
             if "uwsgi.version" not in environ:
                 return Response("WebSocket routes need uWSGI: run the app with uwsgi or app.run()\n",
                                 status=501, mimetype="text/plain")
@@ -167,18 +251,36 @@ class WebSocket:
             self._runtime = runtime.load(self.model or runtime.detect())
         return self._runtime
 
-    def _serve(self, environ: Dict[str, Any], start_response: Callable[..., Any], handler: Handler,
-               kwargs: Dict[str, Any], key: str, subprotocol: Optional[str]) -> None:
-        import uwsgi
+    def _reserve_slot(self) -> Callable[[], None]:
+        """Count one more open WebSocket, or raise Refused(503) past a connection
+        limit; returns the function that gives the slot back."""
+        per_worker = self.option("max_connections_per_worker")
+        count = access.worker_connections
+        if not count.try_acquire(per_worker):
+            raise access.limit_refusal("this worker process", per_worker, "max_connections_per_worker",
+                                       self.option("retry_after"))
+        return count.release
 
-        write = start_response("101 Switching Protocols", handshake.response_headers(key, subprotocol))
-        write(b"")  # uWSGI sends the headers now; the socket is ours from here on
-        sock = socket.socket(fileno=uwsgi.connection_fd())
-        try:
+    def _serve(self, environ: Dict[str, Any], start_response: Callable[..., Any], handler: Handler,
+               kwargs: Dict[str, Any], key: str, subprotocol: Optional[str]) -> Optional[Response]:
+        """Run the handler on a connection that upgrades at its first use. Returns
+        the response to send instead if the handler answered before upgrading."""
+        sockets: list = []  # the connection's socket once the 101 is sent
+        upgraded: list = []
+
+        def upgrade(conn: Any) -> None:
+            import uwsgi
+
+            write = start_response("101 Switching Protocols", handshake.response_headers(key, subprotocol))
+            write(b"")  # uWSGI sends the headers now; the socket is ours from here on
+            sock = socket.socket(fileno=uwsgi.connection_fd())
+            sockets.append(sock)
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(
+            conn.__class__ = Connection
+            Connection.__init__(
+                conn,
                 sock,
                 environ,
                 self.runtime(),
@@ -189,27 +291,40 @@ class WebSocket:
                 max_queue=self.option("max_queue"),
                 write_limit=self.option("write_limit"),
             )
-            conn.subprotocol = subprotocol  # type: ignore[attr-defined]
             hub = self.hub()
             if hub is not None:
                 hub.attach(conn)
             conn.start()
+            upgraded.append(conn)
+
+        conn: Any = _PendingConnection(upgrade, environ, subprotocol)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
             code, reason = NORMAL, ""
             try:
-                handler(conn, **kwargs)
+                result = handler(conn, **kwargs)
             except ConnectionClosed:
                 pass  # the peer went away while the handler sent: not an application error
-            except Exception as exc:  # the client gets 1011; Flask logs it; the worker lives
+            except Exception as exc:
+                if not sockets:  # nothing sent yet: a plain HTTP answer (401, 403, 500)
+                    return _answer_before_upgrade(app, exc)
+                # the client gets 1011; Flask logs it; the worker lives
                 code, reason = INTERNAL_ERROR, "internal error"
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
                 got_request_exception.send(app, exception=exc)
                 app.log_exception(sys.exc_info())
-            finally:
+            else:
+                if not sockets and result is not None:  # e.g. a decorator's redirect or abort response
+                    return app.make_response(result)
+                if not sockets:
+                    upgrade(conn)  # a handler that never used its connection: open, then close 1000
+            if upgraded:
                 conn.finish(code, reason)
                 if conn.hub is not None:
                     conn.hub.detach(conn)
         finally:
-            sock.detach()  # uWSGI closes the fd when the request ends
+            for sock in sockets:
+                sock.detach()  # uWSGI closes the fd when the request ends
+        return None
 
     # -- broadcast ------------------------------------------------------------
 
