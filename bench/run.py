@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -245,6 +246,18 @@ def check_setup() -> None:
         sys.exit(f"missing {missing or 'node'}: run `bash bench/setup.sh` first")
 
 
+def repo_state() -> str:
+    """Short commit of the repository, flagged when uwsgi_ws/ has local changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    return commit + (" + uncommitted uwsgi_ws/ changes" if git("status", "--porcelain", "--", "uwsgi_ws") else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_setup()
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir = RESULTS / "logs" / stamp
     logdir.mkdir(parents=True, exist_ok=True)
     machine = machine_line(VENV)
+    commit = repo_state()
     print(f"machine: {machine}\nlogs: {logdir}", file=sys.stderr)
     records: list[dict[str, Any]] = []
     load0 = Path("/proc/loadavg").read_text().split()[0]
@@ -292,14 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         f"servers restarted for every scenario, wall time {elapsed / 60:.1f} min",
         f"- load average before/after: {load0} / {Path('/proc/loadavg').read_text().split()[0]} "
         "(the client shares the 2 cores with the server; other work on the machine skews results)",
-        f"- command: `python bench/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- repository at {commit}",
+        f"- command: `{' '.join(['python bench/run.py', *(argv if argv is not None else sys.argv[1:])])}`",
         "- ratios (×ws) are against the `websockets` row of the same scenario",
     ]
     report = markdown(rows, header)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.md").write_text(report)
     (RESULTS / "latest.json").write_text(json.dumps(
-        {"machine": machine, "args": vars(args), "rows": rows, "records": records}, indent=1,
+        {"machine": machine, "commit": commit, "args": vars(args), "rows": rows, "records": records}, indent=1,
         default=str))
     print(report)
     return 0
