@@ -29,6 +29,7 @@ else:
         from ._speedups import send_many as _send_many
     except ImportError:
         _send_many = None
+from .mule import channel_bytes
 from .protocol import TRY_AGAIN_LATER
 from .sharedarea import BroadcastRing, Lapped, RingError
 
@@ -100,8 +101,7 @@ class Hub:
         """Add `conn` to `channel` now; the returned context manager removes it on exit."""
         if not isinstance(channel, str) or not channel:
             raise ValueError("a channel is a non-empty str")
-        if len(channel.encode("utf-8")) > 255:
-            raise ValueError("a channel name is at most 255 bytes in UTF-8")
+        channel_bytes(channel)  # ValueError: not UTF-8 (lone surrogates) or over 255 bytes
         with self._lock:
             conn.channels.add(channel)
             self._channels[channel].add(conn)

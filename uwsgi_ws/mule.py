@@ -39,15 +39,38 @@ class PublishError(RingError):
 
 def encode_request(data: Union[str, bytes, bytearray, memoryview], channel: Optional[str]) -> bytes:
     if isinstance(data, str):
-        flags, payload = 0, data.encode("utf-8")
+        try:
+            flags, payload = 0, data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PublishError(f"the text message is not valid Unicode (a lone surrogate at position {exc.start}): "
+                               "publish valid str, or bytes for a binary message") from None
     elif isinstance(data, (bytes, bytearray, memoryview)):
         flags, payload = FLAG_BINARY, bytes(data)
     else:
         raise TypeError(f"publish() takes str (a text message) or bytes (binary), not {type(data).__name__}")
-    chan = (channel or "").encode("utf-8")
-    if len(chan) > 255:
-        raise PublishError(f"channel name {channel[:40]!r}... is over 255 bytes in UTF-8")
+    try:
+        chan = channel_bytes(None if channel == "" else channel)
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
     return _REQ.pack(PREFIX, flags, len(chan)) + chan + payload
+
+
+def channel_bytes(channel: Optional[str]) -> bytes:
+    """A channel name as the ring stores it: UTF-8, at most 255 bytes; None (every
+    connection) is b"". Any character may appear (NUL too). Raises TypeError for
+    a non-str, ValueError saying what is wrong for anything else."""
+    if channel is None:
+        return b""
+    if not isinstance(channel, str):
+        raise TypeError(f"a channel name is a str (or None: every connection), not {type(channel).__name__}")
+    try:
+        raw = channel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"channel name {channel[:40]!r} is not valid Unicode (a lone surrogate at position "
+                         f"{exc.start}): a channel name must encode to UTF-8") from None
+    if len(raw) > 255:
+        raise ValueError(f"channel name {channel[:40]!r}... is {len(raw)} bytes in UTF-8: at most 255")
+    return raw
 
 
 def decode_request(message: bytes) -> tuple:
