@@ -45,6 +45,8 @@ setup(
             "kosoku",
             "hypothesis",
             "requests",
+            # coverage-guided fuzzing of the frame decoder (tests/fuzz); a binary wheel
+            "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
     classifiers=[
