@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
 from . import access, handshake, runtime
+from . import shutdown
 from .connection import Connection, ConnectionClosed
 from .protocol import INTERNAL_ERROR, NORMAL
 
@@ -295,6 +296,7 @@ class WebSocket:
             if hub is not None:
                 hub.attach(conn)
             conn.start()
+            shutdown.track(conn, self.runtime())  # close 1012 on a graceful worker stop
             upgraded.append(conn)
 
         conn: Any = _PendingConnection(upgrade, environ, subprotocol)
@@ -319,6 +321,7 @@ class WebSocket:
                     upgrade(conn)  # a handler that never used its connection: open, then close 1000
             if upgraded:
                 conn.finish(code, reason)
+                shutdown.untrack(conn)
                 if conn.hub is not None:
                     conn.hub.detach(conn)
         finally:
