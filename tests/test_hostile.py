@@ -206,7 +206,7 @@ def test_fragments_adding_up_past_the_limit_are_1009_before_the_last_payload(ser
 # -- frames: close codes -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [0, 1, 999, 1004, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535])
+@pytest.mark.parametrize("code", [0, 1, 999, 1004, 1006, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535])
 def test_invalid_close_codes_are_1002(server, code):
     with survives(server), RawWebSocket(server.port) as raw:
         raw.send_frame(CLOSE, struct.pack("!H", code) + b"why")
