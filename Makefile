@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 ALLOW_NO_TESTS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install ssl-headers run test bench clean
+.PHONY: help venv install ssl-headers redis-server run test bench clean
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -71,7 +71,24 @@ ssl-headers:
 run: $(STAMP)
 	$(UWSGI) --emperor vassals/
 
-test: $(STAMP)
+# tests/test_redis_bridge.py starts redis-server processes of its own on free
+# ports: install the binary when missing (root + apt-get), and stop the system
+# service the package may have started (the tests never use it).
+redis-server:
+	@if command -v redis-server >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "redis-server missing: installing it (tests/test_redis_bridge.py runs its own on free ports)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends redis-server || exit 1; \
+	  (service redis-server stop || /etc/init.d/redis-server stop) >/dev/null 2>&1 || true; \
+	  command -v redis-server >/dev/null || { echo "error: redis-server installed but not on PATH" >&2; exit 1; }; \
+	else \
+	  echo "error: redis-server not found: the Redis bridge tests start their own." >&2; \
+	  echo "  Debian/Ubuntu: sudo apt-get install --no-install-recommends redis-server" >&2; \
+	  exit 1; \
+	fi
+
+test: $(STAMP) redis-server
 	@rc=0; $(PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ] && [ -n "$(ALLOW_NO_TESTS)" ]; then \
 	  echo "pytest collected no tests (exit 5); accepted because ALLOW_NO_TESTS is set"; rc=0; \

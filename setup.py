@@ -37,7 +37,11 @@ setup(
     ],
     extras_require={
         "gevent": ["gevent>=22"],
+        # Scale-out: the broadcast mule shares broadcasts through Redis when
+        # UWSGI_WS_REDIS_URL is set (uwsgi_ws/redis_bridge.py).
+        "redis": ["redis>=4.2"],
         "test": [
+            "redis>=4.2",
             "pytest",
             "websocket-client",
             "websockets",

@@ -10,6 +10,12 @@ A publish request is one mule message:
 
     b"UWS1" | flags u8 (bit 0: binary) | channel_len u8 | channel (UTF-8) | payload
 
+Scale-out: with ``UWSGI_WS_REDIS_URL`` in the environment the mule also runs
+the Redis bridge (`redis_bridge`: two threads that push local messages to a
+Redis Stream and append other instances' messages to the ring). The ring
+then has two writers in one process, serialised by `_ring_lock`. Without the
+variable, `redis_bridge` and `redis` are never imported.
+
 Delivery: a request accepted by ``mule_msg`` stays in the mule's queue while
 the mule is down (the master respawns it; the queue survives), and the
 respawned mule resumes the ring from its header: nothing accepted is lost or
@@ -21,8 +27,9 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from . import frames, wakeup
 from .sharedarea import FLAG_BINARY, BroadcastRing, RingError
@@ -97,6 +104,10 @@ def mule_msg_size() -> int:
 
 
 _ring: Optional[BroadcastRing] = None
+# Held by every append to the ring in the broadcast mule: its main loop and the
+# Redis bridge's inbox thread are the ring's writers.
+_ring_lock = threading.Lock()
+_bridge: Any = None  # the running redis_bridge.Bridge, if configured
 
 
 def _shared_ring() -> BroadcastRing:
@@ -157,8 +168,10 @@ def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
         mule_id = ring.mule_id
         if mule_id:
             if uwsgi.mule_id() == mule_id:  # the broadcast mule publishing itself
-                _append(ring, request)
+                _append_local(ring, request)
                 wakeup.wake_workers()
+                if _bridge is not None:
+                    _bridge.notify()
                 return len(request)
             if uwsgi.mule_msg(request, mule_id):
                 return len(request)
@@ -169,6 +182,15 @@ def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
             raise PublishError(f"publish failed after {PUBLISH_TIMEOUT:g}s: {reason}")
         _sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _append_local(ring: BroadcastRing, request: bytes) -> Optional[int]:
+    """Append a local publish request to the ring (the broadcast mule only; any thread)."""
+    with _ring_lock:
+        seq = _append(ring, request)
+        if seq is not None and _bridge is not None:
+            _bridge.count_local()
+    return seq
 
 
 def _append(ring: BroadcastRing, request: bytes) -> Optional[int]:
@@ -189,13 +211,14 @@ def run() -> None:
     size = max(mule_msg_size(), DEFAULT_MULE_MSG_SIZE) + 64
     print(f"uwsgi_ws: broadcast mule {uwsgi.mule_id()} serving ring epoch {ring.epoch:x} "
           f"at message {ring.write_seq}", flush=True)
+    _start_bridge(ring)
     while True:
         message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=-1)
         appended = 0
         # None: a signal was handled; b"": the timeout passed (uWSGI returns an empty message).
         while message:
             try:
-                if _append(ring, message) is not None:
+                if _append_local(ring, message) is not None:
                     appended += 1
             except RingError as exc:
                 print(f"uwsgi_ws: dropped a publish request: {exc}", flush=True)
@@ -204,3 +227,16 @@ def run() -> None:
             message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=0)
         if appended:
             wakeup.wake_workers()
+            if _bridge is not None:
+                _bridge.notify()
+
+
+def _start_bridge(ring: BroadcastRing) -> None:
+    """Start the Redis bridge when UWSGI_WS_REDIS_URL is set (nothing imported otherwise)."""
+    global _bridge
+    if not os.environ.get("UWSGI_WS_REDIS_URL"):
+        return
+    from . import redis_bridge
+
+    wakeup.wake_workers()  # creates the wake-up socket here, before the bridge's threads use it
+    _bridge = redis_bridge.start(ring, _ring_lock)

@@ -1,9 +1,11 @@
 """The broadcast ring: numbered, ready-to-send frames in a uWSGI sharedarea.
 
-One writer (the broadcast mule) appends; every worker reads. The ring stores
-bytes and knows nothing of connections. Readers never take a lock: they copy
-a record, then check that the writer had not started to overwrite it (a torn
-or lapped record is reported as `Lapped`, never returned).
+One writer at a time (the broadcast mule: its main loop, and its Redis
+bridge's inbox thread when one runs, serialised by the mule's lock) appends;
+every worker reads. The ring stores bytes and knows nothing of connections.
+Readers never take a lock: they copy a record, then check that the writer had
+not started to overwrite it (a torn or lapped record is reported as `Lapped`,
+never returned).
 
 Byte layout (little-endian), the whole sharedarea:
 
@@ -18,17 +20,22 @@ Byte layout (little-endian), the whole sharedarea:
     48      8     write_pos       data-region offset of the next record
     56      4     mule_id         the broadcast mule (publishers send to it)
     60      4     reserved
-    64      16 x index_entries    index: message seq -> record
+    64      192   bridge block    the Redis bridge's state (layout in
+                                  uwsgi_ws/redis_bridge.py); zeroed by a fresh
+                                  format, untouched by the ring itself
+    256     16 x index_entries    index: message seq -> record
                   entry:  seq u64 | offset u32 | length u32   (slot = seq % index_entries)
-    64 + 16 x index_entries       data region, data_size bytes, records back to back:
+    256 + 16 x index_entries      data region, data_size bytes, records back to back:
                   record: seq u64 | frame_len u32 | flags u8 | channel_len u8 | 2 reserved
                           | channel (channel_len bytes, UTF-8) | frame (frame_len bytes)
                           | zero padding to a multiple of 8
 
 `frame` is a complete server WebSocket frame (header + payload), framed once
 by the mule and written as-is to every subscribed connection. Flags: bit 0 =
-binary. A record never wraps: if it does not fit before the end of the data
-region, it starts at offset 0.
+binary; bit 1 = remote (the Redis bridge wrote it: a message of another
+instance, not to be sent to Redis again; workers ignore it). A record never
+wraps: if it does not fit before the end of the data region, it starts at
+offset 0.
 
 Writer protocol (append): compute the records the new one will overwrite,
 raise `min_seq` past them, write the record, its index entry, `write_pos`,
@@ -49,11 +56,13 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 MAGIC = b"UWSRING1"
 VERSION = 1
-HEADER = struct.Struct("<8sIIQQQQQII")  # 64 bytes
+HEADER = struct.Struct("<8sIIQQQQQII")  # the first 64 bytes of the header
 INDEX_ENTRY = struct.Struct("<QII")  # 16 bytes
 RECORD = struct.Struct("<QIBBH")  # 16 bytes
 FLAG_BINARY = 0x01
-HEADER_SIZE = 64
+FLAG_REMOTE = 0x02
+HEADER_SIZE = 256
+BRIDGE_OFFSET = 64  # the bridge block: bytes 64..255 of the header
 MIN_AREA = 64 * 1024
 
 _W_SEQ = 32
@@ -61,7 +70,7 @@ _MIN_SEQ = 40
 _W_POS = 48
 _U64 = struct.Struct("<Q")
 
-assert HEADER.size == HEADER_SIZE and INDEX_ENTRY.size == 16 and RECORD.size == 16
+assert HEADER.size == BRIDGE_OFFSET and INDEX_ENTRY.size == 16 and RECORD.size == 16
 
 
 class RingError(Exception):
@@ -167,6 +176,10 @@ class BroadcastRing:
     @property
     def mule_id(self) -> int:
         return struct.unpack_from("<I", self.buf, 56)[0] if self.formatted else 0
+
+    def bridge_block(self) -> memoryview:
+        """The header's bridge block (bytes 64..255), for `uwsgi_ws.redis_bridge`."""
+        return self.buf[BRIDGE_OFFSET:HEADER_SIZE]
 
     def max_frame_size(self, channel_len: int = 255) -> int:
         """The largest frame `append` accepts with a channel of that many bytes."""

@@ -1,0 +1,595 @@
+"""Scale-out through Redis (`uwsgi_ws.redis_bridge`) on real processes.
+
+A real redis-server (Debian's package; `make test` installs it) started here
+on a free port with no persistence, and uWSGI instances of 2 workers each
+(threads and gevent) bridged to it with ``--env UWSGI_WS_REDIS_URL=...``, as
+the README tells users to. The app is tests/apps/redis_bridge_app.py; clients
+are raw WebSocket sockets read by one selector loop; every process is stopped
+by pid.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness import APPS, ROOT, UWSGI, free_port, wait_for
+
+APP = "redis_bridge_app:app"
+MODEL_ARGS = {
+    "threads": ["--processes", "2", "--threads", "24"],
+    "gevent": ["--processes", "2", "--gevent", "100"],
+}
+TEXT, CLOSE = 0x1, 0x8
+
+
+# -- redis-server --------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A redis-server of our own on 127.0.0.1:`port`, no persistence; `kill` and `start`
+    again on the same port simulate an outage (it comes back empty)."""
+
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+        if binary is None:
+            pytest.fail("redis-server is not installed: `make test` installs it "
+                        "(apt-get install --no-install-recommends redis-server)")
+        self.binary, self.tmp = binary, tmp
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.tmp / f"redis-{self.port}-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.tmp), "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        wait_for(self._answers, 10, f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        assert self.proc.poll() is None, f"redis-server exited: {self.log()}"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob(f"redis-{self.port}-*.log")))
+
+    def kill(self) -> None:
+        """SIGKILL by pid: Redis vanishes with its data, as in a crash."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+# -- uWSGI instances -----------------------------------------------------------------------------
+
+
+def start_instance(tmp: Path, model: str, redis_url: str | None, stream: str, extra=(), env=None,
+                   sharedarea: str = "4096", wait_bridge: bool = True) -> UWSGI:
+    """An instance of the test app bridged to `redis_url` (None: not bridged)."""
+    args = ["--master", "--http-socket", "127.0.0.1:{port}", "--module", APP, "--die-on-term", "--need-app",
+            "--disable-logging", *MODEL_ARGS[model], "--sharedarea", sharedarea, "--mule=uwsgi_ws.mule:run"]
+    if redis_url is not None:
+        args += ["--env", f"UWSGI_WS_REDIS_URL={redis_url}", "--env", f"UWSGI_WS_REDIS_STREAM={stream}",
+                 "--env", "UWSGI_WS_REDIS_RETRY_MAX=0.5"]
+    server = UWSGI([*args, *extra], tmp, env=env)
+    server.model = model  # type: ignore[attr-defined]
+    server.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
+    if redis_url is not None and wait_bridge:
+        server.wait_for_log(r"redis bridge: connected for reading", timeout=20)
+        server.wait_for_log(r"redis bridge: connected for pushing", timeout=20)
+    return server
+
+
+def stop_and_check(server: UWSGI) -> None:
+    server.stop()
+    log = server.log()
+    assert not server.crashes(), log
+    assert "Traceback" not in log, log
+
+
+def http(server: UWSGI, method: str, path: str, timeout: float = 60.0):
+    req = urllib.request.Request(server.http + path, data=b"" if method == "POST" else None, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def bridge_stats(server: UWSGI) -> dict:
+    status, body = http(server, "GET", "/bridge")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def publish_many(server: UWSGI, count: int, prefix: str, channel: str | None = None, interval: float = 0.0) -> dict:
+    query = f"prefix={prefix}" + (f"&channel={channel}" if channel else "") + (f"&interval={interval}" if interval else "")
+    status, body = http(server, "POST", f"/publish-many/{count}?{query}")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def in_background(*calls) -> list:
+    """Run each (function, args...) in a thread; returns the threads (started)."""
+    threads = []
+    for fn, *args in calls:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+# -- WebSocket clients -------------------------------------------------------------------------------
+
+
+class Client:
+    """One receive-only WebSocket; `messages` collects the text messages in arrival order."""
+
+    def __init__(self, server: UWSGI, path: str) -> None:
+        self.server, self.path = server, path
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        self.buf = bytearray()
+        self.messages: list = []
+        self.eof = False
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.buf = bytearray(rest)
+        while not self.messages:
+            self.parse()
+            if not self.messages:
+                self._recv()
+        ready = self.messages.pop(0)
+        assert ready.startswith("ready:"), ready
+        self.pid = int(ready[6:])
+        self.sock.setblocking(False)
+
+    def _recv(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"{self.path}: closed during the handshake")
+        self.buf += chunk
+
+    def pump(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                break
+            self.buf += chunk
+        self.parse()
+
+    def parse(self) -> None:
+        buf, pos = self.buf, 0
+        while len(buf) - pos >= 2:
+            n, head = buf[pos + 1] & 0x7F, 2
+            if n == 126:
+                if len(buf) - pos < 4:
+                    break
+                n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+            elif n == 127:
+                if len(buf) - pos < 10:
+                    break
+                n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+            if len(buf) - pos < head + n:
+                break
+            opcode = buf[pos] & 0x0F
+            payload = bytes(buf[pos + head:pos + head + n])
+            pos += head + n
+            assert opcode in (TEXT, CLOSE), opcode
+            self.messages.append(payload.decode() if opcode == TEXT else ("close", payload[:2]))
+        del buf[:pos]
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for m in self.messages if isinstance(m, str) and PARSE.fullmatch(m) and PARSE.fullmatch(m)[1] == prefix)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+PARSE = re.compile(r"([a-z]+)(\d+)")
+
+
+def connect_both_workers(server: UWSGI, path: str, at_least: int = 2, limit: int = 60) -> list:
+    """Open connections until both workers of `server` hold some (and at least `at_least`)."""
+    clients: list = []
+    while len({c.pid for c in clients}) < 2 or len(clients) < at_least:
+        assert len(clients) < limit, f"{limit} connections all landed on worker {clients[0].pid}"
+        clients.append(Client(server, path))
+    return clients
+
+
+def gather(clients, done, timeout: float = 30.0, what: str = "messages") -> None:
+    """Read every client in one loop until `done(client)` holds for each."""
+    deadline = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    waiting = {}
+    for c in clients:
+        c.pump()
+        if not done(c):
+            sel.register(c.sock, selectors.EVENT_READ, c)
+            waiting[c.sock] = c
+    try:
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                summary = [(c.server.port, c.path, c.pid, len(c.messages), c.messages[-1:]) for c in waiting.values()]
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}: {summary[:6]}")
+            for key, _ in sel.select(min(remaining, 0.5)):
+                c = key.data
+                c.pump()
+                if done(c) or c.eof:
+                    sel.unregister(c.sock)
+                    del waiting[c.sock]
+    finally:
+        sel.close()
+
+
+def streams(messages) -> dict:
+    """{prefix: [numbers in arrival order]} of messages like "a17"."""
+    out: dict = {}
+    for m in messages:
+        match = PARSE.fullmatch(m) if isinstance(m, str) else None
+        assert match, f"unexpected message {m!r}"
+        out.setdefault(match[1], []).append(int(match[2]))
+    return out
+
+
+def assert_exact(client: Client, expected: dict) -> None:
+    """Every stream of `expected` ({prefix: count}) complete, once each, in publish order; nothing else."""
+    got = streams(client.messages)
+    assert set(got) == set(expected), (client.server.port, client.path, sorted(got), sorted(expected))
+    for prefix, count in expected.items():
+        numbers = got[prefix]
+        if numbers != list(range(count)):
+            missing = sorted(set(range(count)) - set(numbers))
+            dups = len(numbers) - len(set(numbers))
+            disorder = sum(1 for a, b in zip(numbers, numbers[1:]) if b < a)
+            raise AssertionError(f"{client.server.port}{client.path} stream {prefix!r}: {len(missing)} missing "
+                                 f"(first {missing[:10]}), {dups} duplicates, {disorder} out of order")
+
+
+def closing(clients):
+    class _Closing:
+        def __enter__(self):
+            return clients
+
+        def __exit__(self, *exc):
+            for c in clients:
+                c.close()
+
+    return _Closing()
+
+
+# -- the cluster: one Redis, three instances -----------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, redis: RedisServer, instances: list) -> None:
+        self.redis, self.instances = redis, instances
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("redis-bridge")
+    redis = RedisServer(tmp)
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    instances: list = []
+    try:
+        for model in ("threads", "gevent", "threads"):
+            instances.append(start_instance(tmp, model, redis.url, stream))
+        yield Cluster(redis, instances)
+    finally:
+        for server in instances:
+            server.stop()
+        redis.stop()
+    for server in instances:
+        log = server.log()
+        assert not server.crashes(), log
+        assert "Traceback" not in log, log
+
+
+# -- 1. publishes on each instance reach the clients of every instance ---------------------------------
+
+
+def test_publishes_on_every_instance_reach_every_instance(cluster):
+    a, b, c = cluster.instances
+    before = {s.port: bridge_stats(s) for s in cluster.instances}
+    on_x = {s.port: connect_both_workers(s, "/sub/x") for s in cluster.instances}
+    on_y = {s.port: [Client(s, "/sub/y")] for s in cluster.instances}
+    everyone = [cl for group in (*on_x.values(), *on_y.values()) for cl in group]
+    with closing(everyone):
+        count = 300
+        threads = in_background(
+            (publish_many, a, count, "a", "x", 0.002),  # threads instance, channel x
+            (publish_many, b, count, "b", "x", 0.002),  # gevent instance, channel x
+            (publish_many, c, count, "c", "y", 0.002),  # channel y
+            (publish_many, c, 50, "g", None, 0.004),  # every connection of every instance
+        )
+        for t in threads:
+            t.join(60)
+        x_total, y_total = 2 * count + 50, count + 50
+        gather(everyone, lambda cl: len(cl.messages) >= (x_total if cl.path == "/sub/x" else y_total), 30)
+        for port, group in on_x.items():
+            for cl in group:
+                assert_exact(cl, {"a": count, "b": count, "g": 50})
+            # one ordered stream per instance: its clients all see the same interleaving
+            assert all(cl.messages == group[0].messages for cl in group), f"instance {port}: interleavings differ"
+        for group in on_y.values():
+            assert_exact(group[0], {"c": count, "g": 50})
+    for server in cluster.instances:
+        stats, old = bridge_stats(server), before[server.port]
+        assert stats["out_state"] == stats["in_state"] == "connected", stats
+        assert stats["missed"] == stats["not_bridged"] == stats["dropped"] == 0, stats
+        published_here = {a.port: count, b.port: count, c.port: count + 50}[server.port]
+        assert stats["out"] - old["out"] == published_here, stats
+        assert stats["inbound"] - old["inbound"] == 3 * count + 50 - published_here, stats
+        assert not stats["redis_imported"], "a worker imported redis: only the mule may"
+
+
+# -- 2. Redis killed mid-stream, restarted on the same port ---------------------------------------------
+
+
+def test_redis_outage_mid_stream(cluster):
+    a, b, c = cluster.instances
+    logs_before = {s.port: len(s.log()) for s in cluster.instances}
+    before = {s.port: bridge_stats(s) for s in cluster.instances}
+    groups = {s.port: connect_both_workers(s, "/sub/x") for s in cluster.instances}
+    everyone = [cl for g in groups.values() for cl in g]
+    with closing(everyone):
+        count, interval = 1500, 0.003
+        publishers = in_background((publish_many, a, count, "p", "x", interval),
+                                   (publish_many, b, count, "q", "x", interval))
+        # mid-stream: the third instance has received some of both streams through Redis
+        gather(groups[c.port], lambda cl: cl.count("p") >= 150 and cl.count("q") >= 150, 20, "the streams at C")
+        cluster.redis.kill()
+        for server in (a, b):
+            wait_for(lambda: bridge_stats(server)["out_state"] == "unreachable", 10, f"{server.port} to see Redis down")
+        wait_for(lambda: bridge_stats(c)["in_state"] == "unreachable", 10, "C to see Redis down")
+        inbound_at_kill = bridge_stats(c)["inbound"]
+        local_p = min(cl.count("p") for cl in groups[a.port])
+        local_q = min(cl.count("q") for cl in groups[b.port])
+        # Redis stays down while each instance serves ~2 s of its own publishes
+        gather(groups[a.port], lambda cl: cl.count("p") >= local_p + 700, 20, "A's own stream while Redis is down")
+        gather(groups[b.port], lambda cl: cl.count("q") >= local_q + 700, 20, "B's own stream while Redis is down")
+        assert bridge_stats(c)["inbound"] == inbound_at_kill, "C received through a dead Redis?"
+        cluster.redis.start()
+        for t in publishers:
+            t.join(60)
+        gather(everyone, lambda cl: len(cl.messages) >= 2 * count, 30, "both streams everywhere")
+        for port, group in groups.items():
+            for cl in group:
+                assert_exact(cl, {"p": count, "q": count})
+            assert all(cl.messages == group[0].messages for cl in group), f"instance {port}: interleavings differ"
+    for server in (a, b):
+        stats = bridge_stats(server)
+        log = server.log()[logs_before[server.port]:]
+        assert "redis bridge: cannot push to Redis" in log, log
+        pushed_late = [int(n) for n in re.findall(r"pushing again after [\d.]+s: (\d+) local message", log)]
+        assert pushed_late and sum(pushed_late) >= 700, log
+        assert stats["late"] - before[server.port]["late"] == sum(pushed_late), (stats, log)
+        # Redis came back empty: each publisher pushed its last seconds again, readers dropped the copies
+        assert stats["replayed"] > 0 and "pushed again, Redis restarted" in log, (stats, log)
+        assert stats["not_bridged"] == 0 and stats["missed"] == 0, stats
+    stats_c = bridge_stats(c)
+    assert stats_c["duplicates"] > 0 and stats_c["missed"] == 0, stats_c
+    for server in cluster.instances:
+        lines = re.findall(r"redis bridge: (.*)", server.log()[logs_before[server.port]:])
+        print(f"\n[{server.model} :{server.port}] " + "\n    ".join(line[:160] for line in lines))
+    assert "redis bridge: reading again after" in c.log()[logs_before[c.port]:]
+
+
+# -- 3. an outage longer than the ring: what could not be bridged is counted and logged -------------------
+
+
+def test_outage_longer_than_the_ring_is_counted(tmp_path):
+    redis = RedisServer(tmp_path)
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    servers = []
+    try:
+        # D: --sharedarea 16, the smallest ring (256 index entries); E: the usual one
+        servers.append(start_instance(tmp_path, "threads", redis.url, stream, sharedarea="16"))
+        servers.append(start_instance(tmp_path, "gevent", redis.url, stream))
+        d, e = servers
+        local, remote = Client(d, "/sub/x"), Client(e, "/sub/x")
+        with closing([local, remote]):
+            publish_many(d, 10, "w", "x")
+            gather([local, remote], lambda cl: cl.count("w") == 10, 10, "the warm-up on both")
+            redis.kill()
+            wait_for(lambda: bridge_stats(d)["out_state"] == "unreachable", 10, "D to see Redis down")
+            count = 1000  # paced: a worker more than a ring behind would close its clients (1013)
+            publish_many(d, count, "o", "x", interval=0.002)
+            gather([local], lambda cl: cl.count("o") == count, 10, "D's own messages while Redis is down")
+            redis.start()
+            gather([remote], lambda cl: "o%d" % (count - 1) in cl.messages, 20, "the last message at E")
+            wait_for(lambda: "not bridged" in d.log(), 5, "the not-bridged log line")
+            stats = bridge_stats(d)
+            got = streams(remote.messages)
+            assert got["w"] == list(range(10))
+            suffix = got["o"]
+            first = suffix[0]
+            assert suffix == list(range(first, count)), "E gets an unbroken tail of the outage"
+            assert first > 0, "the ring held the whole outage: make the test publish more"
+            assert stats["not_bridged"] == first, (stats, first)
+            assert stats["late"] == count - first, stats
+            assert re.search(rf"{first} local message\(s\) were overwritten in the ring before Redis took them",
+                             d.log()), d.log()
+            assert_exact(local, {"w": 10, "o": count})
+    finally:
+        for server in servers:
+            stop_and_check(server)
+        redis.stop()
+
+
+# -- 4. without configuration nothing imports redis; misconfiguration is said, local broadcast goes on ----
+
+
+TRIPWIRE = '''import os, sys
+sys.stderr.write("TRIPWIRE: redis imported in pid %d\\n" % os.getpid())
+raise ImportError("tripwire: this test forbids importing redis")
+'''
+
+
+@pytest.mark.parametrize("case", ["not configured", "configured without the redis package", "malformed URL"])
+def test_configuration(case, tmp_path):
+    tripwire = tmp_path / "tripwire"
+    (tripwire / "redis").mkdir(parents=True)
+    (tripwire / "redis" / "__init__.py").write_text(TRIPWIRE)
+    # the harness's PYTHONPATH (repository, tests/apps) with the tripwire in front
+    env = {"PYTHONPATH": os.pathsep.join(map(str, (tripwire, ROOT, APPS)))} if case != "malformed URL" else None
+    url = {"not configured": None, "configured without the redis package": "redis://127.0.0.1:1/0",
+           "malformed URL": "http://127.0.0.1:6379/0"}[case]
+    server = start_instance(tmp_path, "threads", url, "test:conf", env=env, wait_bridge=False)
+    try:
+        if url is not None:
+            server.wait_for_log(r"redis bridge: OFF", timeout=10)
+        with closing(connect_both_workers(server, "/sub/x")) as clients:
+            publish_many(server, 20, "l", "x")
+            gather(clients, lambda cl: len(cl.messages) >= 20, 10)
+            for cl in clients:
+                assert_exact(cl, {"l": 20})
+        stats = bridge_stats(server)
+        log = server.log()
+        if case == "not configured":
+            assert "TRIPWIRE" not in log and "redis bridge" not in log, log
+            assert stats["out_state"] == stats["in_state"] == "not started", stats
+        elif case == "configured without the redis package":
+            assert "TRIPWIRE" in log, "the tripwire did not fire: this test proves nothing"
+            assert "the redis package is missing: pip install 'uwsgi_ws[redis]'" in log, log
+            assert stats["out_state"] == stats["in_state"] == "off", stats
+        else:
+            assert "OFF, UWSGI_WS_REDIS_URL='http://127.0.0.1:6379/0'" in log, log
+            assert stats["out_state"] == "off", stats
+        assert not stats["redis_imported"]
+    finally:
+        server.stop()
+        assert not server.crashes(), server.log()
+
+
+# -- 5. the broadcast mule killed mid-stream: its bridge resumes from the ring header ---------------------
+
+
+def test_mule_killed_mid_stream_resumes_without_duplicates(cluster):
+    """kill -9 the broadcast mule of A while it publishes: the respawned mule resumes
+    pushing from the position kept in the ring header; the other instances get
+    exactly what A's own clients got (the mule's documented window: the one
+    request it was taking off its queue may be lost), once each, in order."""
+    a, b, c = cluster.instances
+    logs_before = len(a.log())
+    groups = {s.port: connect_both_workers(s, "/sub/k") for s in cluster.instances}
+    everyone = [cl for g in groups.values() for cl in g]
+    with closing(everyone):
+        count = 1500
+        publisher = in_background((publish_many, a, count, "k", "k", 0.002))
+        gather(groups[b.port], lambda cl: cl.count("k") >= 300, 20, "the stream at B")
+        mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)", a.log())[-1])
+        os.kill(mule, signal.SIGKILL)
+        a.wait_for_log(r"broadcast mule 1 serving ring", count=a.log().count("broadcast mule 1 serving ring") + 1)
+        wait_for(lambda: a.log()[logs_before:].count("redis bridge: connected for pushing") >= 1, 20,
+                 "the respawned mule's bridge")
+        for t in publisher:
+            t.join(60)
+        last = "k%d" % (count - 1)
+        gather(everyone, lambda cl: last in cl.messages, 30, "the end of the stream everywhere")
+        reference = streams(groups[a.port][0].messages)["k"]
+        assert reference == sorted(set(reference)), "A's own clients: duplicates or disorder"
+        lost = sorted(set(range(count)) - set(reference))
+        assert len(lost) <= 1, f"more than the one request in the mule's hands lost: {lost}"
+        for cl in everyone:
+            assert streams(cl.messages)["k"] == reference, f"{cl.server.port}: differs from A's own clients"
+        print(f"\n[mule kill] lost {lost}; B and C got exactly what A's clients got")
+
+
+# -- 6. the repository's example: vassals-redis/ runs two bridged chat instances -------------------------
+
+
+def test_vassals_redis_example(tmp_path):
+    import websocket
+
+    source_dir = ROOT / "vassals-redis"
+    redis = RedisServer(tmp_path)
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    ports = {}
+    for source in sorted(source_dir.glob("*.yaml")):
+        text = source.read_text().replace("%d..", str(ROOT)).replace("%d", str(source_dir) + "/")
+        port = free_port()
+        text, n = re.subn(r"(?m)^(\s*http-socket:\s*)\S+", rf"\g<1>127.0.0.1:{port}", text)
+        assert n == 1, f"{source.name}: expected one http-socket line"
+        text, n = re.subn(r"redis://127\.0\.0\.1:6379/0", redis.url, text)
+        assert n == 1, f"{source.name}: expected the Redis URL once"
+        ports[source.stem] = port
+        (vassals / source.name).write_text(text)
+    assert set(ports) == {"chat-redis-a", "chat-redis-b"}
+    emperor = UWSGI(["--emperor", str(vassals)], tmp_path, port=ports["chat-redis-a"])
+    try:
+        wait_for(lambda: emperor.log().count("redis bridge: connected for reading") == 2, 30, "both bridges")
+        sender = websocket.create_connection(f"ws://127.0.0.1:{ports['chat-redis-a']}/ws", timeout=10)
+        receiver = websocket.create_connection(f"ws://127.0.0.1:{ports['chat-redis-b']}/ws", timeout=10)
+        try:
+            # the receiver subscribes in its handler, maybe after the first message:
+            # resend until it arrives (each round waits on a message, not a sleep)
+            deadline = time.monotonic() + 15
+            got = None
+            while got is None and time.monotonic() < deadline:
+                sender.send(json.dumps({"name": "t", "text": "from A to B"}))
+                receiver.settimeout(1)
+                try:
+                    got = json.loads(receiver.recv())
+                except websocket.WebSocketTimeoutException:
+                    pass
+            assert got is not None and got["text"] == "from A to B", emperor.log()
+        finally:
+            sender.close()
+            receiver.close()
+    finally:
+        emperor.stop()
+        redis.stop()
+    assert not emperor.crashes(), emperor.log()

@@ -1,0 +1,533 @@
+"""Scale-out: the broadcasts of several uWSGI instances shared through one Redis Stream.
+
+Opt-in: set ``UWSGI_WS_REDIS_URL`` in the instance's environment (vassal YAML
+``env: UWSGI_WS_REDIS_URL=redis://10.0.0.5:6379/0``). Only the broadcast mule
+talks to Redis (`uwsgi_ws.mule.run` starts the bridge); without the variable
+the mule imports neither this module nor `redis`. Workers only read the
+counters (`stats`), which needs no `redis`.
+
+How it works (the README's "Scale-out with Redis" says why):
+
+- Local first. The mule appends each local publish to its ring and wakes the
+  workers exactly as without Redis: local subscribers never wait for Redis,
+  and an instance whose Redis is down keeps serving its own publishes.
+- The outbox thread pushes the ring's local entries (flag REMOTE clear), in
+  ring order, to one stream: ``XADD <key> MAXLEN ~ <maxlen>``, each tagged
+  with this instance's id (the ring's epoch) and a counter ``n`` (1, 2, 3...
+  per instance). Its position is kept in the ring header, so a respawned mule
+  resumes where it was; pushing an entry twice (a crash between XADD and that
+  record) is harmless: readers drop it by its counter.
+- The inbox thread reads the stream with ``XREAD BLOCK`` from the last id it
+  consumed (kept in the ring header too), skips this instance's own entries
+  (so nothing is delivered twice locally), drops duplicates (``n`` not above
+  the last one seen from that instance), counts gaps (``n`` jumped: entries
+  trimmed by MAXLEN or lost by Redis), and appends the rest to the ring with
+  flag REMOTE under the mule's ring lock (the ring keeps one writer at a
+  time), then wakes the workers.
+- Redis unreachable: each thread retries with back-off (0.1 s doubling up to
+  ``UWSGI_WS_REDIS_RETRY_MAX``, default 5 s), logging the outage once and the
+  recovery once. Local publishes meanwhile are delivered locally at once and
+  wait in the ring; the outbox pushes them when Redis is back (counted
+  ``late``) unless the ring overwrote them first (counted ``not_bridged``,
+  logged). The inbox resumes from its last id and catches up what the stream
+  still holds (at least MAXLEN entries).
+- Redis restarted (its run id changed: it may have lost its last writes), the
+  outbox pushes again what it had pushed in the ``UWSGI_WS_REDIS_REPLAY``
+  seconds (default 5) before; readers drop what they already had.
+
+Stream entry fields: ``o`` instance id (16 hex digits; absent for entries
+added by other programs), ``n`` its counter, ``c`` channel (UTF-8; empty: every
+connection), ``f`` flags (bit 0: binary), ``d`` payload. Any program may
+publish to every instance with ``XADD <key> * c <channel> d <payload>``.
+
+Bridge block: bytes 64..255 of the ring header (`sharedarea`), little-endian,
+zeroed when the ring is formatted; each field has a single writer thread:
+
+    offset  size  field         writer   meaning
+    0       4     out_state     outbox   0 not started, 1 connected, 2 unreachable, 3 off (error logged)
+    4       4     in_state      inbox    the same, for reading
+    8       8     pushed_seq    outbox   last ring seq handled (pushed, or counted not bridged)
+    16      8     out           outbox   counter n of the last local message pushed
+    24      8     late          outbox   local messages pushed after an outage (published while it could not push)
+    32      8     local_total   main     local messages appended to the ring (under the ring lock)
+    40      8     not_bridged   outbox   local messages the ring overwrote before they could be pushed
+    48      8     last_id_ms    inbox    last stream entry id consumed (ms part)
+    56      8     last_id_seq   inbox    (sequence part)
+    64      8     inbound       inbox    messages of other instances appended to the ring
+    72      8     missed        inbox    messages of other instances never read (gaps in their counter)
+    80      8     duplicates    inbox    entries dropped as already delivered
+    88      8     replayed      outbox   messages pushed again after a Redis restart
+    96      4     positioned    inbox    1 once last_id is valid (set at the first connection)
+    100     4     dropped       inbox    entries that could not be appended (malformed, too big for this ring)
+    104     88    reserved (zero)
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Deque, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+from . import frames, wakeup
+from .sharedarea import FLAG_BINARY, FLAG_REMOTE, BroadcastRing, Lapped, RingError
+
+URL_ENV = "UWSGI_WS_REDIS_URL"
+DEFAULT_STREAM = "uwsgi_ws:broadcast"
+BATCH = 512  # stream entries per XADD pipeline or XREAD
+MAX_ORIGINS = 4096  # instances whose last counter the inbox remembers
+
+NOT_STARTED, CONNECTED, UNREACHABLE, OFF = 0, 1, 2, 3
+_STATE_NAMES = {NOT_STARTED: "not started", CONNECTED: "connected", UNREACHABLE: "unreachable", OFF: "off"}
+
+_FIELDS: Dict[str, Tuple[int, str]] = {
+    "out_state": (0, "<I"),
+    "in_state": (4, "<I"),
+    "pushed_seq": (8, "<Q"),
+    "out": (16, "<Q"),
+    "late": (24, "<Q"),
+    "local_total": (32, "<Q"),
+    "not_bridged": (40, "<Q"),
+    "last_id_ms": (48, "<Q"),
+    "last_id_seq": (56, "<Q"),
+    "inbound": (64, "<Q"),
+    "missed": (72, "<Q"),
+    "duplicates": (80, "<Q"),
+    "replayed": (88, "<Q"),
+    "positioned": (96, "<I"),
+    "dropped": (100, "<I"),
+}
+
+
+class BridgeBlock:
+    """Typed fields of the bridge block of `ring` (see the module docstring).
+    Each field has one writer; any process may read."""
+
+    def __init__(self, ring: BroadcastRing) -> None:
+        self.buf = ring.bridge_block()
+
+    def get(self, name: str) -> int:
+        offset, fmt = _FIELDS[name]
+        return struct.unpack_from(fmt, self.buf, offset)[0]
+
+    def set(self, name: str, value: int) -> None:
+        offset, fmt = _FIELDS[name]
+        struct.pack_into(fmt, self.buf, offset, value)
+
+    def add(self, name: str, delta: int) -> None:
+        if delta:
+            self.set(name, self.get(name) + delta)
+
+
+def stats(ring: Optional[BroadcastRing] = None) -> Dict[str, Any]:
+    """The bridge's counters and states, from any process of the instance (no Redis
+    needed). States are "not started" when no bridge is configured."""
+    ring = ring or BroadcastRing.from_sharedarea()
+    block = BridgeBlock(ring)
+    out: Dict[str, Any] = {name: block.get(name) for name in _FIELDS}
+    out["out_state"] = _STATE_NAMES.get(out["out_state"], str(out["out_state"]))
+    out["in_state"] = _STATE_NAMES.get(out["in_state"], str(out["in_state"]))
+    out["last_id"] = "%d-%d" % (out.pop("last_id_ms"), out.pop("last_id_seq"))
+    out["instance"] = "%016x" % ring.epoch
+    return out
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced by ***, for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += ":%d" % parts.port
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _log(message: str) -> None:
+    print(f"uwsgi_ws: redis bridge: {message}", flush=True)
+
+
+class Settings:
+    """The bridge's environment variables, validated (ValueError names the variable)."""
+
+    def __init__(self, env: Optional[Dict[str, str]] = None) -> None:
+        env = os.environ if env is None else env
+        self.url = env.get(URL_ENV, "")
+        self.stream = env.get("UWSGI_WS_REDIS_STREAM", DEFAULT_STREAM)
+        if not self.stream:
+            raise ValueError("UWSGI_WS_REDIS_STREAM is empty: give the stream key all instances share")
+        self.maxlen = self._number(env, "UWSGI_WS_REDIS_MAXLEN", "100000", int, 1)
+        self.retry_max = self._number(env, "UWSGI_WS_REDIS_RETRY_MAX", "5", float, 0.01)
+        self.replay = self._number(env, "UWSGI_WS_REDIS_REPLAY", "5", float, 0.0)
+
+    @staticmethod
+    def _number(env: Any, name: str, default: str, kind: Any, minimum: float) -> Any:
+        raw = env.get(name, default)
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number") from None
+        if value < minimum:
+            raise ValueError(f"{name}={raw!r}: it must be at least {minimum:g}")
+        return value
+
+
+class _Backoff:
+    def __init__(self, maximum: float) -> None:
+        self.maximum = maximum
+        self.delay = 0.1
+
+    def reset(self) -> None:
+        self.delay = 0.1
+
+    def sleep(self) -> None:
+        time.sleep(min(self.delay, self.maximum) * random.uniform(0.8, 1.2))
+        self.delay = min(self.delay * 2, self.maximum)
+
+
+def _payload(frame: bytes) -> bytes:
+    """The payload of a server frame made by `frames.encode`."""
+    n = frame[1] & 0x7F
+    return frame[2 if n < 126 else 4 if n == 126 else 10:]
+
+
+def _parse_id(entry_id: bytes) -> Tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class Bridge:
+    """The Redis bridge of one broadcast mule: an outbox and an inbox thread.
+
+    `count_local` is called by the mule's writer (main loop) with `lock` held,
+    after each local append; `notify` after each batch. Both threads append
+    to / read the ring; appends hold `lock`.
+    """
+
+    def __init__(self, ring: BroadcastRing, lock: Any, settings: Settings) -> None:
+        import redis  # only here: the mule imports this module only when configured
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._redis = redis
+        self._errors = (redis.RedisError, OSError)
+        self._client_options = dict(socket_connect_timeout=3, socket_timeout=10, retry=Retry(NoBackoff(), 0),
+                                    health_check_interval=0)
+        redis.Redis.from_url(settings.url)  # raises ValueError for a malformed URL, now
+        self.ring = ring
+        self.lock = lock
+        self.settings = settings
+        self.block = BridgeBlock(ring)
+        self.origin = "%016x" % ring.epoch
+        self._origin_b = self.origin.encode()
+        self._wake = threading.Event()
+        self._run_id: Optional[str] = None
+        self._checkpoints: Deque[Tuple[float, int, int]] = collections.deque()
+        self._seen: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
+        # A catch-up batch larger than the ring would lap this instance's own workers.
+        self._read_batch = max(1, min(BATCH, ring.entries // 4))
+
+    # -- called by the mule's main loop -------------------------------------------
+
+    def count_local(self, count: int = 1) -> None:
+        """`count` local messages were appended (caller holds the ring lock)."""
+        self.block.add("local_total", count)
+
+    def notify(self) -> None:
+        """New local messages are in the ring: wake the outbox."""
+        self._wake.set()
+
+    def start(self) -> "Bridge":
+        _log(f"instance {self.origin} shares broadcasts through {redact(self.settings.url)} "
+             f"stream {self.settings.stream!r} (MAXLEN ~{self.settings.maxlen})")
+        for name, target in (("outbox", self._outbox), ("inbox", self._inbox)):
+            threading.Thread(target=self._forever, args=(name, target), name=f"uwsgi_ws-redis-{name}",
+                             daemon=True).start()
+        return self
+
+    # -- shared ---------------------------------------------------------------------
+
+    def _forever(self, name: str, target: Any) -> None:
+        while True:  # a bug must not end the bridge silently: report it and go on
+            try:
+                target()
+            except Exception:
+                _log(f"{name} thread failed, restarting it in 1 s:\n{traceback.format_exc()}")
+                time.sleep(1)
+
+    def _connect(self, role: str) -> Any:
+        client = self._redis.Redis.from_url(self.settings.url, client_name=f"uwsgi_ws-{self.origin}-{role}",
+                                            **self._client_options)
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    # -- outbox: local entries of the ring -> the stream -----------------------------------
+
+    def _outbox(self) -> None:
+        block, backoff = self.block, _Backoff(self.settings.retry_max)
+        client = None
+        down_since: Optional[float] = None  # first failure since the last connection
+        late_range = (0, 0)  # ring seqs (after, up to] published while it could not push
+        while True:
+            try:
+                if client is None:
+                    client = self._connect("out")
+                    backoff.reset()
+                    run_id = client.info("server").get("run_id")
+                    replayed = self._replay() if self._run_id not in (None, run_id) else 0
+                    self._run_id = run_id
+                    if down_since is not None:
+                        late_range = (block.get("pushed_seq"), self.ring.write_seq)
+                        pending = self._count_local_between(*late_range)
+                        _log(f"pushing again after {time.monotonic() - down_since:.1f}s: {pending} local "
+                             "message(s) published meanwhile go to Redis now (counter `late`)"
+                             + (f"; {replayed} pushed again, Redis restarted" if replayed else ""))
+                    else:
+                        _log("connected for pushing" + (f"; Redis restarted: {replayed} message(s) pushed "
+                                                        "again" if replayed else ""))
+                    down_since = None
+                    block.set("out_state", CONNECTED)
+                    if not self._checkpoints:
+                        self._checkpoints.append((time.monotonic(), block.get("pushed_seq"), block.get("out")))
+                self._wake.clear()
+                if not self._push_pending(client, late_range):
+                    if not self._wake.wait(1.0):
+                        client.ping()  # idle: notice an outage before the next publish
+            except self._errors as exc:
+                if client is not None:
+                    client.close()
+                    client = None
+                if down_since is None:
+                    down_since = time.monotonic()
+                    _log(f"cannot push to Redis ({type(exc).__name__}: {exc}); local publishes are still "
+                         "delivered here and wait in the ring to be pushed when Redis is back; retrying")
+                block.set("out_state", UNREACHABLE)
+                backoff.sleep()
+
+    def _push_pending(self, client: Any, late_range: Tuple[int, int]) -> int:
+        """Push every local ring entry after pushed_seq; returns how many ring entries it handled."""
+        ring, block, settings = self.ring, self.block, self.settings
+        handled = 0
+        while True:
+            start = block.get("pushed_seq") + 1
+            last = ring.write_seq
+            if start > last:
+                return handled
+            try:
+                entries = ring.read_range(start, min(last, start + BATCH - 1))
+            except Lapped:
+                self._skip_lapped()
+                continue
+            n = block.get("out")
+            late = 0
+            pipe = client.pipeline(transaction=False)
+            for entry in entries:
+                if entry.flags & FLAG_REMOTE:
+                    continue
+                n += 1
+                if late_range[0] < entry.seq <= late_range[1]:
+                    late += 1
+                pipe.xadd(settings.stream, {"o": self.origin, "n": n, "c": entry.channel,
+                                            "f": entry.flags & FLAG_BINARY, "d": _payload(entry.frame)},
+                          maxlen=settings.maxlen, approximate=True)
+            if len(pipe):
+                pipe.execute()
+            block.set("out", n)
+            block.add("late", late)
+            block.set("pushed_seq", entries[-1].seq)
+            handled += len(entries)
+            self._checkpoint(entries[-1].seq, n)
+            if late and entries[-1].seq >= late_range[1]:
+                _log(f"caught up: {block.get('late')} message(s) published while Redis was unreachable "
+                     "have been pushed so far (counter `late`)")
+
+    def _checkpoint(self, seq: int, n: int) -> None:
+        """Remember (time, pushed_seq, out) for a replay; keep the newest one older than the window."""
+        now = time.monotonic()
+        points = self._checkpoints
+        points.append((now, seq, n))
+        while len(points) >= 2 and points[1][0] <= now - self.settings.replay:
+            points.popleft()
+
+    def _replay(self) -> int:
+        """Redis restarted: rewind the outbox to the checkpoint before the replay window."""
+        if not self._checkpoints or self.settings.replay <= 0:
+            return 0
+        _, seq, n = self._checkpoints[0]
+        current = self.block.get("out")
+        if n >= current:
+            return 0
+        if seq + 1 < self.ring.min_seq:
+            _log("Redis restarted but the ring no longer holds the messages of the replay window: "
+                 "not pushed again (other instances count what they miss as `missed`)")
+            return 0
+        self.block.set("out", n)
+        self.block.set("pushed_seq", seq)
+        self.block.add("replayed", current - n)
+        self._checkpoints.clear()
+        self._checkpoints.append((time.monotonic(), seq, n))
+        return current - n
+
+    def _count_local_between(self, after: int, upto: int) -> int:
+        """Local entries with after < seq <= upto still in the ring."""
+        ring = self.ring
+        count, seq = 0, max(after + 1, ring.min_seq)
+        while seq <= upto:
+            try:
+                batch = ring.read_range(seq, min(upto, seq + 1023))
+            except Lapped:
+                seq = ring.min_seq
+                continue
+            if not batch:
+                break
+            count += sum(1 for e in batch if not e.flags & FLAG_REMOTE)
+            seq = batch[-1].seq + 1
+        return count
+
+    def _skip_lapped(self) -> None:
+        """The ring overwrote local entries before they were pushed: count them, go on."""
+        block = self.block
+        with self.lock:  # no append meanwhile: the count below is exact
+            first = self.ring.min_seq
+            pending = self._count_local_between(first - 1, self.ring.write_seq)
+            lost = block.get("local_total") - block.get("out") - block.get("not_bridged") - pending
+            lost = max(lost, 0)
+            block.add("not_bridged", lost)
+            block.set("pushed_seq", first - 1)
+        _log(f"{lost} local message(s) were overwritten in the ring before Redis took them: not bridged "
+             f"(delivered on this instance only; {block.get('not_bridged')} so far, counter `not_bridged`). "
+             "A larger --sharedarea holds a longer outage.")
+
+    # -- inbox: the stream -> the ring ------------------------------------------------------
+
+    def _inbox(self) -> None:
+        block, settings, backoff = self.block, self.settings, _Backoff(self.settings.retry_max)
+        client = None
+        down_since: Optional[float] = None  # first failure since the last connection
+        catching_up: Optional[int] = None
+        while True:
+            try:
+                if client is None:
+                    client = self._connect("in")
+                    backoff.reset()
+                    if not block.get("positioned"):
+                        # A fresh instance starts at the end of the stream: nothing before concerns it.
+                        newest = client.xrevrange(settings.stream, count=1)
+                        ms, seq = _parse_id(newest[0][0]) if newest else (0, 0)
+                        block.set("last_id_ms", ms)
+                        block.set("last_id_seq", seq)
+                        block.set("positioned", 1)
+                    where = f"stream id {block.get('last_id_ms')}-{block.get('last_id_seq')}"
+                    if down_since is not None:
+                        _log(f"reading again after {time.monotonic() - down_since:.1f}s, from {where}")
+                        catching_up = block.get("inbound")
+                    else:
+                        _log(f"connected for reading, from {where}")
+                    down_since = None
+                    block.set("in_state", CONNECTED)
+                last_id = "%d-%d" % (block.get("last_id_ms"), block.get("last_id_seq"))
+                reply = client.xread({settings.stream: last_id}, count=self._read_batch, block=1000)
+                entries = reply[0][1] if reply else []
+                if entries:
+                    self._take(entries)
+                if catching_up is not None and len(entries) < self._read_batch:
+                    _log(f"caught up {block.get('inbound') - catching_up} message(s) of other instances")
+                    catching_up = None
+            except self._errors as exc:
+                if client is not None:
+                    client.close()
+                    client = None
+                if down_since is None:
+                    down_since = time.monotonic()
+                    _log(f"cannot read from Redis ({type(exc).__name__}: {exc}); other instances' "
+                         "broadcasts will be caught up when it is back; retrying")
+                block.set("in_state", UNREACHABLE)
+                backoff.sleep()
+
+    def _take(self, entries: List[Tuple[bytes, Dict[bytes, bytes]]]) -> None:
+        block, seen = self.block, self._seen
+        rows = []
+        missed = duplicates = dropped = 0
+        for entry_id, fields in entries:
+            origin = fields.get(b"o")
+            if origin == self._origin_b:
+                continue  # our own: already in the ring
+            try:
+                channel = fields.get(b"c", b"").decode("utf-8")
+                flags = int(fields.get(b"f", b"0")) & FLAG_BINARY
+                data = fields[b"d"]
+                n = int(fields[b"n"]) if origin is not None else None
+            except (KeyError, ValueError, UnicodeDecodeError):
+                dropped += 1
+                _log(f"dropped stream entry {entry_id.decode()}: malformed (fields {sorted(fields)}); "
+                     "an entry needs d (payload), and c (channel) and f (1: binary) are optional")
+                continue
+            if origin is not None and n is not None:
+                last = seen.get(origin)
+                if last is not None:
+                    if n <= last:
+                        duplicates += 1
+                        continue
+                    if n > last + 1:
+                        missed += n - last - 1
+                        _log(f"missed {n - last - 1} message(s) of instance {origin.decode()} (numbers "
+                             f"{last + 1}..{n - 1}): gone from the stream before this instance read them "
+                             "(MAXLEN trimmed them, or Redis lost them)")
+                seen[origin] = n
+                seen.move_to_end(origin)
+                if len(seen) > MAX_ORIGINS:
+                    seen.popitem(last=False)
+            opcode = frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT
+            rows.append((frames.encode(opcode, data), channel, flags | FLAG_REMOTE, entry_id))
+        appended = 0
+        ms, seq = _parse_id(entries[-1][0])
+        with self.lock:
+            for frame, channel, flags, entry_id in rows:
+                try:
+                    self.ring.append(frame, channel, flags)
+                    appended += 1
+                except RingError as exc:
+                    dropped += 1
+                    _log(f"dropped stream entry {entry_id.decode()}: {exc}")
+            block.set("last_id_ms", ms)
+            block.set("last_id_seq", seq)
+        block.add("inbound", appended)
+        block.add("missed", missed)
+        block.add("duplicates", duplicates)
+        block.add("dropped", dropped)
+        if appended:
+            wakeup.wake_workers()
+
+
+def start(ring: BroadcastRing, lock: Any) -> Optional[Bridge]:
+    """Start the bridge of this broadcast mule from the environment; None (logged, the
+    instance keeps broadcasting locally) when it is misconfigured."""
+    block = BridgeBlock(ring)
+    try:
+        settings = Settings()
+        bridge = Bridge(ring, lock, settings)
+    except ImportError:
+        problem = "the redis package is missing: pip install 'uwsgi_ws[redis]' (or redis)"
+    except ValueError as exc:
+        problem = f"{URL_ENV}={redact(os.environ.get(URL_ENV, ''))!r}: {exc}"
+    else:
+        return bridge.start()
+    block.set("out_state", OFF)
+    block.set("in_state", OFF)
+    print(f"uwsgi_ws: redis bridge: OFF, {problem}. Broadcasts stay local to this instance until "
+          "the configuration is fixed and uWSGI restarted.", file=sys.stderr, flush=True)
+    return None
