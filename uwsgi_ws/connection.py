@@ -19,7 +19,8 @@ import socket
 import time
 from typing import Any, Dict, Iterator, Optional, Set, Union
 
-from . import frames
+from . import frames, metrics
+from .metrics import BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT
 from .protocol import (
     ABNORMAL,
     INTERNAL_ERROR,
@@ -90,6 +91,10 @@ class Connection:
         self._close_deadline: Optional[float] = None
         self._reader = None
         self._slow = False
+        self._metrics = metrics.local()
+        #: Data messages received from / sent to this connection (broadcasts included).
+        self.messages_received = 0
+        self.messages_sent = 0
         #: Broadcast channels this connection receives (managed by the hub).
         self.channels: Set[str] = set()
         self.hub: Any = None
@@ -237,6 +242,12 @@ class Connection:
     def close_reason(self) -> str:
         return self._protocol.close_reason if self._protocol.state is State.CLOSED else ""
 
+    @property
+    def closed_by(self) -> str:
+        """Who sent the first close frame: "server", "client", or "none" (the
+        transport was lost with no close frame either way, or still open)."""
+        return self._protocol.close_initiator or "none"
+
     # -- broadcast support (used by the hub) ---------------------------------
 
     def subscribe(self, channel: str):
@@ -249,8 +260,9 @@ class Connection:
         if self.hub is not None:
             self.hub.unsubscribe(self, channel)
 
-    def enqueue_frame(self, frame: Union[bytes, memoryview]) -> bool:
-        """Queue a ready-made frame without blocking (broadcast fan-out).
+    def enqueue_frame(self, frame: Union[bytes, memoryview], messages: int = 1) -> bool:
+        """Queue a ready-made frame (`messages` data messages) without blocking
+        (broadcast fan-out; the caller counts the instance metrics).
 
         Returns False if the connection is closed or its outbound buffer would
         exceed `write_limit` (a slow consumer); the frame is then not queued.
@@ -262,6 +274,7 @@ class Connection:
                 if len(self._out) + len(frame) > self.write_limit:
                     return False
                 self._out += frame
+                self.messages_sent += messages
                 return True
             try:
                 n = self._sock.send(frame, socket.MSG_NOSIGNAL)
@@ -272,6 +285,7 @@ class Connection:
                 return False
             if n < len(frame):
                 self._out += frame[n:]
+            self.messages_sent += messages
             return True
 
     def fanout_acquire(self) -> bool:
@@ -328,6 +342,7 @@ class Connection:
         self._slow = True
         with self._wlock:
             self._out += out
+        self._metrics.add(BYTES_OUT, len(out))
         self.flush()
 
     # -- internals: writing -------------------------------------------------
@@ -338,10 +353,11 @@ class Connection:
 
     def _send_frame(self, frame: bytes) -> None:
         self._check_open()
-        self._write(frame, wait=True)
+        self._write(frame, wait=True, messages=1)
 
-    def _write(self, data: bytes, wait: bool) -> None:
-        """Append to the outbound stream; with `wait`, block until all of it is written."""
+    def _write(self, data: bytes, wait: bool, messages: int = 0) -> None:
+        """Append to the outbound stream (`messages` data messages, counted); with
+        `wait`, block until all of it is written."""
         if not data:
             return
         with self._wlock:
@@ -357,7 +373,9 @@ class Connection:
                     raise ConnectionClosed(ABNORMAL, "connection lost while writing")
                 if n < len(data):
                     self._out += memoryview(data)[n:]
+            self.messages_sent += messages
             pending = bool(self._out)
+        self._metrics.add2(BYTES_OUT, len(data), MESSAGES_OUT, messages)
         if pending and wait:
             self._drain()
 
@@ -477,14 +495,18 @@ class Connection:
             if failed:
                 # RFC 6455 7.1.7: after failing, close TCP; read on until EOF or the deadline.
                 self._closing_handshake_done()
+        received = 0
         for event in events:
             if type(event) is Message:
+                received += 1
                 self._inbox.put(event.data)
             elif type(event) is Pong:
                 if self._ping_payload is not None and event.payload == self._ping_payload:
                     self._ping_payload = self._pong_deadline = None
             elif type(event) is Close:
                 self._closing_handshake_done()
+        self.messages_received += received
+        self._metrics.add2(BYTES_IN, len(data), MESSAGES_IN, received)
 
     def _closing_handshake_done(self) -> None:
         # RFC 6455 7.1.1: the server closes the TCP connection first.

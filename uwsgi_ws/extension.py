@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, got_request_exception
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import access, handshake, runtime
+from . import access, handshake, metrics, runtime
 from . import shutdown
 from .connection import Connection, ConnectionClosed
 from .protocol import INTERNAL_ERROR, NORMAL
@@ -38,6 +38,7 @@ DEFAULTS: Dict[str, Any] = {
     "max_connections_per_worker": None,  # open WebSockets per worker process (503 beyond; None: no limit)
     "max_connections": None,  # open WebSockets of the whole instance (503 beyond; None: no limit)
     "retry_after": 5,  # seconds, the Retry-After of a 503 for a connection limit
+    "metrics_route": None,  # e.g. "/metrics": the Prometheus text of uwsgi_ws.metrics there (opt-in)
 }
 
 Handler = Callable[..., Any]
@@ -61,7 +62,7 @@ class _Upgraded(Response):
         try:
             release = ws._reserve_slot()
         except access.Refused as exc:
-            return _refusal(exc)(environ, start_response)
+            return _refusal(exc, "limit")(environ, start_response)
         try:
             answer = ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol)
         finally:
@@ -99,8 +100,17 @@ class _PendingConnection:
         return iter(self)
 
 
-def _refusal(exc: Union[handshake.HandshakeError, access.Refused]) -> Response:
+def _refusal(exc: Union[handshake.HandshakeError, access.Refused], reason: Optional[str] = None) -> Response:
+    """The plain HTTP answer to a refused upgrade, counted and logged under `reason`
+    (default: the HandshakeError's own)."""
+    metrics.rejected(reason or getattr(exc, "reason", None) or "refused", str(exc), _route(), exc.status)
     return Response(str(exc) + "\n", status=exc.status, headers=exc.headers, mimetype="text/plain")
+
+
+def _route() -> str:
+    """The Flask rule of the current request: the `route` of metrics and logs."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else request.path
 
 
 def _answer_before_upgrade(app: Flask, exc: Exception) -> Response:
@@ -162,6 +172,8 @@ class WebSocket:
         for args in self._deferred:
             self._add_rule(app, *args)
         self._deferred.clear()
+        if self.option("metrics_route"):
+            self.metrics_route(self.option("metrics_route"))
 
     def option(self, name: str) -> Any:
         """The effective value of an option (keyword, then Flask config, then default)."""
@@ -215,6 +227,22 @@ class WebSocket:
 
         return decorator
 
+    def metrics_route(self, rule: str = "/metrics", **options: Any) -> None:
+        """Serve the instance's metrics (`uwsgi_ws.metrics`) in the Prometheus text
+        format at `rule`: a plain GET view, endpoint ``uwsgi_ws_metrics``. Opt-in;
+        the option ``metrics_route`` (config ``UWSGI_WS_METRICS_ROUTE``) calls it
+        at `init_app`. Keep it internal (allow only the scraper at the proxy)."""
+        if self.app is None:
+            raise RuntimeError("metrics_route() needs the app: call it after WebSocket(app) or init_app(app)")
+        endpoint = options.pop("endpoint", "uwsgi_ws_metrics")
+        if endpoint in self.app.view_functions:
+            return
+
+        def prometheus_metrics() -> Response:
+            return Response(metrics.prometheus_text(), content_type=metrics.CONTENT_TYPE)
+
+        self.app.add_url_rule(rule, endpoint, prometheus_metrics, methods=["GET"], **options)
+
     @staticmethod
     def _add_rule(target: Any, rule: str, view: Callable[..., Any], handler: Handler,
                   options: Dict[str, Any]) -> None:
@@ -230,16 +258,22 @@ class WebSocket:
                 key = handshake.check_request(environ)
                 self.origin_policy().check(environ)
             except (handshake.HandshakeError, access.Refused) as exc:
-                return _refusal(exc)
+                return _refusal(exc, None if isinstance(exc, handshake.HandshakeError) else "origin")
             for hook in self._before_connect:
-                result = hook()
+                try:
+                    result = hook()
+                except HTTPException as exc:
+                    metrics.rejected("before_connect", str(exc), _route(), exc.code)
+                    raise
                 if result is False:
-                    return _refusal(access.Refused(403, "403 Forbidden: a before_connect hook refused this WebSocket"))
+                    return _refusal(access.Refused(403, "403 Forbidden: a before_connect hook refused this WebSocket"),
+                                    "before_connect")
                 if result is not None and result is not True:
+                    metrics.rejected("before_connect", "a before_connect hook answered instead", _route())
                     return result  # Flask makes a response of it
             if "uwsgi.version" not in environ:
-                return Response("WebSocket routes need uWSGI: run the app with uwsgi or app.run()\n",
-                                status=501, mimetype="text/plain")
+                return _refusal(handshake.HandshakeError(
+                    501, "WebSocket routes need uWSGI: run the app with uwsgi or app.run()", reason="no_uwsgi"))
             return _Upgraded(self, handler, kwargs, key, handshake.select_subprotocol(environ, subprotocols))
 
         return view
@@ -268,6 +302,7 @@ class WebSocket:
         the response to send instead if the handler answered before upgrading."""
         sockets: list = []  # the connection's socket once the 101 is sent
         upgraded: list = []
+        opened: list = []  # the metrics token of the upgrade
 
         def upgrade(conn: Any) -> None:
             import uwsgi
@@ -292,6 +327,7 @@ class WebSocket:
                 max_queue=self.option("max_queue"),
                 write_limit=self.option("write_limit"),
             )
+            opened.append(metrics.opened(_route()))
             hub = self.hub()
             if hub is not None:
                 hub.attach(conn)
@@ -309,14 +345,20 @@ class WebSocket:
                 pass  # the peer went away while the handler sent: not an application error
             except Exception as exc:
                 if not sockets:  # nothing sent yet: a plain HTTP answer (401, 403, 500)
-                    return _answer_before_upgrade(app, exc)
+                    answer = _answer_before_upgrade(app, exc)
+                    metrics.rejected("handler", f"the handler raised {type(exc).__name__} before the upgrade",
+                                     _route(), getattr(answer, "status_code", None))
+                    return answer
                 # the client gets 1011; Flask logs it; the worker lives
                 code, reason = INTERNAL_ERROR, "internal error"
                 got_request_exception.send(app, exception=exc)
                 app.log_exception(sys.exc_info())
             else:
                 if not sockets and result is not None:  # e.g. a decorator's redirect or abort response
-                    return app.make_response(result)
+                    answer = app.make_response(result)
+                    metrics.rejected("handler", "the handler answered with HTTP before the upgrade", _route(),
+                                     answer.status_code)
+                    return answer
                 if not sockets:
                     upgrade(conn)  # a handler that never used its connection: open, then close 1000
             if upgraded:
@@ -324,6 +366,7 @@ class WebSocket:
                 shutdown.untrack(conn)
                 if conn.hub is not None:
                     conn.hub.detach(conn)
+                metrics.closed(opened[0], conn)
         finally:
             for sock in sockets:
                 sock.detach()  # uWSGI closes the fd when the request ends

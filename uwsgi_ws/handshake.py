@@ -16,12 +16,18 @@ SUPPORTED_VERSION = "13"
 
 
 class HandshakeError(Exception):
-    """The request cannot be upgraded: answer `status` with `headers` and the message."""
+    """The request cannot be upgraded: answer `status` with `headers` and the message.
 
-    def __init__(self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None) -> None:
+    `reason` is a short token for metrics and logs (e.g. "version", "origin");
+    by default it is derived from the status."""
+
+    def __init__(self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None,
+                 reason: Optional[str] = None) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or []
+        self.reason = reason or {403: "forbidden", 405: "method", 426: "version",
+                                 429: "limit", 503: "limit"}.get(status, "bad_request")
 
 
 def _tokens(value: str) -> List[str]:
@@ -31,17 +37,18 @@ def _tokens(value: str) -> List[str]:
 def check_request(environ: Dict[str, object]) -> str:
     """Validate an upgrade request; return its Sec-WebSocket-Key or raise HandshakeError."""
     if environ.get("REQUEST_METHOD") != "GET":
-        raise HandshakeError(405, "a WebSocket handshake must be a GET request", [("Allow", "GET")])
+        raise HandshakeError(405, "a WebSocket handshake must be a GET request", [("Allow", "GET")], "method")
     if "websocket" not in _tokens(str(environ.get("HTTP_UPGRADE", ""))):
-        raise HandshakeError(400, "missing 'Upgrade: websocket' header")
+        raise HandshakeError(400, "missing 'Upgrade: websocket' header", reason="upgrade_header")
     if "upgrade" not in _tokens(str(environ.get("HTTP_CONNECTION", ""))):
-        raise HandshakeError(400, "missing 'Connection: Upgrade' header")
+        raise HandshakeError(400, "missing 'Connection: Upgrade' header", reason="connection_header")
     version = str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip()
     if version != SUPPORTED_VERSION:
         raise HandshakeError(
             426,
             f"unsupported Sec-WebSocket-Version {version!r}: this server speaks version 13",
             [("Sec-WebSocket-Version", SUPPORTED_VERSION)],
+            "version",
         )
     key = str(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")).strip()
     try:
@@ -49,7 +56,7 @@ def check_request(environ: Dict[str, object]) -> str:
     except (binascii.Error, UnicodeEncodeError):
         raw = b""
     if len(raw) != 16:
-        raise HandshakeError(400, "invalid or missing Sec-WebSocket-Key (must be 16 bytes in base64)")
+        raise HandshakeError(400, "invalid or missing Sec-WebSocket-Key (must be 16 bytes in base64)", reason="key")
     return key
 
 

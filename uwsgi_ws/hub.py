@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from . import wakeup
+from . import metrics, wakeup
 
 if os.environ.get("UWSGI_WS_PURE") == "1":
     _send_many = None
@@ -60,6 +60,7 @@ class Hub:
         self.delivered = 0
         self.slow_consumers = 0
         self.lapped = 0
+        self._metrics = metrics.local()
         self._task = runtime.spawn(self._run)
 
     @classmethod
@@ -165,6 +166,7 @@ class Hub:
             last = ring.write_seq
             if last <= self._last:
                 return
+            self._metrics.lag(last - self._last)
             try:
                 entries = ring.read_range(self._last + 1, min(last, self._last + 4096))
             except Lapped:
@@ -194,10 +196,12 @@ class Hub:
 
     def _write_all(self, targets: List[Any], data: bytes, count: int) -> None:
         """Write `data` (`count` messages) to each target without blocking."""
+        delivered = slow = 0
         if _send_many is not None:
             ready, fds, rest = [], [], []
             for conn in targets:
                 if conn.fanout_acquire():
+                    conn.messages_sent += count  # under the connection's write lock
                     ready.append(conn)
                     fds.append(conn.fd)
                 else:
@@ -212,17 +216,20 @@ class Hub:
             finally:
                 for conn in ready:
                     conn.fanout_release()
-            self.delivered += len(ready) * count
+            delivered = len(ready)
             targets = rest
         for conn in targets:
-            if conn.enqueue_frame(data):
-                self.delivered += count
+            if conn.enqueue_frame(data, count):
+                delivered += 1
                 if conn.pending_output:
                     with self._lock:
                         self._pending.add(conn)
             elif conn.connected:
-                self.slow_consumers += 1
+                slow += 1
                 conn.fail_slow_consumer(SLOW_CONSUMER, "slow consumer: too far behind the broadcasts")
+        self.delivered += delivered * count
+        self.slow_consumers += slow
+        self._metrics.fanout(delivered * count, delivered * len(data), slow, slow * count)
 
     def _lapped(self) -> None:
         """This worker fell behind the ring: its connections missed messages."""
@@ -231,6 +238,8 @@ class Hub:
             victims = [c for c in self._all if c.connected]
         for conn in victims:
             conn.fail_slow_consumer(SLOW_CONSUMER, "missed broadcasts: the server fell behind")
+        missed = max(0, self.ring.min_seq - 1 - self._last)
+        self._metrics.add2(metrics.LAPPED, 1, metrics.DROPPED_LAPPED, missed * len(victims))
         self._last = self.ring.min_seq - 1
         print(f"uwsgi_ws: worker {os.getpid()} was lapped by the broadcast ring; "
               f"closed {len(victims)} connection(s) with {SLOW_CONSUMER}", file=sys.stderr, flush=True)

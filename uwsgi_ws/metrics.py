@@ -286,6 +286,18 @@ class Recorder:
             v[slot_a] += a
             v[slot_b] += b
 
+    def fanout(self, messages: int, nbytes: int, slow: int, dropped: int) -> None:
+        """One batch of the broadcast fan-out: messages delivered (connections x
+        messages), their bytes, slow consumers closed, messages they lost."""
+        with self._lock:
+            v = self.v
+            v[DELIVERED] += messages
+            v[MESSAGES_OUT] += messages
+            v[BYTES_OUT] += nbytes
+            if slow:
+                v[SLOW_CLOSES] += slow
+                v[DROPPED_SLOW] += dropped
+
     def label(self, kind: int, name: str) -> int:
         """The label entry of (kind, name) in this row, claimed if new."""
         index = self._labels.get((kind, name))
@@ -297,7 +309,7 @@ class Recorder:
                 return index
             used = set(self._labels.values())
             free = [i for i in range(LABELS - 1) if i not in used]
-            raw = name.encode("utf-8")[:LABEL_NAME_MAX]
+            raw = name.encode("utf-8")[:LABEL_NAME_MAX].decode("utf-8", "ignore").encode("utf-8")
             if free:
                 index = free[0]
                 self.table.write_label(self.row, index, kind, raw)

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Optional, Union
 
-from . import frames, wakeup
+from . import frames, metrics, wakeup
 from .sharedarea import FLAG_BINARY, BroadcastRing, RingError
 
 PREFIX = b"UWS1"
@@ -141,6 +141,14 @@ def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
     never drops a message silently. Returns the size of the request.
     """
     try:
+        return _publish(data, channel)
+    except PublishError:
+        metrics.local().add(metrics.PUBLISH_FAILED)
+        raise
+
+
+def _publish(data: Union[str, bytes], channel: Optional[str]) -> int:
+    try:
         import uwsgi
     except ImportError:
         raise PublishError(
@@ -169,12 +177,14 @@ def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
         if mule_id:
             if uwsgi.mule_id() == mule_id:  # the broadcast mule publishing itself
                 _append_local(ring, request)
+                metrics.local().add(metrics.PUBLISHED)
                 wakeup.wake_workers()
                 if _bridge is not None:
                     _bridge.notify()
                 return len(request)
             if uwsgi.mule_msg(request, mule_id):
                 return len(request)
+            metrics.local().add(metrics.QUEUE_FULL)
             reason = f"the broadcast mule's queue (mule {mule_id}) stayed full"
         else:
             reason = "the broadcast mule did not start (add --mule=uwsgi_ws.mule:run and --master)"
@@ -212,23 +222,36 @@ def run() -> None:
     print(f"uwsgi_ws: broadcast mule {uwsgi.mule_id()} serving ring epoch {ring.epoch:x} "
           f"at message {ring.write_seq}", flush=True)
     _start_bridge(ring)
+    counts = metrics.local()
+    # With --enable-metrics this mule also copies the metrics into uWSGI's (the stats server).
+    mirror = metrics.mirror_enabled()
+    timeout = int(metrics.MIRROR_INTERVAL) if mirror else -1
+    mirrored = 0.0
     while True:
-        message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=-1)
-        appended = 0
+        message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=timeout)
+        appended = dropped = 0
         # None: a signal was handled; b"": the timeout passed (uWSGI returns an empty message).
         while message:
             try:
                 if _append_local(ring, message) is not None:
                     appended += 1
+                else:
+                    dropped += 1
             except RingError as exc:
+                dropped += 1
                 print(f"uwsgi_ws: dropped a publish request: {exc}", flush=True)
             if appended >= 4096:
                 break
             message = uwsgi.mule_get_msg(signals=True, farms=False, buffer_size=size, timeout=0)
+        if appended or dropped:  # counted before the wake-up: a scrape never sees more delivered
+            counts.add2(metrics.PUBLISHED, appended, metrics.DROPPED_MULE, dropped)
         if appended:
             wakeup.wake_workers()
             if _bridge is not None:
                 _bridge.notify()
+        if mirror and time.monotonic() - mirrored >= metrics.MIRROR_INTERVAL:
+            mirrored = time.monotonic()
+            metrics.mirror_to_uwsgi()
 
 
 def _start_bridge(ring: BroadcastRing) -> None:

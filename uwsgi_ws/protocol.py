@@ -115,6 +115,8 @@ class Protocol:
         self.close_reason = ""
         self.close_sent = False
         self.close_received = False
+        #: Who sent the first close frame: "server", "client", or None (neither yet).
+        self.close_initiator: Optional[str] = None
         self._out: List[bytes] = []
         self._events: List[Event] = []
         self._parts: list = []
@@ -150,6 +152,8 @@ class Protocol:
         elif opcode is Opcode.CLOSE:
             code, reason = frame.payload
             self.close_received = True
+            if self.close_initiator is None:
+                self.close_initiator = "client"
             if self.state is State.OPEN:
                 # Echo the peer's code (none for 1005), then the handshake is done.
                 self._send_close(None if code == NO_STATUS else int(code), "")
@@ -214,6 +218,8 @@ class Protocol:
     def _send_close(self, code: Optional[int], reason: str) -> None:
         self._out.append(frames.encode(frames.OP_CLOSE, frames.close_payload(code, reason)))
         self.close_sent = True
+        if self.close_initiator is None:
+            self.close_initiator = "server"
         self._sent = (NO_STATUS if code is None else code, reason)
 
     @property
