@@ -39,6 +39,7 @@ _lock = threading.Lock()  # never held across a yield: safe in every model
 _open: Set[Any] = set()
 _installed_pid = 0
 _stopping = False
+_watcher: Any = None  # the gevent signal watcher
 
 
 def _pipe_inodes() -> Set[str]:
@@ -93,7 +94,7 @@ def track(conn: Any, runtime: Any) -> None:
     with _lock:
         _open.add(conn)
     if _stopping:  # the worker was already told to stop: this one goes too
-        _going_away(runtime)
+        runtime.spawn(_close, conn)
 
 
 def untrack(conn: Any) -> None:
@@ -124,7 +125,8 @@ def _install(runtime: Any) -> None:
 
         import gevent
 
-        gevent.signal_handler(signal.SIGHUP, _going_away, runtime)
+        global _watcher
+        _watcher = gevent.signal_handler(signal.SIGHUP, _going_away, runtime)  # kept: a collected one stops
         return
     if runtime.NAME != "threads":
         return  # async cores: uWSGI exits the worker at once on SIGHUP, nothing to wait for
