@@ -305,3 +305,32 @@ def test_per_worker_limit_is_503_with_retry_after_then_frees(server):
     third.close()
     second.close()
     assert server.crashes() == []
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_instance_limit_counts_the_other_workers(model, tmp_path):
+    """max_connections=3 over 2 workers, each capped at 2: three connections are
+    necessarily spread 2 + 1. A refusal that names `max_connections` (not the
+    per-worker option) comes from the worker holding 1, so it saw the other's 2."""
+    from harness import serve
+
+    server = serve(APP, tmp_path, model=model, extra=["--processes", "2"], env={"ACCESS_MAX_CONNECTIONS": "3"})
+    try:
+        held = [open_when_free(server, "/limited/echo") for _ in range(3)]
+        try:
+            def refused_by_the_instance_limit():
+                _, body = refused(server, "/limited/echo", 503)  # never a 101, on either worker
+                return body if "this uWSGI instance" in body else None
+
+            body = wait_for(refused_by_the_instance_limit, 15, "a refusal by the instance-wide limit")
+            assert "limit of 3" in body and "raise max_connections)" in body
+        finally:
+            held[0].close()
+        held.append(open_when_free(server, "/limited/echo"))  # room again once one has closed
+        for ws in held[1:]:
+            ws.send("still here")
+            assert ws.recv() == "still here"
+            ws.close()
+        assert server.crashes() == []
+    finally:
+        server.stop()

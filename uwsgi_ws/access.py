@@ -171,6 +171,34 @@ class WorkerCount:
 worker_connections = WorkerCount()
 
 
+def instance_connections(own: int) -> int:
+    """Open WebSockets of the whole uWSGI instance: `own` (this worker's count,
+    handshakes in progress included) plus the open connections of every other
+    live worker, read from the instance's metrics table (`uwsgi_ws.metrics`:
+    one row per worker, upgrades and closes per route). Takes no lock: another
+    worker's handshakes still in progress are not seen, so a burst spread over
+    N workers may pass `max_connections` by at most N - 1 at that instant.
+    Blocks nowhere; callable from any thread or greenlet of a worker."""
+    import uwsgi
+
+    from . import metrics
+
+    tbl = metrics.table()
+    me = uwsgi.worker_id()
+    total = own
+    for worker in uwsgi.workers():
+        wid, pid = worker.get("id", 0), worker.get("pid", 0)
+        if wid == me or not pid or not 1 <= wid <= tbl.numproc:
+            continue
+        values = tbl.counters(wid)
+        if values[metrics.PID] != pid:  # a dead worker's row (or one not used yet): nothing open
+            continue
+        for index, kind, _ in tbl.labels(wid):
+            if kind == metrics.KIND_ROUTE:
+                total += values[metrics.UPGRADES + index] - values[metrics.CLOSED + index]
+    return total
+
+
 def limit_refusal(what: str, limit: int, option: str, retry_after: int) -> Refused:
     """The 503 for a full worker or instance, with Retry-After."""
     return Refused(

@@ -294,6 +294,10 @@ class WebSocket:
         if not count.try_acquire(per_worker):
             raise access.limit_refusal("this worker process", per_worker, "max_connections_per_worker",
                                        self.option("retry_after"))
+        limit = self.option("max_connections")
+        if limit is not None and access.instance_connections(count.value) > limit:
+            count.release()
+            raise access.limit_refusal("this uWSGI instance", limit, "max_connections", self.option("retry_after"))
         return count.release
 
     def _serve(self, environ: Dict[str, Any], start_response: Callable[..., Any], handler: Handler,
