@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 ALLOW_NO_TESTS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install ssl-headers redis-server run test bench clean
+.PHONY: help venv install ssl-headers redis-server proxies run test bench clean
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -71,6 +71,25 @@ ssl-headers:
 run: $(STAMP)
 	$(UWSGI) --emperor vassals/
 
+# tests/test_proxies.py runs conf/nginx.conf and conf/haproxy.cfg in nginx and
+# HAProxy processes of its own on free ports: install the Debian packages when
+# missing (root + apt-get), and stop the system services they may have started.
+proxies:
+	@missing=; for bin in nginx haproxy; do \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "$$missing missing: installing (tests/test_proxies.py runs its own on free ports)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing || exit 1; \
+	  for bin in $$missing; do (service $$bin stop || /etc/init.d/$$bin stop) >/dev/null 2>&1 || true; done; \
+	else \
+	  echo "error:$$missing not found: the proxy tests start their own." >&2; \
+	  echo "  Debian/Ubuntu: sudo apt-get install --no-install-recommends$$missing" >&2; \
+	  exit 1; \
+	fi
+
 # tests/test_redis_bridge.py starts redis-server processes of its own on free
 # ports: install the binary when missing (root + apt-get), and stop the system
 # service the package may have started (the tests never use it).
@@ -88,7 +107,7 @@ redis-server:
 	  exit 1; \
 	fi
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server proxies
 	@rc=0; $(PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ] && [ -n "$(ALLOW_NO_TESTS)" ]; then \
 	  echo "pytest collected no tests (exit 5); accepted because ALLOW_NO_TESTS is set"; rc=0; \
