@@ -6,10 +6,11 @@ a complete HTTP answer and the TCP connection closed, never a 101."""
 from __future__ import annotations
 
 import base64
+import json
 import os
-import re
 import socket
 import time
+import urllib.request
 
 import pytest
 import websocket
@@ -87,8 +88,6 @@ def echo_works(server, path="/echo", **options):
 
 def login(server, user):
     """The session cookie after logging in through the app's plain HTTP view."""
-    import urllib.request
-
     with urllib.request.urlopen(f"{server.http}/login?user={user}", timeout=5) as response:
         cookie = response.headers["Set-Cookie"]
     return cookie.split(";", 1)[0]
@@ -282,7 +281,8 @@ def open_when_free(server, path, timeout=10.0):
             if exc.status_code == 503:
                 return None
             raise
-        assert ws.recv().startswith("pid:")
+        ws.first_message = ws.recv()  # "pid:<worker pid>"
+        assert ws.first_message.startswith("pid:")
         return ws
 
     return wait_for(attempt, timeout, f"a free connection slot for {path}")
@@ -334,3 +334,46 @@ def test_instance_limit_counts_the_other_workers(model, tmp_path):
         assert server.crashes() == []
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_killed_workers_connections_stop_counting(model, tmp_path):
+    """kill -9 the worker holding 2 of the 3 allowed connections: once the master
+    has respawned it, its dead row no longer counts and 2 new connections fit."""
+    import signal
+
+    from harness import serve
+
+    server = serve(APP, tmp_path, model=model, extra=["--processes", "2"], env={"ACCESS_MAX_CONNECTIONS": "3"})
+    try:
+        held = []
+        for _ in range(3):  # per-worker cap 2: necessarily 2 + 1
+            ws = open_when_free(server, "/limited/echo")
+            ws.send("pid?")
+            ws.recv()
+            held.append(ws)
+        pids = [int(ws_pid) for ws_pid in (_pid_of(server, ws) for ws in held)]
+        full_pid = max(set(pids), key=pids.count)
+        assert pids.count(full_pid) == 2, pids
+        survivor = next(p for p in pids if p != full_pid)
+        os.kill(full_pid, signal.SIGKILL)
+        server.wait_for_log(r"Respawned uWSGI worker \d+ \(new pid: \d+\)", timeout=30)
+
+        def survivors_count():  # asked until the surviving worker answers
+            with urllib.request.urlopen(f"{server.http}/instance-count", timeout=5) as response:
+                seen = json.load(response)
+            return seen if seen["pid"] == survivor else None
+
+        # the respawned worker has not touched its row yet: the dead worker's 2 must not count
+        assert wait_for(survivors_count, 10, "an answer from the surviving worker")["open"] == 1
+        fresh = [open_when_free(server, "/limited/echo") for _ in range(2)]  # 1 survivor + 2 = the limit
+        refused(server, "/limited/echo", 503)  # and the limit still holds
+        for ws in fresh + held:
+            ws.close()
+    finally:
+        server.stop()
+
+
+def _pid_of(server, ws):
+    """The worker pid a connection of /limited/echo announced (kept by open_when_free's first recv)."""
+    return ws.first_message.split(":", 1)[1]

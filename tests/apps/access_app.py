@@ -164,3 +164,12 @@ def broken(conn):
 @ws.route("/silent")
 def silent(conn):
     """Never touches its connection: the client still gets a 101, then close 1000."""
+
+
+@app.route("/instance-count")
+def instance_count():
+    """What this worker counts as open WebSockets of the instance (a plain view: it
+    never makes this worker claim its row of the metrics table)."""
+    from uwsgi_ws import access
+
+    return {"pid": os.getpid(), "open": access.instance_connections(access.worker_connections.value)}

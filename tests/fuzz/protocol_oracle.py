@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 from uwsgi_ws.protocol import Close, Message, Ping, Pong, Protocol, State
 
