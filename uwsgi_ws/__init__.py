@@ -11,13 +11,18 @@
 
 from .connection import Connection, ConnectionClosed
 from .extension import AsyncWebSocket, GeventWebSocket, ThreadedWebSocket, WebSocket
+from .mule import PublishError, publish
+from .sharedarea import RingError
 
 __all__ = [
     "AsyncWebSocket",
     "Connection",
     "ConnectionClosed",
     "GeventWebSocket",
+    "PublishError",
+    "RingError",
     "ThreadedWebSocket",
     "WebSocket",
+    "publish",
 ]
 __version__ = "0.1.0"

@@ -95,6 +95,13 @@ class _PendingConnection:
         self._upgrade_now(self)
         return getattr(self, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting a Connection attribute (write_limit, max_queue, ...) is a first use
+        # too: upgrade first, or Connection.__init__ would overwrite the value.
+        if not name.startswith("__") and name not in ("environ", "subprotocol", "_upgrade_now"):
+            self._upgrade_now(self)
+        object.__setattr__(self, name, value)
+
     def __iter__(self) -> Any:
         self._upgrade_now(self)
         return iter(self)
@@ -397,7 +404,7 @@ class WebSocket:
         briefly while the broadcast mule's queue is full.
 
         Returns the number of bytes handed to the mule. Raises
-        `uwsgi_ws.broadcast.PublishError` with the option to set when it can't.
+        `uwsgi_ws.PublishError` with the option to set when it can't.
         """
         from .mule import publish
 

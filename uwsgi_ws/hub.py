@@ -38,6 +38,7 @@ from .sharedarea import BroadcastRing, Lapped, RingError
 SLOW_CONSUMER = TRY_AGAIN_LATER
 _CHUNK = 256  # connections written between yields to other greenlets
 _FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
+_BATCH_BYTES = 64 * 1024  # at most this much of consecutive frames in one write to a connection
 
 
 class Hub:
@@ -176,12 +177,17 @@ class Hub:
             self._last = entries[-1].seq
 
     def _fan_out(self, entries: List[Any]) -> None:
-        # Consecutive entries of one channel go out as one write per connection.
+        # Consecutive entries of one channel go out as one write per connection, at
+        # most _BATCH_BYTES at a time (or one frame): a connection takes a whole batch
+        # into an empty outbound buffer, so a bigger one would slip past write_limit.
         i = 0
         while i < len(entries):
             channel = entries[i].channel
             j = i + 1
-            while j < len(entries) and entries[j].channel == channel:
+            size = len(entries[i].frame)
+            while (j < len(entries) and entries[j].channel == channel
+                   and size + len(entries[j].frame) <= _BATCH_BYTES):
+                size += len(entries[j].frame)
                 j += 1
             data = entries[i].frame if j == i + 1 else b"".join(e.frame for e in entries[i:j])
             with self._lock:

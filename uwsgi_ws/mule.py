@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import threading
 import time
 from typing import Any, Optional, Union
@@ -158,9 +159,12 @@ def _publish(data: Union[str, bytes], channel: Optional[str]) -> int:
     request = encode_request(data, channel)
     limit = mule_msg_size()
     if len(request) > limit:
+        chan_len = request[5]
         raise PublishError(
-            f"message of {len(request) - _REQ.size} bytes (with its channel) is over the "
-            f"--mule-msg-size of {limit} bytes: raise --mule-msg-size (and --sharedarea) or send less"
+            f"a message of {len(request) - _REQ.size - chan_len} bytes is over the limit: --mule-msg-size={limit} "
+            f"leaves room for {limit - _REQ.size - chan_len} bytes"
+            + (f" (with this {chan_len}-byte channel name)" if chan_len else "")
+            + ": raise --mule-msg-size (and --sharedarea) or send less"
         )
     ring = _shared_ring()
     chan_len = request[5]
@@ -216,8 +220,15 @@ def run() -> None:
     """The broadcast mule's main loop (``--mule=uwsgi_ws.mule:run``); never returns."""
     import uwsgi
 
-    ring = _shared_ring()
-    ring.format(uwsgi.mule_id())
+    try:
+        ring = _shared_ring()
+        ring.format(uwsgi.mule_id())
+    except RingError as exc:
+        # uWSGI neither prints what a mule callable raises nor waits before respawning
+        # it: say why once, then stay (publishers get the same error themselves).
+        print(f"uwsgi_ws: the broadcast mule cannot run: {exc}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
     size = max(mule_msg_size(), DEFAULT_MULE_MSG_SIZE) + 64
     print(f"uwsgi_ws: broadcast mule {uwsgi.mule_id()} serving ring epoch {ring.epoch:x} "
           f"at message {ring.write_seq}", flush=True)

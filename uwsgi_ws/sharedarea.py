@@ -283,7 +283,7 @@ class BroadcastRing:
                 break
             chan_end = RECORD.size + clen
             out.append(Entry(seq, raw[RECORD.size:chan_end].decode("utf-8"), flags, raw[chan_end:chan_end + flen]))
-        if not out and copies:
+        if not out:  # first <= write_seq, yet its record is gone (slot reused, or overwritten)
             raise Lapped(first)
         return out
 

@@ -9,7 +9,7 @@ with the package installed (`make venv`, then use .venv/bin/python):
 or with uWSGI directly, from the repository root:
 
     uwsgi --master --http-socket 127.0.0.1:8002 --processes 2 --threads 16 \
-          --sharedarea 4096 --mule=uwsgi_ws.mule:run --mule-msg-size 262144 \
+          --sharedarea 4096 --mule=uwsgi_ws.mule:run --mule-msg-size=262144 \
           --pythonpath . --wsgi-file examples/chat/app.py --callable app
 
 or through the Emperor with the other examples: `make run` (vassals/chat.yaml).
