@@ -394,6 +394,8 @@ def test_redis_outage_mid_stream(cluster):
             wait_for(lambda: bridge_stats(server)["out_state"] == "unreachable", 10, f"{server.port} to see Redis down")
         wait_for(lambda: bridge_stats(c)["in_state"] == "unreachable", 10, "C to see Redis down")
         inbound_at_kill = bridge_stats(c)["inbound"]
+        for cl in groups[a.port] + groups[b.port]:
+            cl.pump()
         local_p = min(cl.count("p") for cl in groups[a.port])
         local_q = min(cl.count("q") for cl in groups[b.port])
         # Redis stays down while each instance serves ~2 s of its own publishes

@@ -135,6 +135,7 @@ def stats(ring: Optional[BroadcastRing] = None) -> Dict[str, Any]:
     out["in_state"] = _STATE_NAMES.get(out["in_state"], str(out["in_state"]))
     out["last_id"] = "%d-%d" % (out.pop("last_id_ms"), out.pop("last_id_seq"))
     out["instance"] = "%016x" % ring.epoch
+    out["write_seq"] = ring.write_seq
     return out
 
 
@@ -288,10 +289,11 @@ class Bridge:
                     client = self._connect("out")
                     backoff.reset()
                     run_id = client.info("server").get("run_id")
+                    pushed_before = block.get("pushed_seq")
                     replayed = self._replay() if self._run_id not in (None, run_id) else 0
                     self._run_id = run_id
                     if down_since is not None:
-                        late_range = (block.get("pushed_seq"), self.ring.write_seq)
+                        late_range = (pushed_before, self.ring.write_seq)
                         pending = self._count_local_between(*late_range)
                         _log(f"pushing again after {time.monotonic() - down_since:.1f}s: {pending} local "
                              "message(s) published meanwhile go to Redis now (counter `late`)"
@@ -334,17 +336,22 @@ class Bridge:
                 continue
             n = block.get("out")
             late = 0
-            pipe = client.pipeline(transaction=False)
+            commands = []
             for entry in entries:
                 if entry.flags & FLAG_REMOTE:
                     continue
                 n += 1
                 if late_range[0] < entry.seq <= late_range[1]:
                     late += 1
-                pipe.xadd(settings.stream, {"o": self.origin, "n": n, "c": entry.channel,
-                                            "f": entry.flags & FLAG_BINARY, "d": _payload(entry.frame)},
-                          maxlen=settings.maxlen, approximate=True)
-            if len(pipe):
+                commands.append(("XADD", settings.stream, "MAXLEN", "~", settings.maxlen, "*", "o", self.origin,
+                                 "n", n, "c", entry.channel, "f", entry.flags & FLAG_BINARY,
+                                 "d", _payload(entry.frame)))
+            if len(commands) == 1:  # the common case of a steady publisher: no pipeline object
+                client.execute_command(*commands[0])
+            elif commands:
+                pipe = client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
                 pipe.execute()
             block.set("out", n)
             block.add("late", late)
