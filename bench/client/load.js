@@ -44,6 +44,7 @@ const DEFAULTS = {
   drainSeconds: 20, // max wait for deliveries after the last publish
   quietSeconds: 3, // ...or stop waiting after this long without any delivery
   latency: null, // {rate: 50, seconds: 5, size: 100}
+  subUrls: null, // optional list of base URLs the clients are spread over
   maxSeconds: 300, // watchdog for the whole run
   sync: false,
 };
@@ -131,15 +132,18 @@ class Sub {
 }
 
 // ---------------------------------------------------------------- connecting
-function wsUrl() {
-  const base = cfg.url.replace(/^http/, 'ws');
+function wsUrl(i) {
+  // subUrls (optional): client i connects to subUrls[i % length] (servers with
+  // several instances, e.g. bench/redis_bench.py); publishing always uses url.
+  const urls = cfg.subUrls && cfg.subUrls.length ? cfg.subUrls : [cfg.url];
+  const base = urls[i % urls.length].replace(/^http/, 'ws');
   return cfg.proto === 'sio' ? base + '/socket.io/?EIO=4&transport=websocket' : base + '/ws';
 }
 
 /** Open one client; resolves when it is ready to receive broadcasts. */
 function openSub(sub) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(wsUrl(), {
+    const ws = new WebSocket(wsUrl(sub.i), {
       perMessageDeflate: false,
       skipUTF8Validation: true,
       handshakeTimeout: 30000,
