@@ -470,6 +470,53 @@ def test_outage_longer_than_the_ring_is_counted(tmp_path):
         redis.stop()
 
 
+def test_reader_frozen_past_maxlen_counts_what_it_missed(tmp_path):
+    """MAXLEN bounds the catch-up: an instance whose mule is frozen (SIGSTOP) while
+    another publishes far more than the stream keeps gets, once thawed, an
+    unbroken tail of the stream; what was trimmed before it could read it is
+    counted `missed` and logged, never silently lost."""
+    redis = RedisServer(tmp_path)
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    maxlen = ["--env", "UWSGI_WS_REDIS_MAXLEN=50"]
+    servers = []
+    try:
+        servers.append(start_instance(tmp_path, "gevent", redis.url, stream, extra=maxlen))
+        servers.append(start_instance(tmp_path, "threads", redis.url, stream, extra=maxlen))
+        f, g = servers
+        receiver, local = Client(f, "/sub/x"), Client(g, "/sub/x")
+        with closing([receiver, local]):
+            publish_many(g, 5, "w", "x")
+            gather([receiver, local], lambda cl: cl.count("w") == 5, 10, "the warm-up on both")
+            mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)", f.log())[-1])
+            os.kill(mule, signal.SIGSTOP)
+            try:
+                count = 1000
+                publish_many(g, count, "o", "x")
+                gather([local], lambda cl: cl.count("o") == count, 10, "G's own clients")
+                wait_for(lambda: (lambda st: st["pushed_seq"] == st["write_seq"])(bridge_stats(g)), 10,
+                         "G to push everything")
+            finally:
+                os.kill(mule, signal.SIGCONT)
+            gather([receiver], lambda cl: "o%d" % (count - 1) in cl.messages, 20, "the end of the stream at F")
+            got = streams(receiver.messages)
+            assert got["w"] == list(range(5))
+            numbers = got["o"]
+            gaps = [(x, y) for x, y in zip([-1] + numbers, numbers) if y != x + 1]
+            assert len(gaps) == 1, f"one gap expected (what MAXLEN trimmed), found {gaps}"
+            missing = count - len(numbers)
+            assert 0 < missing < count - 50, (missing, "the stream keeps at least MAXLEN entries")
+            stats = bridge_stats(f)
+            assert stats["missed"] == missing and stats["duplicates"] == 0, stats
+            assert re.search(rf"missed {missing} message\(s\) of instance {bridge_stats(g)['instance']}",
+                             f.log()), f.log()
+            assert_exact(local, {"w": 5, "o": count})
+            print(f"\n[MAXLEN 50] the thawed reader got {len(numbers)} of {count}, gap {gaps[0]}; missed {missing}")
+    finally:
+        for server in servers:
+            stop_and_check(server)
+        redis.stop()
+
+
 # -- 4. without configuration nothing imports redis; misconfiguration is said, local broadcast goes on ----
 
 

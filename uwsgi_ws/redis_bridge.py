@@ -510,6 +510,10 @@ class Bridge:
                 except RingError as exc:
                     dropped += 1
                     _log(f"dropped stream entry {entry_id.decode()}: {exc}")
+                # The position follows each append: a mule killed here repeats one message at most.
+                entry_ms, entry_seq = _parse_id(entry_id)
+                block.set("last_id_ms", entry_ms)
+                block.set("last_id_seq", entry_seq)
             block.set("last_id_ms", ms)
             block.set("last_id_seq", seq)
         block.add("inbound", appended)
