@@ -268,6 +268,15 @@ def test_handler_that_never_uses_its_connection_still_opens_and_closes_1000(serv
         ws.close()
 
 
+def test_an_option_set_before_any_other_use_sticks(server):
+    # the first use upgrades: the Connection's own set-up must not overwrite it
+    ws = websocket.create_connection(server.url + "/set-first", timeout=5)
+    try:
+        assert ws.recv() == "write_limit:12345:Connection"
+    finally:
+        ws.close()
+
+
 # -- connection limits -----------------------------------------------------------
 
 

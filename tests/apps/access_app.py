@@ -173,3 +173,10 @@ def instance_count():
     from uwsgi_ws import access
 
     return {"pid": os.getpid(), "open": access.instance_connections(access.worker_connections.value)}
+
+
+@ws.route("/set-first")
+def set_first(conn):
+    """Sets an option before any other use of the connection: it must stick."""
+    conn.write_limit = 12345
+    conn.send(f"write_limit:{conn.write_limit}:{type(conn).__name__}")
