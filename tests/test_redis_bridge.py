@@ -517,6 +517,37 @@ def test_reader_frozen_past_maxlen_counts_what_it_missed(tmp_path):
         redis.stop()
 
 
+def test_instance_started_while_redis_is_down_reads_from_its_start(tmp_path):
+    """An instance that reaches Redis only after another one published (here its
+    mule is held with SIGSTOP until then) still gets what was published since it
+    started: it starts reading at its start time, not at the end of the stream."""
+    redis = RedisServer(tmp_path)
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    redis.kill()
+    servers = []
+    try:
+        servers.append(start_instance(tmp_path, "threads", redis.url, stream, wait_bridge=False))
+        late = servers[0]
+        late.wait_for_log(r"redis bridge: cannot read from Redis", timeout=10)
+        mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)", late.log())[-1])
+        with closing([Client(late, "/sub/x")]) as (client,):
+            os.kill(mule, signal.SIGSTOP)
+            try:
+                redis.start()
+                servers.append(start_instance(tmp_path, "gevent", redis.url, stream))
+                publish_many(servers[1], 20, "e", "x")
+                assert bridge_stats(late)["in_state"] == "unreachable", "it must not have read anything yet"
+            finally:
+                os.kill(mule, signal.SIGCONT)
+            gather([client], lambda cl: cl.count("e") == 20, 15, "what was published before it reached Redis")
+            assert_exact(client, {"e": 20})
+        assert "redis bridge: reading again after" in late.log()
+    finally:
+        for server in servers:
+            stop_and_check(server)
+        redis.stop()
+
+
 # -- 4. without configuration nothing imports redis; misconfiguration is said, local broadcast goes on ----
 
 

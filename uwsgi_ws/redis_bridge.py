@@ -232,6 +232,7 @@ class Bridge:
         self.origin = "%016x" % ring.epoch
         self._origin_b = self.origin.encode()
         self._wake = threading.Event()
+        self._started_ms = int(time.time() * 1000)
         self._run_id: Optional[str] = None
         self._checkpoints: Deque[Tuple[float, int, int]] = collections.deque()
         self._seen: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
@@ -432,9 +433,12 @@ class Bridge:
                     client = self._connect("in")
                     backoff.reset()
                     if not block.get("positioned"):
-                        # A fresh instance starts at the end of the stream: nothing before concerns it.
+                        # A fresh instance reads what was published since it started (stream ids
+                        # are Redis's clock in ms), even if Redis was unreachable until now.
                         newest = client.xrevrange(settings.stream, count=1)
                         ms, seq = _parse_id(newest[0][0]) if newest else (0, 0)
+                        if (ms, seq) > (self._started_ms, 0):
+                            ms, seq = self._started_ms, 0
                         block.set("last_id_ms", ms)
                         block.set("last_id_seq", seq)
                         block.set("positioned", 1)
