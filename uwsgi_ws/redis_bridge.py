@@ -18,7 +18,9 @@ How it works (the README's "Scale-out with Redis" says why):
   resumes where it was; pushing an entry twice (a crash between XADD and that
   record) is harmless: readers drop it by its counter.
 - The inbox thread reads the stream with ``XREAD BLOCK`` from the last id it
-  consumed (kept in the ring header too), skips this instance's own entries
+  consumed (kept in the ring header too; a fresh instance starts at its own
+  start time, so what others published before it reached Redis still
+  arrives), skips this instance's own entries
   (so nothing is delivered twice locally), drops duplicates (``n`` not above
   the last one seen from that instance), counts gaps (``n`` jumped: entries
   trimmed by MAXLEN or lost by Redis), and appends the rest to the ring with
