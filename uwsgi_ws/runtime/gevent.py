@@ -6,14 +6,15 @@ a wait blocks one greenlet, never the worker.
 
 from __future__ import annotations
 
-import select
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import gevent
 import gevent.event
 import gevent.lock
 import gevent.queue
 import gevent.select
+
+from ._poll import PollWaiter
 
 NAME = "gevent"
 HAS_TASKS = True
@@ -36,29 +37,10 @@ def spawn(fn: Callable[..., object], *args: object) -> Task:
     return Task(fn, *args)
 
 
-class Waiter:
-    """Waits for one fd (one per connection; not shared). Built on gevent's poll,
-    which uses libev watchers: no select() and its 1024-fd ceiling."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._poll = gevent.select.poll()
-        self._mask = 0
-
-    def wait(self, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
-        mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
-        if mask != self._mask:
-            if self._mask:
-                self._poll.modify(self._fd, mask)
-            else:
-                self._poll.register(self._fd, mask)
-            self._mask = mask
-        events = self._poll.poll(None if timeout is None else timeout * 1000)
-        if not events:
-            return False, False
-        ev = events[0][1]
-        err = bool(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL))
-        return bool(ev & select.POLLIN) or (err and read), bool(ev & select.POLLOUT) or (err and write)
+def Waiter(fd: int) -> PollWaiter:
+    """Waits for one fd (one per connection; not shared). gevent's poll uses libev
+    watchers: no select() and its 1024-fd ceiling."""
+    return PollWaiter(fd, gevent.select.poll())
 
 
 def cooperate() -> None:
