@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -397,5 +398,64 @@ def test_a_dead_workers_connections_leave_the_gauge(tmp_path):
         assert m.value("uwsgi_ws_connections_open", route=SUB, worker=ids[victim]) == fresh
         for ws, _ in clients + more:
             ws.close()
+    finally:
+        server.stop()
+
+
+# -- lazy-apps: the table in a sharedarea ----------------------------------------------------------
+
+# uWSGI 2.0.31 crashes (SIGSEGV at start) every module:callable mule under lazy-apps, the
+# broadcast mule included: these instances have workers only.
+LAZY = ["--lazy-apps"]
+
+
+def test_lazy_apps_count_in_the_named_sharedarea(tmp_path):
+    """With lazy-apps each worker imports the app after the fork: the table must be a
+    sharedarea (UWSGI_WS_METRICS_SHAREDAREA) for the totals to cover every process."""
+    server = serve("metrics_app:app", tmp_path, model="threads",
+                   extra=[*LAZY, "--sharedarea", "64", "--env", "UWSGI_WS_METRICS_SHAREDAREA=0"])
+    clients = []
+    try:
+        pids = []
+        while len(clients) < 2 or (len(set(pids)) < 2 and len(clients) < 12):
+            ws = RawWebSocket(server.port, "/hello")
+            clients.append(ws)
+            pids.append(int(ws.recv_frame().payload.split(b":")[1]))
+        ids = worker_ids(server)
+        text = urllib.request.urlopen(server.http + "/metrics", timeout=10).read().decode()
+        assert "this process's only" not in text
+        for ws in clients:
+            for _ in range(3):
+                ws.send_frame(TEXT, b"lazy")
+                assert ws.recv_frame().payload == b"lazy"
+        m = wait_metrics(server.http, lambda m: m.value("uwsgi_ws_messages_sent_total") == 4 * len(clients),
+                         what="every worker's messages")
+        assert m.value("uwsgi_ws_messages_received_total") == 3 * len(clients)
+        for worker, n in collections.Counter(ids[pid] for pid in pids).items():
+            assert m.value("uwsgi_ws_connections_open", route="/hello", worker=worker) == n
+        assert m.value("uwsgi_ws_upgrades_accepted_total", route="/hello") == len(clients)
+    finally:
+        for ws in clients:
+            ws.close()
+        server.stop()
+    assert not server.crashes(), server.log()
+
+
+def test_lazy_apps_without_a_sharedarea_say_the_numbers_are_per_process(tmp_path):
+    server = serve("metrics_app:app", tmp_path, model="threads", extra=LAZY)
+    try:
+        text = urllib.request.urlopen(server.http + "/metrics", timeout=10).read().decode()
+        assert "# uwsgi_ws: these metrics are this process's only" in text
+        server.wait_for_log(r"metrics are counted per process.*UWSGI_WS_METRICS_SHAREDAREA")
+    finally:
+        server.stop()
+
+
+def test_a_sharedarea_too_small_for_the_table_stops_the_app_with_the_size_to_use(tmp_path):
+    server = serve("metrics_app:app", tmp_path, model="threads", ready="none",
+                   extra=[*LAZY, "--sharedarea", "1", "--env", "UWSGI_WS_METRICS_SHAREDAREA=0"])
+    try:
+        server.wait_for_log(r"MetricsError: sharedarea 0 has 4096 bytes: the metrics table of 2 worker\(s\) "
+                            r"and one mule needs \d+ pages of 4 KiB")
     finally:
         server.stop()

@@ -14,8 +14,8 @@ Where the table lives:
   and mules are forked (uWSGI's default; `lazy-apps: false` in conf/);
 - with ``UWSGI_WS_METRICS_SHAREDAREA=<id>`` in the environment, uWSGI
   sharedarea `id` (needed with `lazy-apps`, where each worker loads the app
-  after the fork). Size it with `required_pages()`; the broadcast ring is
-  sharedarea 0, so this is usually 1: ``--sharedarea 4096 --sharedarea 64``.
+  after the fork). Size it with `required_pages()` (64 pages: about 40
+  workers and mules).
 
 Byte layout (little-endian):
 

@@ -30,6 +30,14 @@ def echo(conn):
         conn.send(message)
 
 
+@ws.route("/hello")
+def hello(conn):
+    """`pid:<worker pid>`, then echo (no broadcast needed)."""
+    conn.send("pid:%d" % os.getpid())
+    for message in conn:
+        conn.send(message)
+
+
 @ws.route("/sub/<channel>")
 def sub(conn, channel):
     """Subscribe; `sndbuf=` fixes the socket's SO_SNDBUF (a client that stops
