@@ -437,8 +437,8 @@ _SCALARS = (MESSAGES_IN, MESSAGES_OUT, BYTES_IN, BYTES_OUT, PUBLISHED, DELIVERED
             DROPPED_LAPPED, DROPPED_MULE, SLOW_CLOSES, LAPPED, QUEUE_FULL, PUBLISH_FAILED, LAG_SUM, LAG_COUNT)
 
 
-def _live_workers(numproc: int) -> Dict[int, int]:
-    """worker id -> pid of the workers alive now."""
+def _live_workers() -> Dict[int, int]:
+    """worker id -> pid of the workers alive now ({0: this pid} outside uWSGI)."""
     uwsgi = _uwsgi()
     if uwsgi is None:
         return {0: os.getpid()}
@@ -452,7 +452,8 @@ def snapshot() -> Snapshot:
     """Sum every row now. Any process may call it; it takes no lock (each value is
     read whole; a row being written reads as just before or just after the add)."""
     tbl = table()
-    live = _live_workers(tbl.numproc)
+    live = _live_workers()
+    private = _uwsgi() is None  # outside uWSGI: row 0 is this process, and it is alive
     totals = dict.fromkeys(_SCALARS, 0)
     buckets = [0] * (len(LAG_BOUNDS) + 1)
     lag_max = 0
@@ -476,7 +477,7 @@ def snapshot() -> Snapshot:
                 if n:
                     closes[(code, by)] = closes.get((code, by), 0) + n
         worker = row if 1 <= row <= tbl.numproc else 0
-        alive = worker and live.get(worker) == values[PID] or (_uwsgi() is None and row == 0)
+        alive = (worker != 0 and live.get(worker) == values[PID]) or (private and row == 0)
         for index, kind, name in tbl.labels(row):
             if kind == KIND_ROUTE:
                 routes.add(name)
