@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import sys
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import metrics, wakeup
 
@@ -58,6 +59,10 @@ class Hub:
         self._last = ring.write_seq
         self._pending: Set[Any] = set()  # connections with unflushed output
         self._wake = wakeup.bind_worker_socket()
+        self._catch_ups: List[Tuple[Any, List[Tuple[str, Optional[int]]], Callable[..., None]]] = []
+        self._kick_r, self._kick_w = socket.socketpair()
+        self._kick_r.setblocking(False)
+        self._kick_w.setblocking(False)
         self.delivered = 0
         self.slow_consumers = 0
         self.lapped = 0
@@ -121,12 +126,83 @@ class Hub:
             if not members:
                 del self._channels[channel]
 
+    def catch_up(self, conn: Any, channels: List[Tuple[str, Optional[int]]],
+                 done: Callable[[Dict[str, Any]], None]) -> None:
+        """Subscribe `conn` to each (channel, after_seq) of `channels` at one point of
+        the ring, in the waker task: every entry of the channel after `after_seq` up to
+        that point is enqueued to `conn` first (the replay), every later one by the
+        live fan-out, so nothing is sent twice or skipped. `after_seq` None: live only.
+
+        `done(result)` then runs in the waker task with {channel: ("ok", last_seq) or
+        ("lapped", min_seq)} (lapped: entries after `after_seq` are gone; the channel
+        is subscribed live anyway). Any thread or greenlet may call this;
+        it never blocks. `conn` needs `channels`, `connected`, `enqueue_frame`,
+        `pending_output` and `fail_slow_consumer` (a Connection, or an SSE stream).
+        """
+        with self._lock:
+            self._catch_ups.append((conn, list(channels), done))
+        try:
+            self._kick_w.send(b"x")
+        except OSError:  # the pair's buffer is full: the waker is already due to run
+            pass
+
+    def _run_catch_ups(self) -> None:
+        with self._lock:
+            todo, self._catch_ups = self._catch_ups, []
+        boundary = self._last
+        for conn, channels, done in todo:
+            result: Dict[str, Any] = {}
+            replay: List[Any] = []
+            for channel, after in channels:
+                if after is not None and after < boundary:
+                    try:
+                        entries = self._read_channel(channel, after + 1, boundary)
+                    except Lapped:
+                        result[channel] = ("lapped", self.ring.min_seq)
+                        entries = None
+                    if entries is not None:
+                        replay.extend(entries)
+                        result[channel] = ("ok", boundary)
+                else:
+                    result[channel] = ("ok", boundary)
+                with self._lock:
+                    conn.channels.add(channel)
+                    self._channels[channel].add(conn)
+            replay.sort(key=lambda e: e.seq)
+            for entry in replay:
+                if not conn.enqueue_frame(entry.frame, 1):
+                    if conn.connected:
+                        conn.fail_slow_consumer(SLOW_CONSUMER, "slow consumer: the replay is over write_limit")
+                    break
+            if conn.pending_output:
+                with self._lock:
+                    self._pending.add(conn)
+            try:
+                done(result)
+            except Exception:
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+
+    def _read_channel(self, channel: str, first: int, last: int) -> List[Any]:
+        """The entries of `channel` in first..last; Lapped if `first` is gone."""
+        out = []
+        while first <= last:
+            batch = self.ring.read_range(first, min(last, first + 1023))
+            if not batch:
+                break
+            out.extend(e for e in batch if e.channel == channel and not e.flags & 0x02)
+            first = batch[-1].seq + 1
+        return out
+
     # -- the waker task ---------------------------------------------------------
 
     def _run(self) -> None:
         poller = self._rt.poller()
         wake_fd = self._wake.fileno()
         poller.register(wake_fd, select.POLLIN)
+        kick_fd = self._kick_r.fileno()
+        poller.register(kick_fd, select.POLLIN)
         watched: Set[int] = set()
         while True:
             try:
@@ -134,6 +210,8 @@ class Hub:
                 for fd, _ in events:
                     if fd == wake_fd:
                         wakeup.drain(self._wake)
+                    elif fd == kick_fd:
+                        wakeup.drain(self._kick_r)
                 self._deliver()
                 watched = self._flush_pending(poller, watched)
             except Exception:  # keep the worker's broadcast alive; report the bug
@@ -164,6 +242,8 @@ class Hub:
             # The ring was formatted after this worker started: read it from the start.
             self._epoch, self._last = epoch, 0
         while True:
+            if self._catch_ups:  # here every entry up to self._last went out, none after
+                self._run_catch_ups()
             last = ring.write_seq
             if last <= self._last:
                 return

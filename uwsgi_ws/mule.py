@@ -8,7 +8,13 @@ it to the broadcast ring (`sharedarea.BroadcastRing`) and wakes the workers
 
 A publish request is one mule message:
 
-    b"UWS1" | flags u8 (bit 0: binary) | channel_len u8 | channel (UTF-8) | payload
+    b"UWS1" | flags u8 | channel_len u8 | channel (UTF-8) | payload
+
+    flags: bit 0 (FLAG_BINARY) binary frame; bit 2 (FLAG_EVENT) the payload is
+    a JSON object (UTF-8 text, ending with ``}``) of the event protocol
+    (`uwsgi_ws.events`, docs/protocol.md): the mule appends the message's ring
+    sequence number and the ring epoch to it, ``,"seq":<seq>,"epoch":"<epoch>"}``,
+    before framing it once as a text frame. The ring record keeps the flag.
 
 Scale-out: with ``UWSGI_WS_REDIS_URL`` in the environment the mule also runs
 the Redis bridge (`redis_bridge`: two threads that push local messages to a
@@ -33,11 +39,12 @@ import time
 from typing import Any, Optional, Union
 
 from . import frames, metrics, wakeup
-from .sharedarea import FLAG_BINARY, BroadcastRing, RingError
+from .sharedarea import FLAG_BINARY, FLAG_EVENT, BroadcastRing, RingError
 
 PREFIX = b"UWS1"
 _REQ = struct.Struct("<4sBB")
 DEFAULT_MULE_MSG_SIZE = 65536
+_EVENT_TAIL_MAX = len(b',"seq":,"epoch":""') + 20 + 20  # what the mule adds to an event payload
 PUBLISH_TIMEOUT = float(os.environ.get("UWSGI_WS_PUBLISH_TIMEOUT", "10"))
 
 
@@ -45,7 +52,8 @@ class PublishError(RingError):
     """A publish could not be accepted; the message says what to configure or check."""
 
 
-def encode_request(data: Union[str, bytes, bytearray, memoryview], channel: Optional[str]) -> bytes:
+def encode_request(data: Union[str, bytes, bytearray, memoryview], channel: Optional[str],
+                   event: bool = False) -> bytes:
     if isinstance(data, str):
         try:
             flags, payload = 0, data.encode("utf-8")
@@ -60,6 +68,10 @@ def encode_request(data: Union[str, bytes, bytearray, memoryview], channel: Opti
         chan = channel_bytes(None if channel == "" else channel)
     except ValueError as exc:
         raise PublishError(str(exc)) from None
+    if event:
+        if flags & FLAG_BINARY or not payload.startswith(b"{") or not payload.endswith(b"}"):
+            raise PublishError("an event publish takes the text of a JSON object")
+        flags |= FLAG_EVENT
     return _REQ.pack(PREFIX, flags, len(chan)) + chan + payload
 
 
@@ -132,7 +144,7 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
+def publish(data: Union[str, bytes], channel: Optional[str] = None, event: bool = False) -> int:
     """Broadcast `data` (str: text frame, bytes: binary) on `channel` (None: to every
     WebSocket of the instance). Callable from any process of the instance:
     workers (any thread or greenlet), spoolers, mules.
@@ -140,15 +152,17 @@ def publish(data: Union[str, bytes], channel: Optional[str] = None) -> int:
     Blocks while the mule's queue is full (e.g. while the mule respawns), up to
     $UWSGI_WS_PUBLISH_TIMEOUT seconds (default 10), then raises PublishError; it
     never drops a message silently. Returns the size of the request.
+    `event=True`: `data` is an event-protocol JSON object that the mule completes
+    with its seq and epoch (see FLAG_EVENT above).
     """
     try:
-        return _publish(data, channel)
+        return _publish(data, channel, event)
     except PublishError:
         metrics.local().add(metrics.PUBLISH_FAILED)
         raise
 
 
-def _publish(data: Union[str, bytes], channel: Optional[str]) -> int:
+def _publish(data: Union[str, bytes], channel: Optional[str], event: bool = False) -> int:
     try:
         import uwsgi
     except ImportError:
@@ -156,7 +170,7 @@ def _publish(data: Union[str, bytes], channel: Optional[str]) -> int:
             "publish() needs uWSGI: run the app under uwsgi with --master, --sharedarea 4096 "
             "and --mule=uwsgi_ws.mule:run"
         ) from None
-    request = encode_request(data, channel)
+    request = encode_request(data, channel, event)
     limit = mule_msg_size()
     if len(request) > limit:
         chan_len = request[5]
@@ -168,7 +182,8 @@ def _publish(data: Union[str, bytes], channel: Optional[str]) -> int:
         )
     ring = _shared_ring()
     chan_len = request[5]
-    frame_size = frames.header_size(len(request) - _REQ.size - chan_len) + len(request) - _REQ.size - chan_len
+    payload_size = len(request) - _REQ.size - chan_len + (_EVENT_TAIL_MAX if event else 0)
+    frame_size = frames.header_size(payload_size) + payload_size
     if frame_size > ring.max_frame_size(chan_len):
         raise PublishError(
             f"message of {frame_size} bytes (framed) is over the broadcast ring's limit of "
@@ -212,6 +227,8 @@ def _append(ring: BroadcastRing, request: bytes) -> Optional[int]:
         channel, flags, payload = decode_request(request)
     except ValueError:
         return None
+    if flags & FLAG_EVENT:  # single writer (under _ring_lock): the next seq is write_seq + 1
+        payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (ring.write_seq + 1, ring.epoch)
     frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
     return ring.append(frame, channel, flags)
 

@@ -33,7 +33,9 @@ Byte layout (little-endian), the whole sharedarea:
 `frame` is a complete server WebSocket frame (header + payload), framed once
 by the mule and written as-is to every subscribed connection. Flags: bit 0 =
 binary; bit 1 = remote (the Redis bridge wrote it: a message of another
-instance, not to be sent to Redis again; workers ignore it). A record never
+instance, not to be sent to Redis again; workers ignore it); bit 2 = event
+(an event-protocol JSON text carrying its own seq and epoch, see
+uwsgi_ws/mule.py). A record never
 wraps: if it does not fit before the end of the data region, it starts at
 offset 0.
 
@@ -61,6 +63,7 @@ INDEX_ENTRY = struct.Struct("<QII")  # 16 bytes
 RECORD = struct.Struct("<QIBBH")  # 16 bytes
 FLAG_BINARY = 0x01
 FLAG_REMOTE = 0x02
+FLAG_EVENT = 0x04
 HEADER_SIZE = 256
 BRIDGE_OFFSET = 64  # the bridge block: bytes 64..255 of the header
 MIN_AREA = 64 * 1024
