@@ -410,6 +410,14 @@ class WebSocket:
 
         return publish(data, channel)
 
+    def events(self, path: str, **options: Any) -> Any:
+        """An event endpoint (`uwsgi_ws.events.Events`): WebSocket at `path`, SSE at
+        ``path + "/sse"``; named events, rooms, acks and resume (docs/protocol.md).
+        Needs the app (call after `WebSocket(app)`/`init_app`) and the broadcast ring."""
+        from .events import Events
+
+        return Events(self, path, **options)
+
     def subscribe(self, conn: Connection, channel: str) -> Any:
         """Context manager: `conn` receives broadcasts on `channel` inside the block."""
         return conn.subscribe(channel)

@@ -1,0 +1,77 @@
+"""The event endpoint under test (tests/test_events.py).
+
+WebSocket /live (uwsgi_ws.events): on connect joins room "lobby" and emits `hello`
+{pid} to the connection itself. Events:
+    echo      ack = the data
+    say       emits `said` with the data to room data["room"] (default "lobby"); ack {"ok": true}
+    fail      raises EventError("refused: <data>")  -> error ack with that message
+    crash     raises ZeroDivisionError               -> error ack "internal error", logged
+    whoami    ack = the upgrade request's path and the `name` query argument (request context)
+    all       emits `everyone` with the data to every connection of the endpoint
+HTTP:
+    POST /emit/<room>?event=   body = JSON data; emits from a plain view (room "-": everyone)
+    GET  /ring                 {"epoch": str, "write_seq": int, "min_seq": int}
+"""
+
+import json
+import os
+
+from flask import Flask, jsonify, request
+
+from uwsgi_ws import WebSocket
+from uwsgi_ws.events import EventError
+from uwsgi_ws.sharedarea import BroadcastRing
+
+app = Flask(__name__)
+ws = WebSocket(app, ping_interval=None)
+live = ws.events("/live")
+
+
+@live.on("connect")
+def connected(conn):
+    conn.join("lobby")
+    conn.emit("hello", {"pid": os.getpid()})
+
+
+@live.on("echo")
+def echo(conn, data):
+    return data
+
+
+@live.on("say")
+def say(conn, data):
+    live.emit("said", data, to=(data or {}).get("room", "lobby"))
+    return {"ok": True}
+
+
+@live.on("fail")
+def fail(conn, data):
+    raise EventError(f"refused: {data}")
+
+
+@live.on("crash")
+def crash(conn, data):
+    return 1 / 0
+
+
+@live.on("whoami")
+def whoami(conn, data):
+    return {"path": request.path, "name": request.args.get("name")}
+
+
+@live.on("all")
+def everyone(conn, data):
+    live.emit("everyone", data)
+
+
+@app.post("/emit/<room>")
+def emit(room):
+    live.emit(request.args.get("event", "news"), json.loads(request.get_data() or b"null"),
+              to=None if room == "-" else room)
+    return "", 204
+
+
+@app.get("/ring")
+def ring():
+    r = BroadcastRing.from_sharedarea()
+    return jsonify(epoch=str(r.epoch), write_seq=r.write_seq, min_seq=r.min_seq)

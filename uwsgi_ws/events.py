@@ -1,0 +1,472 @@
+"""Named events, rooms, acks, resume and an SSE fallback over the broadcast ring.
+
+    live = ws.events("/live")
+
+    @live.on("connect")
+    def joined(conn): conn.join("lobby")
+
+    @live.on("say")
+    def say(conn, data):
+        live.emit("said", data, to="lobby")   # any worker, view, thread or mule
+        return {"ok": True}                   # the ack, when the client asked for one
+
+The wire protocol (JSON text frames) is specified in docs/protocol.md.
+
+Rooms are broadcast channels named ``events:<path>:<room>``; the endpoint-wide
+stream (``emit(..., to=None)``) is the channel ``events:<path>``, which every
+connection of the endpoint joins. Broadcast events are published with the
+mule's event flag (`uwsgi_ws.mule`): the mule writes the ring seq and epoch
+into each one, so a client knows what it last saw and can resume. Replay and
+the switch to live delivery happen in the hub's waker (`Hub.catch_up`), at one
+point of the ring: no duplicate, no gap. The bound is the ring: what is still
+in it (--sharedarea size; `BroadcastRing.min_seq`) can be replayed.
+
+Handlers run in the connection's own task, inside the Flask request context of
+the upgrade request, one frame at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from flask import Response, current_app, request
+
+from . import frames
+from .connection import ConnectionClosed
+from .mule import channel_bytes, publish
+
+ALL = ""  # the resume key (and SSE room) of the endpoint-wide stream
+SSE_HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
+SSE_MAX_QUEUE = 10000  # events buffered for one SSE stream before it is dropped as slow
+
+
+#: Where the browser client is served: CLIENT_URL + "uwsgi_ws.js" (script tag) or
+#: CLIENT_URL + "uwsgi_ws.mjs" (ES module).
+CLIENT_URL = "/_uwsgi_ws/"
+_CLIENT_FILES = ("uwsgi_ws.js", "uwsgi_ws.mjs")
+
+
+def _client_file(name: str) -> Response:
+    """The browser client (uwsgi_ws/static), cacheable for an hour."""
+    if name not in _CLIENT_FILES:
+        return Response(f"404 Not Found: the client files are {', '.join(_CLIENT_FILES)}\n", status=404,
+                        mimetype="text/plain")
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "static", name), "rb") as f:
+        body = f.read()
+    return Response(body, mimetype="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
+
+
+class EventError(Exception):
+    """Raise in a handler to answer the client with an error ack carrying this message
+    (any other exception is logged and answered ``"internal error"``)."""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class EventConnection:
+    """One client of an event endpoint: what handlers get as `conn`.
+
+    `join`/`leave`/`emit` may be called from the connection's handlers; `emit` from
+    any thread or greenlet of the worker (it blocks while the socket is full).
+    """
+
+    def __init__(self, endpoint: "Events", ws_conn: Any) -> None:
+        self.endpoint = endpoint
+        self.ws = ws_conn
+        self.rooms: set = set()
+        self._deferred: Optional[List[str]] = None  # rooms held until the resume frame
+        self._start_seq = 0  # ring seq at the upgrade: live joins start after it
+
+    @property
+    def environ(self) -> Dict[str, Any]:
+        return self.ws.environ
+
+    def join(self, room: str) -> None:
+        """Receive the broadcasts of `room` (emitted after this call, and, while a
+        resume is pending, what the client missed). ValueError for a bad name."""
+        channel = self.endpoint.channel(room)
+        if room in self.rooms:
+            return
+        self.rooms.add(room)
+        if self._deferred is not None:
+            self._deferred.append(room)
+            return
+        hub = self.ws.hub
+        hub.catch_up(self.ws, [(channel, hub.ring.write_seq)], lambda result: None)
+
+    def leave(self, room: str) -> None:
+        self.rooms.discard(room)
+        if self._deferred is not None and room in self._deferred:
+            self._deferred.remove(room)
+        self.ws.unsubscribe(self.endpoint.channel(room))
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send an event to this connection only (no seq: it is not in the ring)."""
+        self.send({"type": "event", "event": event, "data": data, "room": None})
+
+    def send(self, message: Dict[str, Any]) -> None:
+        self.ws.send(_dumps(message))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.ws.close(code, reason)
+
+    # -- resume ----------------------------------------------------------------
+
+    def _subscribe(self, wanted: Dict[str, Optional[int]], epoch_ok: bool) -> None:
+        """Subscribe the endpoint stream and the deferred rooms plus `wanted` ({room: last
+        seq}); answer not_recovered per room that cannot be replayed, then resumed."""
+        after_default = self._start_seq
+        rooms = [ALL] + [r for r in (self._deferred or []) if r not in wanted]
+        self._deferred = None
+        plan: List[Tuple[str, Optional[int]]] = []
+        names: Dict[str, str] = {}
+        not_recovered: List[Tuple[str, str]] = []
+        for room in rooms:
+            if room not in wanted:
+                channel = self.endpoint.channel(room)
+                names[channel] = room
+                plan.append((channel, after_default))
+        for room, last in wanted.items():
+            channel = self.endpoint.channel(room)
+            names[channel] = room
+            if room != ALL:
+                self.rooms.add(room)
+            if not epoch_ok:
+                not_recovered.append((room, "epoch changed: the server restarted; refetch the state"))
+                plan.append((channel, after_default))
+            else:
+                plan.append((channel, last))
+        ws = self.ws
+
+        def done(result: Dict[str, Any]) -> None:  # in the hub's waker: never block
+            frames_out = [_text_frame({"type": "not_recovered", "room": room, "reason": reason})
+                          for room, reason in not_recovered]
+            recovered = {}
+            for channel, (status, seq) in result.items():
+                room = names[channel]
+                if status == "lapped":
+                    frames_out.append(_text_frame({
+                        "type": "not_recovered", "room": room,
+                        "reason": f"too old: the ring keeps messages from seq {seq} on; refetch the state"}))
+                elif room in wanted and epoch_ok:
+                    recovered[room] = seq
+            frames_out.append(_text_frame({"type": "resumed", "rooms": recovered,
+                                           "epoch": str(ws.hub.ring.epoch)}))
+            for frame in frames_out:
+                ws.enqueue_frame(frame, 1)
+
+        ws.hub.catch_up(ws, plan, done if wanted or not_recovered else (lambda result: None))
+
+
+def _text_frame(message: Dict[str, Any]) -> bytes:
+    return frames.encode(frames.OP_TEXT, _dumps(message).encode("utf-8"))
+
+
+class Events:
+    """An event endpoint at `path` (WebSocket) and ``path + "/sse"`` (SSE)."""
+
+    def __init__(self, ws: Any, path: str, **route_options: Any) -> None:
+        self.ws = ws
+        self.path = path
+        self.handlers: Dict[str, Callable[..., Any]] = {}
+        endpoint = route_options.pop("endpoint", "uwsgi_ws_events_" + path.strip("/").replace("/", "_"))
+
+        def events_endpoint(ws_conn: Any) -> None:
+            self._serve(ws_conn)
+
+        events_endpoint.__name__ = endpoint
+        ws.route(path, endpoint=endpoint, **route_options)(events_endpoint)
+        if ws.app is None:
+            raise RuntimeError("ws.events() needs the app: call it after WebSocket(app) or init_app(app)")
+        ws.app.add_url_rule(path.rstrip("/") + "/sse", endpoint + "_sse", self._sse_view, methods=["GET"])
+        if "uwsgi_ws_client" not in ws.app.view_functions:
+            ws.app.add_url_rule(CLIENT_URL + "<name>", "uwsgi_ws_client", _client_file, methods=["GET"])
+
+    # -- API -------------------------------------------------------------------------
+
+    def on(self, event: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the handler of `event` ("connect", "disconnect", "join", or a client event)."""
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.handlers[event] = fn
+            return fn
+
+        return decorator
+
+    def channel(self, room: Optional[str]) -> str:
+        """The broadcast channel of `room` (ALL or None: the endpoint-wide stream)."""
+        if room is None or room == ALL:
+            return f"events:{self.path}"
+        if not isinstance(room, str):
+            raise TypeError(f"a room name is a str, not {type(room).__name__}")
+        channel = f"events:{self.path}:{room}"
+        try:
+            channel_bytes(channel)
+        except ValueError as exc:
+            raise ValueError(f"room {room[:40]!r}: {exc} (with the prefix {channel[:-len(room)]!r})") from None
+        return channel
+
+    def emit(self, event: str, data: Any = None, to: Any = None) -> None:
+        """Send `event` with `data` (JSON-serialisable) to a room (str), one connection
+        (an EventConnection: direct, no seq), or None: every connection of the endpoint.
+        Callable from any process of the instance; raises PublishError / TypeError."""
+        if not isinstance(event, str):
+            raise TypeError(f"an event name is a str, not {type(event).__name__}")
+        if isinstance(to, EventConnection):
+            to.emit(event, data)
+            return
+        room = None if to in (None, ALL) else to
+        channel = self.channel(room)
+        publish(_dumps({"type": "event", "event": event, "data": data, "room": room}), channel, event=True)
+
+    # -- WebSocket -------------------------------------------------------------------
+
+    def _serve(self, ws_conn: Any) -> None:
+        hub = ws_conn.hub  # the first use: upgrades
+        if hub is None:
+            ws_conn.close(1011, "events need the broadcast ring: --sharedarea and --mule=uwsgi_ws.mule:run")
+            return
+        conn = EventConnection(self, ws_conn)
+        conn._start_seq = hub.ring.write_seq
+        resume_expected = request.args.get("resume") == "1"
+        conn._deferred = []
+        connect = self.handlers.get("connect")
+        if connect is not None:
+            connect(conn)
+        if not resume_expected:
+            conn._subscribe({}, True)
+        try:
+            for message in ws_conn:
+                self._on_frame(conn, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            disconnect = self.handlers.get("disconnect")
+            if disconnect is not None:
+                try:
+                    disconnect(conn, ws_conn.close_code, ws_conn.close_reason)
+                except Exception:
+                    current_app.log_exception(sys.exc_info())
+
+    def _on_frame(self, conn: EventConnection, message: Any) -> None:
+        try:
+            frame = json.loads(message) if isinstance(message, str) else None
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            conn.send({"type": "error", "message": "a frame is a JSON object with a string \"type\" (text frames only)"})
+            return
+        kind = frame["type"]
+        if conn._deferred is not None and kind != "resume":
+            conn._subscribe({}, True)  # no resume came first: live from the upgrade on
+        if kind == "event":
+            self._on_event(conn, frame)
+        elif kind in ("join", "leave"):
+            room = frame.get("room")
+            if not isinstance(room, str) or not room:
+                conn.send({"type": "error", "message": f"{kind}: \"room\" is a non-empty string"})
+                return
+            try:
+                self.channel(room)
+            except ValueError as exc:
+                conn.send({"type": "error", "message": str(exc)})
+                return
+            if kind == "join":
+                check = self.handlers.get("join")
+                if check is not None and check(conn, room) is False:
+                    conn.send({"type": "error", "message": f"join {room!r} refused"})
+                    return
+                conn.join(room)
+            else:
+                conn.leave(room)
+        elif kind == "resume":
+            self._on_resume(conn, frame)
+        else:
+            conn.send({"type": "error", "message": f"unknown frame type {kind[:40]!r}: event, join, leave or resume"})
+
+    def _on_event(self, conn: EventConnection, frame: Dict[str, Any]) -> None:
+        name, ack_id = frame.get("event"), frame.get("id")
+        if not isinstance(name, str) or name in ("connect", "disconnect", "join"):
+            conn.send({"type": "error", "message": "event: \"event\" is a string naming a client event"})
+            return
+        handler = self.handlers.get(name)
+        if handler is None:
+            reply: Dict[str, Any] = {"error": f"no handler for event {name[:40]!r}"}
+        else:
+            try:
+                reply = {"data": handler(conn, frame.get("data"))}
+                if ack_id is not None:
+                    _dumps(reply["data"])  # TypeError: not JSON
+            except ConnectionClosed:
+                raise
+            except EventError as exc:
+                reply = {"error": str(exc)}
+            except Exception:
+                current_app.log_exception(sys.exc_info())
+                reply = {"error": "internal error"}
+        if ack_id is not None:
+            conn.send({"type": "ack", "id": ack_id, **reply})
+        elif "error" in reply and handler is None:
+            conn.send({"type": "error", "message": reply["error"]})
+
+    def _on_resume(self, conn: EventConnection, frame: Dict[str, Any]) -> None:
+        rooms, epoch = frame.get("rooms"), frame.get("epoch")
+        if conn._deferred is None:
+            conn.send({"type": "error", "message": "resume must be the first frame of a connection opened with ?resume=1"})
+            return
+        if not isinstance(rooms, dict) or not all(
+                isinstance(r, str) and isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                for r, s in rooms.items()):
+            conn.send({"type": "error", "message": "resume: \"rooms\" maps room names to the last seq seen (integers)"})
+            conn._subscribe({}, True)
+            return
+        for room in rooms:
+            try:
+                self.channel(room)
+            except ValueError as exc:
+                conn.send({"type": "error", "message": str(exc)})
+                conn._subscribe({}, True)
+                return
+        conn._subscribe(dict(rooms), str(epoch) == str(conn.ws.hub.ring.epoch))
+
+    # -- SSE -------------------------------------------------------------------------
+
+    def _sse_view(self) -> Response:
+        hub = self.ws.hub()
+        if hub is None:
+            return Response("the event stream needs uWSGI with --sharedarea and --mule=uwsgi_ws.mule:run\n",
+                            status=503, mimetype="text/plain")
+        rooms = [r for r in request.args.get("rooms", "").split(",") if r]
+        try:
+            channels = {self.channel(r): r for r in rooms}
+        except (ValueError, TypeError) as exc:
+            return Response(f"400 Bad Request: {exc}\n", status=400, mimetype="text/plain")
+        channels[self.channel(None)] = None
+        last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or ""
+        stream = SSEStream(self.ws.runtime())
+        start = hub.ring.write_seq
+        notice = None
+        after: Optional[int] = start
+        if last_id:
+            epoch, _, seq = last_id.partition("-")
+            if epoch == str(hub.ring.epoch) and seq.isdigit():
+                after = int(seq)
+            else:
+                notice = {"type": "not_recovered", "room": None,
+                          "reason": "epoch changed or bad Last-Event-ID: refetch the state"}
+
+        def done(result: Dict[str, Any]) -> None:
+            for channel, (status, seq) in result.items():
+                if status == "lapped":
+                    stream.notice({"type": "not_recovered", "room": channels[channel],
+                                   "reason": f"too old: the ring keeps messages from seq {seq} on; refetch the state"})
+
+        if notice:
+            stream.notice(notice)
+        hub.catch_up(stream, [(c, after) for c in channels], done)
+
+        def body():
+            yield b": uwsgi_ws event stream\nretry: 2000\n\n"
+            yield from stream.chunks()
+
+        return Response(_Closing(body(), lambda: hub.detach(stream)), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _Closing:
+    """A response iterable whose close() (called by the WSGI server, even when the
+    iteration never started) also runs `on_close`: the stream leaves the hub."""
+
+    def __init__(self, iterator: Any, on_close: Callable[[], None]) -> None:
+        self._iterator, self._on_close = iterator, on_close
+
+    def __iter__(self) -> Any:
+        return self._iterator
+
+    def close(self) -> None:
+        try:
+            self._iterator.close()
+        finally:
+            self._on_close()
+
+
+class SSEStream:
+    """A hub subscriber that is not a WebSocket: the hub hands it ready frames of event
+    JSON; it turns each into one Server-Sent Event (``id: <epoch>-<seq>``) for the
+    response iterator. `enqueue_frame` never blocks (hub waker); `chunks` blocks
+    (the response's own thread or greenlet)."""
+
+    fd = -1
+    pending_output = 0
+
+    def __init__(self, runtime: Any) -> None:
+        self.channels: set = set()
+        self.connected = True
+        self._queue = runtime.Queue()
+        self._size = 0
+
+    def fanout_acquire(self) -> bool:
+        return False  # never the native path: enqueue_frame parses
+
+    def enqueue_frame(self, data: bytes, count: int = 1) -> bool:
+        if not self.connected:
+            return False
+        if self._queue.qsize() + count > SSE_MAX_QUEUE:
+            return False
+        pos = 0
+        while pos < len(data):
+            n = data[pos + 1] & 0x7F
+            pos += 2
+            if n == 126:
+                n = struct.unpack_from("!H", data, pos)[0]
+                pos += 2
+            elif n == 127:
+                n = struct.unpack_from("!Q", data, pos)[0]
+                pos += 8
+            self._queue.put(data[pos:pos + n])
+            pos += n
+        return True
+
+    def notice(self, message: Dict[str, Any]) -> None:
+        self._queue.put(b"\0" + _dumps(message).encode("utf-8"))
+
+    def fail_slow_consumer(self, code: int, reason: str) -> None:
+        self.connected = False
+        self._queue.put(None)
+
+    def chunks(self):
+        import queue as _queue
+
+        empty: Tuple[type, ...] = (_queue.Empty,)
+        try:
+            import gevent.queue
+
+            empty += (gevent.queue.Empty,)
+        except ImportError:
+            pass
+        while True:
+            try:
+                payload = self._queue.get(timeout=SSE_HEARTBEAT)
+            except empty:
+                yield b": keepalive\n\n"
+                continue
+            if payload is None:
+                return
+            if payload[:1] == b"\0":
+                yield b"event: not_recovered\ndata: " + payload[1:] + b"\n\n"
+                continue
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                continue  # not an event of this protocol
+            if not isinstance(message, dict) or "seq" not in message:
+                continue
+            yield (f"id: {message['epoch']}-{message['seq']}\nevent: {message.get('event')}\n"
+                   f"data: {_dumps(message)}\n\n").encode("utf-8")

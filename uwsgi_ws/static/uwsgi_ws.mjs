@@ -1,0 +1,5 @@
+// ES module entry of uwsgi_ws.js (which defines globalThis.uwsgiWs).
+import "./uwsgi_ws.js";
+
+export const connect = globalThis.uwsgiWs.connect;
+export default globalThis.uwsgiWs;
