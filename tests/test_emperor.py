@@ -133,8 +133,12 @@ def test_repository_vassals_start_the_examples(emperor, tmp_path):
                                          headers={"Content-Type": "application/json"})
             assert urllib.request.urlopen(req, timeout=5).status == 202
             ticker.settimeout(1)
+            # the price mule publishes every second, so recv rarely times out: read for
+            # a second, then POST again (a POST right after the upgrade can precede the
+            # subscription)
+            until = time.monotonic() + 1
             try:
-                while True:
+                while time.monotonic() < until:
                     seen.append(json.loads(ticker.recv()))
             except websocket.WebSocketTimeoutException:
                 pass
