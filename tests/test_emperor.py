@@ -122,6 +122,24 @@ def test_repository_vassals_start_the_examples(emperor, tmp_path):
         for c in clients:
             c.close()
 
+    # chat's page endpoint (the event protocol): a client joins "random", says something, gets
+    # the ack and its own message back; a room outside the app's list is refused
+    live = websocket.create_connection(f"ws://127.0.0.1:{ports['chat']}/live", timeout=10)
+    try:
+        live.send(json.dumps({"type": "join", "room": "random"}))
+        live.send(json.dumps({"type": "join", "room": "secret"}))
+        live.send(json.dumps({"type": "event", "event": "say", "id": 1,
+                              "data": {"room": "random", "name": "t", "text": "hi room"}}))
+        frames = []
+        while not any(f.get("event") == "said" for f in frames):
+            frames.append(json.loads(live.recv()))
+        assert {"type": "ack", "id": 1, "data": {"ok": True}} in frames, frames
+        assert any(f.get("type") == "error" and "secret" in f["message"] for f in frames), frames
+        said = next(f for f in frames if f.get("event") == "said")
+        assert said["room"] == "random" and said["data"]["text"] == "hi room" and said["seq"] >= 1
+    finally:
+        live.close()
+
     # ticker: a POSTed price reaches a subscribed client
     ticker = websocket.create_connection(f"ws://127.0.0.1:{ports['ticker']}/ticker", timeout=10)
     try:

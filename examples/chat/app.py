@@ -1,5 +1,8 @@
 """Chat: every message a client sends goes to everyone in the room, across
 all worker processes, through uwsgi_ws's broadcast (sharedarea ring + mule).
+The page speaks the event protocol at /live through the browser client
+(rooms, acks, reconnect and resume); /ws is the plain JSON WebSocket
+({"name", "text"} in, the same with "time" and "pid" out, one room).
 
 Run it on its own (uWSGI, 2 processes x 16 threads, http://127.0.0.1:8002/),
 with the package installed (`make venv`, then use .venv/bin/python):
@@ -22,6 +25,7 @@ import time
 from flask import Flask
 
 from uwsgi_ws import WebSocket
+from uwsgi_ws.events import EventError
 
 app = Flask(__name__)
 ws = WebSocket(app)
@@ -36,17 +40,19 @@ PAGE = """<!doctype html>
   #log .who { font-weight: bold; } #log .sys { color: #a50; } #log .pid { color: #999; font-size: 80%; }
 </style>
 <h1>Chat</h1>
-<p>Status: <b id="status">connecting…</b> — open this page in two windows.</p>
+<p>Status: <b id="status">connecting…</b> — open this page in two windows.
+   Room: <select id="room"><option>lobby</option><option>random</option></select></p>
 <form id="form">
   <input id="name" size="10" placeholder="name">
   <input id="text" autocomplete="off" size="32" placeholder="message">
   <button>Send</button>
 </form>
 <div id="log"></div>
+<script src="/_uwsgi_ws/uwsgi_ws.js"></script>
 <script>
   const box = document.getElementById("log");
-  const status = document.getElementById("status");
   const name = document.getElementById("name");
+  const roomSel = document.getElementById("room");
   name.value = "guest" + Math.floor(Math.random() * 1000);
   const line = (parts) => {
     const div = document.createElement("div");
@@ -56,21 +62,24 @@ PAGE = """<!doctype html>
     }
     box.appendChild(div); box.scrollTop = box.scrollHeight;
   };
-  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
-  const sock = new WebSocket(url);
-  sock.onopen = () => { status.textContent = "connected"; };
-  sock.onclose = (e) => { status.textContent = "closed (" + e.code + ")"; line([["sys", "connection closed " + e.code]]); };
-  sock.onmessage = (e) => {
-    const m = JSON.parse(e.data);
-    line([["who", m.name + ": "], ["", m.text], ["pid", "  (worker " + m.pid + ")"]]);
+  // Reconnects and resumes by itself: every message once, in order (see docs/protocol.md).
+  const live = uwsgiWs.connect("/live", {onStatus: (s) => { document.getElementById("status").textContent = s; }});
+  let room = roomSel.value;
+  live.join(room);
+  live.on("said", (m, frame) => {
+    if (frame.room === room) line([["who", m.name + ": "], ["", m.text], ["pid", "  (worker " + m.pid + ")"]]);
+  });
+  live.on("not_recovered", (r, reason) => line([["sys", "some messages of " + (r || "the server") + " were lost: " + reason]]));
+  roomSel.onchange = () => {
+    live.leave(room); room = roomSel.value; live.join(room);
+    box.textContent = ""; line([["sys", "you joined " + room]]);
   };
   document.getElementById("form").onsubmit = (e) => {
     e.preventDefault();
     const text = document.getElementById("text");
-    if (text.value && sock.readyState === WebSocket.OPEN) {
-      sock.send(JSON.stringify({name: name.value || "guest", text: text.value}));
-      text.value = "";
-    }
+    if (!text.value) return;
+    live.emit("say", {room: room, name: name.value || "guest", text: text.value})
+      .then(() => { text.value = ""; }, (err) => line([["sys", "not sent: " + err.message]]));
   };
 </script>
 </html>
@@ -102,6 +111,25 @@ def chat(conn):
                 }),
                 channel="chat",
             )
+
+
+# The page's endpoint: events and rooms (uwsgi_ws.events; the client is /_uwsgi_ws/uwsgi_ws.js).
+live = ws.events("/live")
+ROOMS = ("lobby", "random")
+
+
+@live.on("join")
+def may_join(conn, room):
+    return room in ROOMS  # clients may join these rooms only
+
+
+@live.on("say")
+def say(conn, data):
+    if not isinstance(data, dict) or data.get("room") not in ROOMS or not isinstance(data.get("text"), str):
+        raise EventError(f"send {{room: one of {list(ROOMS)}, name, text}}")
+    live.emit("said", {"name": str(data.get("name", "guest"))[:32], "text": data["text"][:2000],
+                       "time": time.time(), "pid": os.getpid()}, to=data["room"])
+    return {"ok": True}
 
 
 if __name__ == "__main__":
