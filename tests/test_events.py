@@ -20,6 +20,7 @@ import websocket
 from harness import UWSGI, free_port, wait_for
 
 APP = "events_app:app"
+MODELS = ["threads", "gevent"]
 MODEL_ARGS = {
     "threads": ["--processes", "2", "--threads", "16"],
     "gevent": ["--processes", "2", "--gevent", "64"],
@@ -49,7 +50,8 @@ def model(request):
 
 
 @pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
+def server(request, tmp_path_factory):
+    model = request.param  # parametrized by conftest (MODELS)
     instance = start(tmp_path_factory.mktemp(f"events-{model}"), model)
     instance.model = model  # type: ignore[attr-defined]
     yield instance
@@ -307,6 +309,7 @@ class SSE:
             fields[key] = value
 
     def close(self):
+        self.resp.close()  # the response holds the socket open too
         self.conn.close()
 
 
@@ -332,3 +335,36 @@ def test_sse_streams_the_broadcasts_and_resumes_with_last_event_id(server):
     s3 = SSE(server.port, "/live/sse?rooms=lobby", last_id="1-1")
     assert s3.event()["event"] == "not_recovered"
     s3.close()
+
+
+def test_disconnect_handler_runs_in_the_request_context(server):
+    watcher = Client(server.port)
+    watcher.hello()
+    watcher.send({"type": "join", "room": "departures"})
+    assert watcher.call("echo", 1)  # frames are handled in order: joined
+    c = Client(server.port, "?name=bob")
+    c.hello()
+    c.ws.close(status=4001)
+    left = watcher.until(lambda m: m.get("event") == "left" and m["data"]["name"] == "bob")
+    assert left["data"]["code"] == 4001
+    watcher.close()
+
+
+def members(server, room: str) -> int:
+    total = 0
+    for port in server.worker_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/members/{room}", timeout=10) as resp:
+            total += json.loads(resp.read())["members"]
+    return total
+
+
+def test_a_closed_sse_stream_leaves_the_hub(server):
+    assert members(server, "amber") == 0
+    s = SSE(server.port, "/live/sse?rooms=amber")
+    emit(server, "amber", "x", event="n")
+    assert json.loads(s.event()["data"])["data"] == "x"
+    assert members(server, "amber") == 1
+    s.close()
+    # the server notices the gone client at its next write: emit until it has left
+    wait_for(lambda: emit(server, "amber", "y", event="n") or members(server, "amber") == 0,
+             what="the SSE stream left the hub")

@@ -11,6 +11,8 @@ WebSocket /live (uwsgi_ws.events): on connect joins room "lobby" and emits `hell
 HTTP:
     POST /emit/<room>?event=   body = JSON data; emits from a plain view (room "-": everyone)
     GET  /ring                 {"epoch": str, "write_seq": int, "min_seq": int}
+    GET  /members/<room>       {"pid": .., "members": subscribers of the room's channel in this worker's hub}
+On disconnect: emits `left` {"code": close code, "name": the `name` query argument} to room "departures".
 """
 
 import json
@@ -75,3 +77,15 @@ def emit(room):
 def ring():
     r = BroadcastRing.from_sharedarea()
     return jsonify(epoch=str(r.epoch), write_seq=r.write_seq, min_seq=r.min_seq)
+
+
+@live.on("disconnect")
+def left(conn, code, reason):
+    live.emit("left", {"code": code, "name": request.args.get("name")}, to="departures")
+
+
+@app.get("/members/<room>")
+def members(room):
+    hub = ws.hub()
+    count = len(hub._channels.get(live.channel(room), ())) if hub is not None else 0
+    return jsonify(pid=os.getpid(), members=count)
