@@ -105,7 +105,9 @@ class EventConnection:
         self.rooms.discard(room)
         if self._deferred is not None and room in self._deferred:
             self._deferred.remove(room)
-        self.ws.unsubscribe(self.endpoint.channel(room))
+        channel, ws = self.endpoint.channel(room), self.ws
+        # through the hub's waker, after any join still queued there (FIFO)
+        ws.hub.catch_up(ws, [], lambda result: ws.hub.unsubscribe(ws, channel))
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this connection only (no seq: it is not in the ring)."""

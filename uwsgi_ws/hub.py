@@ -92,6 +92,7 @@ class Hub:
 
     def detach(self, conn: Any) -> None:
         with self._lock:
+            conn.hub_detached = True  # a catch_up still queued for it subscribes nothing
             self._all.discard(conn)
             for channel in list(conn.channels):
                 self._remove(conn, channel)
@@ -166,6 +167,8 @@ class Hub:
                 else:
                     result[channel] = ("ok", boundary)
                 with self._lock:
+                    if getattr(conn, "hub_detached", False):
+                        continue
                     conn.channels.add(channel)
                     self._channels[channel].add(conn)
             replay.sort(key=lambda e: e.seq)
