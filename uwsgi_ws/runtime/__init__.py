@@ -18,6 +18,7 @@ Every adapter module provides:
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 
 
@@ -46,6 +47,11 @@ def load(name: str) -> ModuleType:
         from . import gevent as mod
     elif name == "async":
         from . import ugreen as mod
+
+        logging.getLogger("uwsgi_ws").warning(
+            "uwsgi_ws: the async (ugreen) model serves one WebSocket per worker at a time: "
+            "uWSGI >= 2.0.27 deadlocks a worker on overlapping requests there; use --gevent"
+        )
     else:
         raise ValueError(f"unknown concurrency model {name!r}: use threads, gevent or async")
     return mod
