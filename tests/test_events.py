@@ -69,6 +69,7 @@ class Client:
         self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}/live{query}", timeout=10)
         self.acks = 0
         self.seen: list = []  # broadcast events, in order
+        self.kept: list = []  # frames read but not matched yet
 
     def send(self, frame) -> None:
         self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
@@ -80,11 +81,18 @@ class Client:
         return message
 
     def until(self, match) -> dict:
+        """The first frame, kept or new, that `match`es; the others are kept for later
+        calls (an ack and a broadcast caused by the same event may arrive in either order)."""
+        for i, message in enumerate(self.kept):
+            if match(message):
+                del self.kept[i]
+                return message
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             message = self.next()
             if match(message):
                 return message
+            self.kept.append(message)
         raise AssertionError("no matching frame in 10 s")
 
     def call(self, event: str, data=None) -> dict:
