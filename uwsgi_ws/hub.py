@@ -256,6 +256,8 @@ class Hub:
             except Lapped:
                 self._lapped()
                 continue
+            if not entries:  # defensive: read_range raises Lapped rather than return []
+                return
             self._fan_out(entries)
             self._last = entries[-1].seq
 

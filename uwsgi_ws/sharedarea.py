@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 MAGIC = b"UWSRING1"
@@ -71,7 +72,13 @@ MIN_AREA = 64 * 1024
 _W_SEQ = 32
 _MIN_SEQ = 40
 _W_POS = 48
-_U64 = struct.Struct("<Q")
+# The header counters other processes read while the mule writes them
+# (write_seq, min_seq, write_pos) are accessed with native, aligned 8-byte
+# loads and stores: "<Q" packs and unpacks byte by byte, so a reader could see
+# a torn value (write_seq going backwards, seen as an IndexError in a hub).
+# Native order is little-endian on the x86-64 and ARM64 machines uWSGI runs on.
+_U64 = struct.Struct("Q")
+assert _U64.size == 8 and sys.byteorder == "little", "the ring layout is little-endian"
 
 assert HEADER.size == BRIDGE_OFFSET and INDEX_ENTRY.size == 16 and RECORD.size == 16
 
