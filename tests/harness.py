@@ -7,6 +7,7 @@ uWSGI: tests talk to the real server over loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -227,3 +228,24 @@ def read_reports(path: Path, count: int = 1, timeout: float = 10.0) -> list:
         return found if len(found) >= count else []
 
     return wait_for(complete_lines, timeout, f"{count} report line(s) in {path}")
+
+
+@contextlib.contextmanager
+def survives(server: "UWSGI") -> Iterator[None]:
+    """A connection opened before the block still echoes (on `/echo`) after it; the
+    single worker keeps its pid (no respawn) and nothing crashed."""
+    import websocket
+
+    witness = websocket.create_connection(server.url + "/echo", timeout=5)
+    try:
+        witness.send("before")
+        assert witness.recv() == "before"
+        pids = wait_for(server.worker_pids, 5, "the worker's spawn line")
+        assert len(pids) == 1, server.log()
+        yield
+        witness.send("after")
+        assert witness.recv() == "after"
+    finally:
+        witness.close()
+    assert server.worker_pids() == pids
+    assert server.crashes() == []

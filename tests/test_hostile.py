@@ -15,12 +15,11 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from contextlib import contextmanager
 
 import pytest
 import websocket
 
-from harness import wait_for
+from harness import survives, wait_for
 from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWebSocket, upgrade_request
 
 APP = "echo_app:app"  # max_message_size = 64 KiB
@@ -28,24 +27,6 @@ MODELS = ["threads", "gevent"]
 SOCKET_TIMEOUT = 3
 EXTRA = ["--processes", "1", "--socket-timeout", str(SOCKET_TIMEOUT)]
 PROMPT = 2.0  # seconds: how long "promptly" may take on loopback
-
-
-@contextmanager
-def survives(server):
-    """A connection opened before the block still echoes after it; same worker pid, no crash."""
-    witness = websocket.create_connection(server.url + "/echo", timeout=5)
-    try:
-        witness.send("before")
-        assert witness.recv() == "before"
-        pids = wait_for(server.worker_pids, 5, "the worker's spawn line")
-        assert len(pids) == 1, server.log()
-        yield
-        witness.send("after")
-        assert witness.recv() == "after"
-    finally:
-        witness.close()
-    assert server.worker_pids() == pids
-    assert server.crashes() == []
 
 
 def expect_close_code(raw, code, within=PROMPT):
