@@ -27,7 +27,9 @@ MODEL_ARGS = {
 }
 
 
-def start(tmp: Path, model: str, extra=()) -> UWSGI:
+def start(tmp: Path, model: str, extra=(), app=("--module", APP)) -> UWSGI:
+    """2 workers, each also on a port of its own (`worker_ports`), and the broadcast mule;
+    `app`: the options that load the application (e.g. --wsgi-file, --callable)."""
     ports = [free_port(), free_port()]
     server = UWSGI([
         "--master",
@@ -35,7 +37,7 @@ def start(tmp: Path, model: str, extra=()) -> UWSGI:
         "--http-socket", f"127.0.0.1:{ports[0]}",
         "--http-socket", f"127.0.0.1:{ports[1]}",
         "--map-socket", "1:1", "--map-socket", "2:2",
-        "--module", APP, "--die-on-term", "--need-app", "--disable-logging",
+        *app, "--die-on-term", "--need-app", "--disable-logging",
         "--sharedarea", "16", "--mule=uwsgi_ws.mule:run",
         *MODEL_ARGS[model], *extra,
     ], tmp)
@@ -238,6 +240,24 @@ def test_resume_inside_the_bound_has_no_duplicate_and_no_gap(server):
     assert seqs == sorted(set(seqs))
     assert resumed is not None and resumed["rooms"]["lobby"] >= first["seq"]
     r.close(), watcher.close()
+
+
+def test_join_with_last_without_the_history_comes_from_the_ring(server):
+    room = f"recent-{server.model}"
+    for i in range(6):
+        emit(server, room, i, event="n")
+    c = Client(server.worker_ports[0])
+    c.hello()
+    c.send({"type": "join", "room": room, "last": 3})
+    assert c.call("echo", 1)["data"] == 1
+    emit(server, room, 6, event="n")
+    got = [c.until(lambda m: m.get("event") == "n") for _ in range(4)]
+    assert [m["data"] for m in got] == [3, 4, 5, 6]
+    assert [m["seq"] for m in got] == sorted({m["seq"] for m in got})
+    c.send({"type": "join", "room": "other", "last": 10**9})  # capped by max_last, not an error
+    assert c.call("echo", 2)["data"] == 2
+    assert not [m for m in c.kept if m.get("type") == "error"]
+    c.close()
 
 
 def test_resume_outside_the_bound_is_not_recovered(server):

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from flask import Response, current_app, request
 
-from . import frames
+from . import frames, history
 from .connection import ConnectionClosed
 from .mule import channel_bytes, publish
 
@@ -88,23 +88,27 @@ class EventConnection:
     def environ(self) -> Dict[str, Any]:
         return self.ws.environ
 
-    def join(self, room: str) -> None:
-        """Receive the broadcasts of `room` (emitted after this call, and, while a
-        resume is pending, what the client missed). ValueError for a bad name."""
+    def join(self, room: str, last: int = 0) -> None:
+        """Receive the broadcasts of `room` emitted after this call (and, while a
+        resume is pending, what the client missed). `last` > 0: first the room's
+        `last` most recent broadcasts, from the mule's history when it is on
+        (``uwsgi-ws-history``), else what the ring still holds; then live, with no
+        gap and no duplicate. May block briefly on the history. ValueError for a bad name."""
         channel = self.endpoint.channel(room)
         if room in self.rooms:
             return
         self.rooms.add(room)
         if self._deferred is not None:
-            self._deferred.append(room)
+            self._deferred.append((room, last))
             return
         hub = self.ws.hub
-        hub.catch_up(self.ws, [(channel, hub.ring.write_seq)], lambda result: None)
+        self.endpoint._catch_up(hub, self.ws, {channel: -last if last > 0 else hub.ring.write_seq},
+                                lambda result: None)
 
     def leave(self, room: str) -> None:
         self.rooms.discard(room)
-        if self._deferred is not None and room in self._deferred:
-            self._deferred.remove(room)
+        if self._deferred is not None:
+            self._deferred = [(r, n) for r, n in self._deferred if r != room]
         channel, ws = self.endpoint.channel(room), self.ws
         # through the hub's waker, after any join still queued there (FIFO)
         ws.hub.catch_up(ws, [], lambda result: ws.hub.unsubscribe(ws, channel))
@@ -125,16 +129,16 @@ class EventConnection:
         """Subscribe the endpoint stream and the deferred rooms plus `wanted` ({room: last
         seq}); answer not_recovered per room that cannot be replayed, then resumed."""
         after_default = self._start_seq
-        rooms = [ALL] + [r for r in (self._deferred or []) if r not in wanted]
+        rooms = [(ALL, 0)] + [(r, n) for r, n in (self._deferred or []) if r not in wanted]
         self._deferred = None
-        plan: List[Tuple[str, Optional[int]]] = []
+        plan: Dict[str, int] = {}
         names: Dict[str, str] = {}
         not_recovered: List[Tuple[str, str]] = []
-        for room in rooms:
+        for room, count in rooms:
             if room not in wanted:
                 channel = self.endpoint.channel(room)
                 names[channel] = room
-                plan.append((channel, after_default))
+                plan[channel] = -count if count > 0 else after_default
         for room, last in wanted.items():
             channel = self.endpoint.channel(room)
             names[channel] = room
@@ -142,9 +146,9 @@ class EventConnection:
                 self.rooms.add(room)
             if not epoch_ok:
                 not_recovered.append((room, "epoch changed: the server restarted; refetch the state"))
-                plan.append((channel, after_default))
+                plan[channel] = after_default
             else:
-                plan.append((channel, last))
+                plan[channel] = last
         ws = self.ws
 
         def done(result: Dict[str, Any]) -> None:  # in the hub's waker: never block
@@ -156,7 +160,7 @@ class EventConnection:
                 if status == "lapped":
                     frames_out.append(_text_frame({
                         "type": "not_recovered", "room": room,
-                        "reason": f"too old: the ring keeps messages from seq {seq} on; refetch the state"}))
+                        "reason": f"too old: the server keeps messages from seq {seq} on; refetch the state"}))
                 elif room in wanted and epoch_ok:
                     recovered[room] = seq
             frames_out.append(_text_frame({"type": "resumed", "rooms": recovered,
@@ -164,7 +168,7 @@ class EventConnection:
             for frame in frames_out:
                 ws.enqueue_frame(frame, 1)
 
-        ws.hub.catch_up(ws, plan, done if wanted or not_recovered else (lambda result: None))
+        self.endpoint._catch_up(ws.hub, ws, plan, done if wanted or not_recovered else (lambda result: None))
 
 
 def _text_frame(message: Dict[str, Any]) -> bytes:
@@ -174,9 +178,10 @@ def _text_frame(message: Dict[str, Any]) -> bytes:
 class Events:
     """An event endpoint at `path` (WebSocket) and ``path + "/sse"`` (SSE)."""
 
-    def __init__(self, ws: Any, path: str, **route_options: Any) -> None:
+    def __init__(self, ws: Any, path: str, max_last: int = 100, **route_options: Any) -> None:
         self.ws = ws
         self.path = path
+        self.max_last = max_last  # the most "last messages" a client may ask for on join
         self.handlers: Dict[str, Callable[..., Any]] = {}
         endpoint = route_options.pop("endpoint", "uwsgi_ws_events_" + path.strip("/").replace("/", "_"))
 
@@ -227,6 +232,33 @@ class Events:
         room = None if to in (None, ALL) else to
         channel = self.channel(room)
         publish(_dumps({"type": "event", "event": event, "data": data, "room": room}), channel, event=True)
+
+    def _catch_up(self, hub: Any, target: Any, plan: Dict[str, int],
+                  done: Callable[[Dict[str, Any]], None]) -> None:
+        """`hub.catch_up(target, plan)` ({channel: after seq, or -n: its last n}), with the
+        mule's history (when on) supplying what the ring no longer holds. Blocks this
+        task on the history query only when the ring cannot serve the plan itself."""
+        ring = hub.ring
+        oldest = ring.min_seq
+        ask_after = {c: a for c, a in plan.items() if 0 <= a and a + 1 < oldest}
+        ask_last = {c: -a for c, a in plan.items() if a < 0}
+        preface: List[bytes] = []
+        gone: Dict[str, int] = {}
+        if ask_after or ask_last:
+            reply = history.fetch(self.ws.runtime(), ask_after, ask_last)
+            if reply is not None:
+                preface, gone = reply.frames, reply.gone
+                for channel in (*ask_after, *ask_last):
+                    if channel not in gone:
+                        plan[channel] = reply.through
+
+        def finish(result: Dict[str, Any]) -> None:  # the oldest seq the server still has
+            for channel, oldest_kept in gone.items():
+                if result.get(channel, ("",))[0] == "lapped":
+                    result[channel] = ("lapped", oldest_kept)
+            done(result)
+
+        hub.catch_up(target, list(plan.items()), finish, preface)
 
     # -- WebSocket -------------------------------------------------------------------
 
@@ -281,11 +313,16 @@ class Events:
                 conn.send({"type": "error", "message": str(exc)})
                 return
             if kind == "join":
+                last = frame.get("last", 0)
+                if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+                    conn.send({"type": "error", "message": "join: \"last\" is the number of recent messages "
+                               f"to receive first, 0 to {self.max_last}"})
+                    return
                 check = self.handlers.get("join")
                 if check is not None and check(conn, room) is False:
                     conn.send({"type": "error", "message": f"join {room!r} refused"})
                     return
-                conn.join(room)
+                conn.join(room, min(last, self.max_last))
             else:
                 conn.leave(room)
         elif kind == "resume":
@@ -352,14 +389,18 @@ class Events:
             return Response(f"400 Bad Request: {exc}\n", status=400, mimetype="text/plain")
         channels[self.channel(None)] = None
         last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or ""
+        last = request.args.get("last", "0")
+        if not last.isdigit():
+            return Response(f"400 Bad Request: last={last[:20]!r}: the number of recent messages of each room "
+                            f"to receive first, 0 to {self.max_last}\n", status=400, mimetype="text/plain")
         stream = SSEStream(self.ws.runtime())
-        start = hub.ring.write_seq
         notice = None
-        after: Optional[int] = start
+        plan = {c: (-min(int(last), self.max_last) if int(last) and room is not None else hub.ring.write_seq)
+                for c, room in channels.items()}
         if last_id:
             epoch, _, seq = last_id.partition("-")
             if epoch == str(hub.ring.epoch) and seq.isdigit():
-                after = int(seq)
+                plan = {c: int(seq) for c in channels}
             else:
                 notice = {"type": "not_recovered", "room": None,
                           "reason": "epoch changed or bad Last-Event-ID: refetch the state"}
@@ -368,11 +409,11 @@ class Events:
             for channel, (status, seq) in result.items():
                 if status == "lapped":
                     stream.notice({"type": "not_recovered", "room": channels[channel],
-                                   "reason": f"too old: the ring keeps messages from seq {seq} on; refetch the state"})
+                                   "reason": f"too old: the server keeps messages from seq {seq} on; refetch the state"})
 
         if notice:
             stream.notice(notice)
-        hub.catch_up(stream, [(c, after) for c in channels], done)
+        self._catch_up(hub, stream, plan, done)
 
         def body():
             yield b": uwsgi_ws event stream\nretry: 2000\n\n"

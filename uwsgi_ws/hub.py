@@ -39,6 +39,7 @@ from .sharedarea import BroadcastRing, Lapped, RingError
 SLOW_CONSUMER = TRY_AGAIN_LATER
 _CHUNK = 256  # connections written between yields to other greenlets
 _FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
+LAST_SCAN = 65536  # ring entries looked through for "the last n messages" of a channel
 _BATCH_BYTES = 64 * 1024  # at most this much of consecutive frames in one write to a connection
 
 
@@ -59,7 +60,7 @@ class Hub:
         self._last = ring.write_seq
         self._pending: Set[Any] = set()  # connections with unflushed output
         self._wake = wakeup.bind_worker_socket()
-        self._catch_ups: List[Tuple[Any, List[Tuple[str, Optional[int]]], Callable[..., None]]] = []
+        self._catch_ups: List[Tuple[Any, List[Tuple[str, Optional[int]]], Callable[..., None], List[bytes]]] = []
         self._kick_r, self._kick_w = socket.socketpair()
         self._kick_r.setblocking(False)
         self._kick_w.setblocking(False)
@@ -128,11 +129,14 @@ class Hub:
                 del self._channels[channel]
 
     def catch_up(self, conn: Any, channels: List[Tuple[str, Optional[int]]],
-                 done: Callable[[Dict[str, Any]], None]) -> None:
+                 done: Callable[[Dict[str, Any]], None], preface: List[bytes] = ()) -> None:
         """Subscribe `conn` to each (channel, after_seq) of `channels` at one point of
         the ring, in the waker task: every entry of the channel after `after_seq` up to
         that point is enqueued to `conn` first (the replay), every later one by the
-        live fan-out, so nothing is sent twice or skipped. `after_seq` None: live only.
+        live fan-out, so nothing is sent twice or skipped. `after_seq` None: live only;
+        negative, -n: the last n entries of the channel still in the ring (looking
+        back at most LAST_SCAN entries). `preface`: frames enqueued before the replay
+        (what the history had up to the `after_seq` given).
 
         `done(result)` then runs in the waker task with {channel: ("ok", last_seq) or
         ("lapped", min_seq)} (lapped: entries after `after_seq` are gone; the channel
@@ -141,7 +145,7 @@ class Hub:
         `pending_output` and `fail_slow_consumer` (a Connection, or an SSE stream).
         """
         with self._lock:
-            self._catch_ups.append((conn, list(channels), done))
+            self._catch_ups.append((conn, list(channels), done, list(preface)))
         try:
             self._kick_w.send(b"x")
         except OSError:  # the pair's buffer is full: the waker is already due to run
@@ -151,11 +155,14 @@ class Hub:
         with self._lock:
             todo, self._catch_ups = self._catch_ups, []
         boundary = self._last
-        for conn, channels, done in todo:
+        for conn, channels, done, preface in todo:
             result: Dict[str, Any] = {}
             replay: List[Any] = []
             for channel, after in channels:
-                if after is not None and after < boundary:
+                if after is not None and after < 0:
+                    replay.extend(self._read_last(channel, -after, boundary))
+                    result[channel] = ("ok", boundary)
+                elif after is not None and after < boundary:
                     try:
                         entries = self._read_channel(channel, after + 1, boundary)
                     except Lapped:
@@ -172,8 +179,8 @@ class Hub:
                     conn.channels.add(channel)
                     self._channels[channel].add(conn)
             replay.sort(key=lambda e: e.seq)
-            for entry in replay:
-                if not conn.enqueue_frame(entry.frame, 1):
+            for frame in [*preface, *(e.frame for e in replay)]:
+                if not conn.enqueue_frame(frame, 1):
                     if conn.connected:
                         conn.fail_slow_consumer(SLOW_CONSUMER, "slow consumer: the replay is over write_limit")
                     break
@@ -186,6 +193,23 @@ class Hub:
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
+
+    def _read_last(self, channel: str, n: int, last: int) -> List[Any]:
+        """The last `n` entries of `channel` up to `last` still in the ring, looking
+        back at most LAST_SCAN entries."""
+        out: List[Any] = []
+        stop = max(1, last - LAST_SCAN + 1)
+        while last >= stop and len(out) < n:
+            first = max(stop, last - 1023, self.ring.min_seq)
+            if first > last:
+                break
+            try:
+                batch = self.ring.read_range(first, last)
+            except Lapped:
+                break
+            out[:0] = [e for e in batch if e.channel == channel and not e.flags & 0x02]
+            last = first - 1
+        return out[-n:]
 
     def _read_channel(self, channel: str, first: int, last: int) -> List[Any]:
         """The entries of `channel` in first..last; Lapped if `first` is gone."""

@@ -121,6 +121,7 @@ _ring: Optional[BroadcastRing] = None
 # Redis bridge's inbox thread are the ring's writers.
 _ring_lock = threading.Lock()
 _bridge: Any = None  # the running redis_bridge.Bridge, if configured
+_history: Any = None  # the running history.Server, if uwsgi-ws-history is set
 
 
 def _shared_ring() -> BroadcastRing:
@@ -230,7 +231,10 @@ def _append(ring: BroadcastRing, request: bytes) -> Optional[int]:
     if flags & FLAG_EVENT:  # single writer (under _ring_lock): the next seq is write_seq + 1
         payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (ring.write_seq + 1, ring.epoch)
     frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
-    return ring.append(frame, channel, flags)
+    seq = ring.append(frame, channel, flags)
+    if _history is not None and flags & FLAG_EVENT:
+        _history.history.append(seq, channel, frame)
+    return seq
 
 
 def run() -> None:
@@ -249,6 +253,7 @@ def run() -> None:
     size = max(mule_msg_size(), DEFAULT_MULE_MSG_SIZE) + 64
     print(f"uwsgi_ws: broadcast mule {uwsgi.mule_id()} serving ring epoch {ring.epoch:x} "
           f"at message {ring.write_seq}", flush=True)
+    _start_history(ring)
     _start_bridge(ring)
     counts = metrics.local()
     # With --enable-metrics this mule also copies the metrics into uWSGI's (the stats server).
@@ -280,6 +285,25 @@ def run() -> None:
         if mirror and time.monotonic() - mirrored >= metrics.MIRROR_INTERVAL:
             mirrored = time.monotonic()
             metrics.mirror_to_uwsgi()
+
+
+def _start_history(ring: BroadcastRing) -> None:
+    """Keep the event history when uwsgi-ws-history is set (`uwsgi_ws.history`)."""
+    global _history
+    from . import history
+
+    try:
+        per_channel, max_bytes = history.settings()
+    except ValueError as exc:
+        print(f"uwsgi_ws: no broadcast history: {exc}", file=sys.stderr, flush=True)
+        return
+    if per_channel <= 0:
+        return
+    with _ring_lock:
+        kept = history.load(ring, per_channel, max_bytes)
+        _history = history.Server(kept, ring, _ring_lock)
+    print(f"uwsgi_ws: broadcast history: the last {per_channel} events per room, at most {max_bytes} bytes "
+          f"({kept.count} loaded from the ring)", flush=True)
 
 
 def _start_bridge(ring: BroadcastRing) -> None:

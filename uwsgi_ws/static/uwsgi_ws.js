@@ -5,7 +5,7 @@
  *   const live = uwsgiWs.connect("/live", {onStatus: s => ..., ackTimeout: 10000});
  *   live.on("said", (data, frame) => ...);
  *   live.emit("say", {text: "hi"}).then(ack => ..., err => ...);
- *   live.join("lobby"); live.leave("lobby"); live.close();
+ *   live.join("lobby", {last: 20}); live.leave("lobby"); live.close();
  *
  * Reconnects with jittered exponential backoff and resumes (every broadcast of its
  * rooms exactly once, in order, while the server's ring still holds them; otherwise
@@ -73,6 +73,12 @@
       }
     }
 
+    function joinFrame(room) {
+      // the last messages only the first time: after that, resume covers what was missed
+      var last = lastSeq[room] === undefined ? rooms[room].last : 0;
+      return JSON.stringify(last ? {type: "join", room: room, last: last} : {type: "join", room: room});
+    }
+
     function schedule() {
       if (closed) return;
       var delay = Math.min(maxDelay, minDelay * Math.pow(2, attempt));
@@ -107,7 +113,7 @@
           if (!("" in want)) want[""] = maxSeq;
           ws.send(JSON.stringify({type: "resume", epoch: epoch, rooms: want}));
         } else {
-          for (var r in rooms) ws.send(JSON.stringify({type: "join", room: r}));
+          for (var r in rooms) ws.send(joinFrame(r));
           status("open");
         }
       };
@@ -154,9 +160,10 @@
           sock.send(JSON.stringify({type: "event", event: event, data: data === undefined ? null : data, id: id}));
         });
       },
-      join: function (room) {
-        rooms[room] = true;
-        if (sock && sock.readyState === 1) sock.send(JSON.stringify({type: "join", room: room}));
+      join: function (room, opts) {
+        // opts.last: first receive the room's last n messages (when the server keeps them)
+        rooms[room] = {last: (opts && opts.last) || 0};
+        if (sock && sock.readyState === 1) sock.send(joinFrame(room));
         else if (source) openSSE();
       },
       leave: function (room) {

@@ -1,0 +1,309 @@
+"""The broadcast history: the last event broadcasts of each channel, kept by the
+broadcast mule beyond the ring.
+
+The ring (`sharedarea`) holds the most recent broadcasts of all channels
+together, so a busy room pushes a quiet room's messages out of it. The history
+keeps, per channel, the last N event broadcasts (the frames exactly as the
+ring holds them, seq and epoch inside), up to a total byte budget, in the
+broadcast mule's memory. Workers ask it for what the ring no longer has when a
+client resumes, and for "the last messages" of a room a client joins
+(`uwsgi_ws.events`). It stores bytes and knows nothing of connections.
+
+Settings, uWSGI options (config file keys, or ``--set key=value``):
+
+    uwsgi-ws-history: N         event broadcasts kept per channel (default 0: off)
+    uwsgi-ws-history-size: S    bytes of frames kept in all (default 64M; K/M/G suffixes)
+
+Only local event broadcasts are kept (ring flag FLAG_EVENT, not FLAG_REMOTE):
+plain `publish()` messages carry no seq a client could resume from. The mule
+fills the history from the ring when it starts, so a respawned mule (kill -9)
+starts with what the ring still holds; what only the old mule had is gone and
+asked-for seqs before it are answered "gone".
+
+Wire format (a worker asks, the mule answers; one request per connection, on
+the Unix stream socket ``\\0uwsgi_ws-history-<master pid>``):
+
+    request:   u32 length | JSON {"after": {channel: seq}, "last": {channel: n}}
+    response:  u32 length | JSON {"through": H, "gone": {channel: oldest_kept_seq}}
+               then records back to back until EOF:  seq u64 | frame_len u32 | frame
+
+All integers little-endian. `after`: every kept broadcast of the channel with a
+greater seq; `last`: its n most recent ones. `through`: the ring's write_seq
+when the mule answered: the history has every local event broadcast of the
+asked channels with seq <= H (minus the `gone` ones), so the asker continues
+from the ring after H. `gone`: channels of `after` whose messages after the
+asked seq are no longer all kept. Records come in seq order over all channels.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import sys
+import threading
+from collections import deque
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
+
+_LEN = struct.Struct("<I")
+_RECORD = struct.Struct("<QI")
+DEFAULT_SIZE = 64 * 1024 * 1024
+MAX_REQUEST = 1024 * 1024
+FETCH_TIMEOUT = 5.0  # seconds a worker waits for the mule's answer
+
+
+def _option(name: str) -> Optional[str]:
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    value = (getattr(uwsgi, "opt", {}) or {}).get(name)
+    if isinstance(value, (list, tuple)):
+        value = value[-1]
+    if isinstance(value, bytes):
+        value = value.decode()
+    return None if value in (None, True) else str(value)
+
+
+def parse_size(text: str) -> int:
+    """"64M" -> 67108864 (suffixes K, M, G: powers of 1024). ValueError when not a size."""
+    text = text.strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    if not number.isdigit():
+        raise ValueError(f"{text!r} is not a size: write bytes, or a number with K, M or G")
+    return int(number) * scale
+
+
+def settings() -> Tuple[int, int]:
+    """(messages per channel, total bytes) from the uWSGI options; (0, _) when off.
+    ValueError with what to write for a malformed value."""
+    per_channel = _option("uwsgi-ws-history") or "0"
+    if not per_channel.strip().isdigit():
+        raise ValueError(f"uwsgi-ws-history = {per_channel!r}: write the number of event broadcasts "
+                         "to keep per room (0: off)")
+    size = _option("uwsgi-ws-history-size")
+    try:
+        total = parse_size(size) if size else DEFAULT_SIZE
+    except ValueError as exc:
+        raise ValueError(f"uwsgi-ws-history-size: {exc}") from None
+    return int(per_channel), total
+
+
+def enabled() -> bool:
+    try:
+        return settings()[0] > 0
+    except ValueError:
+        return False
+
+
+def address(master_pid: Optional[int] = None) -> bytes:
+    import uwsgi
+
+    return b"\0uwsgi_ws-history-%d" % (master_pid if master_pid is not None else uwsgi.masterpid())
+
+
+# -- the store (the broadcast mule) ---------------------------------------------------
+
+
+class History:
+    """The kept broadcasts: per channel, the last `per_channel` frames, `max_bytes`
+    in all (the oldest over all channels go first). Not thread-safe: the mule
+    serialises `append` and `query` (its ring lock)."""
+
+    def __init__(self, per_channel: int, max_bytes: int, base_seq: int) -> None:
+        self.per_channel = per_channel
+        self.max_bytes = max_bytes
+        self.base_seq = base_seq  # nothing at or before it is known
+        self._channels: Dict[str, Deque[Tuple[int, bytes]]] = {}
+        self._floor: Dict[str, int] = {}  # channel -> newest seq evicted
+        self._order: Deque[Tuple[int, str]] = deque()  # (seq, channel), oldest first; may hold evicted ones
+        self.size = 0
+        self.count = 0
+
+    def append(self, seq: int, channel: str, frame: bytes) -> None:
+        kept = self._channels.get(channel)
+        if kept is None:
+            kept = self._channels[channel] = deque()
+        kept.append((seq, frame))
+        self._order.append((seq, channel))
+        self.size += len(frame)
+        self.count += 1
+        if len(kept) > self.per_channel:
+            self._evict_oldest(channel)
+        while self.size > self.max_bytes and self._order:
+            old_seq, old_channel = self._order.popleft()
+            old = self._channels.get(old_channel)
+            if old and old[0][0] == old_seq:
+                self._evict_oldest(old_channel)
+        if len(self._order) > 2 * self.count + 1024:  # drop entries evicted per channel
+            self._order = deque(e for e in self._order
+                                if e[1] in self._channels and e[0] >= self._channels[e[1]][0][0])
+
+    def _evict_oldest(self, channel: str) -> None:
+        kept = self._channels[channel]
+        seq, frame = kept.popleft()
+        self.size -= len(frame)
+        self.count -= 1
+        if kept:
+            self._floor[channel] = seq
+        else:  # forget the channel; its floor becomes everyone's (conservative)
+            del self._channels[channel]
+            self._floor.pop(channel, None)
+            self.base_seq = max(self.base_seq, seq)
+
+    def floor(self, channel: str) -> int:
+        """Every kept broadcast of `channel` after this seq is here."""
+        return max(self.base_seq, self._floor.get(channel, 0))
+
+    def query(self, after: Dict[str, int], last: Dict[str, int]) -> Tuple[Dict[str, int], List[Tuple[int, bytes]]]:
+        """({channel: oldest kept seq} for `after` channels that lost messages,
+        records in seq order)."""
+        gone: Dict[str, int] = {}
+        out: List[Tuple[int, bytes]] = []
+        for channel, seq in after.items():
+            floor = self.floor(channel)
+            if seq < floor:
+                gone[channel] = floor + 1
+                continue
+            out.extend(r for r in self._channels.get(channel, ()) if r[0] > seq)
+        for channel, n in last.items():
+            if n > 0 and channel not in after:
+                kept = self._channels.get(channel, ())
+                out.extend(list(kept)[-n:])
+        out.sort(key=lambda r: r[0])
+        return gone, out
+
+
+class Server:
+    """The mule's history: `append` from the ring writer (under `lock`), answers
+    worker requests in a daemon thread of the mule."""
+
+    def __init__(self, history: History, ring: Any, lock: Any) -> None:
+        self.history, self._ring, self._lock = history, ring, lock
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(address())
+        self._sock.listen(128)
+        threading.Thread(target=self._serve, name="uwsgi_ws-history", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            client, _ = self._sock.accept()
+            try:
+                client.settimeout(FETCH_TIMEOUT)
+                self._answer(client)
+            except Exception as exc:  # a worker that gave up, or a bad request: keep serving
+                print(f"uwsgi_ws: history request failed: {exc!r}", file=sys.stderr, flush=True)
+            finally:
+                client.close()
+
+    def _answer(self, client: socket.socket) -> None:
+        size = _LEN.unpack(_recv_exactly(client, _LEN.size))[0]
+        if size > MAX_REQUEST:
+            raise ValueError(f"request of {size} bytes")
+        request = json.loads(_recv_exactly(client, size))
+        after = {str(c): int(s) for c, s in (request.get("after") or {}).items()}
+        last = {str(c): int(n) for c, n in (request.get("last") or {}).items()}
+        with self._lock:  # the ring writer holds it while it appends (ring, then history)
+            through = self._ring.write_seq
+            gone, records = self.history.query(after, last)
+        head = json.dumps({"through": through, "gone": gone}).encode()
+        parts = [_LEN.pack(len(head)), head]
+        for seq, frame in records:
+            parts.append(_RECORD.pack(seq, len(frame)))
+            parts.append(frame)
+        client.sendall(b"".join(parts))
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the history peer closed early")
+        data += chunk
+    return data
+
+
+def load(ring: Any, per_channel: int, max_bytes: int) -> History:
+    """A history filled with the event broadcasts still in the ring (mule start)."""
+    from .sharedarea import FLAG_EVENT, FLAG_REMOTE, Lapped
+
+    history = History(per_channel, max_bytes, ring.write_seq)
+    first, last = ring.min_seq, ring.write_seq
+    if first == 0 or last == 0:
+        return history
+    history.base_seq = first - 1
+    while first <= last:
+        try:
+            batch = ring.read_range(first, min(last, first + 1023))
+        except Lapped:  # only the mule writes, and it is here: should not happen
+            return History(per_channel, max_bytes, ring.write_seq)
+        for entry in batch:
+            if entry.flags & FLAG_EVENT and not entry.flags & FLAG_REMOTE:
+                history.append(entry.seq, entry.channel, bytes(entry.frame))
+        if not batch:
+            break
+        first = batch[-1].seq + 1
+    return history
+
+
+# -- the client (workers) ---------------------------------------------------------------
+
+
+class Reply(NamedTuple):
+    through: int
+    gone: Dict[str, int]
+    frames: List[bytes]
+
+
+def fetch(runtime: Any, after: Dict[str, int], last: Dict[str, int],
+          timeout: float = FETCH_TIMEOUT) -> Optional[Reply]:
+    """Ask the broadcast mule's history (blocks this thread or greenlet only, up to
+    `timeout`). None when the history is off or does not answer (mule restarting):
+    callers fall back to the ring."""
+    import time
+
+    if not enabled():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    waiter = runtime.Waiter(sock.fileno())
+    deadline = time.monotonic() + timeout
+    try:
+        sock.connect(address())  # a Unix socket connects at once or fails
+        body = json.dumps({"after": after, "last": last}).encode()
+        out = memoryview(_LEN.pack(len(body)) + body)
+        while out:
+            try:
+                out = out[sock.send(out):]
+            except BlockingIOError:
+                if not waiter.wait(False, True, max(0.0, deadline - time.monotonic()))[1]:
+                    raise TimeoutError
+        chunks: List[bytes] = []
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except BlockingIOError:
+                if not waiter.wait(True, False, max(0.0, deadline - time.monotonic()))[0]:
+                    raise TimeoutError
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except (OSError, TimeoutError) as exc:
+        print(f"uwsgi_ws: the broadcast history did not answer ({exc!r}): replaying from the ring only",
+              file=sys.stderr, flush=True)
+        return None
+    finally:
+        sock.close()
+    data = b"".join(chunks)
+    size = _LEN.unpack_from(data, 0)[0]
+    head = json.loads(data[4:4 + size])
+    pos, frames = 4 + size, []
+    while pos < len(data):
+        _, length = _RECORD.unpack_from(data, pos)
+        pos += _RECORD.size
+        frames.append(data[pos:pos + length])
+        pos += length
+    return Reply(int(head["through"]), {str(c): int(s) for c, s in head["gone"].items()}, frames)
