@@ -139,6 +139,18 @@ def test_repository_vassals_start_the_examples(emperor, tmp_path):
         assert said["room"] == "random" and said["data"]["text"] == "hi room" and said["seq"] >= 1
     finally:
         live.close()
+    # the chat vassal keeps a history (uwsgi-ws-history): a later client joining with
+    # `last` gets the room's recent messages first
+    assert "broadcast history: the last 200 events per room" in server.log(), server.log()
+    late = websocket.create_connection(f"ws://127.0.0.1:{ports['chat']}/live", timeout=10)
+    try:
+        late.send(json.dumps({"type": "join", "room": "random", "last": 10}))
+        frame = json.loads(late.recv())
+        while frame.get("event") != "said":
+            frame = json.loads(late.recv())
+        assert frame["seq"] == said["seq"] and frame["data"]["text"] == "hi room", frame
+    finally:
+        late.close()
 
     # ticker: a POSTed price reaches a subscribed client
     ticker = websocket.create_connection(f"ws://127.0.0.1:{ports['ticker']}/ticker", timeout=10)

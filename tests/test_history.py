@@ -20,7 +20,7 @@ from test_events import SSE, Client, emit, ring, start
 
 MODELS = ["threads", "gevent"]
 PER_ROOM = 20
-HISTORY = ["--set", f"uwsgi-ws-history={PER_ROOM}", "--set", "uwsgi-ws-history-size=1M"]
+HISTORY = ["--set-placeholder", f"uwsgi-ws-history={PER_ROOM}", "--set-placeholder", "uwsgi-ws-history-size=1M"]
 
 
 @pytest.fixture(scope="module")

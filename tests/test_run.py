@@ -77,12 +77,12 @@ def test_app_run_debug_forces_one_worker_and_the_debugger(launched):
 
 
 def test_uwsgi_ws_options_go_through_set():
-    """uWSGI's command line refuses options it does not know: ours use --set."""
+    """uWSGI's command line refuses options it does not know: ours are placeholders."""
     from flask import Flask
 
     from uwsgi_ws.run import uwsgi_args
 
     args = uwsgi_args(Flask("x"), processes=2, uwsgi_ws_history=50, uwsgi_ws_history_size="8M")
     assert "--processes=2" in args
-    pairs = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    pairs = [args[i + 1] for i, a in enumerate(args) if a == "--set-placeholder"]
     assert pairs == ["uwsgi-ws-history=50", "uwsgi-ws-history-size=8M"]

@@ -9,10 +9,12 @@ broadcast mule's memory. Workers ask it for what the ring no longer has when a
 client resumes, and for "the last messages" of a room a client joins
 (`uwsgi_ws.events`). It stores bytes and knows nothing of connections.
 
-Settings, uWSGI options (config file keys, or ``--set key=value``):
+Settings, uWSGI placeholders (``set-placeholder: uwsgi-ws-history=1000`` in a
+config file, ``--set-placeholder`` on a command line; uWSGI keeps them in
+``uwsgi.opt``, and `strict: true` accepts them where it refuses unknown keys):
 
-    uwsgi-ws-history: N         event broadcasts kept per channel (default 0: off)
-    uwsgi-ws-history-size: S    bytes of frames kept in all (default 64M; K/M/G suffixes)
+    uwsgi-ws-history=N          event broadcasts kept per channel (default 0: off)
+    uwsgi-ws-history-size=S     bytes of frames kept in all (default 64M; K/M/G suffixes)
 
 Only local event broadcasts are kept (ring flag FLAG_EVENT, not FLAG_REMOTE):
 plain `publish()` messages carry no seq a client could resume from. The mule

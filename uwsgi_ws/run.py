@@ -15,7 +15,7 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
     """The uwsgi command line for `app.run(...)`: `--http-socket host:port --master`, the
     app's file and callable, then each option as `--name value` (True: a bare flag;
     False/None: left out; lists: repeated). uwsgi_ws's own options, unknown to
-    uWSGI's command line (`uwsgi_ws_history=1000`), go through ``--set``."""
+    uWSGI's command line (`uwsgi_ws_history=1000`), go through ``--set-placeholder``."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if not path:
@@ -34,7 +34,7 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if name.startswith("uwsgi_ws_") and v is not None and v is not False:
-                args += ["--set", f"{flag[2:]}={v}"]
+                args += ["--set-placeholder", f"{flag[2:]}={v}"]
             elif v is True:
                 args.append(flag)
             elif v is not False and v is not None:
