@@ -29,7 +29,8 @@ the Unix stream socket ``\\0uwsgi_ws-history-<master pid>``):
     response:  u32 length | JSON {"through": H, "gone": {channel: oldest_kept_seq}}
                then records back to back until EOF:  seq u64 | frame_len u32 | frame
 
-All integers little-endian. `after`: every kept broadcast of the channel with a
+The mule answers processes of its own user (or root) only (SO_PEERCRED): an
+abstract socket has no file permissions. All integers little-endian. `after`: every kept broadcast of the channel with a
 greater seq; `last`: its n most recent ones. `through`: the ring's write_seq
 when the mule answered: the history has every local event broadcast of the
 asked channels with seq <= H (minus the `gone` ones), so the asker continues
@@ -182,16 +183,34 @@ class Server:
     worker requests in a daemon thread of the mule."""
 
     def __init__(self, history: History, ring: Any, lock: Any) -> None:
+        """Binds the socket (OSError when another process holds it after 5 s)."""
+        import time
+
         self.history, self._ring, self._lock = history, ring, lock
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(address())
+        for attempt in range(50):  # a killed predecessor may not have released it yet
+            try:
+                self._sock.bind(address())
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
         self._sock.listen(128)
         threading.Thread(target=self._serve, name="uwsgi_ws-history", daemon=True).start()
 
     def _serve(self) -> None:
+        import os
+
+        uid = os.getuid()
         while True:
             client, _ = self._sock.accept()
             try:
+                # An abstract socket has no file permissions: answer processes of our own user only.
+                _, peer_uid, _ = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                        struct.calcsize("3i")))
+                if peer_uid != uid and peer_uid != 0:
+                    raise PermissionError(f"a process of uid {peer_uid} asked for the history")
                 client.settimeout(FETCH_TIMEOUT)
                 self._answer(client)
             except Exception as exc:  # a worker that gave up, or a bad request: keep serving

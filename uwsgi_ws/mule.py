@@ -301,7 +301,12 @@ def _start_history(ring: BroadcastRing) -> None:
         return
     with _ring_lock:
         kept = history.load(ring, per_channel, max_bytes)
-        _history = history.Server(kept, ring, _ring_lock)
+        try:
+            _history = history.Server(kept, ring, _ring_lock)
+        except OSError as exc:
+            print(f"uwsgi_ws: no broadcast history: cannot listen on {history.address()!r}: {exc}",
+                  file=sys.stderr, flush=True)
+            return
     print(f"uwsgi_ws: broadcast history: the last {per_channel} events per room, at most {max_bytes} bytes "
           f"({kept.count} loaded from the ring)", flush=True)
 
