@@ -38,9 +38,10 @@ PAGE = """<!doctype html>
   body { font: 15px system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }
   #log { border: 1px solid #ccc; height: 20rem; overflow-y: auto; padding: .5rem; }
   #log .who { font-weight: bold; } #log .sys { color: #a50; } #log .pid { color: #999; font-size: 80%; }
+  #worker { color: #555; font-weight: normal; }
 </style>
 <h1>Chat</h1>
-<p>Status: <b id="status">connecting…</b> — open this page in two windows.
+<p>Status: <b id="status">connecting…</b> <span id="worker"></span> — open this page in two windows.
    Room: <select id="room"><option>lobby</option><option>random</option></select></p>
 <form id="form">
   <input id="name" size="10" placeholder="name">
@@ -54,8 +55,11 @@ PAGE = """<!doctype html>
   const name = document.getElementById("name");
   const roomSel = document.getElementById("room");
   name.value = "guest" + Math.floor(Math.random() * 1000);
-  const line = (parts) => {
+  // One line of the log: a div.msg (a chat message, with data-seq and data-room) or a div.sys.
+  const line = (parts, kind, data) => {
     const div = document.createElement("div");
+    div.className = kind || "sys";
+    Object.assign(div.dataset, data || {});
     for (const [cls, text] of parts) {
       const span = document.createElement("span");
       span.className = cls; span.textContent = text; div.appendChild(span);
@@ -67,9 +71,15 @@ PAGE = """<!doctype html>
   let room = roomSel.value;
   live.join(room);
   live.on("said", (m, frame) => {
-    if (frame.room === room) line([["who", m.name + ": "], ["", m.text], ["pid", "  (worker " + m.pid + ")"]]);
+    if (frame.room === room) line([["who", m.name + ": "], ["text", m.text], ["pid", "  (worker " + m.pid + ")"]],
+                                  "msg", {seq: frame.seq, room: frame.room});
   });
-  live.on("not_recovered", (r, reason) => line([["sys", "some messages of " + (r || "the server") + " were lost: " + reason]]));
+  live.on("not_recovered", (r, reason) => line([["sys", "some messages of " + (r || "the server") + " were lost: " + reason]], "sys lost"));
+  // Which worker process holds the connection (sent by the server on every (re)connect).
+  live.on("welcome", (m) => {
+    const worker = document.getElementById("worker");
+    worker.textContent = "(worker " + m.pid + ")"; worker.dataset.pid = m.pid;
+  });
   roomSel.onchange = () => {
     live.leave(room); room = roomSel.value; live.join(room);
     box.textContent = ""; line([["sys", "you joined " + room]]);
@@ -116,6 +126,11 @@ def chat(conn):
 # The page's endpoint: events and rooms (uwsgi_ws.events; the client is /_uwsgi_ws/uwsgi_ws.js).
 live = ws.events("/live")
 ROOMS = ("lobby", "random")
+
+
+@live.on("connect")
+def welcome(conn):
+    conn.emit("welcome", {"pid": os.getpid()})  # to this connection only: the page shows its worker
 
 
 @live.on("join")
