@@ -132,7 +132,12 @@
       var u = new URL(path.replace(/\/$/, "") + "/sse", root.location ? root.location.href : undefined);
       u.searchParams.set("rooms", Object.keys(rooms).join(","));
       if (epoch !== null) u.searchParams.set("lastEventId", epoch + "-" + maxSeq);
-      source = new EventSource(u.toString());
+      else {  // nothing seen yet: the rooms' last messages, as join's `last` (one n for all rooms)
+        var last = 0;
+        for (var r in rooms) last = Math.max(last, (rooms[r] && rooms[r].last) || 0);
+        if (last) u.searchParams.set("last", String(last));
+      }
+      var es = source = new EventSource(u.toString());
       var names = Object.keys(handlers).concat(["not_recovered"]);
       names.forEach(function (name) {
         source.addEventListener(name, function (ev) {
@@ -141,8 +146,15 @@
           else onBroadcast(frame);
         });
       });
-      source.onopen = function () { status("sse"); };
-      source.onerror = function () { if (!closed) status("connecting"); };
+      es.onopen = function () { attempt = sseAfter; status("sse"); };  // the backoff starts over
+      es.onerror = function () {
+        if (closed || source !== es) return;
+        status("connecting");
+        // The browser retries by itself after a network error, not after an HTTP error
+        // (a proxy's 502 while the app restarts) or another content type: it closes the
+        // source for good. Open a new one, with backoff (open() goes back to openSSE).
+        if (es.readyState === 2) schedule();
+      };
     }
 
     var api = {
