@@ -1,7 +1,8 @@
 """Chat: every message a client sends goes to everyone in the room, across
 all worker processes, through uwsgi_ws's broadcast (sharedarea ring + mule).
 The page speaks the event protocol at /live through the browser client
-(rooms, acks, reconnect and resume); /ws is the plain JSON WebSocket
+(rooms, nicknames, acks, reconnect and resume, and the room's last 50 messages
+on join, from the history the broadcast mule keeps); /ws is the plain JSON WebSocket
 ({"name", "text"} in, the same with "time" and "pid" out, one room).
 
 Run it on its own (uWSGI, 2 processes x 16 threads, http://127.0.0.1:8002/),
@@ -13,7 +14,7 @@ or with uWSGI directly, from the repository root:
 
     uwsgi --master --http-socket 127.0.0.1:8002 --processes 2 --threads 16 \
           --sharedarea 4096 --mule=uwsgi_ws.mule:run --mule-msg-size=262144 \
-          --pythonpath . --wsgi-file examples/chat/app.py --callable app
+          --set-placeholder uwsgi-ws-history=200 --pythonpath . --wsgi-file examples/chat/app.py --callable app
 
 or through the Emperor with the other examples: `make run` (vassals/chat.yaml).
 """
@@ -69,7 +70,8 @@ PAGE = """<!doctype html>
   // Reconnects and resumes by itself: every message once, in order (see docs/protocol.md).
   const live = uwsgiWs.connect("/live", {onStatus: (s) => { document.getElementById("status").textContent = s; }});
   let room = roomSel.value;
-  live.join(room);
+  const LAST = 50;  // on join, first the room's last messages (the server's history, else its ring)
+  live.join(room, {last: LAST});
   live.on("said", (m, frame) => {
     if (frame.room === room) line([["who", m.name + ": "], ["text", m.text], ["pid", "  (worker " + m.pid + ")"]],
                                   "msg", {seq: frame.seq, room: frame.room});
@@ -81,7 +83,7 @@ PAGE = """<!doctype html>
     worker.textContent = "(worker " + m.pid + ")"; worker.dataset.pid = m.pid;
   });
   roomSel.onchange = () => {
-    live.leave(room); room = roomSel.value; live.join(room);
+    live.leave(room); room = roomSel.value; live.join(room, {last: LAST});
     box.textContent = ""; line([["sys", "you joined " + room]]);
   };
   document.getElementById("form").onsubmit = (e) => {
@@ -152,4 +154,5 @@ if __name__ == "__main__":
     app.run(
         host="127.0.0.1", port=8002, processes=2, threads=16,
         sharedarea=4096, mule="uwsgi_ws.mule:run", mule_msg_size=262144,
+        uwsgi_ws_history=200,  # the last 200 messages of each room (uwsgi_ws/history.py)
     )
