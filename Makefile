@@ -23,7 +23,7 @@ EXTRAS      ?= gevent,test
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install ssl-headers redis-server proxies run test bench clean
+.PHONY: help venv install ssl-headers redis-server proxies chromium run test bench clean
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -105,9 +105,26 @@ redis-server:
 	  exit 1; \
 	fi
 
+# tests/test_browser.py drives the chat demo in Debian's headless Chromium through
+# Playwright (the pip package: its driver only, never `playwright install`): install
+# the package when missing (root + apt-get). UWSGI_WS_CHROMIUM names another binary.
+chromium:
+	@if [ -n "$$UWSGI_WS_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "chromium missing: installing it (tests/test_browser.py runs the chat page in it, headless)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends chromium || exit 1; \
+	  [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null || { echo "error: chromium installed but not found" >&2; exit 1; }; \
+	else \
+	  echo "error: chromium not found: the browser tests run the chat page in it (headless)." >&2; \
+	  echo "  Debian: sudo apt-get install --no-install-recommends chromium" >&2; \
+	  echo "  or set UWSGI_WS_CHROMIUM to a Chromium/Chrome binary (Playwright's own download is not used)" >&2; \
+	  exit 1; \
+	fi
+
 # The suite runs with the native fan-out helper (built by the install), then the
 # broadcast tests again on the pure-Python path (UWSGI_WS_PURE=1).
-test: $(STAMP) redis-server proxies
+test: $(STAMP) redis-server proxies chromium
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 	UWSGI_WS_PURE=1 $(PY) -m pytest -q tests/test_broadcast.py $(PYTEST_ARGS)
 

@@ -50,6 +50,8 @@ setup(
             "kosoku",
             "hypothesis",
             "requests",
+            # tests/test_browser.py: drives Debian's chromium (`make test` installs it); no browser download
+            "playwright>=1.49",
             # coverage-guided fuzzing of the frame decoder (tests/fuzz); a binary wheel
             "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],

@@ -1,0 +1,499 @@
+"""End to end: the chat demo (examples/chat/app.py: its page at "/", the event endpoint
+/live, the client /_uwsgi_ws/uwsgi_ws.js) in a real headless Chromium driven by
+Playwright, against real uWSGI (threads, gevent; 2 workers, each also on a port of its
+own, the broadcast mule: tests/test_events.py `start`).
+
+- two pages pinned to different workers chat through the page's form: every message
+  once, in the same order, on both pages;
+- the worker holding one page is SIGKILLed while the other page goes on chatting: the
+  page reconnects to the respawned worker, resumes, and shows every message exactly
+  once, in order, with no "lost" line;
+- a page whose WebSocket is unusable falls back to Server-Sent Events (/live/sse) and
+  shows the same messages in the same order as a WebSocket page, also across a kill of
+  its worker (the browser's own EventSource reconnect, Last-Event-ID) and across a
+  proxy's 502 (the client's own reopen, ?lastEventId); sending from it fails with a
+  clear message;
+- join with `last` gives the same messages over SSE and WebSocket.
+
+The worker kills happen while the master is SIGSTOPped (the respawn, a fork, would
+otherwise beat the page's first retry): the outage lasts until the other page has
+chatted, and the page's reconnect waits in the listen backlog of the worker's port.
+
+The browser is Debian's `chromium` package (`make test` installs it when missing; no
+browser download, never `playwright install`); UWSGI_WS_CHROMIUM names another binary.
+One browser (a fresh profile) per module; every page is closed by its test, the
+browser by the fixture, which then kills by pid any process still using the profile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from autobahn import worker_pids
+from harness import free_port, wait_for
+from test_events import model, start  # noqa: F401  (model: the fixture, threads and gevent)
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - the "test" extras install it
+    sync_playwright = None
+
+CHAT = ("--wsgi-file", "examples/chat/app.py", "--callable", "app")
+TIMEOUT = 15_000  # ms: the longest wait on the page (a respawn, two reconnect delays)
+# Page waits poll every POLL ms: the default, requestAnimationFrame, runs about once a
+# second in a tab that is not in front (so would a click's "stable element" check: the
+# form is sent with Enter, as a user would).
+POLL = 20
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_binary() -> str:
+    """Debian's Chromium: the real binary when present (the /usr/bin/chromium wrapper
+    only adds flags from /etc/chromium.d and execs it), else `chromium` on PATH."""
+    for candidate in (os.environ.get("UWSGI_WS_CHROMIUM"), "/usr/lib/chromium/chromium",
+                      shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("chromium is not installed: `make test` installs it "
+                "(apt-get install --no-install-recommends chromium), or set UWSGI_WS_CHROMIUM")
+
+
+def processes_using(profile: Path) -> list[int]:
+    """Pids whose command line names `profile` (the browser and its helpers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(profile).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium (a fresh profile) for the module: a persistent context."""
+    if sync_playwright is None:
+        pytest.fail("the playwright package is missing: pip install -e '.[test]' (make test does)")
+    executable = chromium_binary()
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    driver = sync_playwright().start()
+    try:
+        context = driver.chromium.launch_persistent_context(
+            str(profile), executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context.set_default_timeout(TIMEOUT)
+            yield context
+        finally:
+            context.close()
+    finally:
+        driver.stop()
+        for pid in processes_using(profile):  # normally none: close() ends the browser
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not processes_using(profile), 10, "the browser's processes to end")
+
+
+@pytest.fixture(scope="module")
+def chat(model, tmp_path_factory):  # noqa: F811
+    server = start(tmp_path_factory.mktemp(f"chat-{model}"), model, app=CHAT)
+    server.model = model  # type: ignore[attr-defined]
+    server.killed = []  # type: ignore[attr-defined]  (worker pids the tests SIGKILLed)
+    yield server
+    server.stop()
+    log = server.log()
+    unexpected = [line for line in server.crashes() if not any(f"pid: {pid})" in line for pid in server.killed)]
+    assert not unexpected, log
+    assert "Traceback" not in log, log
+
+
+# Every page records the texts its #status takes (the page's onStatus writes it).
+RECORD_STATUS = """
+window.__statuses = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const el = document.getElementById("status");
+  window.__statuses.push(el.textContent);
+  new MutationObserver(() => window.__statuses.push(el.textContent))
+    .observe(el, {childList: true, characterData: true, subtree: true});
+});
+"""
+# The page's chat lines: [seq, room, text] of each div.msg whose text starts with `prefix`.
+MESSAGES = """prefix => [...document.querySelectorAll("#log div.msg")]
+  .map(d => [Number(d.dataset.seq), d.dataset.room, d.querySelector(".text").textContent])
+  .filter(m => m[2].startsWith(prefix))"""
+# After Enter in the message field: "sent" once the ack came (the page clears the input), or the
+# text of the "not sent: ..." line the page adds.
+SENT = """before => {
+  if (document.getElementById("text").value === "") return "sent";
+  const sys = document.querySelectorAll("#log div.sys");
+  return sys.length > before ? sys[sys.length - 1].textContent : null;
+}"""
+# WebSocket made unusable in a page, two ways: the constructor throws (blocked by
+# policy), or every socket goes to a port where nothing listens (a proxy that drops
+# the upgrade: a real socket that errors and closes without opening).
+NO_WEBSOCKET = {
+    "throws": """window.WebSocket = function WebSocket() {
+      throw new DOMException("WebSocket disabled by the test", "SecurityError"); };""",
+    "refused": """(() => { const Real = window.WebSocket;
+      window.WebSocket = function WebSocket(url, protocols) { return new Real("ws://127.0.0.1:%d/", protocols); };
+    })();""",
+}
+
+
+class ChatPage:
+    """The chat page in a tab of the browser, at `base` (a worker's own port)."""
+
+    def __init__(self, browser, base: str, init_script: str = "") -> None:
+        self.page = browser.new_page()
+        self.errors: list = []  # uncaught exceptions of the page
+        self.console: list = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
+        self.page.add_init_script(RECORD_STATUS + init_script)
+        self.page.goto(base + "/")
+
+    def status(self, want: str) -> None:
+        expect(self.page.locator("#status")).to_have_text(want, timeout=TIMEOUT)
+
+    def statuses(self) -> list:
+        return self.page.evaluate("window.__statuses")
+
+    def wait_statuses(self, since: int, js_condition: str) -> None:
+        """Wait until the statuses recorded from index `since` on (`s`) satisfy the condition."""
+        self.page.wait_for_function(f"since => {{ const s = window.__statuses.slice(since); return {js_condition}; }}",
+                                    arg=since, timeout=TIMEOUT, polling=POLL)
+
+    def worker(self) -> int:
+        """The pid of the worker holding the connection (the app's "welcome" event)."""
+        locator = self.page.locator("#worker")
+        expect(locator).to_have_attribute("data-pid", re.compile(r"^\d+$"), timeout=TIMEOUT)
+        return int(locator.get_attribute("data-pid"))
+
+    def send(self, text: str) -> str:
+        """Send `text` with the page's form: "sent" (acked), or the page's "not sent: ..." line."""
+        before = self.page.locator("#log div.sys").count()
+        self.page.fill("#text", text)
+        self.page.press("#text", "Enter")
+        return self.page.wait_for_function(SENT, arg=before, timeout=TIMEOUT, polling=POLL).json_value()
+
+    def wait_text(self, text: str) -> None:
+        self.page.wait_for_function(
+            """t => [...document.querySelectorAll("#log div.msg .text")].some(e => e.textContent === t)""",
+            arg=text, timeout=TIMEOUT, polling=POLL)
+
+    def messages(self, prefix: str) -> list:
+        return [tuple(m) for m in self.page.evaluate(MESSAGES, prefix)]
+
+    def lost(self) -> list:
+        return self.page.locator("#log div.lost").all_text_contents()
+
+    def close(self) -> None:
+        self.page.close()
+
+
+def open_pages(browser, bases, init_scripts=None) -> list:
+    pages = []
+    try:
+        for i, base in enumerate(bases):
+            pages.append(ChatPage(browser, base, (init_scripts or {}).get(i, "")))
+    except BaseException:
+        for page in pages:
+            page.close()
+        raise
+    return pages
+
+
+def workers(chat) -> list:
+    """The current pid of workers 1 and 2 (spawned, or respawned after a kill)."""
+    return worker_pids(chat.log())
+
+
+def url(chat, worker: int) -> str:
+    """The chat on the port only worker `worker` (1 or 2) serves."""
+    return f"http://127.0.0.1:{chat.worker_ports[worker - 1]}"
+
+
+def unique(what: str) -> str:
+    """A prefix no other test's (or earlier run's, shown by the chat's history) text has."""
+    return f"{what}-{uuid.uuid4().hex[:8]}"
+
+
+def joined(pages, token: str) -> None:
+    """Each page sends a line and sees it: its join (sent before, handled in order) is
+    in effect, so every page gets everything sent from now on."""
+    for i, page in enumerate(pages):
+        text = f"{token}-ready-{i}"
+        assert page.send(text) == "sent", page.console
+        page.wait_text(text)
+
+
+def check_log(page, prefix: str, sent: list) -> list:
+    """The page shows exactly the texts `sent` (those starting with `prefix`), once each,
+    in order, with increasing seqs, all in room lobby; returns [(seq, room, text)]."""
+    got = page.messages(prefix)
+    assert [m[2] for m in got] == sent, (got, page.console)
+    seqs = [m[0] for m in got]
+    assert seqs == sorted(set(seqs)), got
+    assert {m[1] for m in got} <= {"lobby"}, got
+    assert page.lost() == [], page.lost()
+    assert page.errors == [], page.errors
+    return got
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+# -- the scenarios -------------------------------------------------------------------------
+
+
+def test_two_pages_on_two_workers_chat(chat, browser):
+    a, b = pages = open_pages(browser, [url(chat, 1), url(chat, 2)])
+    try:
+        for page in pages:
+            page.status("open")
+        pids = [a.worker(), b.worker()]
+        assert pids == workers(chat) and pids[0] != pids[1], (pids, workers(chat))
+        token = unique("chat")
+        joined(pages, token)
+        sent = []
+        for i in range(8):  # a, b, a, b...: each waits for its ack
+            text = f"{token}:{i} from {'ab'[i % 2]}"
+            assert pages[i % 2].send(text) == "sent"
+            sent.append(text)
+        for page in pages:
+            page.wait_text(sent[-1])
+        assert check_log(a, token + ":", sent) == check_log(b, token + ":", sent)
+    finally:
+        for page in pages:
+            page.close()
+
+
+def test_a_page_whose_worker_is_killed_resumes_every_message_once_in_order(chat, browser):
+    a, b = pages = open_pages(browser, [url(chat, 1), url(chat, 2)])
+    try:
+        for page in pages:
+            page.status("open")
+        victim = a.worker()
+        assert victim == workers(chat)[0] and b.worker() == workers(chat)[1]
+        token = unique("outage")
+        joined(pages, token)
+        sent = []
+
+        def say(page, i: int) -> None:
+            text = f"{token}:{i}"
+            assert page.send(text) == "sent"
+            sent.append(text)
+
+        for i in range(4):
+            say(pages[i % 2], i)
+        a.wait_text(sent[-1])
+
+        # The outage: worker 1 is killed while the master is stopped, so its respawn
+        # (a fork: quicker than the page's first retry) waits until B has chatted;
+        # meanwhile A's reconnects wait in the listen backlog of worker 1's port.
+        mark = len(a.statuses())
+        chat.killed.append(victim)
+        os.kill(chat.pid, signal.SIGSTOP)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            a.wait_statuses(mark, "s.includes('connecting')")
+            # A cannot send while it is down; B goes on (through worker 2)
+            assert a.send(f"{token}:never") == "not sent: not connected"
+            for i in range(4, 14):
+                say(b, i)
+            assert "resuming" not in a.statuses()[mark:], a.statuses()[mark:]
+        finally:
+            os.kill(chat.pid, signal.SIGCONT)  # the master respawns worker 1 on the same port
+        a.wait_statuses(mark, "s.includes('resuming') && s[s.length - 1] === 'open'")
+        respawned = a.worker()
+        assert respawned != victim and parent_of(respawned) == chat.pid
+        for i in range(14, 18):
+            say(pages[i % 2], i)
+        for page in pages:
+            page.wait_text(sent[-1])
+        assert check_log(a, token + ":", sent) == check_log(b, token + ":", sent)
+        assert f"{token}:never" not in [m[2] for m in b.messages(token)]
+    finally:
+        for page in pages:
+            page.close()
+
+
+@pytest.mark.parametrize("blocked", sorted(NO_WEBSOCKET))
+def test_a_page_without_websocket_gets_the_same_stream_over_sse(chat, browser, blocked):
+    script = NO_WEBSOCKET[blocked].replace("%d", str(free_port()))
+    # s: SSE only, on worker 1; w: WebSocket, on worker 2 (sends everything)
+    s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: script})
+    try:
+        w.status("open")
+        s.status("sse")  # after two failed WebSocket opens (the client's sseAfter)
+        token = unique(f"sse-{blocked}")
+        joined([w], token)
+        assert s.send(f"{token}:never") == "not sent: the SSE fallback is receive-only"
+        sent = []
+        for i in range(6):
+            text = f"{token}:{i}"
+            assert w.send(text) == "sent"
+            sent.append(text)
+        for page in pages:  # the sender too: its ack may come before the broadcast
+            page.wait_text(sent[-1])
+        assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
+        assert s.statuses()[-1] == "sse"
+        assert not s.page.locator("#worker").get_attribute("data-pid")  # "welcome" is WebSocket only
+    finally:
+        for page in pages:
+            page.close()
+
+
+def test_an_sse_page_whose_worker_is_killed_resumes_with_last_event_id(chat, browser):
+    s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: NO_WEBSOCKET["throws"]})
+    try:
+        w.status("open")
+        s.status("sse")
+        token = unique("sse-outage")
+        joined([w], token)
+        sent = []
+
+        def say(i: int) -> None:
+            text = f"{token}:{i}"
+            assert w.send(text) == "sent"
+            sent.append(text)
+
+        for i in range(3):
+            say(i)
+        s.wait_text(sent[-1])
+        victim = workers(chat)[0]  # worker 1 holds the stream (its own port)
+        mark = len(s.statuses())
+        chat.killed.append(victim)
+        os.kill(chat.pid, signal.SIGSTOP)  # hold the respawn (see the WebSocket case)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            s.wait_statuses(mark, "s.includes('connecting')")  # the EventSource noticed
+            for i in range(3, 10):
+                say(i)
+        finally:
+            os.kill(chat.pid, signal.SIGCONT)
+        # the browser reconnects by itself (retry: 2000) with Last-Event-ID
+        s.wait_statuses(mark, "s[s.length - 1] === 'sse'")
+        for i in range(10, 13):
+            say(i)
+        for page in pages:  # the sender too: its ack may come before the broadcast
+            page.wait_text(sent[-1])
+        assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
+    finally:
+        for page in pages:
+            page.close()
+
+
+def test_an_sse_page_comes_back_after_an_http_error(chat, browser):
+    """A proxy answers 502 while the app restarts: the browser's EventSource does not
+    retry after an HTTP error (it closes for good); the client opens a new one, and
+    resumes from what it saw (?lastEventId)."""
+    if chat.model != "threads":
+        pytest.skip("the client's retry does not depend on the server's model")
+    s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: NO_WEBSOCKET["throws"]})
+    proxy = {"down": False}
+
+    def route(r) -> None:  # page s's SSE requests, through a "proxy"
+        if proxy["down"]:
+            r.fulfill(status=502, content_type="text/plain", body="502 Bad Gateway\n")
+        else:
+            r.continue_()
+
+    def refused(response) -> bool:
+        return "/live/sse" in response.url and response.status == 502
+
+    s.page.route(re.compile(r"/live/sse(\?|$)"), route)
+    try:
+        w.status("open")
+        s.status("sse")
+        token = unique("sse-502")
+        joined([w], token)
+        sent = []
+
+        def say(i: int) -> None:
+            text = f"{token}:{i}"
+            assert w.send(text) == "sent"
+            sent.append(text)
+
+        for i in range(3):
+            say(i)
+        s.wait_text(sent[-1])
+        victim = workers(chat)[0]
+        proxy["down"] = True
+        chat.killed.append(victim)
+        with s.page.expect_response(refused, timeout=TIMEOUT):  # the browser's own retry
+            os.kill(victim, signal.SIGKILL)
+        with s.page.expect_response(refused, timeout=TIMEOUT):  # the client's new EventSource
+            pass
+        assert s.statuses()[-1] == "connecting"
+        for i in range(3, 8):
+            say(i)
+        mark = len(s.statuses())
+        proxy["down"] = False
+        s.wait_statuses(mark, "s[s.length - 1] === 'sse'")
+        for i in range(8, 10):
+            say(i)
+        for page in pages:  # the sender too: its ack may come before the broadcast
+            page.wait_text(sent[-1])
+        assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
+    finally:
+        for page in pages:
+            page.close()
+
+
+# A second client in a page (the chat's own script is loaded): joins lobby with
+# `last`, records [seq, text] of the "said" lines and its statuses.
+PROBE = """([last, sseAfter]) => {
+  window.__probe = {said: [], statuses: []};
+  const c = uwsgiWs.connect("/live", {sseAfter, onStatus: s => window.__probe.statuses.push(s)});
+  c.on("said", (m, frame) => window.__probe.said.push([frame.seq, m.text]));
+  c.join("lobby", {last});
+}"""
+
+
+def test_join_with_last_gives_the_same_messages_over_sse_and_websocket(chat, browser):
+    s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: NO_WEBSOCKET["throws"]})
+    try:
+        w.status("open")
+        s.status("sse")
+        token = unique("last")
+        joined([w], token)
+        sent = [f"{token}:{i}" for i in range(5)]
+        for text in sent:
+            assert w.send(text) == "sent"
+        # the last 3 of lobby, then what comes next: over SSE (at once: sseAfter 0) and WebSocket
+        s.page.evaluate(PROBE, [3, 0])
+        w.page.evaluate(PROBE, [3, 2])
+        for page, want in ((s, "sse"), (w, "open")):  # the 3 came: the join is in effect
+            page.page.wait_for_function("([t, want]) => window.__probe.statuses.includes(want) && "
+                                        "window.__probe.said.some(m => m[1] === t)", arg=[sent[-1], want],
+                                        timeout=TIMEOUT, polling=POLL)
+        assert w.send(f"{token}:5") == "sent"
+        sent.append(f"{token}:5")
+        got = {}
+        for page in (s, w):
+            page.page.wait_for_function("t => window.__probe.said.some(m => m[1] === t)", arg=sent[-1],
+                                        timeout=TIMEOUT, polling=POLL)
+            got[page] = page.page.evaluate("window.__probe.said")
+        assert [m[1] for m in got[w]] == sent[2:], got[w]
+        assert got[s] == got[w]
+        assert s.errors == w.errors == []
+    finally:
+        for page in pages:
+            page.close()
