@@ -337,22 +337,32 @@ def test_a_page_whose_worker_is_killed_resumes_every_message_once_in_order(chat,
 @pytest.mark.parametrize("blocked", sorted(NO_WEBSOCKET))
 def test_a_page_without_websocket_gets_the_same_stream_over_sse(chat, browser, blocked):
     script = NO_WEBSOCKET[blocked].replace("%d", str(free_port()))
-    # s: SSE only, on worker 1; w: WebSocket, on worker 2 (sends everything)
-    s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: script})
+    # w: WebSocket, on worker 2 (sends everything); s: SSE only, on worker 1, opened
+    # after w's first messages: it gets them as the room's last messages (join's last)
+    pages = open_pages(browser, [url(chat, 2)])
     try:
+        w = pages[0]
         w.status("open")
-        s.status("sse")  # after two failed WebSocket opens (the client's sseAfter)
         token = unique(f"sse-{blocked}")
         joined([w], token)
-        assert s.send(f"{token}:never") == "not sent: the SSE fallback is receive-only"
         sent = []
-        for i in range(6):
+        for i in range(8):
+            if i == 3:
+                pages.extend(open_pages(browser, [url(chat, 1)], {0: script}))
+                s = pages[1]
+                s.status("sse")  # after two failed WebSocket opens (the client's sseAfter)
+                s.wait_text(sent[-1])  # the last messages, from the ring
+                assert s.send(f"{token}:never") == "not sent: the SSE fallback is receive-only"
             text = f"{token}:{i}"
             assert w.send(text) == "sent"
             sent.append(text)
         for page in pages:  # the sender too: its ack may come before the broadcast
             page.wait_text(sent[-1])
         assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
+        # the whole log, earlier tests' lines included: s's is the end of w's (w joined
+        # earlier, each got the room's last messages when it joined), then the same stream
+        s_all, w_all = s.messages(""), w.messages("")
+        assert s_all == w_all[len(w_all) - len(s_all):], (s_all, w_all)
         assert s.statuses()[-1] == "sse"
         assert not s.page.locator("#worker").get_attribute("data-pid")  # "welcome" is WebSocket only
     finally:
