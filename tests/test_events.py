@@ -244,8 +244,16 @@ def test_resume_inside_the_bound_has_no_duplicate_and_no_gap(server):
 
 def test_join_with_last_without_the_history_comes_from_the_ring(server):
     room = f"recent-{server.model}"
+    watcher = Client(server.port)
+    watcher.hello()
+    watcher.send({"type": "join", "room": room})
+    assert watcher.call("echo", 0)["data"] == 0
     for i in range(6):
         emit(server, room, i, event="n")
+    # emit() returns once the mule has the request: wait until the ring has all six
+    while watcher.until(lambda m: m.get("event") == "n")["data"] != 5:
+        pass
+    watcher.close()
     c = Client(server.worker_ports[0])
     c.hello()
     c.send({"type": "join", "room": room, "last": 3})
