@@ -11,8 +11,10 @@ comes from the ring.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+import urllib.request
 
 import pytest
 
@@ -160,3 +162,20 @@ def test_a_bad_last_is_an_error_frame(server, last):
     assert "\"last\"" in c.until(lambda m: m.get("type") == "error")["message"]
     assert c.call("echo", 2)["data"] == 2
     c.close()
+
+
+def test_metrics_show_what_the_history_keeps_and_serves(server):
+    room = f"metrics-{server.model}"
+    quiet_room(server, room, 3)
+    c = Client(server.port)
+    c.hello()
+    c.send({"type": "join", "room": room, "last": 3})
+    received(c, room, 3)
+    c.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values = {name: int(value) for name, value in re.findall(r"(?m)^(uwsgi_ws_history_\w+) (\d+)$", text)}
+    assert values["uwsgi_ws_history_queries_total"] >= 1, text
+    assert values["uwsgi_ws_history_replayed_total"] >= 3
+    assert 3 <= values["uwsgi_ws_history_messages"]
+    assert 0 < values["uwsgi_ws_history_bytes"] <= 1024 * 1024

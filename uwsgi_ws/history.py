@@ -48,6 +48,8 @@ import threading
 from collections import deque
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
+from . import metrics
+
 _LEN = struct.Struct("<I")
 _RECORD = struct.Struct("<QI")
 DEFAULT_SIZE = 64 * 1024 * 1024
@@ -187,6 +189,8 @@ class Server:
         import time
 
         self.history, self._ring, self._lock = history, ring, lock
+        self._metrics = metrics.local()
+        self._gauges()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         for attempt in range(50):  # a killed predecessor may not have released it yet
             try:
@@ -198,6 +202,14 @@ class Server:
                 time.sleep(0.1)
         self._sock.listen(128)
         threading.Thread(target=self._serve, name="uwsgi_ws-history", daemon=True).start()
+
+    def append(self, seq: int, channel: str, frame: bytes) -> None:
+        """Keep a new event broadcast (the ring writer, under `lock`)."""
+        self.history.append(seq, channel, frame)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        self._metrics.set2(metrics.HISTORY_MESSAGES, self.history.count, metrics.HISTORY_BYTES, self.history.size)
 
     def _serve(self) -> None:
         import os
@@ -234,6 +246,7 @@ class Server:
             parts.append(_RECORD.pack(seq, len(frame)))
             parts.append(frame)
         client.sendall(b"".join(parts))
+        self._metrics.add2(metrics.HISTORY_QUERIES, 1, metrics.HISTORY_REPLAYED, len(records))
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

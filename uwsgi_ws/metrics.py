@@ -91,6 +91,10 @@ LAG_SUM = 15
 LAG_COUNT = 16
 LAG_BUCKETS = 17  # LAG_BOUNDS + one +Inf bucket, non-cumulative counts
 LAG_BOUNDS: Tuple[int, ...] = (0,) + tuple(1 << i for i in range(17))  # 0, 1, 2, 4 ... 65536
+HISTORY_QUERIES = 36  # history requests answered (the broadcast mule)
+HISTORY_REPLAYED = 37  # broadcasts sent from the history (resume, `last`)
+HISTORY_MESSAGES = 38  # gauge: event broadcasts the history keeps now
+HISTORY_BYTES = 39  # gauge: their bytes
 CLOSES = 40  # CLOSE_CODES x CLOSED_BY counters
 CLOSE_CODES: Tuple[str, ...] = tuple(str(c) for c in (1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008,
                                                        1009, 1010, 1011, 1012, 1013, 1014, 1015)) + (
@@ -280,6 +284,13 @@ class Recorder:
         with self._lock:
             self.v[slot] += n
 
+    def set2(self, slot_a: int, a: int, slot_b: int, b: int) -> None:
+        """Set two gauges of this process's row."""
+        with self._lock:
+            v = self.v
+            v[slot_a] = a
+            v[slot_b] = b
+
     def add2(self, slot_a: int, a: int, slot_b: int, b: int) -> None:
         with self._lock:
             v = self.v
@@ -434,7 +445,8 @@ class Snapshot(NamedTuple):
 
 
 _SCALARS = (MESSAGES_IN, MESSAGES_OUT, BYTES_IN, BYTES_OUT, PUBLISHED, DELIVERED, DROPPED_SLOW,
-            DROPPED_LAPPED, DROPPED_MULE, SLOW_CLOSES, LAPPED, QUEUE_FULL, PUBLISH_FAILED, LAG_SUM, LAG_COUNT)
+            DROPPED_LAPPED, DROPPED_MULE, SLOW_CLOSES, LAPPED, QUEUE_FULL, PUBLISH_FAILED, LAG_SUM, LAG_COUNT,
+            HISTORY_QUERIES, HISTORY_REPLAYED, HISTORY_MESSAGES, HISTORY_BYTES)
 
 
 def _live_workers() -> Dict[int, int]:
@@ -523,6 +535,13 @@ _SIMPLE = (
     ("uwsgi_ws_publish_queue_full_total", "counter",
      "Publish retries because the broadcast mule's queue was full (uwsgi.mule_msg refused).", QUEUE_FULL),
     ("uwsgi_ws_publish_failures_total", "counter", "publish() calls that raised PublishError.", PUBLISH_FAILED),
+    ("uwsgi_ws_history_queries_total", "counter",
+     "Requests the broadcast history answered (resume beyond the ring, last messages on join).", HISTORY_QUERIES),
+    ("uwsgi_ws_history_replayed_total", "counter", "Broadcasts sent from the history.", HISTORY_REPLAYED),
+    ("uwsgi_ws_history_messages", "gauge", "Event broadcasts the history keeps now (uwsgi-ws-history per room).",
+     HISTORY_MESSAGES),
+    ("uwsgi_ws_history_bytes", "gauge", "Bytes the history keeps now (at most uwsgi-ws-history-size).",
+     HISTORY_BYTES),
 )
 _DROPPED = (("slow_consumer", DROPPED_SLOW), ("lapped", DROPPED_LAPPED), ("mule_rejected", DROPPED_MULE))
 
@@ -586,7 +605,7 @@ UWSGI_METRICS: Dict[str, Tuple[str, Any]] = {
     "uwsgi_ws_upgrades_accepted_total": ("counter", lambda s: sum(s.accepted.values())),
     "uwsgi_ws_upgrades_rejected_total": ("counter", lambda s: sum(s.rejected.values())),
     "uwsgi_ws_connections_closed_total": ("counter", lambda s: sum(s.closes.values())),
-    **{name: ("counter", (lambda slot: lambda s: s.totals[slot])(slot)) for name, _, _, slot in _SIMPLE},
+    **{name: (kind, (lambda slot: lambda s: s.totals[slot])(slot)) for name, kind, _, slot in _SIMPLE},
     "uwsgi_ws_broadcasts_dropped_total": ("counter", lambda s: sum(s.totals[slot] for _, slot in _DROPPED)),
     "uwsgi_ws_ring_lag_max_messages": ("gauge", lambda s: s.lag_max),
     "uwsgi_ws_ring_lag_p99_messages": ("gauge", lambda s: s.lag_quantile(0.99)),

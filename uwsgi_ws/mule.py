@@ -233,7 +233,7 @@ def _append(ring: BroadcastRing, request: bytes) -> Optional[int]:
     frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
     seq = ring.append(frame, channel, flags)
     if _history is not None and flags & FLAG_EVENT:
-        _history.history.append(seq, channel, frame)
+        _history.append(seq, channel, frame)
     return seq
 
 

@@ -12,6 +12,7 @@ HTTP:
     POST /emit/<room>?event=   body = JSON data; emits from a plain view (room "-": everyone)
     GET  /ring                 {"epoch": str, "write_seq": int, "min_seq": int}
     GET  /members/<room>       {"pid": .., "members": subscribers of the room's channel in this worker's hub}
+    GET  /metrics              the Prometheus text (uwsgi_ws.metrics)
 On disconnect: emits `left` {"code": close code, "name": the `name` query argument} to room "departures".
 """
 
@@ -25,7 +26,7 @@ from uwsgi_ws.events import EventError
 from uwsgi_ws.sharedarea import BroadcastRing
 
 app = Flask(__name__)
-ws = WebSocket(app, ping_interval=None)
+ws = WebSocket(app, ping_interval=None, metrics_route="/metrics")
 live = ws.events("/live")
 
 
