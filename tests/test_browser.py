@@ -241,6 +241,40 @@ def joined(pages, token: str) -> None:
         page.wait_text(text)
 
 
+class Transcript:
+    """The lines a test sends into the room, in order (`token:<i>`), each through a
+    page's form; `sent` is what every page should end up showing."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.sent: list = []
+
+    def say(self, page, i: int, suffix: str = "") -> None:
+        text = f"{self.token}:{i}{suffix}"
+        assert page.send(text) == "sent"
+        self.sent.append(text)
+
+
+def sse_page_receiving(s, w, what: str) -> Transcript:
+    """Page `w` (WebSocket) sends 3 lines, page `s` (on SSE) has received them."""
+    w.status("open")
+    s.status("sse")
+    talk = Transcript(unique(what))
+    joined([w], talk.token)
+    for i in range(3):
+        talk.say(w, i)
+    s.wait_text(talk.sent[-1])
+    return talk
+
+
+def same_stream(pages, talk: Transcript) -> None:
+    """Every page shows every line of `talk`, once, in order, with the same seqs."""
+    for page in pages:  # the sender too: its ack may come before the broadcast
+        page.wait_text(talk.sent[-1])
+    logs = [check_log(page, talk.token + ":", talk.sent) for page in pages]
+    assert all(log == logs[0] for log in logs), logs
+
+
 def check_log(page, prefix: str, sent: list) -> list:
     """The page shows exactly the texts `sent` (those starting with `prefix`), once each,
     in order, with increasing seqs, all in room lobby; returns [(seq, room, text)]."""
@@ -271,11 +305,10 @@ def test_two_pages_on_two_workers_chat(chat, browser):
         assert pids == workers(chat) and pids[0] != pids[1], (pids, workers(chat))
         token = unique("chat")
         joined(pages, token)
-        sent = []
+        talk = Transcript(token)
         for i in range(8):  # a, b, a, b...: each waits for its ack
-            text = f"{token}:{i} from {'ab'[i % 2]}"
-            assert pages[i % 2].send(text) == "sent"
-            sent.append(text)
+            talk.say(pages[i % 2], i, f" from {'ab'[i % 2]}")
+        sent = talk.sent
         for page in pages:
             page.wait_text(sent[-1])
         assert check_log(a, token + ":", sent) == check_log(b, token + ":", sent)
@@ -293,12 +326,8 @@ def test_a_page_whose_worker_is_killed_resumes_every_message_once_in_order(chat,
         assert victim == workers(chat)[0] and b.worker() == workers(chat)[1]
         token = unique("outage")
         joined(pages, token)
-        sent = []
-
-        def say(page, i: int) -> None:
-            text = f"{token}:{i}"
-            assert page.send(text) == "sent"
-            sent.append(text)
+        talk = Transcript(token)
+        sent, say = talk.sent, talk.say
 
         for i in range(4):
             say(pages[i % 2], i)
@@ -345,7 +374,8 @@ def test_a_page_without_websocket_gets_the_same_stream_over_sse(chat, browser, b
         w.status("open")
         token = unique(f"sse-{blocked}")
         joined([w], token)
-        sent = []
+        talk = Transcript(token)
+        sent = talk.sent
         for i in range(8):
             if i == 3:
                 pages.extend(open_pages(browser, [url(chat, 1)], {0: script}))
@@ -353,9 +383,7 @@ def test_a_page_without_websocket_gets_the_same_stream_over_sse(chat, browser, b
                 s.status("sse")  # after two failed WebSocket opens (the client's sseAfter)
                 s.wait_text(sent[-1])  # the last messages, from the ring
                 assert s.send(f"{token}:never") == "not sent: the SSE fallback is receive-only"
-            text = f"{token}:{i}"
-            assert w.send(text) == "sent"
-            sent.append(text)
+            talk.say(w, i)
         for page in pages:  # the sender too: its ack may come before the broadcast
             page.wait_text(sent[-1])
         assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
@@ -373,20 +401,11 @@ def test_a_page_without_websocket_gets_the_same_stream_over_sse(chat, browser, b
 def test_an_sse_page_whose_worker_is_killed_resumes_with_last_event_id(chat, browser):
     s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: NO_WEBSOCKET["throws"]})
     try:
-        w.status("open")
-        s.status("sse")
-        token = unique("sse-outage")
-        joined([w], token)
-        sent = []
+        talk = sse_page_receiving(s, w, "sse-outage")
 
         def say(i: int) -> None:
-            text = f"{token}:{i}"
-            assert w.send(text) == "sent"
-            sent.append(text)
+            talk.say(w, i)
 
-        for i in range(3):
-            say(i)
-        s.wait_text(sent[-1])
         victim = workers(chat)[0]  # worker 1 holds the stream (its own port)
         mark = len(s.statuses())
         chat.killed.append(victim)
@@ -402,9 +421,7 @@ def test_an_sse_page_whose_worker_is_killed_resumes_with_last_event_id(chat, bro
         s.wait_statuses(mark, "s[s.length - 1] === 'sse'")
         for i in range(10, 13):
             say(i)
-        for page in pages:  # the sender too: its ack may come before the broadcast
-            page.wait_text(sent[-1])
-        assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
+        same_stream(pages, talk)
     finally:
         for page in pages:
             page.close()
@@ -430,20 +447,11 @@ def test_an_sse_page_comes_back_after_an_http_error(chat, browser):
 
     s.page.route(re.compile(r"/live/sse(\?|$)"), route)
     try:
-        w.status("open")
-        s.status("sse")
-        token = unique("sse-502")
-        joined([w], token)
-        sent = []
+        talk = sse_page_receiving(s, w, "sse-502")
 
         def say(i: int) -> None:
-            text = f"{token}:{i}"
-            assert w.send(text) == "sent"
-            sent.append(text)
+            talk.say(w, i)
 
-        for i in range(3):
-            say(i)
-        s.wait_text(sent[-1])
         victim = workers(chat)[0]
         proxy["down"] = True
         chat.killed.append(victim)
@@ -459,9 +467,7 @@ def test_an_sse_page_comes_back_after_an_http_error(chat, browser):
         s.wait_statuses(mark, "s[s.length - 1] === 'sse'")
         for i in range(8, 10):
             say(i)
-        for page in pages:  # the sender too: its ack may come before the broadcast
-            page.wait_text(sent[-1])
-        assert check_log(s, token + ":", sent) == check_log(w, token + ":", sent)
+        same_stream(pages, talk)
     finally:
         for page in pages:
             page.close()
