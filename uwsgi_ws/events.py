@@ -158,9 +158,7 @@ class EventConnection:
             for channel, (status, seq) in result.items():
                 room = names[channel]
                 if status == "lapped":
-                    frames_out.append(_text_frame({
-                        "type": "not_recovered", "room": room,
-                        "reason": f"too old: the server keeps messages from seq {seq} on; refetch the state"}))
+                    frames_out.append(_text_frame({"type": "not_recovered", "room": room, "reason": _too_old(seq)}))
                 elif room in wanted and epoch_ok:
                     recovered[room] = seq
             frames_out.append(_text_frame({"type": "resumed", "rooms": recovered,
@@ -169,6 +167,11 @@ class EventConnection:
                 ws.enqueue_frame(frame, 1)
 
         self.endpoint._catch_up(ws.hub, ws, plan, done if wanted or not_recovered else (lambda result: None))
+
+
+def _too_old(oldest: int) -> str:
+    """The not_recovered reason when the missed broadcasts are no longer kept."""
+    return f"too old: the server keeps messages from seq {oldest} on; refetch the state"
 
 
 def _text_frame(message: Dict[str, Any]) -> bytes:
@@ -395,8 +398,8 @@ class Events:
                             f"to receive first, 0 to {self.max_last}\n", status=400, mimetype="text/plain")
         stream = SSEStream(self.ws.runtime())
         notice = None
-        plan = {c: (-min(int(last), self.max_last) if int(last) and room is not None else hub.ring.write_seq)
-                for c, room in channels.items()}
+        count = min(int(last), self.max_last)
+        plan = {c: (-count if count and room is not None else hub.ring.write_seq) for c, room in channels.items()}
         if last_id:
             epoch, _, seq = last_id.partition("-")
             if epoch == str(hub.ring.epoch) and seq.isdigit():
@@ -408,8 +411,7 @@ class Events:
         def done(result: Dict[str, Any]) -> None:
             for channel, (status, seq) in result.items():
                 if status == "lapped":
-                    stream.notice({"type": "not_recovered", "room": channels[channel],
-                                   "reason": f"too old: the server keeps messages from seq {seq} on; refetch the state"})
+                    stream.notice({"type": "not_recovered", "room": channels[channel], "reason": _too_old(seq)})
 
         if notice:
             stream.notice(notice)

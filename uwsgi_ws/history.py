@@ -57,19 +57,6 @@ MAX_REQUEST = 1024 * 1024
 FETCH_TIMEOUT = 5.0  # seconds a worker waits for the mule's answer
 
 
-def _option(name: str) -> Optional[str]:
-    try:
-        import uwsgi
-    except ImportError:
-        return None
-    value = (getattr(uwsgi, "opt", {}) or {}).get(name)
-    if isinstance(value, (list, tuple)):
-        value = value[-1]
-    if isinstance(value, bytes):
-        value = value.decode()
-    return None if value in (None, True) else str(value)
-
-
 def parse_size(text: str) -> int:
     """"64M" -> 67108864 (suffixes K, M, G: powers of 1024). ValueError when not a size."""
     text = text.strip().upper().removesuffix("B")
@@ -83,11 +70,13 @@ def parse_size(text: str) -> int:
 def settings() -> Tuple[int, int]:
     """(messages per channel, total bytes) from the uWSGI options; (0, _) when off.
     ValueError with what to write for a malformed value."""
-    per_channel = _option("uwsgi-ws-history") or "0"
+    from .mule import uwsgi_option
+
+    per_channel = uwsgi_option("uwsgi-ws-history") or "0"
     if not per_channel.strip().isdigit():
         raise ValueError(f"uwsgi-ws-history = {per_channel!r}: write the number of event broadcasts "
                          "to keep per room (0: off)")
-    size = _option("uwsgi-ws-history-size")
+    size = uwsgi_option("uwsgi-ws-history-size")
     try:
         total = parse_size(size) if size else DEFAULT_SIZE
     except ValueError as exc:

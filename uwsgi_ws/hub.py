@@ -32,7 +32,7 @@ else:
         _send_many = None
 from .mule import channel_bytes
 from .protocol import TRY_AGAIN_LATER
-from .sharedarea import BroadcastRing, Lapped, RingError
+from .sharedarea import FLAG_REMOTE, BroadcastRing, Lapped, RingError
 
 #: Close code for a connection that cannot keep up with broadcasts (or whose
 #: worker was lapped by the ring): "try again later".
@@ -41,6 +41,12 @@ _CHUNK = 256  # connections written between yields to other greenlets
 _FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
 LAST_SCAN = 65536  # ring entries looked through for "the last n messages" of a channel
 _BATCH_BYTES = 64 * 1024  # at most this much of consecutive frames in one write to a connection
+
+
+def _local_entries(batch: List[Any], channel: str) -> List[Any]:
+    """The entries of `channel` in `batch` that this instance published (replayable:
+    a bridged entry carries another instance's seq)."""
+    return [e for e in batch if e.channel == channel and not e.flags & FLAG_REMOTE]
 
 
 class Hub:
@@ -207,7 +213,7 @@ class Hub:
                 batch = self.ring.read_range(first, last)
             except Lapped:
                 break
-            out[:0] = [e for e in batch if e.channel == channel and not e.flags & 0x02]
+            out[:0] = _local_entries(batch, channel)
             last = first - 1
         return out[-n:]
 
@@ -218,7 +224,7 @@ class Hub:
             batch = self.ring.read_range(first, min(last, first + 1023))
             if not batch:
                 break
-            out.extend(e for e in batch if e.channel == channel and not e.flags & 0x02)
+            out.extend(_local_entries(batch, channel))
             first = batch[-1].seq + 1
         return out
 

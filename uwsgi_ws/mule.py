@@ -102,16 +102,25 @@ def decode_request(message: bytes) -> tuple:
     return message[start:start + clen].decode("utf-8"), flags, message[start + clen:]
 
 
-def mule_msg_size() -> int:
-    import uwsgi
-
-    value = (getattr(uwsgi, "opt", {}) or {}).get("mule-msg-size")
+def uwsgi_option(name: str) -> Optional[str]:
+    """The value of uWSGI option (or placeholder) `name` as text, the last one when
+    repeated; None when unset, a bare flag, or outside uWSGI."""
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    value = (getattr(uwsgi, "opt", {}) or {}).get(name)
     if isinstance(value, (list, tuple)):
         value = value[-1]
     if isinstance(value, bytes):
         value = value.decode()
+    return None if value in (None, True) else str(value)
+
+
+def mule_msg_size() -> int:
+    value = uwsgi_option("mule-msg-size")
     try:
-        return int(value) if value not in (None, True) else DEFAULT_MULE_MSG_SIZE
+        return int(value) if value is not None else DEFAULT_MULE_MSG_SIZE
     except ValueError:
         return DEFAULT_MULE_MSG_SIZE
 
