@@ -69,7 +69,7 @@ ssl-headers:
 run: $(STAMP)
 	$(UWSGI) --emperor vassals/
 
-# tests/test_proxies.py runs conf/nginx.conf and conf/haproxy.cfg in nginx and
+# tests/test_proxies.py runs uwsgi_ws/conf/nginx.conf and uwsgi_ws/conf/haproxy.cfg in nginx and
 # HAProxy processes of its own on free ports: install the Debian packages when
 # missing (root + apt-get), and stop the system services they may have started.
 proxies:

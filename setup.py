@@ -23,7 +23,7 @@ setup(
     # Optional: the broadcast fan-out writes one buffer to many sockets in C.
     # If it cannot be built the pure-Python path is used (UWSGI_WS_PURE=1 forces it).
     ext_modules=[Extension("uwsgi_ws._speedups", ["uwsgi_ws/_speedups.c"], optional=True)],
-    package_data={"uwsgi_ws": ["py.typed", "static/*"]},
+    package_data={"uwsgi_ws": ["py.typed", "static/*", "conf/*"]},
     include_package_data=False,
     zip_safe=False,
     python_requires=">=3.9",

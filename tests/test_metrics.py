@@ -29,7 +29,7 @@ from wsraw import TEXT, RawWebSocket, http_request, upgrade_request
 
 from uwsgi_ws import metrics
 
-CONF = ROOT / "conf"
+CONF = ROOT / "uwsgi_ws" / "conf"
 WRITE_LIMIT = 64 * 1024
 SUB = "/sub/<channel>"
 

@@ -30,7 +30,7 @@ from uwsgi_ws.metrics import (
     Table,
 )
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parent.parent / "uwsgi_ws" / "conf"
 
 
 def new_table(workers: int = 2, rows: int = 5) -> Table:

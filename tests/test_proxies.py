@@ -30,7 +30,7 @@ from harness import APPS, ROOT, UWSGI, free_port, wait_for
 from metrics_client import http, read_stats, scrape, wait_metrics
 from wsraw import BINARY, TEXT, RawWebSocket, upgrade_request
 
-CONF = ROOT / "conf"
+CONF = ROOT / "uwsgi_ws" / "conf"
 _install_lock = threading.Lock()
 
 
@@ -113,9 +113,9 @@ class Proxy:
 
 VASSAL = """\
 uwsgi:
-  include: {root}/conf/threads.yaml
-  include: {root}/conf/broadcast.yaml
-  include: {root}/conf/metrics.yaml
+  include: {root}/uwsgi_ws/conf/threads.yaml
+  include: {root}/uwsgi_ws/conf/broadcast.yaml
+  include: {root}/uwsgi_ws/conf/metrics.yaml
   socket: 127.0.0.1:{socket_port}
   http-socket: 127.0.0.1:{http_port}
   stats: {stats}
