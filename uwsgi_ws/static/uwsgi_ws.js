@@ -11,7 +11,26 @@
  * rooms exactly once, in order, while the server's ring still holds them; otherwise
  * the "not_recovered" handler gets (room, reason): refetch the state). Falls back to
  * Server-Sent Events (receive only) when the WebSocket never opens.
- * Status: "connecting", "open", "resuming", "closed" (and "sse" on the fallback).
+ * Status: "connecting", "open", "resuming", "closed" (and "sse" on the fallback);
+ * "unauthorized" after a refused attempt, "refused" when the client gave up (below).
+ *
+ * Credentials: `auth` is an object of query parameters ({token: "..."}) or a
+ * function, sync or async, returning one; a function is called before every
+ * (re)connect and every SSE open with {refused: the HTTP status of the last
+ * attempt when it was refused (401, 403, 302 for a redirect), else null;
+ * attempt: consecutive failures}: cache a token, fetch a new one once refused.
+ *   connect("/live", {auth: async ({refused}) => ({token: await token(refused)})})
+ * How a refusal is seen: a browser's WebSocket never shows the HTTP status of a
+ * refused upgrade (a 401 and a dead server both close it before it opens), and
+ * an EventSource closes for good on any HTTP error. So when a WebSocket closes
+ * before it opened, or an SSE source closes for good, the client asks the
+ * server's access policy with the same credentials: GET <path>/sse?probe=1 runs
+ * every check of the endpoint (Origin, before_connect, the SSE rooms, limits)
+ * and answers 204 or the refusal (no stream). 401, 403 or a redirect: a
+ * refusal ("unauthorized"; `auth` is called again before the next try); after
+ * `maxRefusals` (3) refusals in a row the client stops: status "refused", an
+ * "error" event with the server's answer, no more tries until `reconnect()`.
+ * 503 (a connection limit): the next try waits at least its Retry-After.
  */
 (function (root) {
   "use strict";
@@ -21,11 +40,15 @@
     var minDelay = options.minDelay || 500, maxDelay = options.maxDelay || 15000;
     var ackTimeout = options.ackTimeout || 10000;
     var sseAfter = options.sseAfter === undefined ? 2 : options.sseAfter; // failed opens before SSE
+    var maxRefusals = options.maxRefusals || 3; // refused attempts in a row before the client stops
     var handlers = {}, acks = {}, nextId = 1;
     var rooms = {};       // rooms this client joined itself
     var lastSeq = {};     // room ("" for the endpoint-wide stream) -> last seq seen
     var maxSeq = 0, epoch = null;
     var sock = null, source = null, closed = false, attempt = 0, everOpened = false, timer = null;
+    var failedOpens = 0;  // WebSocket opens that failed without a refusal (sseAfter counts these)
+    var refusals = 0, refused = null;  // refused attempts in a row; the last one's HTTP status
+    var sseGen = 0, minWait = 0;  // the current SSE open; the next try's least delay (Retry-After)
 
     function status(s) { if (options.onStatus) { try { options.onStatus(s); } catch (e) { console.error(e); } } }
     function fire(name, args) {
@@ -34,11 +57,68 @@
         try { list[i].apply(null, args); } catch (e) { console.error(e); }
       }
     }
-    function url(p) {
+    function httpUrl(p, params) {
       var loc = root.location, u = new URL(p, loc ? loc.href : undefined);
+      for (var k in params || {}) if (params[k] !== undefined && params[k] !== null) u.searchParams.set(k, String(params[k]));
+      return u;
+    }
+    function url(p, params) {
+      var u = httpUrl(p, params);
       if (u.protocol === "http:") u.protocol = "ws:";
       if (u.protocol === "https:") u.protocol = "wss:";
       return u;
+    }
+    function ssePath() { return path.replace(/\?.*$/, "").replace(/\/$/, "") + "/sse" + (path.match(/\?.*$/) || [""])[0]; }
+
+    // The query parameters of the next attempt: options.auth, or what it returns (a Promise too).
+    function credentials() {
+      var auth = options.auth;
+      if (typeof auth !== "function") return Promise.resolve(auth || {});
+      return new Promise(function (resolve) { resolve(auth({refused: refused, attempt: attempt})); })
+        .then(function (params) { return params || {}; });
+    }
+
+    // Asks the endpoint's access policy whether these credentials may connect (see the top):
+    // resolves {refused: status, message} for 401/403/a redirect, {retryAfter: s} for 503, else {}.
+    function probe(params, withRooms) {
+      if (typeof root.fetch !== "function") return Promise.resolve({});
+      var u = httpUrl(ssePath(), params);
+      if (withRooms) u.searchParams.set("rooms", Object.keys(rooms).join(","));
+      u.searchParams.set("probe", "1");
+      return root.fetch(u.toString(), {credentials: "same-origin", cache: "no-store", redirect: "manual"})
+        .then(function (r) {
+          if (r.type === "opaqueredirect" || r.status === 401 || r.status === 403) {
+            var st = r.status || 302;
+            return r.text().then(function (t) { return {refused: st, message: t.trim()}; },
+                                 function () { return {refused: st, message: ""}; });
+          }
+          if (r.body && r.body.cancel) r.body.cancel().catch(function () {});  // never hold a stream open
+          if (r.status === 503) return {retryAfter: Number(r.headers.get("Retry-After")) || 0};
+          return {};
+        }, function () { return {}; });  // unreachable: an ordinary failure
+    }
+
+    // After an attempt that did not open: a refusal, or an ordinary failure (backoff).
+    function failed(result, websocket) {
+      if (closed) return;
+      if (result.refused) {
+        refusals++;
+        refused = result.refused;
+        status("unauthorized");
+        if (refusals >= maxRefusals) {
+          closed = true;
+          clearTimeout(timer);
+          status("refused");
+          fire("error", ["refused " + refusals + " times in a row (HTTP " + result.refused + ")" +
+                         (result.message ? ": " + result.message : "") + "; stopped: call reconnect() to try again"]);
+          return;
+        }
+      } else {
+        refused = null;
+        if (result.retryAfter) minWait = result.retryAfter * 1000;
+        if (websocket) failedOpens++;
+      }
+      schedule();
     }
 
     function onBroadcast(frame) {
@@ -81,8 +161,10 @@
 
     function schedule() {
       if (closed) return;
+      clearTimeout(timer);  // one pending try at most
       var delay = Math.min(maxDelay, minDelay * Math.pow(2, attempt));
-      delay = delay / 2 + Math.random() * delay / 2; // jitter
+      delay = Math.max(minWait, delay / 2 + Math.random() * delay / 2); // jitter; a 503's Retry-After
+      minWait = 0;
       attempt++;
       timer = setTimeout(open, delay);
     }
@@ -94,17 +176,29 @@
 
     function open() {
       if (closed) return;
-      if (!everOpened && attempt >= sseAfter && typeof root.EventSource === "function") return openSSE();
+      if (!everOpened && failedOpens >= sseAfter && typeof root.EventSource === "function") return openSSE();
       status("connecting");
+      credentials().then(function (params) { if (!closed) openWebSocket(params); },
+                         function (e) { authFailed(e); });
+    }
+
+    function authFailed(e) {  // the auth function threw: its own failure, retried with backoff
+      if (closed) return;
+      fire("error", ["auth failed: " + (e && e.message ? e.message : e)]);
+      schedule();
+    }
+
+    function openWebSocket(params) {
       var resume = epoch !== null;
-      var u = url(path);
+      var u = url(path, params);
       if (resume) u.searchParams.set("resume", "1");
-      var ws;
-      try { ws = new WebSocket(u.toString()); } catch (e) { schedule(); return; }
+      var ws, opened = false;
+      try { ws = new WebSocket(u.toString()); } catch (e) { failed({}, true); return; }
       sock = ws;
       ws.onopen = function () {
+        opened = true;
         everOpened = true;
-        attempt = 0;
+        attempt = 0; refusals = 0; refused = null;
         if (resume) {
           status("resuming");
           var want = {};
@@ -122,14 +216,23 @@
         if (sock !== ws) return;
         sock = null;
         failAcks();
-        status(closed ? "closed" : "connecting");
-        schedule();
+        if (closed) { status("closed"); return; }
+        status("connecting");
+        if (opened) { schedule(); return; }
+        // closed before it opened: refused (401/403/503, invisible here) or unreachable? ask
+        probe(params, false).then(function (result) { if (sock === null) failed(result, true); });
       };
     }
 
     function openSSE() {
+      var gen = ++sseGen;
+      credentials().then(function (params) { if (!closed && gen === sseGen) startSSE(params, gen); },
+                         function (e) { if (gen === sseGen) authFailed(e); });
+    }
+
+    function startSSE(params, gen) {
       if (source) source.close();
-      var u = new URL(path.replace(/\/$/, "") + "/sse", root.location ? root.location.href : undefined);
+      var u = httpUrl(ssePath(), params);
       u.searchParams.set("rooms", Object.keys(rooms).join(","));
       if (epoch !== null) u.searchParams.set("lastEventId", epoch + "-" + maxSeq);
       else {  // nothing seen yet: the rooms' last messages, as join's `last` (one n for all rooms)
@@ -140,20 +243,27 @@
       var es = source = new EventSource(u.toString());
       var names = Object.keys(handlers).concat(["not_recovered"]);
       names.forEach(function (name) {
-        source.addEventListener(name, function (ev) {
+        es.addEventListener(name, function (ev) {
           var frame = JSON.parse(ev.data);
           if (name === "not_recovered" || frame.type === "not_recovered") onFrame(ev.data);
           else onBroadcast(frame);
         });
       });
-      es.onopen = function () { attempt = sseAfter; status("sse"); };  // the backoff starts over
+      es.onopen = function () { attempt = 0; refusals = 0; refused = null; status("sse"); };  // the backoff starts over
       es.onerror = function () {
         if (closed || source !== es) return;
         status("connecting");
-        // The browser retries by itself after a network error, not after an HTTP error
-        // (a proxy's 502 while the app restarts) or another content type: it closes the
-        // source for good. Open a new one, with backoff (open() goes back to openSSE).
-        if (es.readyState === 2) schedule();
+        // The browser retries by itself after a network error (with the same URL, so the
+        // same credentials), not after an HTTP error (a 401, or a proxy's 502 while the
+        // app restarts) or another content type: it closes the source for good. Then ask
+        // whether it was refused, and open a new one with backoff (open() comes back here).
+        // With an auth function every open gets fresh credentials: reopen ourselves.
+        if (es.readyState === 2) {
+          probe(params, true).then(function (result) { if (source === es && gen === sseGen) failed(result, false); });
+        } else if (typeof options.auth === "function") {
+          es.close();
+          schedule();
+        }
       };
     }
 
@@ -183,8 +293,19 @@
         if (sock && sock.readyState === 1) sock.send(JSON.stringify({type: "leave", room: room}));
         else if (source) openSSE();
       },
+      // Start again after "refused" or close() (e.g. once the user has logged in again), or
+      // drop the connection and reconnect with fresh credentials.
+      reconnect: function () {
+        closed = false; refusals = 0; refused = null; attempt = 0;
+        clearTimeout(timer);
+        if (sock) { var s = sock; sock = null; s.close(1000); failAcks(); }
+        if (source) { source.close(); source = null; }
+        sseGen++;
+        open();
+      },
       close: function () {
         closed = true;
+        sseGen++;
         clearTimeout(timer);
         if (sock) sock.close(1000);
         if (source) source.close();
