@@ -5,6 +5,15 @@ The page speaks the event protocol at /live through the browser client
 on join, from the history the broadcast mule keeps); /ws is the plain JSON WebSocket
 ({"name", "text"} in, the same with "time" and "pid" out, one room).
 
+Access: the page logs in (POST /login with a name: the session cookie), gets a
+signed token that expires after CHAT_TOKEN_MAX_AGE seconds (POST /token,
+itsdangerous), and connects to /live with it (the client's `auth` option, asked
+again whenever the server refused the token it has). @ws.before_connect checks it
+for the WebSocket and the SSE stream alike (uwsgi_ws.admission: one policy for
+both); the plain /ws stays open, for command-line clients. Set CHAT_SECRET_KEY
+(the same in every instance) outside a demo: by default a random key is made at
+start, shared by the workers forked from the master (lazy-apps off).
+
 Run it on its own (uWSGI, 2 processes x 16 threads, http://127.0.0.1:8002/),
 with the package installed (`make venv`, then use .venv/bin/python):
 
@@ -21,15 +30,21 @@ or through the Emperor with the other examples: `make run` (vassals/chat.yaml).
 
 import json
 import os
+import secrets
 import time
 
-from flask import Flask
+from flask import Flask, abort, g, request, session
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from uwsgi_ws import WebSocket
 from uwsgi_ws.events import EventError
 
 app = Flask(__name__)
+app.secret_key = os.environ.get("CHAT_SECRET_KEY") or secrets.token_hex(32)
 ws = WebSocket(app)
+
+TOKEN_MAX_AGE = int(os.environ.get("CHAT_TOKEN_MAX_AGE", "300"))  # seconds a token may be used to connect
+tokens = URLSafeTimedSerializer(app.secret_key, salt="chat-live")
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -67,8 +82,26 @@ PAGE = """<!doctype html>
     }
     box.appendChild(div); box.scrollTop = box.scrollHeight;
   };
+  // Log in (the name is the login: a session cookie), then connect with a signed token that
+  // expires: the client calls `auth` before every (re)connect, and with {refused} once the
+  // server refused the token it had (expired): then a fresh one is fetched.
+  let token = null;
+  const login = () => fetch("/login", {method: "POST", body: new URLSearchParams({name: name.value || "guest"})});
+  async function freshToken(refused) {
+    if (token && !refused) return token;
+    let r = await fetch("/token", {method: "POST"});
+    if (r.status === 401) { await login(); r = await fetch("/token", {method: "POST"}); }  // no session yet
+    if (!r.ok) throw new Error("no token: HTTP " + r.status);
+    token = (await r.json()).token;
+    return token;
+  }
   // Reconnects and resumes by itself: every message once, in order (see docs/protocol.md).
-  const live = uwsgiWs.connect("/live", {onStatus: (s) => { document.getElementById("status").textContent = s; }});
+  const live = uwsgiWs.connect("/live", {
+    auth: async ({refused}) => ({token: await freshToken(refused)}),
+    onStatus: (s) => { document.getElementById("status").textContent = s; },
+  });
+  live.on("error", (message) => line([["sys", message]]));
+  name.onchange = () => login().then(() => { token = null; live.reconnect(); });  // a new name: a new login
   let room = roomSel.value;
   const LAST = 50;  // on join, first the room's last messages (the server's history, else its ring)
   live.join(room, {last: LAST});
@@ -101,6 +134,41 @@ PAGE = """<!doctype html>
 @app.route("/")
 def index():
     return PAGE
+
+
+@app.post("/login")
+def login():
+    """A demo login: any name (a real app checks a password). The session cookie remembers it."""
+    name = (request.form.get("name") or "").strip()[:32]
+    if not name:
+        return "400 Bad Request: send name=...\n", 400
+    session["name"] = name
+    return {"name": name}
+
+
+@app.post("/token")
+def token():
+    """A signed token for /live, valid TOKEN_MAX_AGE seconds (POST: a cross-site page can't read it)."""
+    if "name" not in session:
+        return "401 Unauthorized: log in first (POST /login name=...)\n", 401
+    return {"token": tokens.dumps({"name": session["name"]}), "max_age": TOKEN_MAX_AGE}
+
+
+@ws.before_connect
+def check_token():
+    """The page's endpoint (WebSocket /live, SSE /live/sse) needs a valid token; /ws stays open."""
+    if request.path not in ("/live", "/live/sse"):
+        return None
+    value = request.args.get("token")
+    if not value:
+        abort(401, "no token: POST /login, then POST /token, then connect with ?token=...")
+    try:
+        g.user = tokens.loads(value, max_age=TOKEN_MAX_AGE)["name"]
+    except SignatureExpired:
+        abort(401, "token expired: get a new one (POST /token)")
+    except BadSignature:
+        abort(403, "bad token")
+    return None
 
 
 @ws.route("/ws")
@@ -144,7 +212,7 @@ def may_join(conn, room):
 def say(conn, data):
     if not isinstance(data, dict) or data.get("room") not in ROOMS or not isinstance(data.get("text"), str):
         raise EventError(f"send {{room: one of {list(ROOMS)}, name, text}}")
-    live.emit("said", {"name": str(data.get("name", "guest"))[:32], "text": data["text"][:2000],
+    live.emit("said", {"name": g.user, "text": data["text"][:2000],  # who the token says
                        "time": time.time(), "pid": os.getpid()}, to=data["room"])
     return {"ok": True}
 
