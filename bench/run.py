@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -33,14 +34,17 @@ from typing import Any
 from harness.client import run_client
 from harness.proc import (ManagedProcess, free_port, peak_rss_mib, pss_mib, stop_all,
                           wait_http)
+from harness.profile import Profiler, process_names
 from harness.report import aggregate, machine_line, markdown
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+REPO = BENCH.parent  # the uwsgi_ws checkout the uwsgi_ws servers import (--repo to change)
 VENV = Path(os.environ.get("BENCH_VENV", BENCH / ".venv"))
 SRV = BENCH / "servers"
 RESULTS = BENCH / "results"
 BASELINE = "websockets"
+FLOOR = "prototype"  # the frame-once prototype: every ratio is also given against it
+QUICK_SERVERS = ("prototype", "websockets", "uwsgi_ws", "uwsgi_ws-threads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,7 @@ class ServerSpec:
     """How to launch one server under test.
 
     ``cmd`` items are ``str.format``-ed with: port, py, uwsgi, gunicorn, srv,
-    repo, gevent (async cores for single-process gevent servers), threads
+    repo, mule (the checkout's mule entry point), gevent (async cores for single-process gevent servers), threads
     (worker threads for thread-per-connection servers), conns.
     """
 
@@ -64,12 +68,13 @@ class ServerSpec:
 # All server command lines live here. Additions to the command lines given in
 # the brief, applied to every uWSGI server alike: --listen 1024 (backlog for
 # 1000 simultaneous connects), --need-app (fail at startup instead of serving
-# 500s), --disable-logging (no access log; no server here logs requests).
+# 500s), --disable-logging (no access log; no server here logs requests),
+# --auto-procname (names the processes "uWSGI worker 1", "uWSGI mule 1": profiles).
 # uWSGI declares --mule and --mule-msg-size with an *optional* argument, so
 # they must be written --opt=value (with a space uWSGI takes the value for a
 # config file name and exits).
 UWSGI = ("{uwsgi}", "--master", "--http-socket", "127.0.0.1:{port}", "--listen", "1024",
-         "--need-app", "--disable-logging")
+         "--need-app", "--disable-logging", "--auto-procname")
 SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
     ServerSpec("websockets", ("{py}", "{srv}/websockets_server.py", "{port}"),
                note="websockets asyncio broadcast(), POST sniffed on the same port"),
@@ -84,16 +89,19 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
                                                  "--wsgi-file", "{srv}/flask_uwsgi_ws_server.py",
                                                  "--callable", "app"),
                note="Flask-uWSGI-WebSocket 0.6.1 GeventWebSocket (patched for Flask 3)"),
+    ServerSpec("prototype", UWSGI + ("--processes", "1", "--gevent", "{gevent}",
+                                     "--wsgi-file", "{srv}/prototype_server.py"),
+               note="frame-once prototype: raw WSGI, 1 gevent worker, os.write to every fd"),
     ServerSpec("uwsgi-raw", UWSGI + ("--processes", "1", "--gevent", "{gevent}",
                                      "--wsgi-file", "{srv}/uwsgi_raw_server.py"),
                note="raw uwsgi.websocket_* API, gevent, no Flask"),
     ServerSpec("uwsgi_ws", UWSGI + ("--processes", "2", "--gevent", "1000", "--sharedarea", "4096",
-                                    "--mule=uwsgi_ws.mule:run", "--mule-msg-size=65536",
+                                    "--mule={mule}", "--mule-msg-size=65536",
                                     "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
                                     "--pythonpath", "{repo}"),
                note="our package, 2 gevent workers + mule"),
     ServerSpec("uwsgi_ws-threads", UWSGI + ("--processes", "2", "--threads", "600",
-                                            "--sharedarea", "4096", "--mule=uwsgi_ws.mule:run",
+                                            "--sharedarea", "4096", "--mule={mule}",
                                             "--mule-msg-size=65536",
                                             "--wsgi-file", "{srv}/uwsgi_ws_app.py",
                                             "--callable", "app", "--pythonpath", "{repo}"),
@@ -166,12 +174,17 @@ def metrics_from(result: dict[str, Any], rss: float, pss: float) -> dict[str, An
     if lat:
         m.update(p50_ms=lat["p50_ms"], p99_ms=lat["p99_ms"], lat_lost=lat["lost"],
                  lat_max_ms=lat["max_ms"])
+        got = lat["expected"] - lat["lost"]
+        if result.get("server_lat_cpu_s") is not None and got:
+            m["lat_cpu_us_per_delivery"] = result["server_lat_cpu_s"] * 1e6 / got
     return m
 
 
 def run_one(spec: ServerSpec, scen: Scenario, rnd: int, fmt: dict[str, Any], quick: bool,
-            logdir: Path) -> dict[str, Any]:
-    """Start ``spec``, run ``scen`` against it, stop it; return a record."""
+            logdir: Path, profile: str | None = None) -> dict[str, Any]:
+    """Start ``spec``, run ``scen`` against it, stop it; return a record. With ``profile``
+    ("py-spy" or "perf") the server's processes are sampled over the throughput phase
+    and the summary is written to ``<logdir>/<tag>.profile.txt``."""
     rec: dict[str, Any] = {"round": rnd, "server": spec.name, "scenario": scen.name,
                            "status": "ok", "reason": "", "metrics": {}}
     if scen.clients > spec.max_clients:
@@ -188,8 +201,25 @@ def run_one(spec: ServerSpec, scen: Scenario, rnd: int, fmt: dict[str, Any], qui
         except RuntimeError as exc:
             rec.update(status="skipped", reason=f"startup failed ({exc}): {server.log_error()}")
             return rec
+        profiler = Profiler(profile, logdir, tag, Path(fmt["py"]).parent) if profile else None
+
+        def on_mark(event: str) -> None:
+            if profiler is None:
+                return
+            if event == "tp_start":
+                pids = server.pids()
+                profiler.start(pids, process_names(pids))
+            elif event == "tp_end":
+                profiler.stop()
+
         result = run_client(client_config(f"http://127.0.0.1:{port}", spec, scen, quick),
-                            server, timeout=200, log=logdir / f"{tag}.client.log")
+                            server, timeout=200, log=logdir / f"{tag}.client.log", on_mark=on_mark)
+        if profiler is not None:
+            profiler.stop()
+            summary = logdir / f"{tag}.profile.txt"
+            summary.write_text(profiler.top())
+            rec["profile"] = str(summary)
+            print(f"  profile: {summary}", file=sys.stderr)
         pids = server.pids()
         rss, pss = peak_rss_mib(pids), pss_mib(pids)
         if result.get("error"):
@@ -223,16 +253,24 @@ def progress(rec: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 round, N=100 only, small M")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma list, default all: %(default)s")
+    p.add_argument("--quick", action="store_true",
+                   help=f"1 round, N=100 only, small M, servers {','.join(QUICK_SERVERS)} unless --servers")
+    p.add_argument("--servers", default=None, help=f"comma list, default all: {','.join(SERVERS)}")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
     p.add_argument("--clients", type=ints, default=None, help="comma list of N (default 100,1000)")
     p.add_argument("--sizes", type=ints, default=None, help="payload bytes (default 100,16384)")
+    p.add_argument("--repo", type=Path, default=REPO,
+                   help="checkout whose uwsgi_ws package the uwsgi_ws servers run (default: this one), "
+                        "e.g. a `git worktree` of an older commit for a before/after comparison")
+    p.add_argument("--profile", choices=["py-spy", "perf"], default=None,
+                   help="sample the servers over the throughput phase (their CPU numbers then include "
+                        "the sampler's disturbance; the summaries go next to the logs)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.clients = args.clients or ([100] if args.quick else [100, 1000])
     args.sizes = args.sizes or [100, 16384]
-    args.servers = [s for s in args.servers.split(",") if s]
+    args.servers = [s for s in (args.servers or ",".join(QUICK_SERVERS if args.quick else SERVERS)).split(",")
+                    if s]
     unknown = [s for s in args.servers if s not in SERVERS]
     if unknown:
         p.error(f"unknown servers {unknown}; known: {', '.join(SERVERS)}")
@@ -246,16 +284,27 @@ def check_setup() -> None:
         sys.exit(f"missing {missing or 'node'}: run `bash bench/setup.sh` first")
 
 
-def repo_state() -> str:
-    """Short commit of the repository, flagged when uwsgi_ws/ has local changes."""
+def repo_state(repo: Path) -> str:
+    """Short commit of the checkout, flagged when its uwsgi_ws/ has local changes."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
                                   text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
     commit = git("rev-parse", "--short", "HEAD") or "?"
-    return commit + (" + uncommitted uwsgi_ws/ changes" if git("status", "--porcelain", "--", "uwsgi_ws") else "")
+    return str(repo) + " at " + commit + (" + uncommitted uwsgi_ws/ changes" if git("status", "--porcelain", "--", "uwsgi_ws") else "")
+
+
+def mule_entry(repo: Path) -> str:
+    """The checkout's broadcast mule entry point: uwsgi_ws.mule:run until the broadcast
+    moved into uwsgi_ws/broadcast/ (issue 11), uwsgi_ws.broadcast.mule:run after."""
+    return "uwsgi_ws.mule:run" if (repo / "uwsgi_ws" / "mule.py").exists() else "uwsgi_ws.broadcast.mule:run"
+
+
+def load1() -> float:
+    """The 1-minute load average now."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,15 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = build_scenarios(args.clients, args.sizes, args.quick)
     max_n = max(args.clients)
     fmt = {"py": VENV / "bin" / "python", "uwsgi": VENV / "bin" / "uwsgi",
-           "gunicorn": VENV / "bin" / "gunicorn", "srv": SRV, "repo": REPO,
-           "gevent": max(1000, max_n + 100), "threads": max_n + 64, "conns": 2 * max_n + 100}
+           "gunicorn": VENV / "bin" / "gunicorn", "srv": SRV, "repo": args.repo.resolve(),
+           "mule": mule_entry(args.repo.resolve()), "gevent": max(1000, max_n + 100),
+           "threads": max_n + 64, "conns": 2 * max_n + 100}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     logdir = RESULTS / "logs" / stamp
     logdir.mkdir(parents=True, exist_ok=True)
     machine = machine_line(VENV)
-    commit = repo_state()
+    commit = repo_state(args.repo.resolve())
     print(f"machine: {machine}\nlogs: {logdir}", file=sys.stderr)
     records: list[dict[str, Any]] = []
+    loads: list[float] = []
     load0 = Path("/proc/loadavg").read_text().split()[0]
     started = time.monotonic()
     try:
@@ -286,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             order = args.servers[shift:] + args.servers[:shift]
             for scen in scenarios:
                 for name in order:
-                    rec = run_one(SERVERS[name], scen, rnd, fmt, args.quick, logdir)
+                    load = load1()
+                    rec = run_one(SERVERS[name], scen, rnd, fmt, args.quick, logdir, args.profile)
+                    rec["load1"] = load
+                    loads.append(load)
                     records.append(rec)
                     print(progress(rec), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -297,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     order_key = {n: i for i, n in enumerate(args.servers)}
     records.sort(key=lambda r: ([s.name for s in scenarios].index(r["scenario"]),
                                 order_key[r["server"]], r["round"]))
-    rows = aggregate(records, BASELINE)
+    rows = aggregate(records, BASELINE, FLOOR)
     header = [
         f"# uwsgi_ws broadcast benchmark — {stamp}",
         "",
@@ -306,9 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         f"servers restarted for every scenario, wall time {elapsed / 60:.1f} min",
         f"- load average before/after: {load0} / {Path('/proc/loadavg').read_text().split()[0]} "
         "(the client shares the 2 cores with the server; other work on the machine skews results)",
-        f"- repository at {commit}",
+        f"- uwsgi_ws from {commit}",
         f"- command: `{' '.join(['python bench/run.py', *(argv if argv is not None else sys.argv[1:])])}`",
-        "- ratios (×ws) are against the `websockets` row of the same scenario",
+        "- ratios: ×ws against the `websockets` row, ×proto against the frame-once `prototype` row "
+        "of the same scenario and run",
+        *([f"- PROFILED with {args.profile}: CPU numbers include the sampler's disturbance"]
+          if args.profile else []),
+        f"- 1-min load average at the start of each run: min {min(loads, default=0):.1f}, "
+        f"median {statistics.median(loads) if loads else 0:.1f}, max {max(loads, default=0):.1f}",
     ]
     report = markdown(rows, header)
     RESULTS.mkdir(exist_ok=True)

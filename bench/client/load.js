@@ -20,7 +20,8 @@
  * -> optional latency phase (`L%08d|<send ms>|pad` at a fixed rate).
  *
  * stdout: one JSON object per line. `{"event":"tp_start"}` and
- * `{"event":"tp_end"}` bracket the throughput phase; when config.sync is true
+ * `{"event":"tp_end"}` bracket the throughput phase, `lat_start`/`lat_end`
+ * the latency phase; when config.sync is true
  * the client then waits for one line on stdin before going on (so the
  * orchestrator can sample server CPU exactly at the boundaries). The last line
  * is `{"event":"result", ...}` (with an "error" key if the run failed).
@@ -330,6 +331,8 @@ async function latency(subs) {
   resetPhase(subs, L);
   stats.lat.samples = new Float64Array(L * N);
   stats.phase = 'lat';
+  emit({ event: 'lat_start' });
+  await waitGo();
   const t0 = now();
   stats.lastRecv = t0;
   let accepted = 0;
@@ -343,6 +346,8 @@ async function latency(subs) {
   await Promise.all(inflight);
   await waitFor(() => stats.lat.unique >= accepted * N, cfg.drainSeconds, cfg.quietSeconds);
   stats.phase = 'idle';
+  emit({ event: 'lat_end' });
+  await waitGo();
   const sorted = stats.lat.samples.slice(0, stats.lat.n).sort();
   let sum = 0;
   for (const v of sorted) sum += v;

@@ -2,10 +2,11 @@
 
 Contract: :func:`run_client` starts ``node client/load.js <config>`` in sync
 mode, samples the server's process-tree CPU at the client's ``tp_start`` and
-``tp_end`` events (the client waits for our "go" line in between), and
-returns the client's final ``result`` object augmented with
-``server_cpu_s`` (CPU seconds of the whole server tree over the throughput
-phase) and ``client_proc_cpu_s``. It never waits longer than ``timeout``;
+``tp_end`` events, and at ``lat_start``/``lat_end`` (the client waits for
+our "go" line after each), and returns the client's final ``result`` object
+augmented with ``server_cpu_s`` (CPU seconds of the whole server tree over
+the throughput phase), ``client_proc_cpu_s`` and ``server_lat_cpu_s`` (the
+same over the latency phase, when there is one). It never waits longer than ``timeout``;
 the client process group is always killed on exit.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .proc import ManagedProcess, cpu_seconds
 
@@ -30,8 +31,10 @@ def _reader(stream: Any, out: "queue.Queue[str | None]") -> None:
     out.put(None)
 
 
-def run_client(config: dict[str, Any], server: ManagedProcess, timeout: float, log: Path) -> dict[str, Any]:
-    """Run one client session; see the module docstring."""
+def run_client(config: dict[str, Any], server: ManagedProcess, timeout: float, log: Path,
+               on_mark: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Run one client session; see the module docstring. ``on_mark(event)`` is called
+    at each phase boundary before the CPU sample (e.g. to start or stop a profiler)."""
     cfg = {**config, "sync": True, "maxSeconds": max(10, int(timeout) - 5)}
     client = ManagedProcess(
         ["node", str(LOAD_JS), json.dumps(cfg)],
@@ -63,7 +66,9 @@ def run_client(config: dict[str, Any], server: ManagedProcess, timeout: float, l
             except json.JSONDecodeError:
                 continue
             event = msg.get("event")
-            if event in ("tp_start", "tp_end"):
+            if event in ("tp_start", "tp_end", "lat_start", "lat_end"):
+                if on_mark is not None:
+                    on_mark(event)
                 pids = server.pids()
                 marks[event] = cpu_seconds(pids)
                 marks[event + "_client"] = cpu_seconds([client.pid])
@@ -76,6 +81,8 @@ def run_client(config: dict[str, Any], server: ManagedProcess, timeout: float, l
     if "tp_start" in marks and "tp_end" in marks:
         result["server_cpu_s"] = marks["tp_end"] - marks["tp_start"]
         result["client_proc_cpu_s"] = marks["tp_end_client"] - marks["tp_start_client"]
+    if "lat_start" in marks and "lat_end" in marks:
+        result["server_lat_cpu_s"] = marks["lat_end"] - marks["lat_start"]
     if "error" in result and result.get("error") and log.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         if tail:
