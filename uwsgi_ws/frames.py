@@ -16,11 +16,15 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 _FIN = 0x80
+_RSV1 = 0x40
 
 
-def encode(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """One unmasked frame: header followed by `payload`."""
-    first = (_FIN if fin else 0) | opcode
+def encode(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
+    """One unmasked frame: header followed by `payload`.
+
+    `rsv1` marks the first frame of a compressed message (RFC 7692 section 6).
+    """
+    first = (_FIN if fin else 0) | (_RSV1 if rsv1 else 0) | opcode
     n = len(payload)
     if n < 126:
         header = bytes((first, n))
@@ -52,3 +56,9 @@ def close_payload(code: int | None, reason: str = "") -> bytes:
 def header_size(payload_len: int) -> int:
     """How many bytes `encode` puts before a payload of this length."""
     return 2 if payload_len < 126 else 4 if payload_len < 0x10000 else 10
+
+
+def payload(frame: bytes) -> bytes:
+    """The payload of one unmasked, single frame made by `encode` (the ring's frames)."""
+    n = frame[1] & 0x7F
+    return frame[2 if n < 126 else 4 if n == 126 else 10:]

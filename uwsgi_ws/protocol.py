@@ -5,8 +5,10 @@ Sans-I/O: bytes go in with `receive_data`, events come out of
 of sockets, uWSGI or Flask. Frame parsing, unmasking and incremental UTF-8
 validation are wsproto's frame layer; this module adds the connection state
 machine, message reassembly, the message size limit, automatic pongs and the
-closing handshake. One instance per connection; not thread-safe (the caller
-serialises access).
+closing handshake. With permessage-deflate negotiated (`deflate.DeflateParams`)
+inbound messages are inflated within the size limit and `frame_message`
+compresses outbound ones (uwsgi_ws/deflate.py). One instance per connection;
+not thread-safe (the caller serialises access).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from wsproto.frame_protocol import (
 )
 
 from . import frames
+from .deflate import DeflateParams, PerMessageDeflate
 
 # Close codes used by the engine (RFC 6455 section 7.4.1).
 NORMAL = 1000
@@ -75,11 +78,15 @@ Event = Union[Message, Ping, Pong, Close]
 
 class _LimitedDecoder(FrameDecoder):
     """wsproto's frame decoder, refusing a message as soon as a header announces
-    more bytes than the limit allows (before any of the payload arrives)."""
+    more bytes than the limit allows (before any of the payload arrives).
 
-    def __init__(self, max_message_size: Optional[int]) -> None:
-        super().__init__(client=False, extensions=[])
+    A compressed message is bounded by its inflated size (deflate.py); its
+    wire size only by the limit plus DEFLATE's worst-case growth."""
+
+    def __init__(self, max_message_size: Optional[int], deflate: Optional[PerMessageDeflate] = None) -> None:
+        super().__init__(client=False, extensions=[deflate] if deflate is not None else [])
         self.max_message_size = max_message_size
+        self._deflate = deflate
         self._message_bytes = 0
 
     def parse_header(self) -> bool:
@@ -91,7 +98,10 @@ class _LimitedDecoder(FrameDecoder):
             if header.opcode is not Opcode.CONTINUATION:
                 self._message_bytes = 0
             self._message_bytes += header.payload_len
-            if self._message_bytes > self.max_message_size:
+            limit = self.max_message_size
+            if self._deflate is not None and self._deflate.inbound_compressed:
+                limit += (limit >> 10) + 64  # stored blocks: 5 bytes per 64 KiB at worst
+            if self._message_bytes > limit:
                 raise ParseFailed(
                     f"message of at least {self._message_bytes} bytes exceeds "
                     f"the limit of {self.max_message_size} bytes",
@@ -103,13 +113,22 @@ class _LimitedDecoder(FrameDecoder):
 class Protocol:
     """Server side of one WebSocket connection after the opening handshake.
 
-    `max_message_size` bounds a reassembled data message (close 1009 above it);
-    None means unbounded. Not thread-safe.
+    Args:
+        max_message_size: bound in bytes on a reassembled data message, inflated
+            size for a compressed one (close 1009 above it); None: unbounded.
+        deflate: the permessage-deflate parameters the handshake negotiated
+            (handshake.negotiate_deflate), or None.
+
+    Not thread-safe.
     """
 
-    def __init__(self, max_message_size: Optional[int] = 1 << 20) -> None:
-        self._frames = FrameProtocol(client=False, extensions=[])
-        self._frames._frame_decoder = _LimitedDecoder(max_message_size)
+    def __init__(self, max_message_size: Optional[int] = 1 << 20,
+                 deflate: Optional[DeflateParams] = None) -> None:
+        #: The permessage-deflate codec, or None when not negotiated.
+        self.deflate = PerMessageDeflate(deflate, max_message_size) if deflate is not None else None
+        extensions = [self.deflate] if self.deflate is not None else []
+        self._frames = FrameProtocol(client=False, extensions=extensions)
+        self._frames._frame_decoder = _LimitedDecoder(max_message_size, self.deflate)
         self.state = State.OPEN
         self.close_code: Optional[int] = None
         self.close_reason = ""
@@ -201,6 +220,31 @@ class Protocol:
             raise ValueError("a ping payload is at most 125 bytes")
         if self.state is State.OPEN:
             self._out.append(frames.encode(frames.OP_PING, bytes(payload)))
+
+    def frame_message(self, data: Union[str, bytes, bytearray, memoryview]) -> bytes:
+        """The frame for a data message: text for `str`, binary for bytes-like;
+        compressed when permessage-deflate is negotiated and the payload has at
+        least `compression_min_size` bytes.
+
+        With context takeover each compressed message depends on the previous
+        ones: write the frames in the order this returns them (call it under
+        the lock that orders the connection's writes). Thread-safety: outbound
+        state only, independent of `receive_data`.
+        """
+        if isinstance(data, str):
+            opcode, payload = frames.OP_TEXT, data.encode("utf-8")
+        else:
+            opcode, payload = frames.OP_BINARY, bytes(data)
+        if self.deflate is None:
+            return frames.encode(opcode, payload)
+        return self.deflate.encode(opcode, payload)
+
+    def shared_frame_sent(self) -> None:
+        """A frame compressed once for many connections (deflate.SharedDeflater)
+        was queued: see `PerMessageDeflate.shared_frame_sent`. Same ordering
+        rule as `frame_message`."""
+        if self.deflate is not None:
+            self.deflate.shared_frame_sent()
 
     def data_to_send(self) -> bytes:
         """Bytes the engine wants written (pongs, close frames), in order."""

@@ -16,7 +16,9 @@ AssertionError (never anything else) when a property fails:
 - close codes in Close events are RFC 6455 codes (1005/1006 for "none"/"lost");
 - a failed connection (protocol error, size) has sent its close frame;
 - how the bytes were cut into reads changes nothing (events and output alike,
-  close reasons aside: they are prose).
+  close reasons aside: they are prose);
+- the same with permessage-deflate negotiated (`deflate`): RSV1 frames are
+  inflated, and the limit holds for the inflated messages.
 
 `frame()` builds client frames; `expected()` is the reference model for
 well-formed streams built from `Op`s.
@@ -29,6 +31,7 @@ import struct
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from uwsgi_ws.deflate import DeflateParams
 from uwsgi_ws.protocol import Close, Message, Ping, Pong, Protocol, State
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -87,10 +90,11 @@ def server_frames(out: bytes) -> List[Tuple[bool, int, bytes]]:
 # -- running the engine --------------------------------------------------------------
 
 
-def run(data: bytes, max_message_size: Optional[int], cuts: Sequence[int] = ()) -> Tuple[list, bytes, Protocol]:
+def run(data: bytes, max_message_size: Optional[int], cuts: Sequence[int] = (),
+        deflate: Optional[DeflateParams] = None) -> Tuple[list, bytes, Protocol]:
     """Feed `data` cut at the `cuts` offsets, then the end of stream; (events, output, engine).
-    Checks the per-read properties on the way."""
-    p = Protocol(max_message_size)
+    Checks the per-read properties on the way. `deflate`: permessage-deflate negotiated."""
+    p = Protocol(max_message_size, deflate)
     events: list = []
     out = b""
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(data)), len(data)]
@@ -109,12 +113,14 @@ def run(data: bytes, max_message_size: Optional[int], cuts: Sequence[int] = ()) 
     return events, out, p
 
 
-def check(data: bytes, max_message_size: Optional[int] = 1 << 20, cuts: Sequence[int] = ()) -> Tuple[list, bytes]:
-    """Every property above for `data`; returns (events, output) of the whole-input run."""
-    events, out, p = run(data, max_message_size)
+def check(data: bytes, max_message_size: Optional[int] = 1 << 20, cuts: Sequence[int] = (),
+          deflate: Optional[DeflateParams] = None) -> Tuple[list, bytes]:
+    """Every property above for `data`; returns (events, output) of the whole-input run.
+    With `deflate` (permessage-deflate negotiated) the limit is on inflated sizes."""
+    events, out, p = run(data, max_message_size, (), deflate)
     check_result(events, out, p, max_message_size)
     if cuts:
-        cut_events, cut_out, _ = run(data, max_message_size, cuts)
+        cut_events, cut_out, _ = run(data, max_message_size, cuts, deflate)
         assert _comparable(cut_events) == _comparable(events), "cutting the input differently changed the events"
         assert _written(cut_out) == _written(out), "cutting the input differently changed the output"
     return events, out
@@ -163,10 +169,11 @@ def check_result(events: list, out: bytes, p: Protocol, max_message_size: Option
         assert closes[0].code == p.pending_close[0]
 
 
-def check_any(data: bytes, max_message_size: Optional[int], cuts: Sequence[int]) -> None:
+def check_any(data: bytes, max_message_size: Optional[int], cuts: Sequence[int],
+              deflate: Optional[DeflateParams] = None) -> None:
     """`check`, with any exception turned into an AssertionError naming it (for fuzzers)."""
     try:
-        check(data, max_message_size, cuts)
+        check(data, max_message_size, cuts, deflate)
     except AssertionError:
         raise
     except Exception as exc:  # receive_data raised, or the output is not decodable
