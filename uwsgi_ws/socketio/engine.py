@@ -1,0 +1,165 @@
+"""python-engineio driven by uwsgi_ws: its WebSocket transport runs on our engine.
+
+python-engineio picks its concurrency primitives from a driver table
+(``Server._async``: thread, queue, event, sleep and a ``websocket`` class).
+`EngineServer` starts from engineio's own ``threading`` or ``gevent`` table,
+whichever matches the uWSGI model, and replaces the ``websocket`` entry with
+`ConnectionWebSocket`, which wraps a `uwsgi_ws.Connection` (our protocol
+engine on a socket we own after the handshake; never uWSGI's WebSocket API).
+
+Session ids name their worker: ``<worker id>.<engineio's random id>``, so a
+request that reaches another worker can be handed to the owner
+(`uwsgi_ws.socketio.handoff`). Socket.IO namespace sids come from the same
+generator and carry the owner too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import engineio
+
+from ..connection import ConnectionClosed
+
+log = logging.getLogger("uwsgi_ws.socketio.engine")
+
+#: WSGI environ key holding the `uwsgi_ws.Connection` the WebSocket transport runs on.
+CONNECTION_KEY = "uwsgi_ws.socketio.connection"
+#: Or a callable returning it, called when engineio decides to upgrade (a handed-off socket).
+CONNECTION_FACTORY_KEY = "uwsgi_ws.socketio.connection_factory"
+
+
+def uwsgi_model() -> str:
+    """The concurrency model of the running uWSGI ("threads", "gevent" or "async";
+    "threads" outside uWSGI)."""
+    try:
+        import uwsgi
+    except ImportError:
+        return "threads"
+    opt = getattr(uwsgi, "opt", {}) or {}
+    loop = getattr(uwsgi, "loop", None)
+    if isinstance(loop, bytes):
+        loop = loop.decode()
+    if loop == "gevent" or "gevent" in opt:
+        return "gevent"
+    if "async" in opt or "ugreen" in opt:
+        return "async"
+    return "threads"
+
+
+def worker_id() -> int:
+    """This process's uWSGI worker id (1-based), 0 outside a uWSGI worker.
+    Plain data: safe from any thread or greenlet."""
+    try:
+        import uwsgi
+    except ImportError:
+        return 0
+    try:
+        return int(uwsgi.worker_id())
+    except Exception:  # a mule or the master
+        return 0
+
+
+def owner_of(sid: str) -> Optional[int]:
+    """The worker id encoded in session id `sid`, None when it carries none."""
+    head, dot, _ = sid.partition(".")
+    if not dot or not head.isdigit():
+        return None
+    return int(head)
+
+
+class ConnectionWebSocket:
+    """engineio's ``websocket`` driver class over a `uwsgi_ws.Connection`.
+
+    engineio calls ``ConnectionWebSocket(handler, server)(environ, start_response)``
+    when a request upgrades; the connection is in ``environ[CONNECTION_KEY]``
+    (put there by the route). Its first use sends the 101, so anything engineio
+    refuses before reading is still answered with plain HTTP. `wait` and `send`
+    may run in two threads/greenlets at once (engineio's reader and writer):
+    the Connection is thread-safe for that.
+    """
+
+    def __init__(self, handler: Callable[["ConnectionWebSocket"], Any], server: Any) -> None:
+        self.app = handler
+        self.server = server
+        self.conn: Any = None
+        self.environ: Dict[str, Any] = {}
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        conn = environ.get(CONNECTION_KEY)
+        if conn is None and CONNECTION_FACTORY_KEY in environ:
+            conn = environ[CONNECTION_FACTORY_KEY]()
+        if conn is None:
+            raise RuntimeError("the Socket.IO WebSocket transport runs on a uwsgi_ws route: "
+                               "create the server with uwsgi_ws.socketio.SocketIO(app)")
+        self.conn, self.environ = conn, environ
+        return self.app(self)
+
+    def wait(self) -> Union[str, bytes, None]:
+        """The next message; None once the connection is closed."""
+        try:
+            return self.conn.receive()  # type: ignore[no-any-return]
+        except ConnectionClosed:
+            return None
+
+    def send(self, message: Union[str, bytes]) -> None:
+        """Send one Engine.IO packet. Raises OSError once closed (engineio's writer stops)."""
+        try:
+            self.conn.send(message)
+        except ConnectionClosed as exc:
+            raise OSError(str(exc)) from None
+
+    def close(self) -> None:
+        """Close with 1000 (waits for the peer's close frame up to close_timeout)."""
+        try:
+            self.conn.close()
+        except ConnectionClosed:
+            pass
+
+
+class EngineServer(engineio.Server):
+    """An engineio.Server whose WebSocket transport is `ConnectionWebSocket` and whose
+    session ids carry the owning worker. `async_mode` reads ``"uwsgi_ws"``;
+    `model` is the uWSGI model ("threads" or "gevent") the primitives follow.
+    Other keyword arguments are engineio's (ping_interval, cors_allowed_origins, ...).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        requested = kwargs.pop("async_mode", None)
+        if requested not in (None, "uwsgi_ws", "threading", "gevent", "gevent_uwsgi"):
+            raise ValueError(f"async_mode={requested!r} is not available here: uwsgi_ws.socketio runs on uWSGI "
+                             "(threads or gevent, read from the uWSGI options); leave async_mode out")
+        model = uwsgi_model()
+        if model == "async":
+            raise ValueError("uwsgi_ws.socketio needs background tasks: run uWSGI with --threads or --gevent, "
+                             "not --async/--ugreen")
+        self.model = model
+        super().__init__(async_mode="gevent" if model == "gevent" else "threading", **kwargs)
+        self._async = dict(self._async, websocket=ConnectionWebSocket)
+        self.async_mode = "uwsgi_ws"
+
+    def generate_id(self) -> str:
+        """``<worker id>.<random>``: the owner of a session is readable from its id."""
+        return f"{worker_id()}.{super().generate_id()}"
+
+
+def answer(status: str, headers: List[Any], body: List[bytes]) -> Dict[str, Any]:
+    """A collected WSGI answer (what `handle` returns)."""
+    return {"status": status, "headers": headers, "body": b"".join(body)}
+
+
+def handle(eio: EngineServer, environ: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Run engineio on `environ`; the HTTP answer it gave ({status, headers, body}),
+    or None when the request became a WebSocket (the answer was the 101)."""
+    started: List[Any] = []
+
+    def start_response(status: str, headers: List[Any], exc_info: Any = None) -> Callable[[bytes], None]:
+        started[:] = [status, list(headers)]
+        return lambda data: None
+
+    body = eio.handle_request(environ, start_response)
+    if not started:
+        return None
+    return answer(started[0], started[1], list(body or []))
+

@@ -1,0 +1,381 @@
+"""`SocketIO`: Flask-SocketIO's API, served by uwsgi_ws under uWSGI.
+
+Flask-SocketIO's own `SocketIO` class does the Flask side (handlers in a
+request context, `request.sid`, the managed session, `emit`/`send`/`call`,
+`test_client`); this subclass changes what is under it:
+
+- the server is python-socketio's, on `engine.EngineServer` (Engine.IO's
+  WebSocket transport on our protocol engine, never uWSGI's);
+- the client manager is `manager.BroadcastManager` (emits, rooms, acks across
+  workers through the mule and the ring; no Redis);
+- requests reach Engine.IO through Flask routes on ``/<path>/``: the WebSocket
+  upgrade on a uwsgi_ws route (``ws.route``), polling on a plain view;
+- a request for a session of another worker is handed to it (`handoff`).
+
+Differences from Flask-SocketIO are listed in docs/socketio.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Union
+from urllib.parse import parse_qs
+
+import flask
+import flask_socketio
+import socketio
+from flask import Flask, Response, request
+
+from .. import handshake
+from ..connection import Connection
+from . import engine, handoff
+from .listener import ChannelListener, subscribe
+from .manager import BroadcastManager
+
+log = logging.getLogger("uwsgi_ws.socketio")
+
+_FLASK_SOCKETIO_RUN_ONLY = ("use_reloader", "reloader_options", "log_output", "allow_unsafe_werkzeug",
+                            "extra_files", "keyfile", "certfile", "log_format")
+_CONNECTION_OPTIONS = ("max_message_size", "ping_interval", "ping_timeout", "close_timeout", "max_queue",
+                       "write_limit")
+
+
+class Server(socketio.Server):  # type: ignore[misc]
+    """python-socketio's Server on `engine.EngineServer`."""
+
+    def _engineio_server_class(self) -> Any:
+        return engine.EngineServer
+
+
+def _origins(cors: Any) -> Union[None, str, List[str]]:
+    """Flask-SocketIO's `cors_allowed_origins` as a uwsgi_ws origin policy
+    (engineio checks it again, including the callable form)."""
+    if cors is None:
+        return None  # same origin only, as engineio's default
+    if cors == "*" or cors == [] or callable(cors):
+        return "*"  # [] turns engineio's check off; a callable is checked by engineio
+    if isinstance(cors, str):
+        return [cors]
+    return list(cors)
+
+
+class _Bus:
+    """The manager's broadcast: `publish` on a channel, a worker-local listener of it."""
+
+    def __init__(self, owner: "SocketIO", channel: str) -> None:
+        self._owner = owner
+        self.channel = "socketio:" + channel
+
+    def publish(self, text: str) -> None:
+        self._owner.websocket.publish(text, channel=self.channel)
+
+    def messages(self) -> Optional[Iterator[Union[str, bytes]]]:
+        hub = self._owner._worker_hub()
+        if hub is None:
+            return None
+        listener = ChannelListener(self._owner.server.eio.create_queue())
+        subscribe(hub, listener, self.channel)
+        return listener.messages()
+
+
+class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
+    """Flask-SocketIO's `SocketIO`, on uwsgi_ws: same constructor, decorators and methods.
+
+    `SocketIO(app, **options)` or `SocketIO()` then `init_app(app, **options)`.
+    Options are Flask-SocketIO's (``cors_allowed_origins``, ``ping_interval``,
+    ``manage_session``, ``channel``, ``path``, ...). ``message_queue`` still
+    selects python-socketio's Redis/Kombu/Kafka manager (not needed across the
+    workers of one instance; uwsgi_ws's Redis bridge links instances).
+    ``async_mode`` may be left out (the uWSGI model decides) or "uwsgi_ws".
+
+    Raises:
+        ValueError: an `async_mode` other than threads/gevent, or uWSGI's async cores.
+    """
+
+    def init_app(self, app: Optional[Flask], **kwargs: Any) -> None:
+        """Attach to `app` (see the class docstring). Mirrors Flask-SocketIO's
+        `init_app` with our server, manager and routes."""
+        if app is not None:
+            app.extensions["socketio"] = self
+        self.server_options.update(kwargs)
+        self.manage_session = self.server_options.pop("manage_session", self.manage_session)
+        channel = self.server_options.pop("channel", "flask-socketio")
+        if "client_manager" not in self.server_options:
+            url = self.server_options.get("message_queue")
+            if url:
+                if url.startswith(("redis://", "rediss://")):
+                    queue_class: Any = socketio.RedisManager
+                elif url.startswith("kafka://"):
+                    queue_class = socketio.KafkaManager
+                elif url.startswith("zmq"):
+                    queue_class = socketio.ZmqManager
+                else:
+                    queue_class = socketio.KombuManager
+                self.server_options["client_manager"] = queue_class(url, channel=channel, write_only=app is None)
+            else:
+                self.server_options["client_manager"] = BroadcastManager(_Bus(self, channel), channel=channel)
+        if self.server_options.get("json") is flask.json:
+            self.server_options["json"] = _flask_safe_json(app)
+        resource = self.server_options.pop("path", None) or self.server_options.pop("resource", None) or "socket.io"
+        self.resource = resource.strip("/")
+        self.server = Server(**self.server_options)
+        self.async_mode = self.server.async_mode if hasattr(self.server, "async_mode") else "uwsgi_ws"
+        for message, handler, namespace in self.handlers:
+            self.server.on(message, handler, namespace=namespace)
+        for namespace_handler in self.namespace_handlers:
+            self.server.register_namespace(namespace_handler)
+        self._app = app
+        self._worker: Dict[str, Any] = {}
+        self._worker_lock = threading.Lock()
+        if app is not None:
+            self._wire(app)
+
+    # -- wiring -------------------------------------------------------------------
+
+    @property
+    def websocket(self) -> Any:
+        """The app's `uwsgi_ws.WebSocket` extension (created by `init_app` when absent)."""
+        return self._app.extensions["uwsgi_ws"]
+
+    def _wire(self, app: Flask) -> None:
+        from .. import WebSocket
+
+        if "uwsgi_ws" not in app.extensions:
+            WebSocket(app, allowed_origins=_origins(self.server_options.get("cors_allowed_origins")))
+        rule = f"/{self.resource}/"
+        self.websocket.route(rule, endpoint="socketio_websocket")(self._websocket_view)
+        app.add_url_rule(rule, "socketio_polling", self._polling_view, methods=["GET", "POST", "OPTIONS"])
+        app.wsgi_app = _HandOffMiddleware(app.wsgi_app, self, rule)  # type: ignore[method-assign]
+
+    def _environ(self) -> Dict[str, Any]:
+        environ = dict(request.environ)
+        environ.pop("werkzeug.request", None)
+        environ["flask.app"] = self._app
+        return environ
+
+    def _websocket_view(self, conn: Connection) -> Any:
+        environ = self._environ()
+        environ[engine.CONNECTION_KEY] = conn
+        result = engine.handle(self.server.eio, environ)
+        if result is None:
+            return None  # the session ran on this connection and is over
+        return Response(result["body"], status=result["status"], headers=result["headers"])
+
+    def _polling_view(self) -> Response:
+        result = engine.handle(self.server.eio, self._environ())
+        if result is None:  # pragma: no cover - engineio upgrades only with a connection
+            return Response("a WebSocket upgrade reached the polling view\n", status=400)
+        return Response(result["body"], status=result["status"], headers=result["headers"])
+
+    # -- per worker ---------------------------------------------------------------
+
+    def _prepare_worker(self) -> Dict[str, Any]:
+        """This worker's hub and hand-off listener, made on its first Socket.IO
+        request (uWSGI's API is called here, in a request, never in a task)."""
+        pid = os.getpid()
+        state = self._worker
+        if state.get("pid") == pid:
+            return state
+        with self._worker_lock:
+            if self._worker.get("pid") == pid:
+                return self._worker
+            state = {"pid": pid, "hub": None, "listener": None, "forwarder": None}
+            try:
+                state["hub"] = self.websocket.hub()
+            except Exception as exc:  # no ring: single worker, emits stay local
+                log.warning("uwsgi_ws.socketio: no broadcast in worker %d (%s): emits reach this worker only",
+                            pid, exc)
+            masterpid, worker = _uwsgi_ids()
+            if masterpid and worker:
+                sockets = _socket_module(self.server.eio.model)
+                state["forwarder"] = handoff.Forwarder(sockets, masterpid)
+                try:
+                    state["listener"] = handoff.Listener(sockets, self.server.eio.start_background_task,
+                                                         masterpid, worker, self._serve_handed_off)
+                except OSError as exc:
+                    log.error("uwsgi_ws.socketio: worker %d cannot take sessions from other workers (%s)",
+                              worker, exc)
+            self._worker = state
+        return state
+
+    def _worker_hub(self) -> Any:
+        state = self._worker
+        return state.get("hub") if state.get("pid") == os.getpid() else None
+
+    def _serve_handed_off(self, item: Dict[str, Any], client: Any) -> None:
+        """Answer a request another worker handed over, on the client's socket."""
+        meta, environ = item["meta"], item["environ"]
+        environ["flask.app"] = self._app
+        if meta["kind"] == "websocket":
+            self._serve_websocket(environ, client)
+            return
+        try:
+            result = engine.handle(self.server.eio, environ)
+            if result is not None:
+                client.sendall(handoff.http_response(result["status"], result["headers"], result["body"],
+                                                     meta["protocol"]))
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+    def _serve_websocket(self, environ: Dict[str, Any], client: Any) -> None:
+        sock = socket.socket(fileno=client.detach())  # our engine takes a plain socket
+        opened: List[Connection] = []
+
+        def connect() -> Connection:
+            key = handshake.check_request(environ)
+            head = ["HTTP/1.1 101 Switching Protocols", *(f"{k}: {v}" for k, v in
+                                                          handshake.response_headers(key, None)), "", ""]
+            sock.sendall("\r\n".join(head).encode("latin-1"))
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ws = self.websocket
+            conn = Connection(sock, environ, ws.runtime(), **{k: ws.option(k) for k in _CONNECTION_OPTIONS})
+            conn.start()
+            opened.append(conn)
+            return conn
+
+        environ[engine.CONNECTION_FACTORY_KEY] = connect
+        try:
+            result = engine.handle(self.server.eio, environ)
+            if result is not None and not opened:
+                sock.sendall(handoff.http_response(result["status"], result["headers"], result["body"],
+                                                   environ["SERVER_PROTOCOL"]))
+        except handshake.HandshakeError as exc:
+            sock.sendall(handoff.http_response(f"{exc.status} Bad Request", [("Content-Type", "text/plain")],
+                                               str(exc).encode() + b"\n"))
+        except OSError:
+            pass
+        finally:
+            for conn in opened:
+                conn.finish()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    # -- Flask-SocketIO's methods that change ---------------------------------------
+
+    def run(self, app: Flask, host: Optional[str] = None, port: Optional[int] = None, **kwargs: Any) -> None:
+        """Replace this process with uWSGI serving `app` (never returns): 2 workers of
+        16 threads, the broadcast mule and ring, unless `kwargs` say otherwise
+        (uWSGI options, as `app.run` of uwsgi_ws takes them: ``gevent=1000``,
+        ``processes=4``). Flask-SocketIO's development-server options
+        (``use_reloader``, ``log_output``, ...) are ignored."""
+        for name in _FLASK_SOCKETIO_RUN_ONLY:
+            if kwargs.pop(name, None) is not None:
+                log.info("uwsgi_ws.socketio: run(%s=...) is a Flask-SocketIO development-server option; ignored",
+                         name)
+        debug = bool(kwargs.pop("debug", app.debug))
+        if not any(k in kwargs for k in ("threads", "gevent")):
+            kwargs["threads"] = 16
+        kwargs.setdefault("processes", 2)
+        kwargs.setdefault("sharedarea", 4096)
+        kwargs.setdefault("mule", _mule_entry())
+        app.run(host=host or "127.0.0.1", port=port or 5000, debug=debug, **kwargs)
+
+    def stop(self) -> None:
+        """Stop the uWSGI instance serving the app (gracefully: the master reloads
+        nothing and exits)."""
+        import uwsgi
+
+        uwsgi.stop()
+
+
+class _HandOffMiddleware:
+    """WSGI middleware: a Socket.IO request whose session another worker owns is
+    handed to that worker (`handoff`); the rest go on to the app, after this
+    worker's Socket.IO state is ready."""
+
+    def __init__(self, wsgi_app: Any, owner: SocketIO, rule: str) -> None:
+        self.wsgi_app = wsgi_app
+        self._owner = owner
+        self._rule = rule
+
+    def __call__(self, environ: Dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == self._rule or path == self._rule.rstrip("/"):
+            state = self._owner._prepare_worker()
+            sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid", [None])[0]
+            owner = engine.owner_of(sid) if sid else None
+            forwarder = state.get("forwarder")
+            if owner is not None and forwarder is not None and owner != engine.worker_id():
+                if self._hand_off(environ, forwarder, owner):
+                    return []  # the owner answers on the client's socket; uWSGI writes nothing
+        return self.wsgi_app(environ, start_response)
+
+    @staticmethod
+    def _hand_off(environ: Dict[str, Any], forwarder: handoff.Forwarder, owner: int) -> bool:
+        import uwsgi
+
+        upgrade = "websocket" in environ.get("HTTP_UPGRADE", "").lower()
+        body = b""
+        if not upgrade and environ.get("REQUEST_METHOD") == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            body = environ["wsgi.input"].read(length) if length > 0 else b""
+        meta = handoff.describe(environ, "websocket" if upgrade else "http", body)
+        if forwarder.hand_off(owner, meta, body, uwsgi.connection_fd()):
+            return True
+        if body:  # the app reads it again (engineio answers "Invalid session")
+            import io
+
+            environ["wsgi.input"] = io.BytesIO(body)
+        return False
+
+
+def _uwsgi_ids() -> tuple:
+    """(master pid, worker id), zeros outside a uWSGI worker with a master."""
+    try:
+        import uwsgi
+    except ImportError:
+        return 0, 0
+    try:
+        return int(uwsgi.masterpid()), engine.worker_id()
+    except Exception:
+        return 0, 0
+
+
+def _socket_module(model: str) -> Any:
+    if model == "gevent":
+        import gevent.socket
+
+        return gevent.socket
+    return socket
+
+
+def _mule_entry() -> str:
+    for module in ("uwsgi_ws.mule", "uwsgi_ws.broadcast.mule"):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return module + ":run"
+        except ImportError:
+            continue
+    return "uwsgi_ws.mule:run"
+
+
+def _flask_safe_json(app: Optional[Flask]) -> Any:
+    """Flask's json module, always inside an app context (Flask-SocketIO does the same)."""
+
+    class FlaskSafeJSON:
+        @staticmethod
+        def dumps(*args: Any, **kwargs: Any) -> str:
+            with app.app_context():  # type: ignore[union-attr]
+                return flask.json.dumps(*args, **kwargs)
+
+        @staticmethod
+        def loads(*args: Any, **kwargs: Any) -> Any:
+            with app.app_context():  # type: ignore[union-attr]
+                return flask.json.loads(*args, **kwargs)
+
+    return FlaskSafeJSON
