@@ -464,3 +464,51 @@ def test_compressed_streams_match_the_plain_model(messages, header, size, cut):
     assert [e for e in events if type(e) is Message] == fitting
     assert type(events[-1]) is Close and events[-1].code == (1009 if len(fitting) < len(want) else 1006)
     check(stream, size, range(cut, len(stream), cut), deflate=negotiate(header, DeflateOptions(min_size=0)))
+
+
+# -- the fuzz corpus, replayed with the fuzz target's permessage-deflate choice ----------
+
+FUZZ = Path(__file__).resolve().parent / "fuzz"
+CORPUS = sorted((FUZZ / "corpus").iterdir())
+
+
+def test_corpus_has_compressed_seeds():
+    assert len([p for p in CORPUS if p.name.startswith("seed-z-")]) >= 20, "python tests/fuzz/make_corpus.py"
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.name for p in CORPUS])
+def test_corpus_input_with_deflate(path):
+    from protocol_oracle import DEFLATES
+
+    data = path.read_bytes()
+    sizes = (None, 0, 1, 16, 125, 126, 65535, 65536, 64 * 1024 + 1)  # fuzz_protocol.SIZES
+    size = sizes[data[0] % len(sizes)] if data else None
+    step = (data[1] % 7) + 1 if len(data) > 1 else 1
+    deflate = DEFLATES[(data[1] >> 3) % len(DEFLATES)] if len(data) > 1 else None
+    stream = data[2:]
+    check(stream, size, range(step, len(stream), step), deflate=deflate)
+    for other in DEFLATES[1:]:  # every input under every negotiated variant
+        check(stream, size, range(1, len(stream)), deflate=other)
+
+
+def test_compressed_seeds_do_what_their_names_say():
+    from protocol_oracle import DEFLATES, run
+
+    def outcome(name):
+        data = (FUZZ / "corpus" / f"seed-{name}").read_bytes()
+        sizes = (None, 0, 1, 16, 125, 126, 65535, 65536, 64 * 1024 + 1)
+        events, _, _ = run(data[2:], sizes[data[0] % len(sizes)], (), DEFLATES[data[1] >> 3])
+        return [e.data for e in events if type(e) is Message], events[-1].code
+
+    assert outcome("z-text") == (["héllo wörld " * 20], 1006)
+    assert outcome("z-takeover") == (["repeat " * 30] * 2, 1006)
+    assert outcome("z-fragmented-ping-between") == ([bytes(300)], 1006)
+    assert outcome("z-bomb-over-limit")[1] == 1009
+    assert outcome("z-small-limit")[1] == 1009
+    assert outcome("z-rsv1-continuation")[1] == 1002
+    assert outcome("z-rsv1-ping")[1] == 1002
+    assert outcome("z-invalid-data")[1] == 1007
+    assert outcome("z-invalid-utf8")[1] == 1007
+    assert outcome("z-window-8") == ([b"abcabcabc" * 50], 1006)
+    assert outcome("z-bfinal") == (["final block" * 10, "next"], 1006)
+    assert outcome("z-empty") == (["", b""], 1006)

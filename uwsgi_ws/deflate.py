@@ -155,8 +155,8 @@ class PerMessageDeflate(Extension):
         self._inflater: Optional["zlib._Decompress"] = None
         self._deflater: Optional["zlib._Compress"] = None
         self._compressed_in = False  # the message being received has RSV1
-        self._in_message = False  # between the first and the last frame of a data message
         self._inflated = 0
+        self._compressed_bytes = 0
         self._reset_out = False  # a shared frame went out since the last compressed direct send
         #: Messages compressed by `encode` (direct sends); for tests and metrics.
         self.compressed_messages = 0
@@ -196,8 +196,8 @@ class PerMessageDeflate(Extension):
         # The first frame of a data message (a new one while another is in
         # progress is refused by the message decoder right after this).
         self._compressed_in = rsv.rsv1
-        self._in_message = True
         self._inflated = 0
+        self._compressed_bytes = 0
         return _RSV1 if rsv.rsv1 else _NO_RSV
 
     def frame_inbound_payload_data(
@@ -207,6 +207,7 @@ class PerMessageDeflate(Extension):
         opcode = proto.effective_opcode  # type: ignore[union-attr]
         if not self._compressed_in or opcode is None or opcode.iscontrol():
             return data
+        self._compressed_bytes += len(data)
         return self._inflate(data)
 
     def frame_inbound_complete(
@@ -216,10 +217,13 @@ class PerMessageDeflate(Extension):
         opcode = proto.effective_opcode  # type: ignore[union-attr]
         if opcode is None or opcode.iscontrol() or not fin:
             return None
-        self._in_message = False
         if not self._compressed_in:
             return None
         self._compressed_in = False
+        if not self._compressed_bytes:
+            # No DEFLATE data at all: an empty message. (00 00 ff ff alone is
+            # half a stored-block header: inflating it would garble the next message.)
+            return b""
         out = self._inflate(_TAIL)
         inflater = self._inflater
         if self.params.client_no_context_takeover or (inflater is not None and inflater.eof):

@@ -12,8 +12,11 @@ grow the checked-in corpus with them:
     python tests/fuzz/fuzz_protocol.py -merge=1 tests/fuzz/corpus /tmp/corpus
 
 Input layout: byte 0 picks max_message_size (SIZES), byte 1 how the stream is
-cut into reads (every (byte1 % 7) + 1 bytes, and whole), the rest is what the
-client sends. tests/test_fuzz_protocol.py runs this for a bounded time in CI.
+cut into reads (every (byte1 % 7) + 1 bytes, and whole) and, with its top five
+bits, whether permessage-deflate was negotiated and how (DEFLATES: the
+compressed path, inflate bounds, RSV1 placement, window bits), the rest is
+what the client sends. tests/test_fuzz_protocol.py runs this for a bounded
+time in CI; tests/test_deflate.py replays the corpus with its DEFLATES choice.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), HERE]
 import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["uwsgi_ws", "wsproto"]):
-    from protocol_oracle import check_any  # noqa: E402
+    from protocol_oracle import DEFLATES, check_any  # noqa: E402
 
 SIZES = (None, 0, 1, 16, 125, 126, 65535, 65536, 64 * 1024 + 1)
 
@@ -42,7 +45,8 @@ def split(data: bytes):
 
 def test_one_input(data: bytes) -> None:
     size, cuts, stream = split(data)
-    check_any(stream, size, cuts)
+    deflate = DEFLATES[(data[1] >> 3) % len(DEFLATES)] if len(data) > 1 else None
+    check_any(stream, size, cuts, deflate)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), HERE]
@@ -21,6 +22,21 @@ KEY = b"\x37\xfa\x21\x3d"  # a fixed mask: the corpus is the same on every run
 def f(opcode, payload=b"", fin=True, **kw):
     kw.setdefault("mask", KEY)
     return frame(opcode, payload, fin, **kw)
+
+
+def z(data: bytes, window: int = 15, flush: int = zlib.Z_SYNC_FLUSH) -> bytes:
+    """A standalone compressed message body (RFC 7692 7.2.1: the 00 00 ff ff tail removed)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -window)
+    out = c.compress(data) + c.flush(flush)
+    return out[:-4] if out.endswith(b"\x00\x00\xff\xff") else out  # Z_FINISH: a BFINAL block
+
+
+_ctx = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+
+def zctx(data: bytes) -> bytes:
+    """The next message of one context-takeover stream."""
+    return (_ctx.compress(data) + _ctx.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 def header(first: int, second: int, extended: bytes = b"") -> bytes:
@@ -74,6 +90,25 @@ SEEDS = {
     "garbage": bytes(range(255, -1, -7)),
 }
 
+#: Compressed streams: (DEFLATES index in protocol_oracle, stream).
+DEFLATE_SEEDS = {
+    "z-text": (1, f(TEXT, z("héllo wörld ".encode() * 20), rsv=4)),
+    "z-takeover": (1, f(TEXT, zctx(b"repeat " * 30), rsv=4) + f(TEXT, zctx(b"repeat " * 30), rsv=4)),
+    "z-fragmented-ping-between": (2, f(BINARY, z(bytes(300))[:3], False, rsv=4) + f(PING, b"p")
+                                  + f(CONT, z(bytes(300))[3:])),
+    "z-plain-and-compressed": (1, f(TEXT, b"plain") + f(BINARY, z(b"\x00" * 100), rsv=4)),
+    "z-bomb-over-limit": (1, f(BINARY, z(bytes(200_000)), rsv=4)),
+    "z-small-limit": (2, f(TEXT, z(b"s" * 17), rsv=4)),
+    "z-rsv1-continuation": (1, f(TEXT, z(b"abc"), False, rsv=4) + f(CONT, b"", rsv=4)),
+    "z-rsv1-ping": (1, f(PING, b"p", rsv=4)),
+    "z-invalid-data": (1, f(BINARY, b"\xff\xfe\xfd", rsv=4)),
+    "z-invalid-utf8": (1, f(TEXT, z(b"ok \xc3\x28"), rsv=4)),
+    "z-window-8": (3, f(BINARY, z(b"abcabcabc" * 50, 9), rsv=4)),
+    "z-bfinal": (4, f(TEXT, z(b"final block" * 10, 15, zlib.Z_FINISH), rsv=4)
+                 + f(TEXT, z(b"next"), rsv=4)),
+    "z-empty": (1, f(TEXT, b"", rsv=4) + f(BINARY, z(b""), rsv=4)),
+}
+
 
 def main() -> None:
     out = os.path.join(HERE, "corpus")
@@ -83,6 +118,11 @@ def main() -> None:
         for step, suffix in ((0, ""), (2, "-cut")):
             with open(os.path.join(out, f"seed-{name}{suffix}"), "wb") as fh:
                 fh.write(bytes([size, step]) + stream)
+    for name, (deflate, stream) in DEFLATE_SEEDS.items():
+        size = SIZE_SMALL if "small" in name else SIZE_DEFAULT
+        for step, suffix in ((0, ""), (2, "-cut")):
+            with open(os.path.join(out, f"seed-{name}{suffix}"), "wb") as fh:
+                fh.write(bytes([size, deflate << 3 | step]) + stream)
 
 
 if __name__ == "__main__":
