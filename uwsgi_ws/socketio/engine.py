@@ -93,6 +93,10 @@ class ConnectionWebSocket:
         if conn is None:
             raise RuntimeError("the Socket.IO WebSocket transport runs on a uwsgi_ws route: "
                                "create the server with uwsgi_ws.socketio.SocketIO(app)")
+        # Upgrade now, in the request's own thread/greenlet: engineio's writer task
+        # may be the first to use the connection, and the 101 goes through uWSGI's
+        # start_response, which only the request's thread may call.
+        conn.closed  # noqa: B018  the first use of a pending connection sends the 101
         self.conn, self.environ = conn, environ
         return self.app(self)
 

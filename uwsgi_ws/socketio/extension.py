@@ -70,6 +70,9 @@ class _Bus:
         self._owner = owner
         self.channel = "socketio:" + channel
 
+    def available(self) -> bool:
+        return self._owner._broadcast_available()
+
     def publish(self, text: str) -> None:
         self._owner.websocket.publish(text, channel=self.channel)
 
@@ -116,8 +119,9 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
                 else:
                     queue_class = socketio.KombuManager
                 self.server_options["client_manager"] = queue_class(url, channel=channel, write_only=app is None)
-            else:
+            elif _under_uwsgi():
                 self.server_options["client_manager"] = BroadcastManager(_Bus(self, channel), channel=channel)
+            # else python-socketio's local Manager: one process (tests, test_client, scripts)
         if self.server_options.get("json") is flask.json:
             self.server_options["json"] = _flask_safe_json(app)
         resource = self.server_options.pop("path", None) or self.server_options.pop("resource", None) or "socket.io"
@@ -201,6 +205,14 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
                               worker, exc)
             self._worker = state
         return state
+
+    def _broadcast_available(self) -> bool:
+        """Emits go through the broadcast: in a uWSGI worker whose hub exists, or
+        that has not served a Socket.IO request yet (a task started at import)."""
+        if engine.worker_id() == 0:
+            return False
+        state = self._worker
+        return state.get("pid") != os.getpid() or state.get("hub") is not None
 
     def _worker_hub(self) -> Any:
         state = self._worker
@@ -332,6 +344,14 @@ class _HandOffMiddleware:
 
             environ["wsgi.input"] = io.BytesIO(body)
         return False
+
+
+def _under_uwsgi() -> bool:
+    try:
+        import uwsgi  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _uwsgi_ids() -> tuple:

@@ -35,10 +35,14 @@ log = logging.getLogger("uwsgi_ws.socketio.manager")
 class Bus(Protocol):
     """What the manager needs of the broadcast (`uwsgi_ws.socketio.extension` gives it).
 
-    `publish(text)` hands one message to every worker (may block briefly; raises
-    uwsgi_ws.PublishError). `messages()` subscribes this worker and returns the
-    iterator of what arrives on the channel (blocking), or None when this
-    process cannot listen (outside uWSGI, no broadcast ring)."""
+    `available()`: whether this process can publish (inside a uWSGI worker with
+    the broadcast); without it the manager works as python-socketio's local
+    Manager (one process: tests, the development server). `publish(text)` hands
+    one message to every worker (may block briefly; raises uwsgi_ws.PublishError).
+    `messages()` subscribes this worker and returns the iterator of what arrives
+    on the channel (blocking), or None when this worker cannot listen (yet)."""
+
+    def available(self) -> bool: ...
 
     def publish(self, text: str) -> None: ...
 
@@ -123,7 +127,7 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
         if kwargs.get("ignore_queue"):
             return socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
                                          callback=callback)
-        if room is not None and self._direct(room, namespace):
+        if not self.bus.available() or (room is not None and self._direct(room, namespace)):
             return socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
                                          callback=callback)
         if callback is not None:
@@ -148,6 +152,31 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
                 with self._lock:
                     self._in_flight -= 1
             raise
+
+    def enter_room(self, sid: str, namespace: str, room: str, eio_sid: Optional[str] = None) -> Any:
+        if not self.bus.available():
+            return socketio.Manager.enter_room(self, sid, namespace, room, eio_sid=eio_sid)
+        return super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+
+    def leave_room(self, sid: str, namespace: str, room: str) -> Any:
+        if not self.bus.available():
+            return socketio.Manager.leave_room(self, sid, namespace, room)
+        return super().leave_room(sid, namespace, room)
+
+    def close_room(self, room: str, namespace: Optional[str] = None) -> Any:
+        if not self.bus.available():
+            return socketio.Manager.close_room(self, room, namespace)
+        return super().close_room(room, namespace)
+
+    def disconnect(self, sid: str, namespace: Optional[str] = None, **kwargs: Any) -> Any:
+        if not self.bus.available():
+            return socketio.Manager.disconnect(self, sid, namespace)
+        return super().disconnect(sid, namespace, **kwargs)
+
+    def can_disconnect(self, sid: str, namespace: str) -> Any:
+        if not self.bus.available():
+            return socketio.Manager.can_disconnect(self, sid, namespace)
+        return super().can_disconnect(sid, namespace)
 
     def _direct(self, room: str, namespace: str) -> bool:
         """`room` is one client of this worker and no own emit is on its way."""
