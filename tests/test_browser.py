@@ -10,10 +10,14 @@ own, the broadcast mule: tests/test_events.py `start`).
   once, in order, with no "lost" line;
 - a page whose WebSocket is unusable falls back to Server-Sent Events (/live/sse) and
   shows the same messages in the same order as a WebSocket page, also across a kill of
-  its worker (the browser's own EventSource reconnect, Last-Event-ID) and across a
-  proxy's 502 (the client's own reopen, ?lastEventId); sending from it fails with a
-  clear message;
-- join with `last` gives the same messages over SSE and WebSocket.
+  its worker and across a proxy's 502 (the client reopens the stream with fresh
+  credentials, ?lastEventId); sending from it fails with a clear message;
+- join with `last` gives the same messages over SSE and WebSocket;
+- credentials (the page logs in and connects with a signed token that expires, the
+  client's `auth`): an expired token is refused at the next (re)connect, the client
+  sees the refusal (its ?probe=1), reports "unauthorized", gets a fresh token and is
+  back, over WebSocket and SSE; a client with a forged token stops after 3 refusals
+  ("refused"), with no SSE fallback and no further try.
 
 The worker kills happen while the master is SIGSTOPped (the respawn, a fork, would
 otherwise beat the page's first retry): the outage lasts until the other page has
@@ -31,6 +35,8 @@ import os
 import re
 import shutil
 import signal
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -417,7 +423,8 @@ def test_an_sse_page_whose_worker_is_killed_resumes_with_last_event_id(chat, bro
                 say(i)
         finally:
             os.kill(chat.pid, signal.SIGCONT)
-        # the browser reconnects by itself (retry: 2000) with Last-Event-ID
+        # the client reopens the stream (an `auth` function: every open gets fresh
+        # credentials, so not the browser's own retry) and resumes with ?lastEventId
         s.wait_statuses(mark, "s[s.length - 1] === 'sse'")
         for i in range(10, 13):
             say(i)
@@ -428,9 +435,10 @@ def test_an_sse_page_whose_worker_is_killed_resumes_with_last_event_id(chat, bro
 
 
 def test_an_sse_page_comes_back_after_an_http_error(chat, browser):
-    """A proxy answers 502 while the app restarts: the browser's EventSource does not
-    retry after an HTTP error (it closes for good); the client opens a new one, and
-    resumes from what it saw (?lastEventId)."""
+    """A proxy answers 502 while the app restarts: an EventSource does not retry after
+    an HTTP error (it closes for good); the client asks whether it was refused (its
+    probe: a 502 is not a refusal), opens a new one with backoff, and resumes from
+    what it saw (?lastEventId)."""
     if chat.model != "threads":
         pytest.skip("the client's retry does not depend on the server's model")
     s, w = pages = open_pages(browser, [url(chat, 1), url(chat, 2)], {0: NO_WEBSOCKET["throws"]})
@@ -455,9 +463,9 @@ def test_an_sse_page_comes_back_after_an_http_error(chat, browser):
         victim = workers(chat)[0]
         proxy["down"] = True
         chat.killed.append(victim)
-        with s.page.expect_response(refused, timeout=TIMEOUT):  # the browser's own retry
+        with s.page.expect_response(refused, timeout=TIMEOUT):  # the client's reopen
             os.kill(victim, signal.SIGKILL)
-        with s.page.expect_response(refused, timeout=TIMEOUT):  # the client's new EventSource
+        with s.page.expect_response(refused, timeout=TIMEOUT):  # its probe, then the next reopen
             pass
         assert s.statuses()[-1] == "connecting"
         for i in range(3, 8):
@@ -474,10 +482,12 @@ def test_an_sse_page_comes_back_after_an_http_error(chat, browser):
 
 
 # A second client in a page (the chat's own script is loaded): joins lobby with
-# `last`, records [seq, text] of the "said" lines and its statuses.
+# `last`, records [seq, text] of the "said" lines and its statuses; its credentials
+# are the page's (the chat's freshToken).
 PROBE = """([last, sseAfter]) => {
   window.__probe = {said: [], statuses: []};
-  const c = uwsgiWs.connect("/live", {sseAfter, onStatus: s => window.__probe.statuses.push(s)});
+  const c = uwsgiWs.connect("/live", {sseAfter, onStatus: s => window.__probe.statuses.push(s),
+                                      auth: async ({refused}) => ({token: await freshToken(refused)})});
   c.on("said", (m, frame) => window.__probe.said.push([frame.seq, m.text]));
   c.join("lobby", {last});
 }"""
@@ -513,3 +523,126 @@ def test_join_with_last_gives_the_same_messages_over_sse_and_websocket(chat, bro
     finally:
         for page in pages:
             page.close()
+
+
+# -- credentials: a signed token that expires (issue 12, item 2) -------------------------------
+
+# The chat page (examples/chat) logs in, gets a token (POST /token) that expires after
+# CHAT_TOKEN_MAX_AGE seconds, and connects with the client's `auth`: a function that
+# returns the cached token, and fetches a fresh one once the server refused it.
+SHORT_TOKENS = 2  # seconds: the chat_short server's token lifetime
+
+
+@pytest.fixture(scope="module")
+def chat_short(model, tmp_path_factory):  # noqa: F811
+    """The chat whose tokens expire after SHORT_TOKENS seconds."""
+    server = start(tmp_path_factory.mktemp(f"chat-short-{model}"), model, app=CHAT,
+                   extra=("--env", f"CHAT_TOKEN_MAX_AGE={SHORT_TOKENS}"))
+    yield server
+    server.stop()
+    log = server.log()
+    assert not server.crashes(), log
+    assert "Traceback" not in log, log
+
+
+def token_fetches(page: ChatPage) -> list:
+    """The page's successful POST /token, counted from now on (one entry each)."""
+    got: list = []
+    page.page.on("response", lambda r: got.append(r.url) if r.url.endswith("/token") and r.status == 200 else None)
+    return got
+
+
+def probe_status(server, token: str) -> int:
+    """What the endpoint's access policy answers for `token` (the client's own probe)."""
+    try:
+        with urllib.request.urlopen(f"{server.http}/live/sse?probe=1&token={token}", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_an_expired_token_is_refreshed_after_the_refusal(chat_short, browser, transport):
+    """The page's token expires while it is connected; at its next (re)connect the server
+    refuses it (401), the client sees the refusal (its probe), reports "unauthorized",
+    calls `auth` again with {refused: 401}, the page fetches a fresh token, and the
+    client is back: over WebSocket and over SSE, every message once, in order."""
+    script = NO_WEBSOCKET["throws"] if transport == "sse" else ""
+    page = ChatPage(browser, url(chat_short, 1), script)
+    try:
+        fetches = token_fetches(page)
+        want = "sse" if transport == "sse" else "open"
+        page.status(want)
+        talk = Transcript(unique(f"token-{transport}"))
+        if transport == "websocket":
+            joined([page], talk.token)
+            talk.say(page, 0)
+        first = page.page.evaluate("token")  # the page's cached token
+        assert probe_status(chat_short, first) == 204
+        wait_for(lambda: probe_status(chat_short, first) == 401, SHORT_TOKENS + 10, "the token to expire")
+        mark, fetched = len(page.statuses()), len(fetches)
+        page.page.evaluate("live.reconnect()")  # as after a network drop: the cached token first
+        page.wait_statuses(mark, f"s.includes('unauthorized') && s[s.length - 1] === '{want}'")
+        seen = page.statuses()[mark:]
+        assert "refused" not in seen and seen.count("unauthorized") == 1, seen
+        fresh = page.page.evaluate("token")
+        assert len(fetches) - fetched == 1 and fresh != first, fetches  # one fresh token, after the refusal
+        assert probe_status(chat_short, fresh) in (204, 401)  # a real token of the server (or expired already)
+        if transport == "websocket":
+            talk.say(page, 1)
+            page.wait_text(talk.sent[-1])
+            check_log(page, talk.token + ":", talk.sent)
+        assert page.errors == [], page.errors
+    finally:
+        page.close()
+
+
+# A second client in the chat page whose auth is a forged token: counts its auth calls,
+# statuses and error events.
+FORGED = """([sseAfter, maxRefusals]) => {
+  const r = window.__forged = {statuses: [], errors: [], auths: 0};
+  window.__forgedClient = uwsgiWs.connect("/live", {sseAfter, maxRefusals, minDelay: 50, maxDelay: 200,
+    auth: () => { r.auths++; return {token: "forged"}; },
+    onStatus: s => r.statuses.push(s)});
+  window.__forgedClient.on("error", m => r.errors.push(m));
+}"""
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_refused_client_stops_after_a_bounded_number_of_refusals(chat, browser, transport):
+    page = ChatPage(browser, url(chat, 1))
+    attempts = {"websocket": 0, "sse": 0, "probe": 0}
+
+    def on_request(request) -> None:
+        if "token=forged" in request.url:
+            kind = "probe" if "probe=1" in request.url else "sse" if "/live/sse" in request.url else None
+            if kind:
+                attempts[kind] += 1
+
+    def on_websocket(ws) -> None:
+        if "token=forged" in ws.url:
+            attempts["websocket"] += 1
+
+    page.page.on("request", on_request)
+    page.page.on("websocket", on_websocket)
+    try:
+        page.status("open")  # the page's own client, with its valid token
+        page.page.evaluate(FORGED, [0 if transport == "sse" else 2, 3])
+        page.page.wait_for_function("window.__forged.statuses.includes('refused')", timeout=TIMEOUT, polling=POLL)
+        forged = page.page.evaluate("window.__forged")
+        assert forged["statuses"].count("unauthorized") == 3 and forged["statuses"][-1] == "refused", forged
+        assert forged["auths"] == 3, forged
+        assert len(forged["errors"]) == 1 and "refused 3 times in a row (HTTP 403)" in forged["errors"][0], forged
+        assert "bad token" in forged["errors"][0], forged
+        # refusals are not failures: a refused WebSocket client never falls back to SSE
+        other = "sse" if transport == "websocket" else "websocket"
+        assert attempts == {transport: 3, other: 0, "probe": 3}, attempts
+        # and it has stopped: nothing more after several of its longest backoffs (an absence
+        # cannot be awaited; 4 x maxDelay)
+        page.page.wait_for_timeout(800)
+        assert attempts == {transport: 3, other: 0, "probe": 3}, attempts
+        assert page.page.evaluate("window.__forged.statuses.length") == len(forged["statuses"])
+        assert page.page.evaluate("window.__forgedClient.transport") is None
+        assert page.statuses()[-1] == "open"  # the page's own client is unaffected
+    finally:
+        page.close()

@@ -108,6 +108,8 @@
         if (refusals >= maxRefusals) {
           closed = true;
           clearTimeout(timer);
+          sseGen++;
+          if (source) { source.close(); source = null; }
           status("refused");
           fire("error", ["refused " + refusals + " times in a row (HTTP " + result.refused + ")" +
                          (result.message ? ": " + result.message : "") + "; stopped: call reconnect() to try again"]);
@@ -241,10 +243,15 @@
         if (last) u.searchParams.set("last", String(last));
       }
       var es = source = new EventSource(u.toString());
-      var names = Object.keys(handlers).concat(["not_recovered"]);
+      // "error" and "open" are the EventSource's own events (no data): the client's "error"
+      // handlers are local (refusals, error frames), never a server event
+      var names = Object.keys(handlers).filter(function (n) { return n !== "error" && n !== "open"; })
+        .concat(["not_recovered"]);
       names.forEach(function (name) {
         es.addEventListener(name, function (ev) {
-          var frame = JSON.parse(ev.data);
+          if (typeof ev.data !== "string") return;
+          var frame;
+          try { frame = JSON.parse(ev.data); } catch (e) { return; }
           if (name === "not_recovered" || frame.type === "not_recovered") onFrame(ev.data);
           else onBroadcast(frame);
         });
@@ -308,7 +315,7 @@
         sseGen++;
         clearTimeout(timer);
         if (sock) sock.close(1000);
-        if (source) source.close();
+        if (source) { source.close(); source = null; }
         failAcks();
         status("closed");
       },
