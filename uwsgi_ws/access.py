@@ -1,8 +1,9 @@
-"""Who may open a WebSocket: the Origin policy and the connection limits.
+"""Who may connect: the Origin rules and the connection counts.
 
-Both are checked before the upgrade, so a refused client gets a plain HTTP
-answer (403, 503) and never a half-open socket. Pure Python, no Flask: the
-extension turns a refusal into a response.
+Both are checked before the upgrade (or before an event stream starts), so a
+refused client gets a plain HTTP answer (403, 503) and never a half-open
+socket. Pure Python, no Flask: `uwsgi_ws.admission` runs them, in the one
+order every transport shares, and turns a refusal into a response.
 
 Origin policy (cross-site WebSocket hijacking): a browser lets any page open a
 WebSocket to any host and sends that host's cookies along; the only thing that
@@ -141,7 +142,8 @@ class OriginPolicy:
         if not self.allows(origin, host):
             raise Refused(
                 403,
-                f"Origin {origin!r} may not open a WebSocket on {host!r} (only same-origin pages may by default): "
+                f"Origin {origin!r} may not connect to {host!r} (a WebSocket or an event stream; "
+                "only same-origin pages may by default): "
                 + ORIGIN_OPTION_HELP,
             )
 
