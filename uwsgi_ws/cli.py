@@ -1,0 +1,82 @@
+"""The `python -m uwsgi_ws` command line (a CLI entry point: it prints).
+
+    python -m uwsgi_ws conf                 print the directory of the installed configs
+    python -m uwsgi_ws conf --copy DIR      copy them into DIR (created; existing files replaced)
+    python -m uwsgi_ws check PATH...        lint uWSGI configs and vassals (uwsgi_ws.check)
+    python -m uwsgi_ws --version            the package version
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import __version__
+
+#: The configs shipped inside the package (model bases, broadcast + its mule file, metrics, proxies).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def conf_files() -> List[Path]:
+    """The files of the installed config directory, sorted (no caches)."""
+    return sorted(p for p in CONF_DIR.iterdir() if p.is_file() and not p.name.endswith((".pyc", ".pyo")))
+
+
+def copy_conf(target: Path) -> List[Path]:
+    """Copy the installed configs into `target` (created with its parents; same-named files replaced).
+
+    Args:
+        target: the directory to copy into, e.g. /etc/uwsgi_ws.
+    Returns:
+        The paths written.
+    Raises:
+        OSError: `target` cannot be created or written (e.g. it is a file, or permissions).
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in conf_files():
+        dest = target / source.name
+        shutil.copyfile(source, dest)
+        written.append(dest)
+    return written
+
+
+def _conf(args: argparse.Namespace) -> int:
+    if args.copy is None:
+        print(CONF_DIR)
+        return 0
+    try:
+        written = copy_conf(Path(args.copy))
+    except OSError as exc:
+        print(f"error: cannot copy the configs to {args.copy}: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 failure or lint errors, 2 bad usage)."""
+    parser = argparse.ArgumentParser(prog="python -m uwsgi_ws",
+                                     description="uwsgi_ws: installed configs and the config linter.")
+    parser.add_argument("--version", action="version", version=f"uwsgi_ws {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    conf = commands.add_parser("conf", help="print the installed config directory (or --copy it)",
+                               description="Print the directory of the configs installed with the package "
+                               "(include them from vassals), or copy them with --copy DIR.")
+    conf.add_argument("--copy", metavar="DIR", help="copy the configs into DIR")
+    commands.add_parser("check", help="lint uWSGI configs and vassals", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "check":
+        from .check import main as check_main
+
+        return check_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "conf":
+        return _conf(args)
+    parser.print_help()
+    return 2
