@@ -87,7 +87,7 @@ def test_hop_by_hop_and_handshake_headers_from_the_app_never_reach_the_101(serve
         assert values(headers, "Sec-WebSocket-Accept") == [accept], headers
         assert values(headers, "Upgrade") == ["websocket"], headers
         assert values(headers, "Connection") == ["Upgrade"], headers
-        for name in ("Keep-Alive", "Transfer-Encoding", "TE", "Trailer", "Content-Type", "Content-Length"):
+        for name in ("Keep-Alive", "Transfer-Encoding", "TE", "Trailer", "Content-Type", "Content-Length", "X-Hop"):
             assert not values(headers, name), (name, headers)
         assert values(headers, "X-Request-Id") == ["req-42"]
         assert [c for c in values(headers, "Set-Cookie") if c.startswith("session=")]

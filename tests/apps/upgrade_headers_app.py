@@ -5,7 +5,8 @@ there); hop-by-hop headers, the handshake's own and a body's never do.
 - before_request: ``?visit=1`` counts a visit in the session (Set-Cookie);
 - after_request: adds X-Request-Id, Cache-Control, a second cookie, and headers that
   must not reach the 101 (Connection, Keep-Alive, Transfer-Encoding, TE, Trailer,
-  Upgrade, a forged Sec-WebSocket-Accept, Content-Type, Content-Length);
+  Upgrade, a forged Sec-WebSocket-Accept, Content-Type, Content-Length, X-Hop
+  which its Connection header names);
 - /ws sends "visits:<n>" (the session as the handler sees it), then echoes.
 """
 
@@ -32,9 +33,11 @@ def add_headers(response):
     if request.args.get("hostile"):
         for name, value in (("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
                             ("TE", "trailers"), ("Trailer", "X-Foo"), ("Upgrade", "h2c"),
-                            ("Sec-WebSocket-Accept", "forged"), ("Content-Length", "12")):
+                            ("Sec-WebSocket-Accept", "forged"), ("Content-Length", "12"),
+                            ("X-Hop", "named by Connection")):
             response.headers[name] = value
         response.headers["Content-Type"] = "text/plain"
+        response.headers["Connection"] = "close, X-Hop"  # names X-Hop hop-by-hop (RFC 9110 7.6.1)
     return response
 
 
