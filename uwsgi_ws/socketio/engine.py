@@ -15,7 +15,9 @@ generator and carry the owner too.
 
 from __future__ import annotations
 
+import io
 import logging
+from urllib.parse import parse_qs
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import engineio
@@ -148,15 +150,62 @@ class EngineServer(engineio.Server):
         return f"{worker_id()}.{super().generate_id()}"
 
 
+def _check_post(eio: EngineServer, environ: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if length < 0:
+        return answer("400 BAD REQUEST", [("Content-Type", "text/plain")], [b"bad Content-Length\n"])
+    if length > eio.max_http_buffer_size:
+        return None  # engineio refuses it (ContentTooLongError, 400) without reading it
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    problem = malformed_payload(body)
+    if problem is None:
+        return None
+    sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid", [None])[0]
+    session = eio.sockets.get(sid) if sid else None
+    if session is not None:  # not eio.disconnect(): it waits for a poll to take the CLOSE packet
+        session.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
+        eio.sockets.pop(sid, None)
+    log.info("uwsgi_ws.socketio: a malformed polling payload for session %s: %s", sid, problem)
+    return answer("400 BAD REQUEST", [("Content-Type", "text/plain")],
+                  [f"malformed Engine.IO payload: {problem}\n".encode()])
+
+
 def answer(status: str, headers: List[Any], body: List[bytes]) -> Dict[str, Any]:
     """A collected WSGI answer (what `handle` returns)."""
     return {"status": status, "headers": headers, "body": b"".join(body)}
 
 
+def malformed_payload(body: bytes) -> Optional[str]:
+    """Why `body` is not an Engine.IO v4 polling payload (packets separated by
+    0x1e, each a packet type digit 0-6 then its data; "b" + base64 for binary),
+    or None when it is. engineio itself logs such a body and answers 200 OK."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"the payload is not UTF-8 (byte {exc.start})"
+    for index, item in enumerate(text.split("\x1e")):
+        if item.startswith("b"):
+            continue  # base64 binary message: engineio decodes it
+        if not item or item[0] not in "0123456":
+            return f"packet {index} has no valid packet type (0-6): {item[:20]!r}"
+    return None
+
+
 def handle(eio: EngineServer, environ: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """Run engineio on `environ`; the HTTP answer it gave ({status, headers, body}),
-    or None when the request became a WebSocket (the answer was the 101)."""
+    or None when the request became a WebSocket (the answer was the 101).
+
+    A polling POST whose payload is malformed gets 400 saying why, and its
+    session ends (engineio ends a session on a packet it cannot take)."""
     started: List[Any] = []
+    if environ.get("REQUEST_METHOD") == "POST":
+        problem = _check_post(eio, environ)
+        if problem is not None:
+            return problem
 
     def start_response(status: str, headers: List[Any], exc_info: Any = None) -> Callable[[bytes], None]:
         started[:] = [status, list(headers)]

@@ -1,0 +1,282 @@
+"""Flask-SocketIO's documented API on uwsgi_ws, across 2 uWSGI workers (issue 14).
+
+tests/apps/socketio_api_app.py uses connect with `auth` and
+ConnectionRefusedError, disconnect, message/json/custom events and acks,
+namespaces (decorators and a Namespace class), emit/send with to/room,
+include_self, skip_sid, broadcast, server-side callbacks, socketio.emit and
+socketio.call from plain routes, join_room/leave_room/close_room/rooms for
+itself and for a client of another worker, disconnect() of itself and of
+another worker's client, and cors_allowed_origins. Clients: socket.io-client
+v4 from Node; HTTP with urllib; threads and gevent.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import websocket
+
+from test_socketio import BROADCAST, NodeClients, crowd, worker_of
+
+APP = "socketio_api_app:app"
+MODELS = ["threads", "gevent"]
+EXTRA = BROADCAST
+
+
+def post(server, path: str, body: Any = None, headers: Dict[str, str] = None, timeout: float = 15) -> Tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+    request = urllib.request.Request(server.http + path, data=data or b"", method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def get(server, path: str, headers: Dict[str, str] = None) -> Tuple[int, bytes]:
+    request = urllib.request.Request(server.http + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def events(group: NodeClients, i: int, name: str) -> List[Dict[str, Any]]:
+    return group.matching(lambda e: e["i"] == i and e["type"] == "event" and e["event"] == name)
+
+
+def wait_event(group: NodeClients, i: int, name: str, pred=lambda args: True, count: int = 1,
+               timeout: float = 15) -> List[Dict[str, Any]]:
+    return group.wait(lambda e: e["i"] == i and e["type"] == "event" and e["event"] == name and pred(e["args"]),
+                      count, timeout, f"{count} {name!r} at client {i}")
+
+
+def wait_ack(group: NodeClients, i: int, tag: str) -> List[Any]:
+    return group.wait(lambda e: e["i"] == i and e["type"] == "ack" and e["tag"] == tag, 1, 15, f"ack {tag}")[0]["args"]
+
+
+def test_connect_auth_and_refusals(server):
+    ok = NodeClients(server.http, 1, "default", auth={"token": "ok"})
+    refused = NodeClients(server.http, 1, "default", auth={"token": "refuse"})
+    false = NodeClients(server.http, 1, "websocket", auth={"token": "false"})
+    try:
+        (line,) = ok.connected()
+        welcome = wait_event(ok, 0, "welcome")[0]["args"][0]
+        assert welcome["auth"] == {"token": "ok"} and welcome["sid"] == line["id"]
+        error = refused.wait(lambda e: e["type"] == "connect_error", 1, 15, "connect_error")[0]
+        assert error["message"] == "bad token", error
+        error = false.wait(lambda e: e["type"] == "connect_error", 1, 15, "connect_error")[0]
+        assert error["message"] == "Connection rejected by server", error
+    finally:
+        for group in (ok, refused, false):
+            group.close()
+
+
+@pytest.mark.parametrize("mode", ["default", "websocket"])
+def test_message_json_acks_and_namespaces(server, mode):
+    main = NodeClients(server.http, 1, mode)
+    chat = NodeClients(server.http, 1, mode, path="/chat")
+    other = NodeClients(server.http, 1, mode, path="/other")
+    try:
+        main.connected(), chat.connected(), other.connected()
+        main.emit(0, "message", "hi")  # send(..., json=True) answers with the event "json"
+        assert wait_event(main, 0, "json")[0]["args"] == [{"echo": "hi"}]
+        main.emit(0, "json", {"a": [1, 2]})
+        wait_event(main, 0, "json", lambda a: a == [{"a": [1, 2]}])
+        main.emit(0, "add", 2, 3, ack="sum")
+        assert wait_ack(main, 0, "sum") == [5]
+        welcome = wait_event(chat, 0, "chat welcome")[0]["args"][0]
+        assert welcome["namespace"] == "/chat"
+        chat.emit(0, "say", {"x": 1})
+        wait_event(chat, 0, "said", lambda a: a == [{"x": 1}])
+        assert events(main, 0, "said") == []  # another namespace
+        other.emit(0, "ping", "p")
+        assert wait_event(other, 0, "pong")[0]["args"] == [{"data": "p", "namespace": "/other"}]
+    finally:
+        for group in (main, chat, other):
+            group.close()
+
+
+def test_rooms_across_workers(server):
+    people = crowd(server.http, "websocket")
+    try:
+        (ga, ia, sida), *rest = people.each()
+        gb, ib, sidb = next(m for m in rest if worker_of(m[2]) != worker_of(sida))
+        outsiders = [m for m in people.each() if m[2] not in (sida, sidb)]
+        room = "r-" + uuid.uuid4().hex[:6]
+        ga.emit(ia, "join", {"room": room}, ack="ja")
+        assert room in wait_ack(ga, ia, "ja")[0]
+        gb.emit(ib, "join", {"room": room}, ack="jb")
+        assert wait_ack(gb, ib, "jb")[0] == sorted(["everyone", room, sidb])
+
+        def said(msg: str) -> None:
+            for g, i in ((ga, ia), (gb, ib)):
+                g.emit(i, "to room", {"room": "everyone", "msg": f"end-{msg}"})
+                break
+            for g, i, _ in people.each():  # everyone has seen what came before
+                wait_event(g, i, "room message", lambda a: a == [f"end-{msg}"])
+
+        ga.emit(ia, "to room", {"room": room, "msg": "m1"})
+        said("m1")
+        assert len(events(ga, ia, "room message")) and [e["args"] for e in events(gb, ib, "room message")][0] == ["m1"]
+        for g, i, _ in outsiders:
+            assert not [e for e in events(g, i, "room message") if e["args"] == ["m1"]]
+        ga.emit(ia, "to room", {"room": room, "msg": "m2", "include_self": False})
+        gb.emit(ib, "to room", {"room": room, "msg": "m3", "skip_me": True})
+        said("m23")
+        assert [e["args"] for e in events(ga, ia, "room message") if e["args"][0] in ("m2", "m3")] == [["m3"]]
+        assert [e["args"] for e in events(gb, ib, "room message") if e["args"][0] in ("m2", "m3")] == [["m2"]]
+        # join and leave for a client of the other worker
+        g2, i2, sid2 = outsiders[0] if outsiders else (gb, ib, sidb)
+        other_room = "o-" + uuid.uuid4().hex[:6]
+        helper = next((g, i, s) for g, i, s in people.each() if worker_of(s) != worker_of(sid2))
+        helper[0].emit(helper[1], "join", {"room": other_room, "sid": sid2}, ack="jo")
+        wait_ack(helper[0], helper[1], "jo")
+        said("joined-other")  # the enter_room message went through the ring before this
+        helper[0].emit(helper[1], "to room", {"room": other_room, "msg": "m4"})
+        said("m4")
+        assert [e["args"] for e in events(g2, i2, "room message") if e["args"] == ["m4"]] == [["m4"]]
+        helper[0].emit(helper[1], "leave", {"room": other_room, "sid": sid2}, ack="lo")
+        wait_ack(helper[0], helper[1], "lo")
+        said("left-other")
+        helper[0].emit(helper[1], "to room", {"room": other_room, "msg": "m5"})
+        said("m5")
+        assert not [e for e in events(g2, i2, "room message") if e["args"] == ["m5"]]
+        # close_room everywhere
+        gb.emit(ib, "close", {"room": room}, ack="c")
+        assert wait_ack(gb, ib, "c") == ["closed"]
+        said("closed")
+        ga.emit(ia, "to room", {"room": room, "msg": "m6"})
+        said("m6")
+        for g, i, _ in people.each():
+            assert not [e for e in events(g, i, "room message") if e["args"] == ["m6"]]
+    finally:
+        people.close()
+
+
+def test_server_callbacks_and_call_from_any_worker(server):
+    people = crowd(server.http, "default")
+    try:
+        for g, i, sid in people.each():
+            g.emit(i, "ask me")
+            answer = wait_event(g, i, "answer")[0]["args"][0]
+            assert answer == {"answer": {"acked": "question"}, "sid": sid}
+        answered_by = set()
+        for _ in range(3):  # the HTTP request lands on either worker
+            for g, i, sid in people.each():
+                status, body = post(server, f"/call/{sid}")
+                assert status == 200, body
+                reply = json.loads(body)
+                assert reply["answer"] == {"acked": "question"}
+                answered_by.add(reply["pid"])
+        assert len(answered_by) == 2, "every call landed on one worker: the cross-worker ack went untested"
+    finally:
+        people.close()
+
+
+def test_emit_from_plain_routes_reaches_every_worker_in_order(server):
+    people = crowd(server.http, "websocket")
+    chat = NodeClients(server.http, 1, "websocket", path="/chat")
+    try:
+        chat.connected()
+        status, _ = post(server, "/announce", {"data": "hello all"})
+        assert status == 200
+        post(server, "/announce", {"data": "hello chat", "namespace": "/chat"})
+        wait_event(chat, 0, "announcement", lambda a: a == ["hello chat"])
+        for g, i, _ in people.each():
+            wait_event(g, i, "announcement", lambda a: a == ["hello all"])
+        assert not events(chat, 0, "announcement")[1:]
+        # two bursts from plain routes, in parallel on whichever workers: each in order, once,
+        # and one interleaving for every client
+        tags = ["x" + uuid.uuid4().hex[:5], "y" + uuid.uuid4().hex[:5]]
+        import threading
+
+        threads = [threading.Thread(target=post, args=(server, f"/burst/200?tag={tag}")) for tag in tags]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        orders = []
+        for g, i, sid in people.each():
+            for tag in tags:
+                wait_event(g, i, "seq", lambda a, tag=tag: a[0]["tag"] == tag and a[0]["n"] == 199)
+            got = [(e["args"][0]["tag"], e["args"][0]["n"]) for e in events(g, i, "seq")
+                   if e["args"][0]["tag"] in tags]
+            for tag in tags:
+                assert [n for t, n in got if t == tag] == list(range(200)), sid
+            orders.append(got)
+        assert all(order == orders[0] for order in orders)
+    finally:
+        people.close()
+        chat.close()
+
+
+def test_disconnects_across_workers(server):
+    people = crowd(server.http, "websocket")
+    try:
+        (ga, ia, sida), *rest = people.each()
+        gb, ib, sidb = next(m for m in rest if worker_of(m[2]) != worker_of(sida))
+        ga.emit(ia, "join", {"room": "watchers"}, ack="w")
+        wait_ack(ga, ia, "w")
+        ga.emit(ia, "kick", {"sid": sidb})  # disconnect() of a client of the other worker
+        gb.wait(lambda e: e["i"] == ib and e["type"] == "disconnect", 1, 15, "the kicked client's disconnect")
+        assert gb.matching(lambda e: e["i"] == ib and e["type"] == "disconnect")[0]["reason"] == "io server disconnect"
+        wait_event(ga, ia, "left", lambda a: a == [{"sid": sidb}])  # the disconnect handler ran on its worker
+        gc, ic, sidc = next(m for m in rest if m[2] != sidb)
+        gc.emit(ic, "kick", {})  # disconnect() itself
+        gc.wait(lambda e: e["i"] == ic and e["type"] == "disconnect", 1, 15, "disconnect()")
+        wait_event(ga, ia, "left", lambda a: a == [{"sid": sidc}])
+    finally:
+        people.close()
+
+
+def test_cors_allowed_origins_is_the_origin_policy(server):
+    query = "/socket.io/?EIO=4&transport=polling"
+    status, body = get(server, query, {"Origin": "http://evil.example"})
+    assert status == 400 and b"Not an accepted origin" in body
+    status, body = get(server, query, {"Origin": "http://allowed.example"})
+    assert status == 200 and body.startswith(b"0{")
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(server.url + "/socket.io/?EIO=4&transport=websocket",
+                                    origin="http://evil.example", timeout=5)
+    assert refused.value.status_code == 403
+    conn = websocket.create_connection(server.url + "/socket.io/?EIO=4&transport=websocket",
+                                       origin="http://allowed.example", timeout=5)
+    try:
+        assert conn.recv().startswith("0{")  # Engine.IO's open packet
+    finally:
+        conn.close()
+
+
+def test_bad_requests_get_clear_errors(server):
+    status, body = get(server, "/socket.io/?EIO=3&transport=polling")
+    assert status == 400 and b"unsupported version" in body
+    status, body = get(server, "/socket.io/?EIO=4&transport=polling&sid=7.nosuchworker")
+    assert status == 400 and b"Invalid session" in body
+    for worker in (1, 2):  # a session id of each worker that does not exist there
+        status, body = get(server, f"/socket.io/?EIO=4&transport=polling&sid={worker}.AAAAAAAAAAAAAAAAAAAA")
+        assert status == 400 and b"Invalid session" in body
+    status, body = get(server, "/socket.io/?EIO=4&transport=polling")
+    sid = json.loads(body[1:])["sid"]
+    # a garbage payload, on whichever worker: 400 saying why, the session ends (as engineio
+    # ends one on a bad packet), the worker lives
+    status, body = post(server, f"/socket.io/?EIO=4&transport=polling&sid={sid}", b"\xff\xfegarbage",
+                        {"Content-Type": "text/plain"})
+    assert status == 400 and b"not UTF-8" in body, (status, body)
+    status, body = get(server, f"/socket.io/?EIO=4&transport=polling&sid={sid}")
+    assert status == 400 and b"Invalid session" in body
+    status, body = get(server, "/socket.io/?EIO=4&transport=polling")
+    sid = json.loads(body[1:])["sid"]
+    status, body = post(server, f"/socket.io/?EIO=4&transport=polling&sid={sid}", b"9nonsense\x1e4hi",
+                        {"Content-Type": "text/plain"})
+    assert status == 400 and b"packet type" in body, (status, body)
+    assert not server.crashes(), server.log()
+    people = crowd(server.http, "default")  # both workers still serve
+    people.close()
