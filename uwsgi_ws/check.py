@@ -231,7 +231,11 @@ def read_yaml(path: Path, text: str) -> Tuple[List[Option], List[Finding]]:
             following = next((lines[i] for i in range(index + 1, len(lines))
                               if lines[i].split("#")[0].strip()), None)
             nested = following is not None and _depth(following) > depth
-            if nested:
+            if nested and following is not None and following.strip().startswith("-"):
+                message = (f"a block list under `{key.strip().rstrip(':')}`: uWSGI's YAML reader takes "
+                           "flat `key: value` lines only; it stops here and ignores every option after it")
+                fix = f"write the key once per value (`{key.strip()} a` then `{key.strip()} b`)"
+            elif nested:
                 message = (f"a nested mapping under `{key.strip().rstrip(':')}`: uWSGI's YAML reader takes "
                            "flat `key: value` lines only; it stops here and ignores every option after it")
                 fix = "flatten it: one `key: value` line per option, directly under `uwsgi:`"
