@@ -180,6 +180,8 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
 
     def _direct(self, room: str, namespace: str) -> bool:
         """`room` is one client of this worker and no own emit is on its way."""
+        if not isinstance(room, str):
+            return False  # a list of rooms
         if not (self.is_connected(room, namespace) or self.is_pre_connected(room, namespace)):
             return False
         with self._lock:
