@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Autobahn|Testsuite conformance run against uwsgi_ws under a real uWSGI.
 
-The requirement: pass the Autobahn fuzzing-client cases of sections 1-7, 9
-and 10 with zero worker crashes, in the threads and gevent models. The case
+The requirement: pass the Autobahn fuzzing-client cases of sections 1-7, 9,
+10, 12 and 13 (12-13: permessage-deflate, issue 15) with zero worker crashes, in the threads and gevent models. The case
 set is run by `kosoku` (PyPI), a native re-implementation of the Autobahn
 fuzzing client that drives the original case files and writes the usual
 Autobahn report (``index.json`` plus one JSON/HTML file per case).
@@ -29,8 +29,8 @@ What it does:
 
 Pass criteria (Autobahn's): a case passes when `behavior` is OK, NON-STRICT
 or INFORMATIONAL and `behaviorClose` is OK or INFORMATIONAL. UNIMPLEMENTED
-fails in the required sections (it is tolerated only in sections such as
-12/13, compression, which the package does not implement). The exit status
+fails in the required sections (every section the suite has: compression,
+12 and 13, included since the package implements permessage-deflate). The exit status
 is 1 if any case fails or a worker crashed, 2 if the run itself broke.
 
 Reports go to reports/autobahn/<model>/ (gitignored) unless --outdir says
@@ -66,8 +66,8 @@ if str(HERE) not in sys.path:
 
 from harness import ROOT, UWSGI  # noqa: E402
 
-#: The sections the requirement names (8 does not exist; 11 neither; 12/13 are compression).
-REQUIRED_SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "9", "10")
+#: The sections the requirement names (8 does not exist; 11 neither; 12/13 are permessage-deflate).
+REQUIRED_SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "9", "10", "12", "13")
 DEFAULT_CASES = tuple(f"{s}.*" for s in REQUIRED_SECTIONS)
 
 #: uWSGI options per concurrency model: one worker, so a crash cannot hide behind a sibling.
@@ -243,7 +243,7 @@ def run(
     """Start uWSGI, run kosoku against it, stop uWSGI, and return what happened.
 
     `cases` are kosoku include patterns ('1.*', '9.3.1'; a comma-separated
-    string is split), default sections 1-7, 9 and 10. The report goes to
+    string is split), default sections 1-7, 9, 10, 12 and 13. The report goes to
     `outdir` (default reports/autobahn/<model>), uWSGI's log to `workdir`
     (default: a temporary directory that is removed unless the run fails).
     `app` is the "module:callable" served (importable from tests/apps, or from
