@@ -6,6 +6,9 @@
 #   make bench   the broadcast benchmark (bench/setup.sh, then bench/run.py)
 #   make venv    just the install step (idempotent: a stamp file skips it when done)
 #   make clean   remove .venv and build litter
+#   make matrix  the core tests on Python 3.9-3.13 and the oldest/newest Flask
+#                (tests/matrix/run.py; `make test` ends with it; MATRIX="py3.9 ..." picks cells)
+#   make lint    ruff check uwsgi_ws tests; mypy --strict uwsgi_ws (ruff.toml, mypy.ini)
 #
 # The install compiles uWSGI from its sdist (pip's `uwsgi`, never `pyuwsgi`),
 # which needs gcc, the Python headers and the OpenSSL headers: without OpenSSL
@@ -23,10 +26,10 @@ EXTRAS      ?= gevent,test
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install ssl-headers redis-server proxies chromium run test bench clean
+.PHONY: help venv install ssl-headers redis-server proxies chromium debian-uwsgi run test matrix lint bench clean
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
 
 venv install: $(STAMP)
 
@@ -124,9 +127,51 @@ chromium:
 
 # The suite runs with the native fan-out helper (built by the install), then the
 # broadcast tests again on the pure-Python path (UWSGI_WS_PURE=1).
-test: $(STAMP) redis-server proxies chromium
+test: $(STAMP) redis-server proxies chromium debian-uwsgi
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 	UWSGI_WS_PURE=1 $(PY) -m pytest -q tests/test_broadcast.py $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory matrix
+
+# tests/test_debian.py runs the vassals and configs under Debian's packaged uWSGI
+# (uwsgi-core 2.0.21 + plugins in Debian 12, Debian's python3 and its packages of
+# the dependencies): install them when missing (root + apt-get). Not Debian: the
+# test skips itself.
+DEBIAN_PACKAGES := uwsgi-core uwsgi-plugin-python3 uwsgi-plugin-gevent-python3 \
+                   python3-flask python3-wsproto python3-yaml python3-gevent
+debian-uwsgi:
+	@if [ ! -f /etc/debian_version ]; then exit 0; fi; \
+	if [ -x /usr/bin/uwsgi-core ] && [ -f /usr/lib/uwsgi/plugins/gevent_python3_plugin.so ] && \
+	   /usr/bin/python3 -c 'import flask, wsproto, yaml, gevent' 2>/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Debian's uWSGI missing: installing it (tests/test_debian.py runs the vassals under it)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES) || exit 1; \
+	else \
+	  echo "error: Debian's packaged uWSGI is missing: tests/test_debian.py needs it." >&2; \
+	  echo "  sudo apt-get install --no-install-recommends $(DEBIAN_PACKAGES)" >&2; \
+	  exit 1; \
+	fi
+
+# The version matrix: tests/matrix/run.py builds .venv/matrix/<cell>/ once per cell
+# (a uWSGI compiled for that Python; pip's wheel cache keeps it across clean
+# clones) and runs the core tests in each. MATRIX picks cells (`make matrix
+# MATRIX="py3.9 flask-oldest"`; `MATRIX=` runs none); `tests/matrix/run.py --list`
+# lists them.
+MATRIX ?= all
+matrix: $(STAMP)
+	@if [ -z "$(strip $(MATRIX))" ]; then echo "matrix: skipped (MATRIX is empty)"; exit 0; fi; \
+	$(PY) tests/matrix/run.py $(filter-out all,$(MATRIX))
+
+# ruff (ruff.toml) over the package and the tests, mypy --strict (mypy.ini) over
+# the package; the tools are pinned and installed into .venv on first use.
+LINT_TOOLS := ruff==0.17.6 mypy==2.4.1 types-PyYAML
+lint: $(STAMP)
+	@$(PY) -c 'import sys, importlib.metadata as m; sys.exit(any(m.version(n) != v for n, v in (("ruff", "0.17.6"), ("mypy", "2.4.1"))))' 2>/dev/null || \
+	  $(PIP) install -q $(LINT_TOOLS)
+	@status=0; \
+	echo "== ruff check uwsgi_ws tests"; $(VENV)/bin/ruff check uwsgi_ws tests || status=1; \
+	echo "== mypy uwsgi_ws (strict: mypy.ini)"; $(VENV)/bin/mypy uwsgi_ws || status=1; \
+	exit $$status
 
 bench: $(STAMP)
 	bash bench/setup.sh && $(PY) bench/run.py
