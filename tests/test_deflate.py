@@ -512,3 +512,35 @@ def test_compressed_seeds_do_what_their_names_say():
     assert outcome("z-window-8") == ([b"abcabcabc" * 50], 1006)
     assert outcome("z-bfinal") == (["final block" * 10, "next"], 1006)
     assert outcome("z-empty") == (["", b""], 1006)
+
+
+def test_shared_deflater_compresses_ring_frames():
+    shared = SharedDeflater(DeflateOptions(min_size=10))
+    text = ("ring entry " * 40).encode()
+    got = written(shared.compress_frame(frames.encode(frames.OP_TEXT, text)))
+    assert [(fin, rsv1, op) for fin, rsv1, op, _ in got] == [(True, True, TEXT)]
+    assert zlib.decompressobj(-shared.window_bits).decompress(got[0][3] + TAIL) == text
+    big = b"b" * 70000  # a 64-bit length
+    assert zlib.decompressobj(-15).decompress(
+        written(shared.compress_frame(frames.encode(frames.OP_BINARY, big)))[0][3] + TAIL) == big
+    assert shared.compress_frame(frames.encode(frames.OP_TEXT, b"short")) is None
+    assert shared.compress_frame(frames.encode(frames.OP_PING, b"p" * 50)) is None
+    assert shared.compress_frame(frames.encode(frames.OP_TEXT, text, fin=False)) is None
+    assert shared.compressions == 2
+
+
+def test_connections_with_equal_parameters_share_options():
+    a = engine("permessage-deflate; client_max_window_bits", options=OPTIONS)
+    b = engine("permessage-deflate; server_no_context_takeover", options=OPTIONS)
+    c = engine("permessage-deflate; server_max_window_bits=10", options=OPTIONS)
+    assert a.deflate.shared_options == b.deflate.shared_options == OPTIONS
+    assert c.deflate.shared_options.server_max_window_bits == 10 and c.deflate.shared_options != OPTIONS
+
+
+def test_configure():
+    from uwsgi_ws.deflate import configure
+
+    assert configure(None) is None and configure(False) is None
+    assert configure("deflate", level=1).level == 1
+    with pytest.raises(ValueError, match="'deflate' or None"):
+        configure("gzip")

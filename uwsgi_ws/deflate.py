@@ -292,6 +292,19 @@ class PerMessageDeflate(Extension):
         self.compressed_messages += 1
         return frames.encode(opcode, data, rsv1=True)
 
+    @property
+    def shared_options(self) -> DeflateOptions:
+        """The `SharedDeflater` settings whose frames this connection can take as
+        they are: the server's, with the negotiated window. Connections with
+        equal `shared_options` share one compressed copy of each broadcast."""
+        options = self.params.options
+        if options.server_max_window_bits == self.params.server_max_window_bits:
+            return options
+        return DeflateOptions(min_size=options.min_size, level=options.level,
+                              server_max_window_bits=self.params.server_max_window_bits,
+                              client_max_window_bits=options.client_max_window_bits,
+                              mem_level=options.mem_level)
+
     def shared_frame_sent(self) -> None:
         """A `SharedDeflater` frame was queued on this connection: the next
         compressed direct send must not refer to earlier messages. Call in
@@ -331,7 +344,40 @@ class SharedDeflater:
             return None
         return data
 
+    def compress_frame(self, frame: bytes) -> Optional[bytes]:
+        """The compressed copy of a complete plain data frame (as the broadcast
+        ring stores them), or None when it stays plain (see `compress`; control
+        frames, fragments and already compressed frames stay as they are)."""
+        if len(frame) < 2 or frame[0] & 0x70 or len(frame) - 2 < self.options.min_size:
+            return None
+        opcode, fin, payload = frames.parse(frame)
+        if not fin or opcode not in (frames.OP_TEXT, frames.OP_BINARY):
+            return None
+        return self.frame(opcode, payload)
+
     def frame(self, opcode: int, payload: Union[bytes, memoryview]) -> Optional[bytes]:
         """A complete compressed frame (RSV1) for the message, or None (see `compress`)."""
         data = self.compress(payload)
         return None if data is None else frames.encode(opcode, data, rsv1=True)
+
+
+def configure(compression: object, *, min_size: int = 128, level: int = 6, server_max_window_bits: int = 12,
+              client_max_window_bits: int = 12, mem_level: int = 5) -> Optional[DeflateOptions]:
+    """The server's permessage-deflate options from the `compression*` settings.
+
+    Args:
+        compression: "deflate" (negotiate permessage-deflate when the client
+            offers it) or None / False (never).
+        min_size, level, server_max_window_bits, client_max_window_bits, mem_level:
+            see `DeflateOptions`.
+    Returns:
+        The options, or None when compression is off.
+    Raises:
+        ValueError: an unknown `compression` value or a setting out of range.
+    """
+    if compression is None or compression is False:
+        return None
+    if compression != "deflate":
+        raise ValueError(f"compression must be 'deflate' or None (off), not {compression!r}")
+    return DeflateOptions(min_size=min_size, level=level, server_max_window_bits=server_max_window_bits,
+                          client_max_window_bits=client_max_window_bits, mem_level=mem_level)

@@ -62,3 +62,22 @@ def payload(frame: bytes) -> bytes:
     """The payload of one unmasked, single frame made by `encode` (the ring's frames)."""
     n = frame[1] & 0x7F
     return frame[2 if n < 126 else 4 if n == 126 else 10:]
+
+
+def parse(frame: bytes) -> "tuple[int, bool, memoryview]":
+    """(opcode, fin, payload) of one complete unmasked frame made by `encode`.
+
+    Raises:
+        ValueError: `frame` is not one complete unmasked frame.
+    """
+    if len(frame) < 2 or frame[1] & 0x80:
+        raise ValueError("not an unmasked WebSocket frame")
+    n = frame[1] & 0x7F
+    start = 2
+    if n == 126:
+        (n,), start = struct.unpack_from("!H", frame, 2), 4
+    elif n == 127:
+        (n,), start = struct.unpack_from("!Q", frame, 2), 10
+    if len(frame) != start + n:
+        raise ValueError(f"frame of {len(frame)} bytes announces a payload of {n} after a {start}-byte header")
+    return frame[0] & 0x0F, bool(frame[0] & _FIN), memoryview(frame)[start:]
