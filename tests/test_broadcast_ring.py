@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from uwsgi_ws.sharedarea import (
+from uwsgi_ws.broadcast.ring import (
     FLAG_BINARY,
     HEADER_SIZE,
     INDEX_ENTRY,

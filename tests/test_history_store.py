@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uwsgi_ws.history import History, parse_size
+from uwsgi_ws.broadcast.history import History
+from uwsgi_ws.settings import parse_size
 
 import pytest
 

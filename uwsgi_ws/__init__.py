@@ -9,19 +9,27 @@
             conn.send(message)
 """
 
-from .connection import Connection, ConnectionClosed
+from . import log as _log  # noqa: F401  (the package's log fallback, before anything logs)
+from .broadcast import publish
+from .connection import Connection
+from .exceptions import (BroadcastError, ConfigError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK,
+                         EventError, PublishError, RingError, UwsgiWsError)
 from .extension import AsyncWebSocket, GeventWebSocket, ThreadedWebSocket, WebSocket
-from .mule import PublishError, publish
-from .sharedarea import RingError
 
 __all__ = [
     "AsyncWebSocket",
+    "BroadcastError",
+    "ConfigError",
     "Connection",
     "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "EventError",
     "GeventWebSocket",
     "PublishError",
     "RingError",
     "ThreadedWebSocket",
+    "UwsgiWsError",
     "WebSocket",
     "publish",
 ]

@@ -1,11 +1,16 @@
 """One WebSocket connection on a socket the package owns after the handshake.
 
 The protocol engine (`protocol.Protocol`) decides what the bytes mean; this
-module moves them. Reading happens in one place per connection: a background
-task (thread or greenlet) in the threads and gevent models, the handler itself
-while it waits in `receive` in the async model. Writes from the handler, the
-reader (pongs, close frames) and the broadcast fan-out go through one
-outbound buffer guarded by one lock, so frames never interleave.
+module moves them. Reading happens in one place per connection, chosen by the
+concurrency model (`_BackgroundReader`: a thread or greenlet beside the
+handler in the threads and gevent models; `_InlineReader`: the handler
+itself while it waits in `receive`, in the async model). Everything written
+(the handler's messages, the reader's pongs and close frames, the broadcast
+fan-out) goes through one `outbound.Outbound`, so frames never interleave and
+no data frame follows our close frame.
+
+To the broadcast hub a connection is a `uwsgi_ws.broadcast.Subscriber`:
+`deliver`, `begin_direct`/`end_direct`, `flush`, `fail_slow`.
 
 Thread-safety: `send*`, `ping`, `close` and the read side may be used from
 different threads/greenlets at once; one consumer should call `receive`.
@@ -13,37 +18,25 @@ different threads/greenlets at once; one consumer should call `receive`.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, Optional, Set, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Set, Union
 
-from . import frames, metrics
+from . import _uwsgi, frames, metrics
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from .metrics import BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT
-from .protocol import (
-    ABNORMAL,
-    INTERNAL_ERROR,
-    NORMAL,
-    Close,
-    Message,
-    Pong,
-    Protocol,
-    State,
-)
+from .outbound import Outbound
+from .protocol import ABNORMAL, INTERNAL_ERROR, NORMAL, Close, Message, Pong, Protocol, State
+
+if TYPE_CHECKING:
+    from .broadcast import Batch, Broadcast
+
+__all__ = ["Connection", "ConnectionClosed", "ConnectionClosedError", "ConnectionClosedOK"]
 
 _CLOSED = object()  # inbox sentinel
 _READ_SIZE = 65536
-
-
-class ConnectionClosed(Exception):
-    """The WebSocket is closed; `code` and `reason` are from the closing handshake
-    (1006 when the transport was lost without one)."""
-
-    def __init__(self, code: Optional[int], reason: str = "") -> None:
-        super().__init__(f"WebSocket closed with code {code}" + (f": {reason}" if reason else ""))
-        self.code = code
-        self.reason = reason
+Data = Union[str, bytes, bytearray, memoryview]
 
 
 class Connection:
@@ -66,16 +59,17 @@ class Connection:
         close_timeout: float = 5.0,
         max_queue: int = 16,
         write_limit: int = 1 << 20,
+        broadcast: "Optional[Broadcast]" = None,
+        protocol: Optional[Protocol] = None,
     ) -> None:
         self.environ = environ
         self._sock = sock
         self.fd = sock.fileno()
         self._rt = runtime
         self._waiter = runtime.Waiter(self.fd)  # the reader's own
-        self._protocol = Protocol(max_message_size)
+        self._protocol = protocol if protocol is not None else Protocol(max_message_size)
         self._plock = runtime.Lock()  # the protocol engine
-        self._wlock = runtime.Lock()  # the outbound buffer and socket writes
-        self._out = bytearray()
+        self._outbound = Outbound(sock, runtime, write_limit, self._broken)
         self._inbox = runtime.Queue()
         self._done = runtime.Event()  # set once the reader has seen the end
         self._resume = runtime.Event()  # inbox drained below max_queue
@@ -83,63 +77,74 @@ class Connection:
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
         self.max_queue = max_queue
-        self.write_limit = write_limit
         now = time.monotonic()
         self._next_ping = now + ping_interval if ping_interval else None
         self._ping_payload: Optional[bytes] = None
         self._pong_deadline: Optional[float] = None
         self._close_deadline: Optional[float] = None
-        self._reader = None
         self._slow = False
         self._metrics = metrics.local()
-        #: Data messages received from / sent to this connection (broadcasts included).
+        self._broadcast = broadcast
+        self._reader = _BackgroundReader(self) if runtime.HAS_TASKS else _InlineReader(self)
+        #: Data messages received from this connection.
         self.messages_received = 0
-        self.messages_sent = 0
-        #: Broadcast channels this connection receives (managed by the hub).
-        self.channels: Set[str] = set()
-        self.hub: Any = None
+
+    @property
+    def write_limit(self) -> int:
+        """Bytes of broadcasts buffered before this connection counts as a slow consumer."""
+        return self._outbound.write_limit
+
+    @write_limit.setter
+    def write_limit(self, value: int) -> None:
+        self._outbound.write_limit = value
+
+    @property
+    def messages_sent(self) -> int:
+        """Data messages sent to this connection (broadcasts included)."""
+        return self._outbound.messages
 
     # -- life cycle (the package's side) ----------------------------------
 
     def start(self) -> None:
-        """Start the background reader (threads and gevent models)."""
-        if self._rt.HAS_TASKS:
-            self._reader = self._rt.spawn(self._read_loop)
+        """Start reading (a background task in the threads and gevent models)."""
+        if self._broadcast is not None and self._broadcast.available:
+            self._broadcast.attach(self)
+        self._reader.start()
 
     def finish(self, code: int = NORMAL, reason: str = "") -> None:
         """End of the handler: close if still open, wait for the handshake, stop
         reading. After this the package may hand the fd back to uWSGI."""
         if self._protocol.state is State.OPEN:
             self.close(code, reason)
-        elif not self._done.is_set() and self._rt.HAS_TASKS:
-            self._done.wait(self.close_timeout)
+        else:
+            self._reader.wait_done(self.close_timeout)
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader if it still waits
         except OSError:
             pass
-        if self._reader is not None:
-            self._reader.join(self.close_timeout + 1)
+        self._reader.join(self.close_timeout + 1)
         with self._plock:
             self._protocol.abort()
+        self._leave_broadcast()
 
     # -- receiving ---------------------------------------------------------
 
     def receive(self, timeout: Optional[float] = None) -> Union[str, bytes, None]:
-        """The next message (`str` or `bytes`), or None after `timeout` seconds.
+        """The next message: `str` (text) or `bytes` (binary).
 
-        Raises ConnectionClosed once the connection is closed and every
-        message received before the close has been returned.
+        Args:
+            timeout: seconds to wait; None waits for ever, 0 never blocks.
+
+        Returns:
+            The message, or None when `timeout` passed first.
+
+        Raises:
+            ConnectionClosed: the connection is closed and every message received
+                before the close has been returned.
+
+        Blocks the calling thread or greenlet.
         """
-        if not self._rt.HAS_TASKS:
-            return self._receive_inline(timeout)
-        try:
-            if timeout is not None and timeout <= 0:
-                item = self._inbox.get_nowait()
-            else:
-                item = self._inbox.get(timeout=timeout)
-        except self._rt.Empty:
-            return None
-        return self._unwrap(item)
+        return self._reader.receive(timeout)
 
     def recv(self, timeout: Optional[float] = None) -> Union[str, bytes, None]:
         """Alias of `receive` (Flask-uWSGI-WebSocket and flask-sock name it so)."""
@@ -171,29 +176,63 @@ class Connection:
 
     # -- sending -----------------------------------------------------------
 
-    def send(self, data: Union[str, bytes, bytearray, memoryview]) -> None:
-        """Send a text frame for `str`, a binary frame for bytes-like data."""
-        self._send_frame(frames.encode_message(data))
+    def send(self, data: Data) -> None:
+        """Send a text frame for `str`, a binary frame for bytes-like data.
+
+        Raises:
+            ConnectionClosed: the connection is closed (or closing: no data frame
+                follows a close frame, RFC 6455 section 5.5.1).
+            TypeError: `data` is neither str nor bytes-like.
+
+        Blocks until the frame is written (or buffered past a full socket and drained).
+        """
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"send() takes str (a text frame) or bytes (binary), not {type(data).__name__}")
+        protocol = self._protocol
+        self._send(lambda: protocol.frame_message(data))
 
     def send_text(self, data: str) -> None:
-        self._send_frame(frames.encode(frames.OP_TEXT, data.encode("utf-8")))
+        """Send `data` in a text frame. Raises ConnectionClosed, TypeError (not a str)."""
+        if not isinstance(data, str):
+            raise TypeError(f"send_text() takes a str, not {type(data).__name__}")
+        self.send(data)
 
     def send_binary(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        self._send_frame(frames.encode(frames.OP_BINARY, bytes(data)))
+        """Send `data` in a binary frame. Raises ConnectionClosed, TypeError (not bytes-like)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"send_binary() takes bytes-like data, not {type(data).__name__}")
+        self.send(data)
 
     send_bytes = send_binary
 
     def send_from_sharedarea(self, id: int, pos: int, length: int = 0) -> None:
         """Send `length` bytes (0: to the end) of uWSGI sharedarea `id` from `pos`
-        as a text frame. Unlike the uWSGI core, this honours `pos`."""
-        self._send_frame(frames.encode(frames.OP_TEXT, _sharedarea_bytes(id, pos, length)))
+        as a text frame. Unlike the uWSGI core, this honours `pos`.
+
+        Raises:
+            ValueError: the range is outside the sharedarea, or its bytes are not
+                UTF-8 (a text frame must be; RFC 6455 section 8.1).
+            ConnectionClosed: the connection is closed.
+        """
+        raw = _sharedarea_bytes(id, pos, length)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"sharedarea {id} bytes {pos}..{pos + len(raw)} are not UTF-8 (at byte "
+                             f"{pos + exc.start}): a text frame must be; use send_binary_from_sharedarea") from None
+        self.send(text)
 
     def send_binary_from_sharedarea(self, id: int, pos: int, length: int = 0) -> None:
         """As `send_from_sharedarea`, in a binary frame."""
-        self._send_frame(frames.encode(frames.OP_BINARY, _sharedarea_bytes(id, pos, length)))
+        self.send(_sharedarea_bytes(id, pos, length))
 
     def ping(self, data: Union[str, bytes] = b"") -> None:
-        """Send a ping (at most 125 bytes of payload); the pong is handled for you."""
+        """Send a ping; the pong is handled for you.
+
+        Raises:
+            ValueError: more than 125 bytes of payload (RFC 6455 section 5.5).
+            ConnectionClosed: the connection is closed.
+        """
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         with self._plock:
             self._check_open()
@@ -206,20 +245,10 @@ class Connection:
         with self._plock:
             self._protocol.close(code, reason)
             out = self._protocol.data_to_send()
-        if out:
-            try:
-                self._write(out, wait=False)
-            except ConnectionClosed:
-                pass
+        self._outbound.close_after(out)
+        self._metrics.add(BYTES_OUT, len(out))
         self._close_deadline = time.monotonic() + self.close_timeout
-        if self._rt.HAS_TASKS:
-            if not self._done.wait(self.close_timeout):
-                self._abort("no close frame from the peer in time")
-        else:
-            while self._protocol.state is not State.CLOSED:
-                self._pump(self._close_deadline - time.monotonic())
-                if time.monotonic() >= self._close_deadline:
-                    self._abort("no close frame from the peer in time")
+        self._reader.wait_closed(self._close_deadline)
 
     # -- state -------------------------------------------------------------
 
@@ -230,6 +259,7 @@ class Connection:
 
     @property
     def connected(self) -> bool:
+        """True while the connection is open (no close frame sent or received)."""
         return self._protocol.state is State.OPEN
 
     @property
@@ -240,6 +270,7 @@ class Connection:
 
     @property
     def close_reason(self) -> str:
+        """The close reason once closed ("" until then)."""
         return self._protocol.close_reason if self._protocol.state is State.CLOSED else ""
 
     @property
@@ -248,79 +279,63 @@ class Connection:
         transport was lost with no close frame either way, or still open)."""
         return self._protocol.close_initiator or "none"
 
-    # -- broadcast support (used by the hub) ---------------------------------
+    # -- channels ------------------------------------------------------------
 
-    def subscribe(self, channel: str):
-        """Receive broadcasts published on `channel` (a context manager that unsubscribes)."""
-        if self.hub is None:
-            raise RuntimeError("this connection is not attached to a WebSocket extension")
-        return self.hub.subscribe(self, channel)
+    @property
+    def channels(self) -> Set[str]:
+        """The broadcast channels this connection receives now (a copy)."""
+        return self._broadcast.channels(self) if self._broadcast is not None else set()
+
+    def subscribe(self, channel: str) -> Any:
+        """Receive broadcasts published on `channel`; a context manager that unsubscribes.
+
+        Raises:
+            ValueError: not a valid channel name (empty, not UTF-8, over 255 bytes).
+            RingError: broadcast is not available here (the message names the option:
+                --sharedarea, --mule=uwsgi_ws.mule:run, a model with background tasks).
+        """
+        from .exceptions import RingError
+
+        if self._broadcast is None or not self._broadcast.available:
+            problem = self._broadcast.problem if self._broadcast is not None else "no broadcast"
+            raise RingError(f"subscribe({channel!r}) needs the broadcast: {problem}")
+        return self._broadcast.subscribe(self, channel)
 
     def unsubscribe(self, channel: str) -> None:
-        if self.hub is not None:
-            self.hub.unsubscribe(self, channel)
+        """Stop receiving `channel` (a no-op when not subscribed)."""
+        if self._broadcast is not None:
+            self._broadcast.unsubscribe(self, channel)
 
-    def enqueue_frame(self, frame: Union[bytes, memoryview], messages: int = 1) -> bool:
-        """Queue a ready-made frame (`messages` data messages) without blocking
-        (broadcast fan-out; the caller counts the instance metrics).
+    # -- the broadcast hub's side (uwsgi_ws.broadcast.Subscriber) -------------
 
-        Returns False if the connection is closed or its outbound buffer would
-        exceed `write_limit` (a slow consumer); the frame is then not queued.
-        """
-        with self._wlock:
-            if self._protocol.state is not State.OPEN:
-                return False
-            if self._out:
-                if len(self._out) + len(frame) > self.write_limit:
-                    return False
-                self._out += frame
-                self.messages_sent += messages
-                return True
-            try:
-                n = self._sock.send(frame, socket.MSG_NOSIGNAL)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self._broken()
-                return False
-            if n < len(frame):
-                self._out += frame[n:]
-            self.messages_sent += messages
-            return True
+    def deliver(self, batch: "Batch") -> bool:
+        """Queue the batch's frames without blocking; False (nothing queued) when closed
+        or over `write_limit`. The hub counts the instance metrics."""
+        return self._outbound.offer(batch.data, len(batch.entries))
 
-    def fanout_acquire(self) -> bool:
-        """For the hub's batch send: take the write lock without waiting if the
-        connection is open with nothing queued. The caller writes the frame to
-        `fd` itself, reports a short write with `fanout_rest`, then calls
-        `fanout_release`. False: use `enqueue_frame` instead."""
-        if self._out or self._protocol.state is not State.OPEN or not self._wlock.acquire(False):
-            return False
-        if self._out or self._protocol.state is not State.OPEN:
-            self._wlock.release()
-            return False
-        return True
+    def begin_direct(self) -> int:
+        """The fd for the hub's direct batch write, or -1 (see `Outbound.begin_direct`)."""
+        return self._outbound.begin_direct()
 
-    def fanout_rest(self, frame: Union[bytes, memoryview], result: int) -> None:
-        """After a batch send of `frame` returned `result` (bytes sent, or -errno)."""
-        if result >= 0:
-            self._out += memoryview(frame)[result:]
-        elif result == -errno.EAGAIN or result == -errno.EWOULDBLOCK:
-            self._out += frame
-        else:
-            self._broken()
+    def end_direct(self, batch: "Batch", result: int) -> None:
+        self._outbound.end_direct(batch.data, result, len(batch.entries))
 
-    def fanout_release(self) -> None:
-        self._wlock.release()
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        """Queue one ready-made data frame without blocking (past `write_limit` too);
+        False when closed. For the events layer's notices, from the hub's task."""
+        return self._outbound.write(frame, 1, wait=False)
 
     @property
     def pending_output(self) -> int:
         """Bytes queued but not yet written."""
-        return len(self._out)
+        return self._outbound.pending
+
+    def fileno(self) -> int:
+        return self.fd
 
     def flush(self) -> bool:
         """Write what the socket accepts now; True when nothing more is to be flushed."""
-        with self._wlock:
-            empty = self._flush_locked()
+        empty = self._outbound.flush()
         if self._slow:
             # A slow consumer gets its close frame if it drains in time, then TCP is shut.
             if empty or time.monotonic() >= (self._close_deadline or 0):
@@ -329,7 +344,7 @@ class Connection:
             return False
         return empty
 
-    def fail_slow_consumer(self, code: int, reason: str) -> None:
+    def fail_slow(self, code: int, reason: str) -> None:
         """Close a connection that cannot keep up: the close frame goes after what is
         already queued (even past `write_limit`); TCP is shut once it is written or
         after `close_timeout`. Never blocks."""
@@ -340,10 +355,11 @@ class Connection:
             out = self._protocol.data_to_send()
         self._close_deadline = time.monotonic() + self.close_timeout
         self._slow = True
-        with self._wlock:
-            self._out += out
+        self._outbound.close_after(out)
         self._metrics.add(BYTES_OUT, len(out))
         self.flush()
+
+    fail_slow_consumer = fail_slow
 
     # -- internals: writing -------------------------------------------------
 
@@ -351,63 +367,30 @@ class Connection:
         if self._protocol.state is not State.OPEN:
             raise ConnectionClosed(*self._protocol.pending_close)
 
-    def _send_frame(self, frame: bytes) -> None:
+    def _send(self, make_frame: Any) -> None:
+        """Queue one data message made under the outbound lock; wait until written."""
         self._check_open()
-        self._write(frame, wait=True, messages=1)
+        size = [0]
 
-    def _write(self, data: bytes, wait: bool, messages: int = 0) -> None:
-        """Append to the outbound stream (`messages` data messages, counted); with
-        `wait`, block until all of it is written."""
-        if not data:
-            return
-        with self._wlock:
-            if self._out:
-                self._out += data
-            else:
-                try:
-                    n = self._sock.send(data, socket.MSG_NOSIGNAL)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    self._broken()
-                    raise ConnectionClosed(ABNORMAL, "connection lost while writing")
-                if n < len(data):
-                    self._out += memoryview(data)[n:]
-            self.messages_sent += messages
-            pending = bool(self._out)
-        self._metrics.add2(BYTES_OUT, len(data), MESSAGES_OUT, messages)
-        if pending and wait:
-            self._drain()
+        def frame() -> bytes:
+            data: bytes = make_frame()
+            size[0] = len(data)
+            return data
 
-    def _drain(self) -> None:
-        """Block until the outbound buffer is empty (or the connection is lost)."""
-        waiter = None  # rare path (socket buffer full): a waiter of its own per call
-        while True:
-            with self._wlock:
-                if self._flush_locked():
-                    return
-            if self._protocol.state is State.CLOSED:
-                raise ConnectionClosed(self.close_code, self.close_reason)
-            waiter = waiter or self._rt.Waiter(self.fd)
-            waiter.wait(False, True, 1.0)
+        if not self._outbound.write(frame, 1, wait=True):
+            if self._protocol.state is State.OPEN:  # the socket failed under us
+                raise ConnectionClosed(ABNORMAL, "connection lost while writing")
+            raise ConnectionClosed(*self._protocol.pending_close)
+        self._metrics.add2(BYTES_OUT, size[0], MESSAGES_OUT, 1)
 
-    def _flush_locked(self) -> bool:
-        if not self._out:
-            return True
-        try:
-            n = self._sock.send(self._out, socket.MSG_NOSIGNAL)
-        except BlockingIOError:
-            return False
-        except OSError:
-            self._out.clear()
-            self._broken()
-            return True
-        del self._out[:n]
-        return not self._out
+    def _write(self, data: bytes, wait: bool) -> None:
+        """Queue control frames (pongs, pings); with `wait`, until written."""
+        if data:
+            self._outbound.write(data, 0, wait=wait)
+            self._metrics.add(BYTES_OUT, len(data))
 
     def _broken(self) -> None:
         """The socket failed: stop everything; the reader sees EOF."""
-        self._out.clear()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -420,38 +403,22 @@ class Connection:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        if not self._rt.HAS_TASKS:
-            self._end()
+        self._reader.aborted()
 
-    # -- internals: reading -------------------------------------------------
+    def _leave_broadcast(self) -> None:
+        if self._broadcast is not None:
+            self._broadcast.detach(self)
 
-    def _read_loop(self) -> None:
-        """Background reader: feed the engine, answer pings, keep alive, queue messages."""
-        try:
-            while self._protocol.state is not State.CLOSED:
-                self._pump(None)
-                if self.max_queue and self._inbox.qsize() >= self.max_queue:
-                    self._resume.clear()
-                    while (self._inbox.qsize() >= self.max_queue
-                           and self._protocol.state is not State.CLOSED):
-                        self._resume.wait(1.0)
-        except Exception:  # never let a reader die silently with the socket open
-            with self._plock:
-                self._protocol.fail(INTERNAL_ERROR, "internal error")
-                self._protocol.abort()
-            raise
-        finally:
-            self._end()
+    # -- internals: reading (called by the reader) ---------------------------
 
-    def _pump(self, timeout: Optional[float]) -> None:
+    def _pump(self, timeout: Optional[float], want_write: bool) -> None:
         """Wait for input, output room or a timer (at most `timeout`), then act on it."""
         now = time.monotonic()
         deadline = self._next_deadline()
         wait_for = None if deadline is None else max(0.0, deadline - now)
         if timeout is not None:
             wait_for = timeout if wait_for is None else min(wait_for, timeout)
-        want_write = bool(self._out) and self._rt.HAS_TASKS
-        readable, writable = self._waiter.wait(True, want_write, wait_for)
+        readable, writable = self._waiter.wait(True, want_write and bool(self._outbound.pending), wait_for)
         if writable:
             self.flush()
         if readable:
@@ -474,8 +441,6 @@ class Connection:
         except OSError:
             data = b""
         self._feed(data)
-        if self._protocol.state is State.CLOSED:
-            self._end()
         return True
 
     def _feed(self, data: bytes) -> None:
@@ -485,13 +450,15 @@ class Connection:
             out = protocol.data_to_send()
             events = protocol.events_received()
             failed = protocol.failed
+            closing = protocol.state is not State.OPEN
             if protocol.state is State.CLOSING and self._close_deadline is None:
                 self._close_deadline = time.monotonic() + self.close_timeout
         if out:
-            try:
+            if closing:  # our close frame (an echo, or a failure): no data after it
+                self._outbound.close_after(out)
+                self._metrics.add(BYTES_OUT, len(out))
+            else:
                 self._write(out, wait=False)
-            except ConnectionClosed:
-                pass
             if failed:
                 # RFC 6455 7.1.7: after failing, close TCP; read on until EOF or the deadline.
                 self._closing_handshake_done()
@@ -510,8 +477,7 @@ class Connection:
 
     def _closing_handshake_done(self) -> None:
         # RFC 6455 7.1.1: the server closes the TCP connection first.
-        with self._wlock:
-            self._flush_locked()
+        self._outbound.flush()
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -543,20 +509,15 @@ class Connection:
                 with self._plock:
                     self._protocol.ping(self._ping_payload)
                     out = self._protocol.data_to_send()
-                try:
-                    self._write(out, wait=False)
-                except ConnectionClosed:
-                    pass
+                self._write(out, wait=False)
 
     def _fail(self, code: int, reason: str) -> None:
         with self._plock:
             self._protocol.fail(code, reason)
             out = self._protocol.data_to_send()
         self._close_deadline = time.monotonic() + self.close_timeout
-        try:
-            self._write(out, wait=False)
-        except ConnectionClosed:
-            pass
+        self._outbound.close_after(out)
+        self._metrics.add(BYTES_OUT, len(out))
         self._closing_handshake_done()
 
     def _end(self) -> None:
@@ -565,35 +526,115 @@ class Connection:
             self._done.set()
             self._inbox.put(_CLOSED)
             self._resume.set()
-            if self.hub is not None:
-                self.hub.detach(self)
+            self._leave_broadcast()
 
-    # -- the async model: protocol work inline, in the handler -------------
 
-    def _receive_inline(self, timeout: Optional[float]) -> Union[str, bytes, None]:
+class _BackgroundReader:
+    """The threads and gevent models: a task of its own reads beside the handler."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._task: Any = None
+
+    def start(self) -> None:
+        self._task = self._conn._rt.spawn(self._run)
+
+    def _run(self) -> None:
+        """Feed the engine, answer pings, keep alive, queue messages."""
+        conn = self._conn
+        try:
+            while conn._protocol.state is not State.CLOSED:
+                conn._pump(None, want_write=True)
+                if conn.max_queue and conn._inbox.qsize() >= conn.max_queue:
+                    conn._resume.clear()
+                    while (conn._inbox.qsize() >= conn.max_queue
+                           and conn._protocol.state is not State.CLOSED):
+                        conn._resume.wait(1.0)
+        except Exception:  # never let a reader die silently with the socket open
+            with conn._plock:
+                conn._protocol.fail(INTERNAL_ERROR, "internal error")
+                conn._protocol.abort()
+            raise
+        finally:
+            conn._end()
+
+    def receive(self, timeout: Optional[float]) -> Union[str, bytes, None]:
+        conn = self._conn
+        try:
+            if timeout is not None and timeout <= 0:
+                item = conn._inbox.get_nowait()
+            else:
+                item = conn._inbox.get(timeout=timeout)
+        except conn._rt.Empty:
+            return None
+        return conn._unwrap(item)
+
+    def wait_closed(self, deadline: float) -> None:
+        if not self._conn._done.wait(max(0.0, deadline - time.monotonic())):
+            self._conn._abort("no close frame from the peer in time")
+
+    def wait_done(self, timeout: float) -> None:
+        self._conn._done.wait(timeout)
+
+    def join(self, timeout: float) -> None:
+        if self._task is not None:
+            self._task.join(timeout)
+
+    def aborted(self) -> None:
+        """The reader sees the shut socket and ends by itself."""
+
+
+class _InlineReader:
+    """The async (ugreen) model: no background tasks; the handler reads while it
+    waits in `receive` (and in `close`)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def start(self) -> None:
+        """Nothing runs until the handler receives."""
+
+    def receive(self, timeout: Optional[float]) -> Union[str, bytes, None]:
+        conn = self._conn
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return self._unwrap(self._inbox.get_nowait())
-            except self._rt.Empty:
+                return conn._unwrap(conn._inbox.get_nowait())
+            except conn._rt.Empty:
                 pass
-            if self._protocol.state is State.CLOSED:
-                self._end()
+            if conn._protocol.state is State.CLOSED:
+                conn._end()
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                if self._read_available():  # recv_nb and expired timeouts still see what arrived
+                if conn._read_available():  # recv_nb and expired timeouts still see what arrived
+                    if conn._protocol.state is State.CLOSED:
+                        conn._end()
                     continue
                 return None
-            self._pump(remaining)
-            if self._protocol.state is State.CLOSED:
-                self._end()
+            conn._pump(remaining, want_write=False)
+            if conn._protocol.state is State.CLOSED:
+                conn._end()
+
+    def wait_closed(self, deadline: float) -> None:
+        conn = self._conn
+        while conn._protocol.state is not State.CLOSED:
+            conn._pump(deadline - time.monotonic(), want_write=False)
+            if time.monotonic() >= deadline:
+                conn._abort("no close frame from the peer in time")
+
+    def wait_done(self, timeout: float) -> None:
+        """Nothing reads in the background: nothing to wait for."""
+
+    def join(self, timeout: float) -> None:
+        """No task to join."""
+
+    def aborted(self) -> None:
+        self._conn._end()
 
 
 def _sharedarea_bytes(id: int, pos: int, length: int) -> bytes:
-    import uwsgi
-
-    area = uwsgi.sharedarea_memoryview(id)
+    area = _uwsgi.api().sharedarea_memoryview(id)
     if pos < 0 or pos > len(area):
         raise ValueError(f"position {pos} is outside sharedarea {id} ({len(area)} bytes)")
     end = len(area) if length <= 0 else pos + length

@@ -15,11 +15,11 @@ The wire protocol (JSON text frames) is specified in docs/protocol.md.
 Rooms are broadcast channels named ``events:<path>:<room>``; the endpoint-wide
 stream (``emit(..., to=None)``) is the channel ``events:<path>``, which every
 connection of the endpoint joins. Broadcast events are published with the
-mule's event flag (`uwsgi_ws.mule`): the mule writes the ring seq and epoch
-into each one, so a client knows what it last saw and can resume. Replay and
-the switch to live delivery happen in the hub's waker (`Hub.catch_up`), at one
-point of the ring: no duplicate, no gap. The bound is the ring: what is still
-in it (--sharedarea size; `BroadcastRing.min_seq`) can be replayed.
+event flag (`uwsgi_ws.broadcast.publish`): the mule writes the ring seq and
+epoch into each one, so a client knows what it last saw and can resume. Replay
+and the switch to live delivery happen through `Broadcast.recover`, at one
+point of the stream: no duplicate, no gap. The bound is what the ring and the
+mule's history still hold.
 
 Handlers run in the connection's own task, inside the Flask request context of
 the upgrade request, one frame at a time.
@@ -28,15 +28,16 @@ the upgrade request, one frame at a time.
 from __future__ import annotations
 
 import json
-import struct
+import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from flask import Response, current_app, request
 
-from . import frames, history
-from .connection import ConnectionClosed
-from .mule import channel_bytes, publish
+from . import frames
+from .broadcast import After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
+from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
+from .exceptions import ConnectionClosed, EventError
 
 ALL = ""  # the resume key (and SSE room) of the endpoint-wide stream
 SSE_HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
@@ -54,16 +55,9 @@ def _client_file(name: str) -> Response:
     if name not in _CLIENT_FILES:
         return Response(f"404 Not Found: the client files are {', '.join(_CLIENT_FILES)}\n", status=404,
                         mimetype="text/plain")
-    import os
-
     with open(os.path.join(os.path.dirname(__file__), "static", name), "rb") as f:
         body = f.read()
     return Response(body, mimetype="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
-
-
-class EventError(Exception):
-    """Raise in a handler to answer the client with an error ack carrying this message
-    (any other exception is logged and answered ``"internal error"``)."""
 
 
 def _dumps(obj: Any) -> str:
@@ -81,8 +75,8 @@ class EventConnection:
         self.endpoint = endpoint
         self.ws = ws_conn
         self.rooms: set = set()
-        self._deferred: Optional[List[str]] = None  # rooms held until the resume frame
-        self._start_seq = 0  # ring seq at the upgrade: live joins start after it
+        self._deferred: Optional[List[Tuple[str, int]]] = None  # (room, last) held until the resume frame
+        self._start_seq = 0  # stream position at the upgrade: live joins start after it
 
     @property
     def environ(self) -> Dict[str, Any]:
@@ -101,44 +95,44 @@ class EventConnection:
         if self._deferred is not None:
             self._deferred.append((room, last))
             return
-        hub = self.ws.hub
-        self.endpoint._catch_up(hub, self.ws, {channel: -last if last > 0 else hub.ring.write_seq},
-                                lambda result: None)
+        broadcast = self.endpoint.broadcast
+        recovery: Recovery = Last(last) if last > 0 else After(broadcast.position().seq)
+        broadcast.recover(self.ws, {channel: recovery})
 
     def leave(self, room: str) -> None:
+        """Stop receiving `room` (after any join of it still being set up)."""
         self.rooms.discard(room)
         if self._deferred is not None:
             self._deferred = [(r, n) for r, n in self._deferred if r != room]
-        channel, ws = self.endpoint.channel(room), self.ws
-        # through the hub's waker, after any join still queued there (FIFO)
-        ws.hub.catch_up(ws, [], lambda result: ws.hub.unsubscribe(ws, channel))
+        self.endpoint.broadcast.unsubscribe(self.ws, self.endpoint.channel(room), ordered=True)
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this connection only (no seq: it is not in the ring)."""
         self.send({"type": "event", "event": event, "data": data, "room": None})
 
     def send(self, message: Dict[str, Any]) -> None:
+        """Send one protocol frame (a JSON object) to this connection; blocks until written."""
         self.ws.send(_dumps(message))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection (code and reason as `Connection.close`)."""
         self.ws.close(code, reason)
 
     # -- resume ----------------------------------------------------------------
 
-    def _subscribe(self, wanted: Dict[str, Optional[int]], epoch_ok: bool) -> None:
+    def _subscribe(self, wanted: Dict[str, int], epoch_ok: bool) -> None:
         """Subscribe the endpoint stream and the deferred rooms plus `wanted` ({room: last
         seq}); answer not_recovered per room that cannot be replayed, then resumed."""
-        after_default = self._start_seq
+        start = After(self._start_seq)
         rooms = [(ALL, 0)] + [(r, n) for r, n in (self._deferred or []) if r not in wanted]
         self._deferred = None
-        plan: Dict[str, int] = {}
+        plan: Dict[str, Recovery] = {}
         names: Dict[str, str] = {}
         not_recovered: List[Tuple[str, str]] = []
         for room, count in rooms:
-            if room not in wanted:
-                channel = self.endpoint.channel(room)
-                names[channel] = room
-                plan[channel] = -count if count > 0 else after_default
+            channel = self.endpoint.channel(room)
+            names[channel] = room
+            plan[channel] = Last(count) if count > 0 else start
         for room, last in wanted.items():
             channel = self.endpoint.channel(room)
             names[channel] = room
@@ -146,27 +140,25 @@ class EventConnection:
                 self.rooms.add(room)
             if not epoch_ok:
                 not_recovered.append((room, "epoch changed: the server restarted; refetch the state"))
-                plan[channel] = after_default
+                plan[channel] = start
             else:
-                plan[channel] = last
-        ws = self.ws
+                plan[channel] = After(last)
+        ws, broadcast = self.ws, self.endpoint.broadcast
 
-        def done(result: Dict[str, Any]) -> None:  # in the hub's waker: never block
-            frames_out = [_text_frame({"type": "not_recovered", "room": room, "reason": reason})
-                          for room, reason in not_recovered]
+        def done(result: Dict[str, Recovered]) -> None:  # in the hub's task: never block
+            notices = [{"type": "not_recovered", "room": room, "reason": reason} for room, reason in not_recovered]
             recovered = {}
-            for channel, (status, seq) in result.items():
+            for channel, outcome in result.items():
                 room = names[channel]
-                if status == "lapped":
-                    frames_out.append(_text_frame({"type": "not_recovered", "room": room, "reason": _too_old(seq)}))
+                if not outcome.ok:
+                    notices.append({"type": "not_recovered", "room": room, "reason": _too_old(outcome.seq)})
                 elif room in wanted and epoch_ok:
-                    recovered[room] = seq
-            frames_out.append(_text_frame({"type": "resumed", "rooms": recovered,
-                                           "epoch": str(ws.hub.ring.epoch)}))
-            for frame in frames_out:
-                ws.enqueue_frame(frame, 1)
+                    recovered[room] = outcome.seq
+            notices.append({"type": "resumed", "rooms": recovered, "epoch": str(broadcast.position().epoch)})
+            for notice in notices:
+                ws.send_frame_nowait(_text_frame(notice))
 
-        self.endpoint._catch_up(ws.hub, ws, plan, done if wanted or not_recovered else (lambda result: None))
+        broadcast.recover(ws, plan, done if wanted or not_recovered else None)
 
 
 def _too_old(oldest: int) -> str:
@@ -188,8 +180,8 @@ class Events:
         self.handlers: Dict[str, Callable[..., Any]] = {}
         endpoint = route_options.pop("endpoint", "uwsgi_ws_events_" + path.strip("/").replace("/", "_"))
 
-        def events_endpoint(ws_conn: Any) -> None:
-            self._serve(ws_conn)
+        def events_endpoint(ws_conn: Any) -> Optional[Response]:
+            return self._serve(ws_conn)
 
         events_endpoint.__name__ = endpoint
         ws.route(path, endpoint=endpoint, **route_options)(events_endpoint)
@@ -223,6 +215,11 @@ class Events:
             raise ValueError(f"room {room[:40]!r}: {exc} (with the prefix {channel[:-len(room)]!r})") from None
         return channel
 
+    @property
+    def broadcast(self) -> Broadcast:
+        """This process's broadcast (`uwsgi_ws.broadcast.Broadcast`)."""
+        return self.ws.broadcast()
+
     def emit(self, event: str, data: Any = None, to: Any = None) -> None:
         """Send `event` with `data` (JSON-serialisable) to a room (str), one connection
         (an EventConnection: direct, no seq), or None: every connection of the endpoint.
@@ -234,44 +231,17 @@ class Events:
             return
         room = None if to in (None, ALL) else to
         channel = self.channel(room)
-        publish(_dumps({"type": "event", "event": event, "data": data, "room": room}), channel, event=True)
-
-    def _catch_up(self, hub: Any, target: Any, plan: Dict[str, int],
-                  done: Callable[[Dict[str, Any]], None]) -> None:
-        """`hub.catch_up(target, plan)` ({channel: after seq, or -n: its last n}), with the
-        mule's history (when on) supplying what the ring no longer holds. Blocks this
-        task on the history query only when the ring cannot serve the plan itself."""
-        ring = hub.ring
-        oldest = ring.min_seq
-        ask_after = {c: a for c, a in plan.items() if 0 <= a and a + 1 < oldest}
-        ask_last = {c: -a for c, a in plan.items() if a < 0}
-        preface: List[bytes] = []
-        gone: Dict[str, int] = {}
-        if ask_after or ask_last:
-            reply = history.fetch(self.ws.runtime(), ask_after, ask_last)
-            if reply is not None:
-                preface, gone = reply.frames, reply.gone
-                for channel in (*ask_after, *ask_last):
-                    if channel not in gone:
-                        plan[channel] = reply.through
-
-        def finish(result: Dict[str, Any]) -> None:  # the oldest seq the server still has
-            for channel, oldest_kept in gone.items():
-                if result.get(channel, ("",))[0] == "lapped":
-                    result[channel] = ("lapped", oldest_kept)
-            done(result)
-
-        hub.catch_up(target, list(plan.items()), finish, preface)
+        self.broadcast.publish(_dumps({"type": "event", "event": event, "data": data, "room": room}), channel,
+                               event=True)
 
     # -- WebSocket -------------------------------------------------------------------
 
-    def _serve(self, ws_conn: Any) -> None:
-        hub = ws_conn.hub  # the first use: upgrades
-        if hub is None:
-            ws_conn.close(1011, "events need the broadcast ring: --sharedarea and --mule=uwsgi_ws.mule:run")
-            return
+    def _serve(self, ws_conn: Any) -> Optional[Response]:
+        broadcast = self.broadcast
+        if not broadcast.available:  # answered before the upgrade
+            return _unavailable(broadcast)
         conn = EventConnection(self, ws_conn)
-        conn._start_seq = hub.ring.write_seq
+        conn._start_seq = broadcast.position().seq
         resume_expected = request.args.get("resume") == "1"
         conn._deferred = []
         connect = self.handlers.get("connect")
@@ -291,6 +261,7 @@ class Events:
                     disconnect(conn, ws_conn.close_code, ws_conn.close_reason)
                 except Exception:
                     current_app.log_exception(sys.exc_info())
+        return None
 
     def _on_frame(self, conn: EventConnection, message: Any) -> None:
         try:
@@ -376,18 +347,17 @@ class Events:
                 conn.send({"type": "error", "message": str(exc)})
                 conn._subscribe({}, True)
                 return
-        conn._subscribe(dict(rooms), str(epoch) == str(conn.ws.hub.ring.epoch))
+        conn._subscribe(dict(rooms), str(epoch) == str(self.broadcast.position().epoch))
 
     # -- SSE -------------------------------------------------------------------------
 
     def _sse_view(self) -> Response:
-        hub = self.ws.hub()
-        if hub is None:
-            return Response("the event stream needs uWSGI with --sharedarea and --mule=uwsgi_ws.mule:run\n",
-                            status=503, mimetype="text/plain")
+        broadcast = self.broadcast
+        if not broadcast.available:
+            return _unavailable(broadcast)
         rooms = [r for r in request.args.get("rooms", "").split(",") if r]
         try:
-            channels = {self.channel(r): r for r in rooms}
+            channels: Dict[str, Optional[str]] = {self.channel(r): r for r in rooms}
         except (ValueError, TypeError) as exc:
             return Response(f"400 Bad Request: {exc}\n", status=400, mimetype="text/plain")
         channels[self.channel(None)] = None
@@ -399,30 +369,39 @@ class Events:
         stream = SSEStream(self.ws.runtime())
         notice = None
         count = min(int(last), self.max_last)
-        plan = {c: (-count if count and room is not None else hub.ring.write_seq) for c, room in channels.items()}
+        position = broadcast.position()
+        plan: Dict[str, Recovery] = {c: (Last(count) if count and room is not None else After(position.seq))
+                                     for c, room in channels.items()}
         if last_id:
             epoch, _, seq = last_id.partition("-")
-            if epoch == str(hub.ring.epoch) and seq.isdigit():
-                plan = {c: int(seq) for c in channels}
+            if epoch == str(position.epoch) and seq.isdigit():
+                plan = {c: After(int(seq)) for c in channels}
             else:
                 notice = {"type": "not_recovered", "room": None,
                           "reason": "epoch changed or bad Last-Event-ID: refetch the state"}
 
-        def done(result: Dict[str, Any]) -> None:
-            for channel, (status, seq) in result.items():
-                if status == "lapped":
-                    stream.notice({"type": "not_recovered", "room": channels[channel], "reason": _too_old(seq)})
+        def done(result: Dict[str, Recovered]) -> None:
+            for channel, outcome in result.items():
+                if not outcome.ok:
+                    stream.notice({"type": "not_recovered", "room": channels[channel], "reason": _too_old(outcome.seq)})
 
         if notice:
             stream.notice(notice)
-        self._catch_up(hub, stream, plan, done)
+        broadcast.attach(stream)
+        broadcast.recover(stream, plan, done)
 
-        def body():
+        def body() -> Iterator[bytes]:
             yield b": uwsgi_ws event stream\nretry: 2000\n\n"
             yield from stream.chunks()
 
-        return Response(_Closing(body(), lambda: hub.detach(stream)), mimetype="text/event-stream",
+        return Response(_Closing(body(), lambda: broadcast.detach(stream)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _unavailable(broadcast: Broadcast) -> Response:
+    return Response(f"503 Service Unavailable: event endpoints need the broadcast ({broadcast.problem}): "
+                    "run under uWSGI with --sharedarea 4096 and --mule=uwsgi_ws.mule:run\n",
+                    status=503, mimetype="text/plain")
 
 
 class _Closing:
@@ -443,75 +422,93 @@ class _Closing:
 
 
 class SSEStream:
-    """A hub subscriber that is not a WebSocket: the hub hands it ready frames of event
-    JSON; it turns each into one Server-Sent Event (``id: <epoch>-<seq>``) for the
-    response iterator. `enqueue_frame` never blocks (hub waker); `chunks` blocks
+    """An SSE response as a broadcast subscriber (`uwsgi_ws.broadcast.Subscriber`): the
+    hub hands it batches of event entries; it turns each into one Server-Sent Event
+    (``id: <epoch>-<seq>``, ``event: <name>``, ``data: <the event's JSON>``) for the
+    response iterator. `deliver` never blocks (the hub's task); `chunks` blocks
     (the response's own thread or greenlet)."""
 
-    fd = -1
-    pending_output = 0
-
-    def __init__(self, runtime: Any) -> None:
-        self.channels: set = set()
+    def __init__(self, runtime: Any, max_queue: int = SSE_MAX_QUEUE) -> None:
         self.connected = True
+        self._rt = runtime
         self._queue = runtime.Queue()
-        self._size = 0
+        self._max_queue = max_queue
 
-    def fanout_acquire(self) -> bool:
-        return False  # never the native path: enqueue_frame parses
+    # -- the hub's side --------------------------------------------------------------
 
-    def enqueue_frame(self, data: bytes, count: int = 1) -> bool:
-        if not self.connected:
+    def deliver(self, batch: Batch) -> bool:
+        if not self.connected or self._queue.qsize() + len(batch.entries) > self._max_queue:
             return False
-        if self._queue.qsize() + count > SSE_MAX_QUEUE:
-            return False
-        pos = 0
-        while pos < len(data):
-            n = data[pos + 1] & 0x7F
-            pos += 2
-            if n == 126:
-                n = struct.unpack_from("!H", data, pos)[0]
-                pos += 2
-            elif n == 127:
-                n = struct.unpack_from("!Q", data, pos)[0]
-                pos += 8
-            self._queue.put(data[pos:pos + n])
-            pos += n
+        for entry in batch.entries:
+            self._queue.put((batch.epoch, entry))
         return True
 
-    def notice(self, message: Dict[str, Any]) -> None:
-        self._queue.put(b"\0" + _dumps(message).encode("utf-8"))
+    def begin_direct(self) -> int:
+        return -1  # no socket of its own: always `deliver`
 
-    def fail_slow_consumer(self, code: int, reason: str) -> None:
+    def end_direct(self, batch: Batch, result: int) -> None:
+        """Never called (begin_direct is always -1)."""
+
+    def flush(self) -> bool:
+        return True
+
+    @property
+    def pending_output(self) -> int:
+        return 0
+
+    def fileno(self) -> int:
+        return -1
+
+    def fail_slow(self, code: int, reason: str) -> None:
         self.connected = False
         self._queue.put(None)
 
-    def chunks(self):
-        import queue as _queue
+    def notice(self, message: Dict[str, Any]) -> None:
+        """Queue a protocol notice (not_recovered) for the stream."""
+        self._queue.put(message)
 
-        empty: Tuple[type, ...] = (_queue.Empty,)
-        try:
-            import gevent.queue
+    # -- the response's side ------------------------------------------------------------
 
-            empty += (gevent.queue.Empty,)
-        except ImportError:
-            pass
+    def chunks(self) -> Iterator[bytes]:
+        """The stream's bytes: events, notices, a comment every SSE_HEARTBEAT seconds of
+        quiet; ends when the hub drops the stream as slow. Blocks."""
         while True:
             try:
-                payload = self._queue.get(timeout=SSE_HEARTBEAT)
-            except empty:
+                item = self._queue.get(timeout=SSE_HEARTBEAT)
+            except self._rt.Empty:
                 yield b": keepalive\n\n"
                 continue
-            if payload is None:
+            if item is None:
                 return
-            if payload[:1] == b"\0":
-                yield b"event: not_recovered\ndata: " + payload[1:] + b"\n\n"
+            if isinstance(item, dict):
+                yield b"event: not_recovered\ndata: " + _dumps(item).encode("utf-8") + b"\n\n"
                 continue
-            try:
-                message = json.loads(payload)
-            except ValueError:
-                continue  # not an event of this protocol
-            if not isinstance(message, dict) or "seq" not in message:
-                continue
-            yield (f"id: {message['epoch']}-{message['seq']}\nevent: {message.get('event')}\n"
-                   f"data: {_dumps(message)}\n\n").encode("utf-8")
+            chunk = _sse_event(*item)
+            if chunk is not None:
+                yield chunk
+
+
+_EVENT_PREFIX = b'{"type":"event","event":'
+_DECODER = json.JSONDecoder()
+
+
+def _sse_event(epoch: int, entry: Any) -> Optional[bytes]:
+    """One Server-Sent Event for an event broadcast of the ring; None for anything else."""
+    payload = frames.payload(entry.frame)
+    if not payload.startswith(_EVENT_PREFIX):
+        return None  # a plain publish on the channel: not an event of this protocol
+    if entry.flags & FLAG_EVENT:
+        event_id = f"{epoch}-{entry.seq}"
+        try:
+            name, _ = _DECODER.raw_decode(payload.decode("utf-8"), len(_EVENT_PREFIX))
+        except ValueError:
+            return None
+    elif entry.flags & FLAG_REMOTE:  # another instance's event: its own seq and epoch
+        try:
+            message = json.loads(payload)
+            event_id, name = f"{message['epoch']}-{message['seq']}", message.get("event")
+        except (ValueError, KeyError, TypeError):
+            return None
+    else:
+        return None
+    return f"id: {event_id}\nevent: {name}\ndata: ".encode("utf-8") + payload + b"\n\n"

@@ -2,25 +2,24 @@
 
 This layer only wires things: Flask routing and request context, the
 handshake (`handshake`), the connection (`connection`), the concurrency model
-(`runtime`) and the broadcast hub (`hub`).
+(`runtime`) and the broadcast (`broadcast.Broadcast`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import sys
-import threading
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import access, handshake, metrics, runtime
-from . import shutdown
+from . import _uwsgi, access, handshake, metrics, runtime, shutdown
+from .broadcast import Broadcast
+from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
 from .protocol import INTERNAL_ERROR, NORMAL
 
@@ -42,9 +41,6 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 Handler = Callable[..., Any]
-# Guards the per-process hub creation. A plain lock is right in every model:
-# under gevent nothing inside the critical section yields, so it never blocks.
-_hub_lock = threading.Lock()
 
 
 class _Upgraded(Response):
@@ -159,8 +155,6 @@ class WebSocket:
         self._deferred: list = []
         self._views: Dict[Any, Callable[..., Any]] = {}
         self._runtime: Any = None
-        self._hub: Any = None
-        self._hub_pid = 0
         if app is not None:
             self.init_app(app)
 
@@ -170,6 +164,7 @@ class WebSocket:
         """Attach to `app`: routes declared before now are registered, `app.run` launches uWSGI."""
         self.app = app
         app.extensions["uwsgi_ws"] = self
+        __import__("uwsgi_ws.startup").startup.check()  # start-up traps (uwsgi_ws/startup.py), once per process
         from .run import run, wrap_debug
 
         wrap_debug(app)
@@ -316,11 +311,9 @@ class WebSocket:
         opened: list = []  # the metrics token of the upgrade
 
         def upgrade(conn: Any) -> None:
-            import uwsgi
-
             write = start_response("101 Switching Protocols", handshake.response_headers(key, subprotocol))
             write(b"")  # uWSGI sends the headers now; the socket is ours from here on
-            sock = socket.socket(fileno=uwsgi.connection_fd())
+            sock = socket.socket(fileno=_uwsgi.api().connection_fd())
             sockets.append(sock)
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -337,11 +330,9 @@ class WebSocket:
                 close_timeout=self.option("close_timeout"),
                 max_queue=self.option("max_queue"),
                 write_limit=self.option("write_limit"),
+                broadcast=self.broadcast(),
             )
             opened.append(metrics.opened(_route()))
-            hub = self.hub()
-            if hub is not None:
-                hub.attach(conn)
             conn.start()
             shutdown.track(conn, self.runtime())  # close 1012 on a graceful worker stop
             upgraded.append(conn)
@@ -352,18 +343,22 @@ class WebSocket:
             code, reason = NORMAL, ""
             try:
                 result = handler(conn, **kwargs)
-            except ConnectionClosed:
-                pass  # the peer went away while the handler sent: not an application error
+            except ConnectionClosed as exc:
+                if not sockets:  # another connection's, before this one upgraded: a 500
+                    answer = _answer_before_upgrade(app, exc)
+                    metrics.rejected("handler", "the handler raised ConnectionClosed before the upgrade",
+                                     _route(), getattr(answer, "status_code", None))
+                    return answer
+                if not conn.closed:  # another connection's (a handler keeping a dict of them)
+                    code, reason = self._handler_failed(app, exc)
+                # else: this connection's peer went away while the handler sent: the quiet end
             except Exception as exc:
                 if not sockets:  # nothing sent yet: a plain HTTP answer (401, 403, 500)
                     answer = _answer_before_upgrade(app, exc)
                     metrics.rejected("handler", f"the handler raised {type(exc).__name__} before the upgrade",
                                      _route(), getattr(answer, "status_code", None))
                     return answer
-                # the client gets 1011; Flask logs it; the worker lives
-                code, reason = INTERNAL_ERROR, "internal error"
-                got_request_exception.send(app, exception=exc)
-                app.log_exception(sys.exc_info())
+                code, reason = self._handler_failed(app, exc)
             else:
                 if not sockets and result is not None:  # e.g. a decorator's redirect or abort response
                     answer = app.make_response(result)
@@ -375,40 +370,43 @@ class WebSocket:
             if upgraded:
                 conn.finish(code, reason)
                 shutdown.untrack(conn)
-                if conn.hub is not None:
-                    conn.hub.detach(conn)
                 metrics.closed(opened[0], conn)
         finally:
             for sock in sockets:
                 sock.detach()  # uWSGI closes the fd when the request ends
         return None
 
+    @staticmethod
+    def _handler_failed(app: Flask, exc: BaseException) -> Tuple[int, str]:
+        """A handler raised after the upgrade: the client gets 1011 (RFC 6455 section
+        7.4.1, "internal error"); Flask logs it and sends got_request_exception; the worker lives."""
+        got_request_exception.send(app, exception=exc)
+        app.log_exception(sys.exc_info())
+        return INTERNAL_ERROR, "internal error"
+
     # -- broadcast ------------------------------------------------------------
 
-    def hub(self) -> Any:
-        """This worker's broadcast hub (None outside uWSGI or without a broadcast ring)."""
-        pid = os.getpid()
-        if self._hub_pid == pid:
-            return self._hub
-        from .hub import Hub
-
-        with _hub_lock:  # first connections of a threaded worker arrive together
-            if self._hub_pid != pid:
-                self._hub = Hub.for_worker(self.runtime())
-                self._hub_pid = pid
-        return self._hub
+    def broadcast(self) -> Broadcast:
+        """This process's broadcast (`uwsgi_ws.broadcast.Broadcast`): publish, and in a
+        worker with a ring, subscribe and recover. `broadcast().available` says whether
+        this worker can deliver broadcasts."""
+        return broadcast_for_process(self.runtime())
 
     def publish(self, data: Union[str, bytes], channel: Optional[str] = None) -> int:
         """Broadcast `data` to every connection subscribed to `channel` (None: every
-        connection of the instance), in every worker. Thread-safe; may block
-        briefly while the broadcast mule's queue is full.
+        connection of the instance), in every worker.
 
-        Returns the number of bytes handed to the mule. Raises
-        `uwsgi_ws.PublishError` with the option to set when it can't.
+        Returns:
+            The number of bytes handed to the mule.
+
+        Raises:
+            PublishError: with the option to set when it can't.
+            TypeError: `data` is neither str nor bytes-like.
+
+        Thread-safe; may block the calling thread or greenlet briefly while the
+        broadcast mule's queue is full.
         """
-        from .mule import publish
-
-        return publish(data, channel)
+        return self.broadcast().publish(data, channel)
 
     def events(self, path: str, **options: Any) -> Any:
         """An event endpoint (`uwsgi_ws.events.Events`): WebSocket at `path`, SSE at

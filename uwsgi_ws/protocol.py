@@ -110,6 +110,28 @@ class _LimitedDecoder(FrameDecoder):
         return True
 
 
+def check_close_code(code: int, reason: str = "") -> None:
+    """Refuse what may not go in a close frame: the same rule the decoder applies to
+    the peer's close frames (RFC 6455 section 7.4; wsproto's list of defined codes):
+    1000-1003 and 1007-1013 defined, 1004 reserved, 1005, 1006 and 1015 never on
+    the wire, 1014 and 1016-2999 not defined for this engine, 3000-4999 for
+    libraries and applications.
+
+    Raises:
+        ValueError: naming the rule; TypeError: `code` not an int or `reason` not a str.
+    """
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"a close code is an int, not {type(code).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"a close reason is a str, not {type(reason).__name__}")
+    if code in (1004, 1005, 1006, 1015):
+        raise ValueError(f"close code {code} may not be sent in a close frame (RFC 6455 section 7.4.1: "
+                         "1004 is reserved, 1005, 1006 and 1015 are for reporting only)")
+    if not (1000 <= code <= 1013 or 3000 <= code <= 4999):
+        raise ValueError(f"close code {code} is not sendable: use 1000-1003, 1007-1013 or 3000-4999 "
+                         "(RFC 6455 section 7.4.2)")
+
+
 class Protocol:
     """Server side of one WebSocket connection after the opening handshake.
 
@@ -194,7 +216,13 @@ class Protocol:
     # -- output -----------------------------------------------------------
 
     def close(self, code: int = NORMAL, reason: str = "") -> None:
-        """Start the closing handshake (no-op unless open)."""
+        """Start the closing handshake (no-op unless open).
+
+        Raises:
+            ValueError: `code` may not be sent in a close frame (see `check_close_code`),
+                or `reason` is not a str.
+        """
+        check_close_code(code, reason)
         if self.state is State.OPEN:
             self._send_close(code, reason)
             self.state = State.CLOSING
@@ -203,7 +231,9 @@ class Protocol:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, accept no more data.
 
         The connection's close code becomes `code` whatever the peer answers.
+        Raises ValueError as `close` does.
         """
+        check_close_code(code, reason)
         if self._failure is None:
             self._failure = (code, reason)
         if self.state is State.OPEN:
@@ -216,8 +246,9 @@ class Protocol:
             self._finish(ABNORMAL, reason)
 
     def ping(self, payload: bytes = b"") -> None:
+        """Queue a ping. Raises ValueError above 125 bytes (RFC 6455 section 5.5)."""
         if len(payload) > 125:
-            raise ValueError("a ping payload is at most 125 bytes")
+            raise ValueError(f"a ping payload is at most 125 bytes (RFC 6455 section 5.5), not {len(payload)}")
         if self.state is State.OPEN:
             self._out.append(frames.encode(frames.OP_PING, bytes(payload)))
 

@@ -32,7 +32,7 @@ import time
 from flask import Flask, request
 
 from uwsgi_ws import WebSocket
-from uwsgi_ws.sharedarea import RingError
+from uwsgi_ws.exceptions import BroadcastError as RingError  # PublishError and RingError
 
 app = Flask(__name__)
 ws = WebSocket(app, ping_interval=None, write_limit=int(os.environ.get("WRITE_LIMIT", 1 << 20)))
@@ -98,7 +98,7 @@ def publish(channel=None):
     data = request.get_data()
     try:
         ws.publish(data if request.args.get("binary") else data.decode("utf-8"), channel=channel)
-    except RingError as exc:  # PublishError is a RingError
+    except RingError as exc:
         return _status(exc)
     return "", 204
 
@@ -145,9 +145,10 @@ def mule_publish(count):
 
 @app.get("/stats")
 def stats():
-    hub = ws.hub()
     out = {"pid": os.getpid()}
-    if hub is not None:
-        out.update(delivered=hub.delivered, slow_consumers=hub.slow_consumers, lapped=hub.lapped,
-                   connections=len(hub._all))
+    broadcast = ws.broadcast()
+    if broadcast.available:
+        stats = broadcast.stats()
+        out.update(delivered=stats["delivered"], slow_consumers=stats["slow_consumers"], lapped=stats["lapped"],
+                   connections=stats["subscribers"])
     return out

@@ -23,7 +23,7 @@ from flask import Flask, jsonify, request
 
 from uwsgi_ws import WebSocket
 from uwsgi_ws.events import EventError
-from uwsgi_ws.sharedarea import BroadcastRing
+from uwsgi_ws.broadcast.ring import BroadcastRing
 
 app = Flask(__name__)
 ws = WebSocket(app, ping_interval=None, metrics_route="/metrics")
@@ -87,6 +87,5 @@ def left(conn, code, reason):
 
 @app.get("/members/<room>")
 def members(room):
-    hub = ws.hub()
-    count = len(hub._channels.get(live.channel(room), ())) if hub is not None else 0
+    count = ws.broadcast().subscriber_count(live.channel(room))
     return jsonify(pid=os.getpid(), members=count)

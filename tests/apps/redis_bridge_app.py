@@ -19,7 +19,7 @@ import time
 from flask import Flask, request
 
 from uwsgi_ws import WebSocket
-from uwsgi_ws.sharedarea import RingError
+from uwsgi_ws.exceptions import BroadcastError as RingError  # PublishError and RingError
 
 app = Flask(__name__)
 ws = WebSocket(app, ping_interval=None)
@@ -70,7 +70,7 @@ def publish_many(count):
 
 @app.get("/bridge")
 def bridge():
-    from uwsgi_ws import redis_bridge
+    from uwsgi_ws.broadcast import redis as redis_bridge
 
     out = redis_bridge.stats()
     out["redis_imported"] = "redis" in sys.modules

@@ -1,46 +1,34 @@
 """Concurrency-model adapters: one module per uWSGI model, each with the same shape.
 
-Every adapter module provides:
-
-- ``NAME``: "threads", "gevent" or "async";
-- ``HAS_TASKS``: whether background tasks (threads, greenlets) can run beside a
-  request handler. Without them (uWSGI async/ugreen cores) the connection does
-  its protocol work inline, while the handler waits in ``receive``;
-- ``Lock()``, ``Event()``, ``Queue()`` and ``Empty``: primitives that block the
-  right thing (a thread, a greenlet);
-- ``spawn(fn, *args) -> Task`` with ``Task.join(timeout)``;
-- ``Waiter(fd)`` with ``wait(read, write, timeout) -> (readable, writable)``:
-  block until the fd is ready or the timeout (seconds, None = forever) passes
-  (one per connection: it keeps its registration between calls);
-- ``cooperate()``: let other tasks run (long loops call it now and then);
-- ``poller()``: an object with the ``select.poll`` interface for many fds.
+The shape is the `base.Runtime` protocol: locks, events, queues, tasks, fd
+waiters, a poller, `sleep`, and the graceful-stop hook of the model. Model
+checks live here and nowhere else.
 """
 
 from __future__ import annotations
 
-import logging
-from types import ModuleType
+from typing import cast
+
+from .. import _uwsgi
+from . import _stoppipe  # noqa: F401  (snapshots the master's pipes at import, before the fork)
+from ..log import get as _logger
+from .base import Runtime
+
+__all__ = ["Runtime", "detect", "load"]
 
 
 def detect() -> str:
-    """The model of the running uWSGI instance, from its options."""
-    try:
-        import uwsgi
-    except ImportError:
-        return "threads"
-    opt = getattr(uwsgi, "opt", {}) or {}
-    loop = getattr(uwsgi, "loop", None)
-    if isinstance(loop, bytes):
-        loop = loop.decode()
-    if loop == "gevent" or "gevent" in opt:
-        return "gevent"
-    if "async" in opt or "ugreen" in opt:
-        return "async"
-    return "threads"
+    """The model of the running uWSGI instance, from its options ("threads" outside uWSGI)."""
+    return _uwsgi.model()
 
 
-def load(name: str) -> ModuleType:
-    """The adapter module for a model name ("threads", "gevent", "async")."""
+def load(name: str) -> Runtime:
+    """The adapter for a model name ("threads", "gevent", "async").
+
+    Raises:
+        ValueError: an unknown name.
+        ImportError: gevent is not installed (for "gevent").
+    """
     if name == "threads":
         from . import threads as mod
     elif name == "gevent":
@@ -48,10 +36,10 @@ def load(name: str) -> ModuleType:
     elif name == "async":
         from . import ugreen as mod
 
-        logging.getLogger("uwsgi_ws").warning(
-            "uwsgi_ws: the async (ugreen) model serves one WebSocket per worker at a time: "
+        _logger(__name__).warning(
+            "the async (ugreen) model serves one WebSocket per worker at a time: "
             "uWSGI >= 2.0.27 deadlocks a worker on overlapping requests there; use --gevent"
         )
     else:
         raise ValueError(f"unknown concurrency model {name!r}: use threads, gevent or async")
-    return mod
+    return cast(Runtime, mod)

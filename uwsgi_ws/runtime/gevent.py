@@ -43,6 +43,24 @@ def Waiter(fd: int) -> PollWaiter:
     return PollWaiter(fd, gevent.select.poll())
 
 
+def sleep(seconds: float) -> None:
+    """Block the calling greenlet only."""
+    gevent.sleep(seconds)
+
+
+_watchers: list = []  # kept: a collected signal watcher stops watching
+
+
+def on_graceful_stop(callback: Callable[[], None]) -> bool:
+    """The master sends the worker SIGHUP, which uWSGI's gevent loop handles with a
+    gevent signal watcher (it stops accepting, then waits for the running requests).
+    libev runs every watcher of a signal, so a second one tells us too."""
+    import signal
+
+    _watchers.append(gevent.signal_handler(signal.SIGHUP, callback))
+    return True
+
+
 def cooperate() -> None:
     """Let other greenlets run (long loops call this now and then)."""
     gevent.sleep(0)

@@ -94,6 +94,17 @@ class Waiter:
         return (ready and read), (ready and not read)
 
 
+def sleep(seconds: float) -> None:
+    """uWSGI's async sleep: suspends this core only (whole seconds, rounded up)."""
+    uwsgi.async_sleep(max(1, math.ceil(seconds)))
+    uwsgi.suspend()
+
+
+def on_graceful_stop(callback: Callable[[], None]) -> bool:
+    """Async cores: uWSGI exits the worker at once on SIGHUP; nothing to wait for."""
+    return False
+
+
 def cooperate() -> None:
     """Nothing to do: there is no background work to interleave with."""
 

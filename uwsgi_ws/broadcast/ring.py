@@ -21,7 +21,7 @@ Byte layout (little-endian), the whole sharedarea:
     56      4     mule_id         the broadcast mule (publishers send to it)
     60      4     reserved
     64      192   bridge block    the Redis bridge's state (layout in
-                                  uwsgi_ws/redis_bridge.py); zeroed by a fresh
+                                  uwsgi_ws/broadcast/redis.py); zeroed by a fresh
                                   format, untouched by the ring itself
     256     16 x index_entries    index: message seq -> record
                   entry:  seq u64 | offset u32 | length u32   (slot = seq % index_entries)
@@ -35,7 +35,7 @@ by the mule and written as-is to every subscribed connection. Flags: bit 0 =
 binary; bit 1 = remote (the Redis bridge wrote it: a message of another
 instance, not to be sent to Redis again; workers ignore it); bit 2 = event
 (an event-protocol JSON text carrying its own seq and epoch, see
-uwsgi_ws/mule.py). A record never
+uwsgi_ws/broadcast/publish.py). A record never
 wraps: if it does not fit before the end of the data region, it starts at
 offset 0.
 
@@ -56,6 +56,9 @@ import os
 import struct
 import sys
 from typing import Iterator, List, NamedTuple, Optional, Tuple
+
+from .. import _uwsgi, settings
+from ..exceptions import RingError
 
 MAGIC = b"UWSRING1"
 VERSION = 1
@@ -81,10 +84,6 @@ _U64 = struct.Struct("Q")
 assert _U64.size == 8 and sys.byteorder == "little", "the ring layout is little-endian"
 
 assert HEADER.size == BRIDGE_OFFSET and INDEX_ENTRY.size == 16 and RECORD.size == 16
-
-
-class RingError(Exception):
-    """The ring cannot be used as asked; the message says what to configure."""
 
 
 class Lapped(Exception):
@@ -139,16 +138,14 @@ class BroadcastRing:
         Raises RingError naming the option to set outside uWSGI or without a sharedarea.
         """
         if area_id is None:
-            area_id = int(os.environ.get("UWSGI_WS_SHAREDAREA", "0"))
-        try:
-            import uwsgi
-        except ImportError:
+            area_id = settings.get("sharedarea")
+        if not _uwsgi.available():
             raise RingError(
                 "broadcast needs uWSGI: run the app under uwsgi with --master, "
                 "--sharedarea 4096 and --mule=uwsgi_ws.mule:run"
-            ) from None
+            )
         try:
-            view = uwsgi.sharedarea_memoryview(area_id)
+            view = _uwsgi.api().sharedarea_memoryview(area_id)
         except Exception as exc:
             raise RingError(
                 f"no uWSGI sharedarea {area_id} ({exc}): add --sharedarea 4096 "
@@ -188,7 +185,7 @@ class BroadcastRing:
         return struct.unpack_from("<I", self.buf, 56)[0] if self.formatted else 0
 
     def bridge_block(self) -> memoryview:
-        """The header's bridge block (bytes 64..255), for `uwsgi_ws.redis_bridge`."""
+        """The header's bridge block (bytes 64..255), for `uwsgi_ws.broadcast.redis`."""
         return self.buf[BRIDGE_OFFSET:HEADER_SIZE]
 
     def max_frame_size(self, channel_len: int = 255) -> int:
@@ -297,16 +294,26 @@ class BroadcastRing:
             raise Lapped(first)
         return out
 
+    def scan(self, first: int, last: int, chunk: int = 1024) -> Iterator[Entry]:
+        """Messages first..last (clipped to write_seq), in order, read `chunk` at a
+        time (each chunk is one `read_range`: copied, then checked for laps).
+
+        Raises Lapped when `first`, or a later message before it was yielded, is
+        overwritten: what was yielded until then is intact.
+        """
+        while first <= last:
+            batch = self.read_range(first, min(last, first + chunk - 1))
+            if not batch:
+                return
+            yield from batch
+            first = batch[-1].seq + 1
+
     def __iter__(self) -> Iterator[Entry]:
         """Every message still in the ring, oldest first (for tests and resume)."""
         seq = max(self.min_seq, 1)
         while True:
             try:
-                batch = self.read_range(seq, seq + 1023)
+                yield from self.scan(seq, self.write_seq)
+                return
             except Lapped:
                 seq = self.min_seq
-                continue
-            if not batch:
-                return
-            yield from batch
-            seq = batch[-1].seq + 1

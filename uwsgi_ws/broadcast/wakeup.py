@@ -16,36 +16,37 @@ holds a WebSocket. A socket works the same in every model: the worker's waker
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Optional
 
+from .. import _uwsgi
 
-def _address(worker_id: int, master_pid: Optional[int] = None) -> bytes:
-    import uwsgi
 
-    pid = master_pid if master_pid is not None else uwsgi.masterpid()
-    return b"\0uwsgi_ws-wake-%d-%d" % (pid, worker_id)
+def _address(worker_id: int) -> bytes:
+    return _uwsgi.instance_address("wake", worker_id)
 
 
 def bind_worker_socket() -> socket.socket:
-    """The calling worker's wake socket (non-blocking). Call once per worker process."""
-    import uwsgi
+    """The calling worker's wake socket (non-blocking). Call once per worker process.
 
+    Raises NotUnderUwsgi outside uWSGI."""
+    address = _address(_uwsgi.worker_id())
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    address = _address(uwsgi.worker_id())
     try:
         sock.bind(address)
     except OSError:
-        # A previous incarnation of this worker id still holds it (dying): take over.
+        # A previous incarnation of this worker id still holds it (dying): bind
+        # another name; this worker then relies on the hub's fallback poll.
         sock.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(address + b"-%d" % __import__("os").getpid())
+        sock.bind(address + b"-%d" % os.getpid())
     sock.setblocking(False)
     return sock
 
 
 def drain(sock: socket.socket) -> int:
-    """Read every pending wake-up byte; returns how many there were."""
+    """Read every pending wake-up byte; returns how many there were. Never blocks."""
     n = 0
     while True:
         try:
@@ -61,14 +62,11 @@ _sender: Optional[socket.socket] = None
 def wake_workers() -> None:
     """Send one wake-up byte to every worker of this instance (never blocks)."""
     global _sender
-    import uwsgi
-
     if _sender is None:
         _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender.setblocking(False)
-    master = uwsgi.masterpid()
-    for worker_id in range(1, uwsgi.numproc + 1):
+    for worker_id in range(1, _uwsgi.numproc() + 1):
         try:
-            _sender.sendto(b"w", _address(worker_id, master))
+            _sender.sendto(b"w", _address(worker_id))
         except OSError:
             pass  # not bound yet (worker starting) or buffer full (a wake-up is pending)

@@ -1,9 +1,10 @@
 """Scale-out: the broadcasts of several uWSGI instances shared through one Redis Stream.
 
-Opt-in: set ``UWSGI_WS_REDIS_URL`` in the instance's environment (vassal YAML
-``env: UWSGI_WS_REDIS_URL=redis://10.0.0.5:6379/0``). Only the broadcast mule
-talks to Redis (`uwsgi_ws.mule.run` starts the bridge); without the variable
-the mule imports neither this module nor `redis`. Workers only read the
+Opt-in: set the instance setting ``redis-url`` (vassal YAML ``set-placeholder:
+uwsgi-ws-redis-url=redis://10.0.0.5:6379/0``, or ``UWSGI_WS_REDIS_URL`` in the
+environment; `uwsgi_ws.settings` says why the placeholder is better). Only the
+broadcast mule talks to Redis (`uwsgi_ws.broadcast.mule.run` starts the bridge);
+without the setting the mule imports neither this module nor `redis`. Workers only read the
 counters (`stats`), which needs no `redis`.
 
 How it works (the README's "Scale-out with Redis" says why):
@@ -77,11 +78,13 @@ import traceback
 from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
-from . import frames, wakeup
-from .sharedarea import FLAG_BINARY, FLAG_REMOTE, BroadcastRing, Lapped, RingError
+from .. import frames, settings as _settings
+from ..exceptions import RingError
+from ..log import get as _logger
+from . import wakeup
+from .ring import FLAG_BINARY, FLAG_REMOTE, BroadcastRing, Lapped
 
-URL_ENV = "UWSGI_WS_REDIS_URL"
-DEFAULT_STREAM = "uwsgi_ws:broadcast"
+log = _logger(__name__)
 BATCH = 512  # stream entries per XADD pipeline or XREAD
 MAX_ORIGINS = 4096  # instances whose last counter the inbox remembers
 
@@ -157,32 +160,21 @@ def redact(url: str) -> str:
 
 
 def _log(message: str) -> None:
-    print(f"uwsgi_ws: redis bridge: {message}", flush=True)
+    log.info("redis bridge: %s", message)
 
 
 class Settings:
-    """The bridge's environment variables, validated (ValueError names the variable)."""
+    """The bridge's settings (`uwsgi_ws.settings`: ``uwsgi-ws-redis-*`` placeholders, else
+    ``UWSGI_WS_REDIS_*``), validated (ConfigError, a ValueError, names the setting)."""
 
-    def __init__(self, env: Optional[Dict[str, str]] = None) -> None:
-        env = os.environ if env is None else env
-        self.url = env.get(URL_ENV, "")
-        self.stream = env.get("UWSGI_WS_REDIS_STREAM", DEFAULT_STREAM)
+    def __init__(self) -> None:
+        self.url: str = _settings.get("redis-url")
+        self.stream: str = _settings.get("redis-stream")
         if not self.stream:
-            raise ValueError("UWSGI_WS_REDIS_STREAM is empty: give the stream key all instances share")
-        self.maxlen = self._number(env, "UWSGI_WS_REDIS_MAXLEN", "100000", int, 1)
-        self.retry_max = self._number(env, "UWSGI_WS_REDIS_RETRY_MAX", "5", float, 0.01)
-        self.replay = self._number(env, "UWSGI_WS_REDIS_REPLAY", "5", float, 0.0)
-
-    @staticmethod
-    def _number(env: Any, name: str, default: str, kind: Any, minimum: float) -> Any:
-        raw = env.get(name, default)
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ValueError(f"{name}={raw!r} is not a number") from None
-        if value < minimum:
-            raise ValueError(f"{name}={raw!r}: it must be at least {minimum:g}")
-        return value
+            raise ValueError("uwsgi-ws-redis-stream is empty: give the stream key all instances share")
+        self.maxlen: int = _settings.get("redis-maxlen")
+        self.retry_max: float = _settings.get("redis-retry-max")
+        self.replay: float = _settings.get("redis-replay")
 
 
 class _Backoff:
@@ -196,12 +188,6 @@ class _Backoff:
     def sleep(self) -> None:
         time.sleep(min(self.delay, self.maximum) * random.uniform(0.8, 1.2))
         self.delay = min(self.delay * 2, self.maximum)
-
-
-def _payload(frame: bytes) -> bytes:
-    """The payload of a server frame made by `frames.encode`."""
-    n = frame[1] & 0x7F
-    return frame[2 if n < 126 else 4 if n == 126 else 10:]
 
 
 def _parse_id(entry_id: bytes) -> Tuple[int, int]:
@@ -348,7 +334,7 @@ class Bridge:
                     late += 1
                 commands.append(("XADD", settings.stream, "MAXLEN", "~", settings.maxlen, "*", "o", self.origin,
                                  "n", n, "c", entry.channel, "f", entry.flags & FLAG_BINARY,
-                                 "d", _payload(entry.frame)))
+                                 "d", frames.payload(entry.frame)))
             if len(commands) == 1:  # the common case of a steady publisher: no pipeline object
                 client.execute_command(*commands[0])
             elif commands:
@@ -396,17 +382,14 @@ class Bridge:
         """Local entries with after < seq <= upto still in the ring."""
         ring = self.ring
         count, seq = 0, max(after + 1, ring.min_seq)
-        while seq <= upto:
+        while True:
             try:
-                batch = ring.read_range(seq, min(upto, seq + 1023))
+                for entry in ring.scan(seq, upto):
+                    count += not entry.flags & FLAG_REMOTE
+                    seq = entry.seq + 1
+                return count
             except Lapped:
                 seq = ring.min_seq
-                continue
-            if not batch:
-                break
-            count += sum(1 for e in batch if not e.flags & FLAG_REMOTE)
-            seq = batch[-1].seq + 1
-        return count
 
     def _skip_lapped(self) -> None:
         """The ring overwrote local entries before they were pushed: count them, go on."""
@@ -540,11 +523,13 @@ def start(ring: BroadcastRing, lock: Any) -> Optional[Bridge]:
     except ImportError:
         problem = "the redis package is missing: pip install 'uwsgi_ws[redis]' (or redis)"
     except ValueError as exc:
-        problem = f"{URL_ENV}={redact(os.environ.get(URL_ENV, ''))!r}: {exc}"
+        raw, where = _settings.setting("redis-url").source()
+        name = where.rsplit(" ", 1)[-1]  # the placeholder or the variable it came from
+        problem = f"{name}={redact(raw or '')!r}: {exc}"
     else:
         return bridge.start()
     block.set("out_state", OFF)
     block.set("in_state", OFF)
-    print(f"uwsgi_ws: redis bridge: OFF, {problem}. Broadcasts stay local to this instance until "
-          "the configuration is fixed and uWSGI restarted.", file=sys.stderr, flush=True)
+    log.error("redis bridge: OFF, %s. Broadcasts stay local to this instance until "
+              "the configuration is fixed and uWSGI restarted.", problem)
     return None

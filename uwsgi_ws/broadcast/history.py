@@ -1,13 +1,14 @@
 """The broadcast history: the last event broadcasts of each channel, kept by the
 broadcast mule beyond the ring.
 
-The ring (`sharedarea`) holds the most recent broadcasts of all channels
+The ring (`ring`) holds the most recent broadcasts of all channels
 together, so a busy room pushes a quiet room's messages out of it. The history
 keeps, per channel, the last N event broadcasts (the frames exactly as the
 ring holds them, seq and epoch inside), up to a total byte budget, in the
 broadcast mule's memory. Workers ask it for what the ring no longer has when a
 client resumes, and for "the last messages" of a room a client joins
-(`uwsgi_ws.events`). It stores bytes and knows nothing of connections.
+(`uwsgi_ws.events`, through `uwsgi_ws.broadcast.Broadcast`). It stores bytes
+and knows nothing of connections.
 
 Settings, uWSGI placeholders (``set-placeholder: uwsgi-ws-history=1000`` in a
 config file, ``--set-placeholder`` on a command line; uWSGI keeps them in
@@ -41,60 +42,37 @@ asked seq are no longer all kept. Records come in seq order over all channels.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
-import sys
 import threading
+import time
 from collections import deque
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
-from . import metrics
+from .. import _uwsgi, metrics, settings
+from ..log import get as _logger
+from .ring import FLAG_EVENT, FLAG_REMOTE, Entry, Lapped
+
+log = _logger(__name__)
 
 _LEN = struct.Struct("<I")
 _RECORD = struct.Struct("<QI")
-DEFAULT_SIZE = 64 * 1024 * 1024
 MAX_REQUEST = 1024 * 1024
 FETCH_TIMEOUT = 5.0  # seconds a worker waits for the mule's answer
 
 
-def parse_size(text: str) -> int:
-    """"64M" -> 67108864 (suffixes K, M, G: powers of 1024). ValueError when not a size."""
-    text = text.strip().upper().removesuffix("B")
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    number = text[:-1] if scale > 1 else text
-    if not number.isdigit():
-        raise ValueError(f"{text!r} is not a size: write bytes, or a number with K, M or G")
-    return int(number) * scale
-
-
-def settings() -> Tuple[int, int]:
-    """(messages per channel, total bytes) from the uWSGI options; (0, _) when off.
-    ValueError with what to write for a malformed value."""
-    from .mule import uwsgi_option
-
-    per_channel = uwsgi_option("uwsgi-ws-history") or "0"
-    if not per_channel.strip().isdigit():
-        raise ValueError(f"uwsgi-ws-history = {per_channel!r}: write the number of event broadcasts "
-                         "to keep per room (0: off)")
-    size = uwsgi_option("uwsgi-ws-history-size")
-    try:
-        total = parse_size(size) if size else DEFAULT_SIZE
-    except ValueError as exc:
-        raise ValueError(f"uwsgi-ws-history-size: {exc}") from None
-    return int(per_channel), total
-
-
 def enabled() -> bool:
+    """True when the mule keeps a history (``uwsgi-ws-history`` > 0)."""
     try:
-        return settings()[0] > 0
+        return int(settings.get("history")) > 0
     except ValueError:
         return False
 
 
-def address(master_pid: Optional[int] = None) -> bytes:
-    import uwsgi
-
-    return b"\0uwsgi_ws-history-%d" % (master_pid if master_pid is not None else uwsgi.masterpid())
+def address() -> bytes:
+    """The history's abstract socket address, private to this uWSGI instance."""
+    return _uwsgi.instance_address("history")
 
 
 # -- the store (the broadcast mule) ---------------------------------------------------
@@ -175,8 +153,6 @@ class Server:
 
     def __init__(self, history: History, ring: Any, lock: Any) -> None:
         """Binds the socket (OSError when another process holds it after 5 s)."""
-        import time
-
         self.history, self._ring, self._lock = history, ring, lock
         self._metrics = metrics.local()
         self._gauges()
@@ -201,8 +177,6 @@ class Server:
         self._metrics.set2(metrics.HISTORY_MESSAGES, self.history.count, metrics.HISTORY_BYTES, self.history.size)
 
     def _serve(self) -> None:
-        import os
-
         uid = os.getuid()
         while True:
             client, _ = self._sock.accept()
@@ -215,7 +189,7 @@ class Server:
                 client.settimeout(FETCH_TIMEOUT)
                 self._answer(client)
             except Exception as exc:  # a worker that gave up, or a bad request: keep serving
-                print(f"uwsgi_ws: history request failed: {exc!r}", file=sys.stderr, flush=True)
+                log.warning("history request failed: %r", exc)
             finally:
                 client.close()
 
@@ -250,24 +224,17 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 def load(ring: Any, per_channel: int, max_bytes: int) -> History:
     """A history filled with the event broadcasts still in the ring (mule start)."""
-    from .sharedarea import FLAG_EVENT, FLAG_REMOTE, Lapped
-
     history = History(per_channel, max_bytes, ring.write_seq)
     first, last = ring.min_seq, ring.write_seq
     if first == 0 or last == 0:
         return history
     history.base_seq = first - 1
-    while first <= last:
-        try:
-            batch = ring.read_range(first, min(last, first + 1023))
-        except Lapped:  # only the mule writes, and it is here: should not happen
-            return History(per_channel, max_bytes, ring.write_seq)
-        for entry in batch:
+    try:
+        for entry in ring.scan(first, last):
             if entry.flags & FLAG_EVENT and not entry.flags & FLAG_REMOTE:
                 history.append(entry.seq, entry.channel, bytes(entry.frame))
-        if not batch:
-            break
-        first = batch[-1].seq + 1
+    except Lapped:  # only the mule writes, and it is here: should not happen
+        return History(per_channel, max_bytes, ring.write_seq)
     return history
 
 
@@ -275,18 +242,19 @@ def load(ring: Any, per_channel: int, max_bytes: int) -> History:
 
 
 class Reply(NamedTuple):
+    """The history's answer: it has every kept event of the asked channels up to
+    ring seq `through`; `gone` {channel: oldest kept seq} lost some; `entries` in seq order."""
+
     through: int
     gone: Dict[str, int]
-    frames: List[bytes]
+    entries: List[Entry]
 
 
 def fetch(runtime: Any, after: Dict[str, int], last: Dict[str, int],
           timeout: float = FETCH_TIMEOUT) -> Optional[Reply]:
     """Ask the broadcast mule's history (blocks this thread or greenlet only, up to
-    `timeout`). None when the history is off or does not answer (mule restarting):
-    callers fall back to the ring."""
-    import time
-
+    `timeout` seconds). None when the history is off or does not answer (mule
+    restarting): callers fall back to the ring."""
     if not enabled():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -302,31 +270,30 @@ def fetch(runtime: Any, after: Dict[str, int], last: Dict[str, int],
                 out = out[sock.send(out):]
             except BlockingIOError:
                 if not waiter.wait(False, True, max(0.0, deadline - time.monotonic()))[1]:
-                    raise TimeoutError
+                    raise TimeoutError from None
         chunks: List[bytes] = []
         while True:
             try:
                 chunk = sock.recv(1 << 20)
             except BlockingIOError:
                 if not waiter.wait(True, False, max(0.0, deadline - time.monotonic()))[0]:
-                    raise TimeoutError
+                    raise TimeoutError from None
                 continue
             if not chunk:
                 break
             chunks.append(chunk)
     except (OSError, TimeoutError) as exc:
-        print(f"uwsgi_ws: the broadcast history did not answer ({exc!r}): replaying from the ring only",
-              file=sys.stderr, flush=True)
+        log.warning("the broadcast history did not answer (%r): replaying from the ring only", exc)
         return None
     finally:
         sock.close()
     data = b"".join(chunks)
     size = _LEN.unpack_from(data, 0)[0]
     head = json.loads(data[4:4 + size])
-    pos, frames = 4 + size, []
+    pos, entries = 4 + size, []
     while pos < len(data):
-        _, length = _RECORD.unpack_from(data, pos)
+        seq, length = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
-        frames.append(data[pos:pos + length])
+        entries.append(Entry(seq, "", FLAG_EVENT, data[pos:pos + length]))
         pos += length
-    return Reply(int(head["through"]), {str(c): int(s) for c, s in head["gone"].items()}, frames)
+    return Reply(int(head["through"]), {str(c): int(s) for c, s in head["gone"].items()}, entries)

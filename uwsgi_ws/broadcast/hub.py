@@ -1,0 +1,457 @@
+"""The worker side of broadcast: this worker's subscribers, their channels, and
+the waker task that fans new ring entries out to them.
+
+One hub per worker process. Its waker (a thread in the threads model, a
+greenlet under gevent) sleeps on the worker's wake socket (`wakeup`), then
+copies every new ring entry once and hands the ready-made frames to each
+subscribed `Subscriber` without blocking; what a socket does not take now
+stays in that subscriber's outbound buffer and the waker flushes it when the
+socket is writable. A subscriber whose buffer would pass its limit is a slow
+consumer: it is closed with 1013 and counted, and the others never wait for it.
+
+The hub knows a subscriber only through the `Subscriber` protocol below (a
+WebSocket `Connection`, an SSE stream, a Socket.IO session...), as
+centrifuge's hub knows a client only as a Transport. Membership (which
+subscriber is on which channel) is the hub's own state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+from collections import defaultdict
+from typing import (Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Set, Tuple,
+                    Union)
+
+from .. import metrics, settings
+from ..log import get as _logger
+from . import wakeup
+from .publish import channel_bytes
+from .ring import FLAG_REMOTE, BroadcastRing, Entry, Lapped
+
+log = _logger(__name__)
+
+if settings.get("pure"):
+    _send_many = None
+else:
+    try:  # the optional native helper (built by setup.py when a compiler is there)
+        from .._speedups import send_many as _send_many
+    except ImportError:
+        _send_many = None
+
+#: Close code for a subscriber that cannot keep up with broadcasts (or whose
+#: worker was lapped by the ring): 1013 "try again later" (RFC 6455 section 7.4.1, IANA registry).
+SLOW_CONSUMER = 1013
+_CHUNK = 256  # subscribers written between yields to other greenlets
+_FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
+LAST_SCAN = 65536  # ring entries looked through for "the last n messages" of a channel
+_BATCH_BYTES = 64 * 1024  # at most this much of consecutive frames in one write to a subscriber
+
+
+class Batch(NamedTuple):
+    """Consecutive ring entries of one channel, handed to a subscriber at once.
+
+    `data` is their frames back to back (what a WebSocket writes as is);
+    `entries` give each message's seq, channel, flags and frame (what an SSE
+    stream or a Socket.IO session reads); `epoch` is the ring's."""
+
+    entries: Sequence[Entry]
+    data: bytes
+    epoch: int
+
+
+class Subscriber(Protocol):
+    """What the hub may ask of a subscriber. Every method is called from the hub's
+    waker task and must never block."""
+
+    def deliver(self, batch: Batch) -> bool:
+        """Take `batch` (write what the transport takes now, queue the rest).
+        Returns False, taking nothing, when closed or past its buffer limit."""
+
+    def begin_direct(self) -> int:
+        """Optional fast path: the fd to write `batch.data` to right now (its write
+        lock held until `end_direct`), or -1 to be given `deliver` instead."""
+
+    def end_direct(self, batch: Batch, result: int) -> None:
+        """After the direct write: `result` is the bytes sent or -errno."""
+
+    def flush(self) -> bool:
+        """Write what is queued as far as the transport takes it now; True when empty."""
+
+    def fail_slow(self, code: int, reason: str) -> None:
+        """Close: it cannot keep up (or missed messages); never blocks."""
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes (or items) queued and not yet written."""
+
+    @property
+    def connected(self) -> bool:
+        """True while it can take data."""
+
+    def fileno(self) -> int:
+        """The fd to watch for writability while `flush` returns False; -1: none."""
+
+
+class After(NamedTuple):
+    """Recover every message of the channel after `seq` (resume), then live."""
+
+    seq: int
+
+
+class Last(NamedTuple):
+    """First the channel's last `n` messages, then live."""
+
+    n: int
+
+
+#: What to send before live delivery on one channel: nothing (None: live from now),
+#: the messages after a seq, or the last n.
+Recovery = Optional[Union[After, Last]]
+
+
+class Recovered(NamedTuple):
+    """The outcome of recovering one channel: `ok` True with `seq` the position live
+    delivery continues from; `ok` False when messages were gone, `seq` then being the
+    oldest one still kept (the channel is subscribed live anyway)."""
+
+    ok: bool
+    seq: int
+
+
+Done = Callable[[Dict[str, Recovered]], None]
+
+
+def _replayable(entries: Sequence[Entry], channel: str) -> List[Entry]:
+    """The entries of `channel` this instance published (replayable: a bridged
+    entry carries another instance's seq)."""
+    return [e for e in entries if e.channel == channel and not e.flags & FLAG_REMOTE]
+
+
+class Hub:
+    """Subscribers of this worker and their broadcast channels.
+
+    `attach`/`detach`/`subscribe`/`unsubscribe`/`recover` may be called from any
+    thread or greenlet of the worker; the fan-out runs in the hub's own waker task.
+    """
+
+    def __init__(self, runtime: Any, ring: BroadcastRing) -> None:
+        self._rt = runtime
+        self.ring = ring
+        self._lock = runtime.Lock()
+        self._member: Dict[Any, Set[str]] = {}  # attached subscriber -> its channels
+        self._channels: Dict[str, Set[Any]] = defaultdict(set)
+        self._epoch = ring.epoch
+        self._last = ring.write_seq
+        self._pending: Set[Any] = set()  # subscribers with unflushed output
+        self._wake = wakeup.bind_worker_socket()
+        self._ops: List[Tuple[Any, List[Tuple[str, Recovery]], Optional[Done], Sequence[Entry],
+                              Optional[Callable[[], None]]]] = []
+        self._kick_r, self._kick_w = socket.socketpair()
+        self._kick_r.setblocking(False)
+        self._kick_w.setblocking(False)
+        self.delivered = 0
+        self.slow_consumers = 0
+        self.lapped = 0
+        self._metrics = metrics.local()
+        self._task = runtime.spawn(self._run)
+
+    # -- membership -----------------------------------------------------------
+
+    def attach(self, sub: Any) -> None:
+        """`sub` may now be subscribed (every connection of the worker receives
+        broadcasts published with channel None)."""
+        with self._lock:
+            self._member.setdefault(sub, set())
+
+    def detach(self, sub: Any) -> None:
+        """`sub` leaves every channel; recoveries still queued for it do nothing. Idempotent."""
+        with self._lock:
+            channels = self._member.pop(sub, None)
+            for channel in channels or ():
+                self._remove(sub, channel)
+            self._pending.discard(sub)
+
+    def count(self, channel: Optional[str]) -> int:
+        """Subscribers of `channel` in this worker (None: every attached one)."""
+        with self._lock:
+            return len(self._member) if channel is None else len(self._channels.get(channel, ()))
+
+    def channels(self, sub: Any) -> Set[str]:
+        """A copy of the channels `sub` receives."""
+        with self._lock:
+            return set(self._member.get(sub, ()))
+
+    def subscribe(self, sub: Any, channel: str) -> Any:
+        """Add `sub` to `channel` now; returns a context manager that removes it on exit.
+
+        Raises:
+            ValueError: an empty name, not UTF-8, or over 255 bytes.
+            RuntimeError: `sub` is not attached (its connection closed).
+        """
+        if not isinstance(channel, str) or not channel:
+            raise ValueError("a channel is a non-empty str")
+        channel_bytes(channel)
+        with self._lock:
+            member = self._member.get(sub)
+            if member is None:
+                raise RuntimeError("this connection is closed: it can no longer subscribe")
+            member.add(channel)
+            self._channels[channel].add(sub)
+        return self._subscription(sub, channel)
+
+    @contextlib.contextmanager
+    def _subscription(self, sub: Any, channel: str) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.unsubscribe(sub, channel)
+
+    def unsubscribe(self, sub: Any, channel: str, ordered: bool = False) -> None:
+        """Remove `sub` from `channel`: now, or with `ordered` after every recovery
+        queued before this call (so a join then a leave end up left)."""
+        if ordered:
+            self._queue(sub, [], None, (), lambda: self.unsubscribe(sub, channel))
+            return
+        with self._lock:
+            self._remove(sub, channel)
+
+    def _remove(self, sub: Any, channel: str) -> None:
+        member = self._member.get(sub)
+        if member is not None:
+            member.discard(channel)
+        members = self._channels.get(channel)
+        if members is not None:
+            members.discard(sub)
+            if not members:
+                del self._channels[channel]
+
+    def recover(self, sub: Any, channels: Sequence[Tuple[str, Recovery]], done: Optional[Done] = None,
+                preface: Sequence[Entry] = ()) -> None:
+        """Subscribe attached `sub` to each (channel, recovery) at one point of the ring, in
+        the waker task: what the recovery asks for up to that point is handed to `sub`
+        first, every later message by the live fan-out, so nothing is sent twice or
+        skipped. `preface`: entries handed over before the replay (what the history had).
+        `After(seq)` replays from the ring; `Last(n)` takes the channel's last n still in
+        the ring (looking back at most LAST_SCAN entries).
+
+        `done(result)` then runs in the waker task with {channel: Recovered}. Never blocks.
+        """
+        self._queue(sub, list(channels), done, list(preface), None)
+
+    def _queue(self, sub: Any, channels: List[Tuple[str, Recovery]], done: Optional[Done],
+               preface: Sequence[Entry], then: Optional[Callable[[], None]]) -> None:
+        with self._lock:
+            self._ops.append((sub, channels, done, preface, then))
+        try:
+            self._kick_w.send(b"x")
+        except OSError:  # the pair's buffer is full: the waker is already due to run
+            pass
+
+    def _run_ops(self) -> None:
+        with self._lock:
+            todo, self._ops = self._ops, []
+        boundary = self._last
+        for sub, channels, done, preface, then in todo:
+            if then is not None:
+                then()
+                continue
+            result: Dict[str, Recovered] = {}
+            replay: List[Entry] = []
+            for channel, recovery in channels:
+                result[channel] = Recovered(True, boundary)
+                if isinstance(recovery, Last):
+                    replay.extend(self._read_last(channel, recovery.n, boundary))
+                elif isinstance(recovery, After) and recovery.seq < boundary:
+                    try:
+                        replay.extend(self._read_channel(channel, recovery.seq + 1, boundary))
+                    except Lapped:
+                        result[channel] = Recovered(False, self.ring.min_seq)
+                with self._lock:
+                    member = self._member.get(sub)
+                    if member is None:  # detached meanwhile: subscribe nothing
+                        continue
+                    member.add(channel)
+                    self._channels[channel].add(sub)
+            replay.sort(key=lambda e: e.seq)
+            entries = [*preface, *replay]
+            if entries:
+                batch = Batch(entries, b"".join(e.frame for e in entries), self._epoch)
+                if not sub.deliver(batch) and sub.connected:
+                    sub.fail_slow(SLOW_CONSUMER, "slow consumer: the replay is over write_limit")
+            if sub.pending_output:
+                with self._lock:
+                    self._pending.add(sub)
+            if done is not None:
+                try:
+                    done(result)
+                except Exception:
+                    log.exception("a recovery callback failed")
+
+    def _read_last(self, channel: str, n: int, last: int) -> List[Entry]:
+        """The last `n` entries of `channel` up to `last` still in the ring, looking
+        back at most LAST_SCAN entries."""
+        out: List[Entry] = []
+        stop = max(1, last - LAST_SCAN + 1)
+        while last >= stop and len(out) < n:
+            first = max(stop, last - 1023, self.ring.min_seq)
+            if first > last:
+                break
+            try:
+                batch = self.ring.read_range(first, last)
+            except Lapped:
+                break
+            out[:0] = _replayable(batch, channel)
+            last = first - 1
+        return out[-n:]
+
+    def _read_channel(self, channel: str, first: int, last: int) -> List[Entry]:
+        """The entries of `channel` in first..last; Lapped if `first` is gone."""
+        return _replayable(list(self.ring.scan(first, last)), channel)
+
+    # -- the waker task ---------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = self._rt.poller()
+        wake_fd = self._wake.fileno()
+        poller.register(wake_fd, select.POLLIN)
+        kick_fd = self._kick_r.fileno()
+        poller.register(kick_fd, select.POLLIN)
+        watched: Set[int] = set()
+        while True:
+            try:
+                events = poller.poll(_FALLBACK_POLL * 1000)
+                for fd, _ in events:
+                    if fd == wake_fd:
+                        wakeup.drain(self._wake)
+                    elif fd == kick_fd:
+                        wakeup.drain(self._kick_r)
+                self._deliver()
+                watched = self._flush_pending(poller, watched)
+            except Exception:  # keep the worker's broadcast alive; report the bug
+                log.exception("the broadcast hub's waker failed (it goes on)")
+
+    def _flush_pending(self, poller: Any, watched: Set[int]) -> Set[int]:
+        with self._lock:
+            pending = list(self._pending)
+        now_watched = set()
+        for sub in pending:
+            if sub.flush():
+                with self._lock:
+                    self._pending.discard(sub)
+            else:
+                fd = sub.fileno()
+                if fd >= 0:
+                    now_watched.add(fd)
+        for fd in watched - now_watched:
+            poller.unregister(fd)
+        for fd in now_watched - watched:
+            poller.register(fd, select.POLLOUT)
+        return now_watched
+
+    def _deliver(self) -> None:
+        ring = self.ring
+        epoch = ring.epoch
+        if epoch != self._epoch:
+            # The ring was formatted after this worker started: read it from the start.
+            self._epoch, self._last = epoch, 0
+        while True:
+            if self._ops:  # here every entry up to self._last went out, none after
+                self._run_ops()
+            last = ring.write_seq
+            if last <= self._last:
+                return
+            self._metrics.lag(last - self._last)
+            try:
+                entries = ring.read_range(self._last + 1, min(last, self._last + 4096))
+            except Lapped:
+                self._lapped()
+                continue
+            if not entries:  # defensive: read_range raises Lapped rather than return []
+                return
+            self._fan_out(entries)
+            self._last = entries[-1].seq
+
+    def _fan_out(self, entries: List[Entry]) -> None:
+        # Consecutive entries of one channel go out as one write per subscriber, at
+        # most _BATCH_BYTES at a time (or one frame): a subscriber takes a whole batch
+        # into an empty outbound buffer, so a bigger one would slip past write_limit.
+        i = 0
+        while i < len(entries):
+            channel = entries[i].channel
+            j = i + 1
+            size = len(entries[i].frame)
+            while (j < len(entries) and entries[j].channel == channel
+                   and size + len(entries[j].frame) <= _BATCH_BYTES):
+                size += len(entries[j].frame)
+                j += 1
+            group = entries[i:j]
+            data = group[0].frame if j == i + 1 else b"".join(e.frame for e in group)
+            batch = Batch(group, data, self._epoch)
+            with self._lock:
+                targets = list(self._member if not channel else self._channels.get(channel, ()))
+            for start in range(0, len(targets), _CHUNK):
+                if start:
+                    # Let request handlers (publishes) run: what they publish meanwhile
+                    # joins the next batch, which goes out in one write per subscriber.
+                    self._rt.cooperate()
+                self._write_all(targets[start:start + _CHUNK], batch)
+            i = j
+
+    def _write_all(self, targets: List[Any], batch: Batch) -> None:
+        """Hand `batch` to each target without blocking."""
+        count = len(batch.entries)
+        delivered = slow = 0
+        pending: List[Any] = []
+        if _send_many is not None:
+            ready, fds, rest = [], [], []
+            for sub in targets:
+                fd = sub.begin_direct()
+                if fd >= 0:
+                    ready.append(sub)
+                    fds.append(fd)
+                else:
+                    rest.append(sub)
+            # send_many returns only the exceptions: (index, bytes sent) or (index, -errno).
+            try:
+                short = dict(_send_many(fds, batch.data))
+            except BaseException:
+                short = {i: -errno.EAGAIN for i in range(len(ready))}  # nothing known sent: queue it all
+                raise
+            finally:
+                size = len(batch.data)
+                for index, sub in enumerate(ready):
+                    sub.end_direct(batch, short.get(index, size))
+            pending.extend(sub for sub in ready if sub.pending_output)
+            delivered = len(ready)
+            targets = rest
+        for sub in targets:
+            if sub.deliver(batch):
+                delivered += 1
+                if sub.pending_output:
+                    pending.append(sub)
+            elif sub.connected:
+                slow += 1
+                sub.fail_slow(SLOW_CONSUMER, "slow consumer: too far behind the broadcasts")
+        if pending:
+            with self._lock:
+                self._pending.update(pending)
+        self.delivered += delivered * count
+        self.slow_consumers += slow
+        self._metrics.fanout(delivered * count, delivered * len(batch.data), slow, slow * count)
+
+    def _lapped(self) -> None:
+        """This worker fell behind the ring: its subscribers missed messages."""
+        self.lapped += 1
+        with self._lock:
+            victims = [s for s in self._member if s.connected]
+        for sub in victims:
+            sub.fail_slow(SLOW_CONSUMER, "missed broadcasts: the server fell behind")
+        missed = max(0, self.ring.min_seq - 1 - self._last)
+        self._metrics.add2(metrics.LAPPED, 1, metrics.DROPPED_LAPPED, missed * len(victims))
+        self._last = self.ring.min_seq - 1
+        log.warning("worker %d was lapped by the broadcast ring; closed %d connection(s) with %d",
+                    os.getpid(), len(victims), SLOW_CONSUMER)

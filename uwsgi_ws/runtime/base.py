@@ -1,0 +1,64 @@
+"""What every concurrency-model adapter provides: the `Runtime` protocol.
+
+One adapter per uWSGI model (`threads`, `gevent`, `ugreen`), each a module of
+the same shape, as websockets keeps ``sync/`` and ``asyncio/``. The rest of the
+package uses only these names, so no model check lives outside ``runtime/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, Tuple, Type
+
+
+class Waiter(Protocol):
+    """Waits for one fd (one per user: it keeps its registration between calls)."""
+
+    def wait(self, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
+        """Block the calling thread or greenlet until the fd is readable and/or
+        writable, or `timeout` seconds pass (None: forever). Returns (readable, writable)."""
+
+
+class Task(Protocol):
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait (at most `timeout` seconds) for the task to end."""
+
+
+class Runtime(Protocol):
+    """A concurrency-model adapter (a module of ``uwsgi_ws.runtime``)."""
+
+    #: "threads", "gevent" or "async".
+    NAME: str
+    #: Whether background tasks (threads, greenlets) can run beside a request handler.
+    #: Without them (uWSGI async/ugreen cores) a connection reads inline, in its handler.
+    HAS_TASKS: bool
+    #: The exception `Queue.get` raises on a timeout.
+    Empty: Type[BaseException]
+
+    def Lock(self) -> Any:
+        """A lock blocking the right thing (a thread, a greenlet)."""
+
+    def Event(self) -> Any:
+        """An event (set, clear, is_set, wait(timeout))."""
+
+    def Queue(self) -> Any:
+        """A FIFO queue (put, get(timeout), get_nowait, qsize)."""
+
+    def spawn(self, fn: Callable[..., object], *args: object) -> Task:
+        """Run `fn(*args)` as a background task."""
+
+    def Waiter(self, fd: int) -> Waiter:
+        """A waiter for `fd`."""
+
+    def cooperate(self) -> None:
+        """Let other tasks run (long loops call it now and then)."""
+
+    def sleep(self, seconds: float) -> None:
+        """Block the calling thread or greenlet (never the whole worker)."""
+
+    def poller(self) -> Any:
+        """An object with the `select.poll` interface for many fds."""
+
+    def on_graceful_stop(self, callback: Callable[[], None]) -> bool:
+        """Run `callback` (in a task of the worker) once uWSGI tells this worker to
+        stop gracefully. Returns False when this model cannot tell (then nothing
+        is installed). Call once per worker process."""
