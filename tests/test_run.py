@@ -60,10 +60,10 @@ def test_app_run_execs_uwsgi_with_threads(launched):
 
 
 def test_app_run_debug_forces_one_worker_and_the_debugger(launched):
-    server = launched(debug=True)  # the script also asks for threads=4: debug drops it
+    server = launched(debug=True)  # the script also asks for threads=4: debug keeps them
     wait_for(lambda: server.worker_pids(), 5, "the worker's spawn line")
     log = server.log()
-    assert "Operational MODE: single process" in log, log
+    assert "Operational MODE: threaded" in log, log  # one process, still concurrent
     assert server.worker_pids() and len(server.worker_pids()) == 1
     details = info(server)
     assert details["debug"] is True

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
 from typing import Any, List
 
 from flask import Flask
+
+from . import _uwsgi
+
+logger = logging.getLogger("uwsgi_ws.run")
 
 
 def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False,
@@ -19,13 +24,17 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if not path:
-        raise RuntimeError("app.run() must be called from a script (python app.py)")
+        raise RuntimeError("app.run() starts uWSGI on the script that calls it: call it from a script "
+                           "run as `python app.py` (under `if __name__ == \"__main__\":`), not from an "
+                           "interactive session or `python -c`")
     callable_name = next((k for k, v in vars(main).items() if v is app), "app")
     args = ["--http-socket", f"{host}:{port}", "--master", "--wsgi-file", os.path.abspath(path),
             "--callable", callable_name, "--die-on-term", "--need-app"]
     if debug:
-        # One worker, one core: the debugger's state lives in one process.
-        for key in ("processes", "workers", "threads", "gevent", "async"):
+        # One worker: the debugger's state lives in one process. The concurrency
+        # model stays (`gevent=100`, `threads=8`): without it the worker would
+        # serve one WebSocket at a time.
+        for key in ("processes", "workers"):
             options.pop(key, None)
         options["processes"] = 1
         args += ["--env", "UWSGI_WS_DEBUG=1"]
@@ -43,7 +52,20 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
 
 
 def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False, **options: Any) -> None:
-    """Replace this process with uWSGI serving `app` (never returns)."""
+    """Replace this process with uWSGI serving `app` (`python app.py`; never returns).
+
+    Called while uWSGI itself imports the app (an ``app.run()`` at module
+    level, without ``if __name__ == "__main__":``) it only logs a warning and
+    returns: uWSGI is already serving the app.
+
+    Raises:
+        RuntimeError: uwsgi is not installed, or the app does not come from a script file.
+    """
+    if _uwsgi.available():
+        logger.warning("app.run() was called while uWSGI imports the app: uWSGI already serves it, so "
+                       "the call is ignored. Put app.run() under `if __name__ == \"__main__\":` (it is "
+                       "for `python app.py`), or leave it out when uWSGI starts the app.")
+        return
     binary = shutil.which("uwsgi", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if binary is None:
         raise RuntimeError("uwsgi is not installed: pip install uwsgi (not pyuwsgi, which has no SSL)")

@@ -1,0 +1,226 @@
+"""Start-up traps (issue 18, §3): each found as a new user would, each gets a clear message at start
+or just works. Real uWSGI processes; the "gevent not installed" case runs in a real virtualenv
+that has everything the app needs except gevent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websocket
+
+from harness import APPS, ROOT, UWSGI, free_port, serve, wait_for
+
+from uwsgi_ws import startup
+
+# What the apps import, linked into the gevent-less virtualenv (never gevent, greenlet, zope).
+NEEDED = ("flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker", "wsproto", "h11", "yaml")
+
+
+@pytest.fixture(scope="module")
+def venv_without_gevent(tmp_path_factory) -> Path:
+    """A real virtualenv (this Python's base) whose site-packages reach the app's dependencies
+    but not gevent: `import gevent` fails there as on a machine where it was never installed."""
+    root = tmp_path_factory.mktemp("nogevent")
+    base = subprocess.run([sys.executable, "-c", "import sys; print(sys.base_prefix)"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    venv = root / "venv"
+    subprocess.run([str(Path(base) / "bin" / "python3"), "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    ours = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    links = root / "deps"
+    links.mkdir()
+    for name in NEEDED:
+        source = ours / name
+        assert source.exists(), source
+        (links / name).symlink_to(source)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "deps.pth").write_text(f"{links}\n")
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import flask, wsproto\n"
+                            "try:\n import gevent\nexcept ImportError: print('no gevent')"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.stdout.strip() == "no gevent", check.stdout + check.stderr
+    return venv
+
+
+@pytest.mark.parametrize("need_app", [True, False])
+def test_gevent_configured_but_not_installed_stops_at_once(tmp_path, venv_without_gevent, need_app):
+    args = ["--master", "--virtualenv", str(venv_without_gevent), "--http-socket", "127.0.0.1:{port}",
+            "--module", "echo_app:app", "--processes", "2", "--gevent", "100", "--die-on-term"]
+    if need_app:
+        args.append("--need-app")
+    server = UWSGI(args, tmp_path, ready="none")
+    try:
+        server.proc.wait(60)  # it stops by itself: no respawn loop to wait out
+    finally:
+        server.stop()
+    log = server.log()
+    assert server.proc.returncode != 0, log
+    assert 'pip install "uwsgi_ws[gevent]"' in log, log
+    assert "gevent package is not installed" in log
+    assert "spawned uWSGI worker" not in log and "DAMN ! worker" not in log, log
+
+
+def test_a_worker_without_concurrency_is_warned_about(tmp_path):
+    server = UWSGI(["--master", "--http-socket", "127.0.0.1:{port}", "--module", "echo_app:app",
+                    "--die-on-term"], tmp_path)
+    try:
+        ws = websocket.create_connection(server.url + "/echo", timeout=10)
+        ws.send("still served")
+        assert ws.recv() == "still served"
+        ws.close()
+        log = server.log()
+        assert log.count(startup.NO_CONCURRENCY) == 1, log
+        assert "--threads 16" in log and "--gevent 1000" in log
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("model", ["threads", "gevent", "async"])
+def test_no_warning_with_a_concurrency_model(tmp_path, model):
+    server = serve("echo_app:app", tmp_path, model=model)
+    try:
+        ws = websocket.create_connection(server.url + "/echo", timeout=10)
+        ws.send("x")
+        assert ws.recv() == "x"
+        ws.close()
+        assert "serves one request at a time" not in server.log()
+    finally:
+        server.stop()
+
+
+# -- app.run ---------------------------------------------------------------------------------------------
+
+SCRIPT = '''
+import json, os, threading
+from flask import Flask
+from uwsgi_ws import WebSocket
+
+app = Flask(__name__)
+ws = WebSocket(app)
+
+@ws.route("/echo")
+def echo(conn):
+    for message in conn:
+        conn.send(message)
+
+@app.route("/opts")
+def opts():
+    import uwsgi
+    return json.dumps(sorted(k.decode() if isinstance(k, bytes) else k for k in uwsgi.opt))
+'''
+
+
+def script(tmp_path: Path, call: str, guarded: bool = True) -> Path:
+    body = SCRIPT + ("\nif __name__ == \"__main__\":\n    " + call + "\n" if guarded else "\n" + call + "\n")
+    path = tmp_path / "app.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def launch(tmp_path: Path, path: Path) -> UWSGI:
+    return UWSGI([str(path)], tmp_path, executable=sys.executable, env={"PORT": "{port}"})
+
+
+def two_at_once(server: UWSGI) -> None:
+    """Two WebSockets open at the same time on the one worker, each echoed."""
+    first = websocket.create_connection(server.url + "/echo", timeout=10)
+    second = websocket.create_connection(server.url + "/echo", timeout=10)
+    try:
+        second.send("second")
+        assert second.recv() == "second"
+        first.send("first")
+        assert first.recv() == "first"
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("model", ["gevent=100", "threads=8"])
+def test_app_run_debug_keeps_the_concurrency_model(tmp_path, model):
+    path = script(tmp_path, f"app.run(port=int(os.environ['PORT']), debug=True, {model})")
+    server = launch(tmp_path, path)
+    try:
+        two_at_once(server)
+        options = json.loads(urllib.request.urlopen(server.http + "/opts", timeout=10).read())
+        assert model.split("=")[0] in options, options
+        assert len(server.worker_pids()) == 1, server.log()
+        assert "serves one request at a time" not in server.log()
+    finally:
+        server.stop()
+    assert not server.crashes(), server.log()
+
+
+def test_app_run_without_options_warns(tmp_path):
+    path = script(tmp_path, "app.run(port=int(os.environ['PORT']))")
+    server = launch(tmp_path, path)
+    try:
+        ws = websocket.create_connection(server.url + "/echo", timeout=10)
+        ws.send("x")
+        assert ws.recv() == "x"
+        ws.close()
+        assert startup.NO_CONCURRENCY in server.log(), server.log()
+    finally:
+        server.stop()
+
+
+def test_app_run_at_module_level_just_works_and_says_why(tmp_path):
+    path = script(tmp_path, "app.run(port=int(os.environ['PORT']), threads=4)", guarded=False)
+    server = launch(tmp_path, path)
+    try:
+        two_at_once(server)
+        log = server.log()
+        assert "app.run() was called while uWSGI imports the app" in log, log
+        assert 'if __name__ == "__main__":' in log
+        assert "GAME OVER" not in log and "must be called from a script" not in log
+    finally:
+        server.stop()
+    assert not server.crashes(), server.log()
+
+
+# -- broadcast set up wrong (the broadcast code's messages) ----------------------------------------------
+
+
+def test_subscribe_without_sharedarea_says_add_sharedarea(tmp_path):
+    """subscribe and publish in the same set-up give the same clear message (not 'not attached')."""
+    server = serve("broadcast_app:app", tmp_path, model="threads")
+    try:
+        ws = websocket.create_connection(server.url + "/sub/x", timeout=10)
+        try:
+            while True:
+                opcode, data = ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+            assert int.from_bytes(data[:2], "big") == 1011, data
+        finally:
+            ws.close()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(server.http + "/publish/x", data=b"m", method="POST"),
+                                   timeout=30)
+        assert refused.value.code == 500
+        wait_for(lambda: server.log().count("sharedarea 4096") >= 2, 10, "the message for subscribe and publish")
+        log = server.log()
+        assert "not attached to a WebSocket extension" not in log, log
+    finally:
+        server.stop()
+
+
+def test_missing_mule_fails_at_once_naming_the_option(tmp_path):
+    """sharedarea but no --mule: the publish fails without waiting out the publish timeout (600 s here,
+    far above the client's 30 s), and the message names --mule."""
+    server = serve("broadcast_app:app", tmp_path, model="threads",
+                   extra=["--sharedarea", "64", "--set-placeholder", "uwsgi-ws-publish-timeout=600"])
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(server.http + "/publish/x", data=b"m", method="POST"),
+                                   timeout=30)
+        assert refused.value.code == 500
+        wait_for(lambda: "--mule=" in server.log(), 10, "the message naming --mule")
+    finally:
+        server.stop()

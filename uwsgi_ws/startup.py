@@ -1,0 +1,99 @@
+"""Start-up diagnostics: the traps a new deployment falls into, said once when the app loads.
+
+`check()` runs from `WebSocket.init_app`, in the process that imports the app:
+the master before the fork (uWSGI's default, ``lazy-apps`` off), else each
+worker. It reads the running instance's options (``uwsgi.opt``, plain data:
+safe from any thread) and:
+
+- stops the instance when ``gevent`` is configured but the gevent package is
+  not importable: uWSGI's gevent loop imports it in every worker, which dies
+  (``No module named 'gevent'``) and is respawned for ever. SystemExit with
+  the fix (``pip install "uwsgi_ws[gevent]"``) ends the process that loads
+  the app; under lazy-apps that is a worker, so the master is asked to stop
+  first (SIGINT, uWSGI's shutdown).
+- warns when the worker has no concurrency (no ``threads``, ``gevent`` or
+  ``async``): one WebSocket holds the worker for its whole life and every
+  other request, plain HTTP included, queues behind it.
+- says once that the optional C fan-out helper is not built (no compiler at
+  install time) and the pure-Python path is used.
+
+Outside uWSGI (the development server, tests importing the app) it does
+nothing. Log lines go to the ``uwsgi_ws.startup`` logger.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+
+from . import _uwsgi
+
+logger = logging.getLogger("uwsgi_ws.startup")
+
+#: The fix for gevent configured without the package, as said at start.
+GEVENT_MISSING = (
+    "uWSGI is configured for gevent (`gevent` option) but the gevent package is not installed "
+    "in this Python: every worker would die at start (No module named 'gevent') and be respawned "
+    "for ever. Install it: pip install \"uwsgi_ws[gevent]\" (or drop the gevent option and use "
+    "threads: conf/threads.yaml). Stopping."
+)
+#: The warning for a worker that serves one request at a time.
+NO_CONCURRENCY = (
+    "this uWSGI worker serves one request at a time (no `threads`, `gevent` or `async` option): "
+    "a WebSocket holds the worker for its whole life and every other request, plain HTTP "
+    "included, waits behind it. Start uWSGI with --threads 16 (or --gevent 1000 with "
+    "uwsgi_ws[gevent]), or include conf/threads.yaml or conf/gevent.yaml "
+    "(`python -m uwsgi_ws conf` prints their directory)."
+)
+#: Said once when the optional native helper is not there.
+PURE_PATH = ("the C fan-out helper (uwsgi_ws._speedups) is not built (no compiler at install time): "
+             "broadcasts use the pure-Python path")
+
+_checked = False
+
+
+def _gevent_configured() -> bool:
+    return _uwsgi.has_option("gevent") or _uwsgi.option("loop") == "gevent"
+
+
+def _concurrent() -> bool:
+    if _gevent_configured() or _uwsgi.has_option("async") or _uwsgi.has_option("ugreen"):
+        return True
+    threads = _uwsgi.option("threads")
+    try:
+        return threads is not None and int(threads) > 1
+    except ValueError:
+        return True  # a placeholder uWSGI expanded oddly: not ours to judge
+
+
+def _stop(message: str) -> None:
+    """Log `message` as critical and end the process loading the app (SystemExit)."""
+    logger.critical(message)
+    if _uwsgi.has_option("lazy-apps") or _uwsgi.has_option("lazy"):
+        master = _uwsgi.masterpid()
+        if master and master != os.getpid():
+            os.kill(master, signal.SIGINT)  # a worker loads the app: stop the instance, not just it
+    raise SystemExit("uwsgi_ws: " + message)
+
+
+def check() -> None:
+    """Diagnose the running uWSGI instance once per process (a no-op outside uWSGI).
+
+    Blocking: no (reads options, looks a module up). Thread-safe: call it from
+    the thread importing the app (it is, from `WebSocket.init_app`).
+    Raises:
+        SystemExit: gevent is configured but not installed (the message says
+            what to install); the instance is stopping.
+    """
+    global _checked
+    if _checked or not _uwsgi.available():
+        return
+    _checked = True
+    if _gevent_configured() and importlib.util.find_spec("gevent") is None:
+        _stop(GEVENT_MISSING)
+    if not _concurrent():
+        logger.warning(NO_CONCURRENCY)
+    if os.environ.get("UWSGI_WS_PURE") != "1" and importlib.util.find_spec("uwsgi_ws._speedups") is None:
+        logger.info(PURE_PATH)
