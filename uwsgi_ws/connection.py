@@ -31,6 +31,7 @@ from .protocol import ABNORMAL, INTERNAL_ERROR, NORMAL, Close, Message, Pong, Pr
 
 if TYPE_CHECKING:
     from .broadcast import Batch, Broadcast
+    from .deflate import DeflateOptions
 
 __all__ = ["Connection", "ConnectionClosed", "ConnectionClosedError", "ConnectionClosedOK"]
 
@@ -311,13 +312,24 @@ class Connection:
     def deliver(self, batch: "Batch") -> bool:
         """Queue the batch's frames without blocking; False (nothing queued) when closed
         or over `write_limit`. The hub counts the instance metrics."""
+        if batch.compressed:  # the engine learns of the shared frames in write order
+            return self._outbound.offer(batch.data, len(batch.entries), queued=self._protocol.shared_frame_sent)
         return self._outbound.offer(batch.data, len(batch.entries))
+
+    def shared_deflate(self) -> "Optional[DeflateOptions]":
+        """The permessage-deflate settings of the broadcast frames this connection
+        takes as they are (compressed once for all connections with equal ones),
+        or None: not negotiated."""
+        codec = self._protocol.deflate
+        return codec.shared_options if codec is not None else None
 
     def begin_direct(self) -> int:
         """The fd for the hub's direct batch write, or -1 (see `Outbound.begin_direct`)."""
         return self._outbound.begin_direct()
 
     def end_direct(self, batch: "Batch", result: int) -> None:
+        if batch.compressed:  # still under the outbound lock begin_direct took
+            self._protocol.shared_frame_sent()
         self._outbound.end_direct(batch.data, result, len(batch.entries))
 
     def send_frame_nowait(self, frame: bytes) -> bool:

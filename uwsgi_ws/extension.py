@@ -21,7 +21,9 @@ from . import _uwsgi, access, handshake, metrics, runtime, shutdown
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
-from .protocol import INTERNAL_ERROR, NORMAL
+from .deflate import DeflateOptions
+from .deflate import configure as configure_deflate
+from .protocol import INTERNAL_ERROR, NORMAL, Protocol
 
 #: Options and their defaults; each can also be set as Flask config key
 #: ``UWSGI_WS_<NAME>`` (e.g. ``UWSGI_WS_MAX_MESSAGE_SIZE``); keyword arguments win.
@@ -38,6 +40,13 @@ DEFAULTS: Dict[str, Any] = {
     "max_connections": None,  # open WebSockets of the whole instance (503 beyond; None: no limit)
     "retry_after": 5,  # seconds, the Retry-After of a 503 for a connection limit
     "metrics_route": None,  # e.g. "/metrics": the Prometheus text of uwsgi_ws.metrics there (opt-in)
+    # permessage-deflate (RFC 7692; uwsgi_ws/deflate.py), when the client offers it:
+    "compression": "deflate",  # or None: never (also per route: ws.route(..., compression=None))
+    "compression_min_size": 128,  # bytes: shorter messages are sent uncompressed
+    "compression_level": 6,  # zlib level 0-9
+    "compression_server_max_window_bits": 12,  # 8-15: the server's LZ77 window (2**bits bytes)
+    "compression_client_max_window_bits": 12,  # 8-15: asked of clients that allow it
+    "compression_mem_level": 5,  # zlib memLevel 1-9 (memory per compressor)
 }
 
 Handler = Callable[..., Any]
@@ -150,6 +159,8 @@ class WebSocket:
         self._options = options
         if "allowed_origins" in options:  # a malformed origin fails here, not at the first request
             access.OriginPolicy(options["allowed_origins"])
+        if any(name.startswith("compression") for name in options):  # so does a bad compression setting
+            self.deflate_options()
         self._origin_policies: Dict[Any, access.OriginPolicy] = {}
         self._before_connect: list = []
         self._deferred: list = []
@@ -207,19 +218,23 @@ class WebSocket:
         return policy
 
     def route(self, rule: str, bp: Optional[Blueprint] = None, *, subprotocols: Sequence[str] = (),
-              **options: Any) -> Callable[[Handler], Handler]:
+              compression: Any = "", **options: Any) -> Callable[[Handler], Handler]:
         """Declare a WebSocket route; the handler gets the connection and the URL variables.
 
         `bp` registers it on a blueprint instead of the app (flask-sock style);
-        `subprotocols` lists the Sec-WebSocket-Protocol values the route speaks.
+        `subprotocols` lists the Sec-WebSocket-Protocol values the route speaks;
+        `compression` ("deflate" or None) overrides the `compression` option for
+        this route (ValueError for another value).
         Other keyword arguments go to Flask's `add_url_rule` (`endpoint`, `defaults`, ...).
         """
+        if compression != "":
+            configure_deflate(compression)  # ValueError now, not at the first request
 
         def decorator(handler: Handler) -> Handler:
-            key = (handler, tuple(subprotocols))
+            key = (handler, tuple(subprotocols), compression)
             view = self._views.get(key)
             if view is None:  # one view per handler: stacked @ws.route share the endpoint
-                view = self._views[key] = self._make_view(handler, tuple(subprotocols))
+                view = self._views[key] = self._make_view(handler, tuple(subprotocols), compression)
             target: Union[Flask, Blueprint, None] = bp or self.app
             if target is None:
                 self._deferred.append((rule, view, handler, options))
@@ -252,7 +267,21 @@ class WebSocket:
         endpoint = options.pop("endpoint", handler.__name__)
         target.add_url_rule(rule, endpoint, view, websocket=True, methods=["GET"], **options)
 
-    def _make_view(self, handler: Handler, subprotocols: Sequence[str]) -> Callable[..., Any]:
+    def deflate_options(self, compression: Any = "") -> Optional[DeflateOptions]:
+        """The permessage-deflate settings from the `compression*` options (None: off).
+        `compression` other than "" overrides the `compression` option (a route's).
+
+        Raises:
+            ValueError: an unknown `compression` value or a setting out of range.
+        """
+        return configure_deflate(
+            self.option("compression") if compression == "" else compression,
+            min_size=self.option("compression_min_size"), level=self.option("compression_level"),
+            server_max_window_bits=self.option("compression_server_max_window_bits"),
+            client_max_window_bits=self.option("compression_client_max_window_bits"),
+            mem_level=self.option("compression_mem_level"))
+
+    def _make_view(self, handler: Handler, subprotocols: Sequence[str], compression: Any = "") -> Callable[..., Any]:
         @functools.wraps(handler)
         def view(**kwargs: Any) -> Response:
             environ = request.environ
@@ -276,6 +305,8 @@ class WebSocket:
             if "uwsgi.version" not in environ:
                 return _refusal(handshake.HandshakeError(
                     501, "WebSocket routes need uWSGI: run the app with uwsgi or app.run()", reason="no_uwsgi"))
+            # The upgrade reads the negotiated permessage-deflate parameters (or None) here.
+            environ["uwsgi_ws.deflate"] = handshake.negotiate_deflate(environ, self.deflate_options(compression))
             return _Upgraded(self, handler, kwargs, key, handshake.select_subprotocol(environ, subprotocols))
 
         return view
@@ -311,7 +342,9 @@ class WebSocket:
         opened: list = []  # the metrics token of the upgrade
 
         def upgrade(conn: Any) -> None:
-            write = start_response("101 Switching Protocols", handshake.response_headers(key, subprotocol))
+            deflate = environ.get("uwsgi_ws.deflate")
+            write = start_response("101 Switching Protocols", handshake.response_headers(
+                key, subprotocol, deflate.response if deflate is not None else None))
             write(b"")  # uWSGI sends the headers now; the socket is ours from here on
             sock = socket.socket(fileno=_uwsgi.api().connection_fd())
             sockets.append(sock)
@@ -331,6 +364,7 @@ class WebSocket:
                 max_queue=self.option("max_queue"),
                 write_limit=self.option("write_limit"),
                 broadcast=self.broadcast(),
+                protocol=Protocol(self.option("max_message_size"), deflate),
             )
             opened.append(metrics.opened(_route()))
             conn.start()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -105,8 +105,10 @@ class Outbound:
         if self._broken:
             self._report_broken()
 
-    def offer(self, data: Buffer, messages: int) -> bool:
+    def offer(self, data: Buffer, messages: int, queued: Optional[Callable[[], None]] = None) -> bool:
         """Queue ready-made data frames without blocking (the broadcast fan-out).
+        `queued` is called under the lock once they are queued (so a compressor
+        learns of them in write order: permessage-deflate).
 
         Returns:
             False, queueing nothing, when data is refused (closed) or the buffer
@@ -119,6 +121,8 @@ class Outbound:
                 return False
             self._send_or_buffer(data)
             self.messages += messages
+            if queued is not None:
+                queued()
         if self._broken:
             self._report_broken()
             return False

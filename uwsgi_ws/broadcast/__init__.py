@@ -146,12 +146,14 @@ class Broadcast:
     def stats(self) -> Dict[str, int]:
         """This worker's fan-out counters: delivered (messages x subscribers),
         slow_consumers (closed with 1013), lapped (times this worker fell behind the
-        ring), subscribers (attached now). All 0 when unavailable."""
+        ring), subscribers (attached now), compressions (broadcast messages compressed
+        for permessage-deflate subscribers: once per message and parameter set). All 0
+        when unavailable."""
         hub = self._hub
         if hub is None:
-            return {"delivered": 0, "slow_consumers": 0, "lapped": 0, "subscribers": 0}
+            return {"delivered": 0, "slow_consumers": 0, "lapped": 0, "subscribers": 0, "compressions": 0}
         return {"delivered": hub.delivered, "slow_consumers": hub.slow_consumers, "lapped": hub.lapped,
-                "subscribers": hub.count(None)}
+                "subscribers": hub.count(None), "compressions": hub.compressions}
 
     def recover(self, sub: Subscriber, plan: Dict[str, Recovery], done: Optional[Done] = None) -> None:
         """Subscribe `sub` to each channel of `plan` with its recovery: None (live from

@@ -27,6 +27,7 @@ from typing import (Any, Callable, Dict, Iterator, List, NamedTuple, Optional, P
                     Union)
 
 from .. import metrics, settings
+from ..deflate import SharedDeflater
 from ..log import get as _logger
 from . import wakeup
 from .publish import channel_bytes
@@ -56,11 +57,14 @@ class Batch(NamedTuple):
 
     `data` is their frames back to back (what a WebSocket writes as is);
     `entries` give each message's seq, channel, flags and frame (what an SSE
-    stream or a Socket.IO session reads); `epoch` is the ring's."""
+    stream or a Socket.IO session reads); `epoch` is the ring's. `compressed`:
+    `data` holds permessage-deflate frames made once for every subscriber whose
+    `shared_deflate()` equals theirs (see `Hub` on compression); `entries` stay plain."""
 
     entries: Sequence[Entry]
     data: bytes
     epoch: int
+    compressed: bool = False
 
 
 class Subscriber(Protocol):
@@ -94,6 +98,10 @@ class Subscriber(Protocol):
 
     def fileno(self) -> int:
         """The fd to watch for writability while `flush` returns False; -1: none."""
+
+    # Optional: `shared_deflate() -> Optional[DeflateOptions]`: the permessage-deflate
+    # settings whose shared frames (deflate.SharedDeflater) this subscriber takes as
+    # they are, or None (plain frames). Subscribers without it get plain frames.
 
 
 class After(NamedTuple):
@@ -156,6 +164,9 @@ class Hub:
         self.delivered = 0
         self.slow_consumers = 0
         self.lapped = 0
+        #: Broadcast messages compressed by this worker (once per message and parameter set).
+        self.compressions = 0
+        self._deflaters: Dict[Any, SharedDeflater] = {}
         self._metrics = metrics.local()
         self._task = runtime.spawn(self._run)
 
@@ -393,13 +404,48 @@ class Hub:
             batch = Batch(group, data, self._epoch)
             with self._lock:
                 targets = list(self._member if not channel else self._channels.get(channel, ()))
-            for start in range(0, len(targets), _CHUNK):
-                if start:
-                    # Let request handlers (publishes) run: what they publish meanwhile
-                    # joins the next batch, which goes out in one write per subscriber.
-                    self._rt.cooperate()
-                self._write_all(targets[start:start + _CHUNK], batch)
+            for batch, subset in self._variants(batch, targets):
+                for start in range(0, len(subset), _CHUNK):
+                    if start:
+                        # Let request handlers (publishes) run: what they publish meanwhile
+                        # joins the next batch, which goes out in one write per subscriber.
+                        self._rt.cooperate()
+                    self._write_all(subset[start:start + _CHUNK], batch)
             i = j
+
+    def _variants(self, batch: Batch, targets: List[Any]) -> List[Tuple[Batch, List[Any]]]:
+        """Split `targets` by the compressed copy they take: the plain batch, and one
+        batch per permessage-deflate parameter set present, compressed here once.
+
+        Compression (issue 15) happens at fan-out, once per worker, message and
+        parameter set: the ring keeps plain frames only (SSE, the Redis bridge, the
+        history and resume read them as they are), and a worker compresses only
+        what its own subscribers negotiated. Each message is compressed without
+        context takeover (deflate.SharedDeflater), so the same bytes are valid on
+        every connection of the set."""
+        groups: Dict[Any, List[Any]] = {}
+        for sub in targets:
+            shared = getattr(sub, "shared_deflate", None)
+            groups.setdefault(shared() if shared is not None else None, []).append(sub)
+        if len(groups) == 1 and None in groups:
+            return [(batch, targets)]
+        out = []
+        for options, subset in groups.items():
+            if options is None:
+                out.append((batch, subset))
+                continue
+            deflater = self._deflaters.get(options)
+            if deflater is None:
+                deflater = self._deflaters[options] = SharedDeflater(options)
+            before = deflater.compressions
+            frames_ = [deflater.compress_frame(e.frame) for e in batch.entries]
+            self.compressions += deflater.compressions - before
+            if all(f is None for f in frames_):
+                out.append((batch, subset))  # all under min_size or incompressible: plain
+                continue
+            data = b"".join(f if f is not None else e.frame for f, e in zip(frames_, batch.entries))
+            out.append((Batch(batch.entries, data, batch.epoch, True), subset))
+        return out
 
     def _write_all(self, targets: List[Any], batch: Batch) -> None:
         """Hand `batch` to each target without blocking."""
