@@ -247,6 +247,9 @@ class Events:
         connect = self.handlers.get("connect")
         if connect is not None:
             connect(conn)
+        # Upgrade (send the 101) before the hub may see the connection: a recovery
+        # queued now runs in the hub's task, which must find an open, attached Connection.
+        ws_conn.connected  # noqa: B018
         if not resume_expected:
             conn._subscribe({}, True)
         try:

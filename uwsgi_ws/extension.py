@@ -7,17 +7,18 @@ handshake (`handshake`), the connection (`connection`), the concurrency model
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import _uwsgi, access, handshake, metrics, runtime, shutdown
+from . import _uwsgi, access, devserver, handshake, metrics, runtime, shutdown
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
@@ -34,6 +35,7 @@ DEFAULTS: Dict[str, Any] = {
     "close_timeout": 5.0,  # seconds to wait for the peer's close frame
     "max_queue": 16,  # received messages buffered before reading pauses
     "write_limit": 1 << 20,  # bytes buffered per connection before it counts as slow
+    "timeout": None,  # seconds: the default of conn.receive(); None waits for ever (Flask-uWSGI-WebSocket's name)
     # Access control (uwsgi_ws.access), checked before the upgrade:
     "allowed_origins": None,  # None: same-origin pages only; "*": any; or a list of origins (403 otherwise)
     "max_connections_per_worker": None,  # open WebSockets per worker process (503 beyond; None: no limit)
@@ -303,8 +305,11 @@ class WebSocket:
                     metrics.rejected("before_connect", "a before_connect hook answered instead", _route())
                     return result  # Flask makes a response of it
             if "uwsgi.version" not in environ:
-                return _refusal(handshake.HandshakeError(
-                    501, "WebSocket routes need uWSGI: run the app with uwsgi or app.run()", reason="no_uwsgi"))
+                if not devserver.serves(environ):
+                    return _refusal(handshake.HandshakeError(
+                        501, "WebSocket routes need uWSGI (run the app with uwsgi or app.run()), or, to develop, "
+                        "Werkzeug's development server (flask run) or ws.test_client()", reason="no_uwsgi"))
+                devserver.prepare(environ)
             # The upgrade reads the negotiated permessage-deflate parameters (or None) here.
             environ["uwsgi_ws.deflate"] = handshake.negotiate_deflate(environ, self.deflate_options(compression))
             return _Upgraded(self, handler, kwargs, key, handshake.select_subprotocol(environ, subprotocols))
@@ -343,10 +348,13 @@ class WebSocket:
 
         def upgrade(conn: Any) -> None:
             deflate = environ.get("uwsgi_ws.deflate")
-            write = start_response("101 Switching Protocols", handshake.response_headers(
-                key, subprotocol, deflate.response if deflate is not None else None))
-            write(b"")  # uWSGI sends the headers now; the socket is ours from here on
-            sock = socket.socket(fileno=_uwsgi.api().connection_fd())
+            headers = handshake.response_headers(key, subprotocol, deflate.response if deflate is not None else None)
+            if devserver.serves(environ):  # flask run, the test client
+                sock = devserver.upgrade(environ, start_response, headers)
+            else:
+                write = start_response("101 Switching Protocols", headers)
+                write(b"")  # uWSGI sends the headers now; the socket is ours from here on
+                sock = socket.socket(fileno=_uwsgi.api().connection_fd())
             sockets.append(sock)
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -363,12 +371,14 @@ class WebSocket:
                 close_timeout=self.option("close_timeout"),
                 max_queue=self.option("max_queue"),
                 write_limit=self.option("write_limit"),
+                receive_timeout=self.option("timeout"),
                 broadcast=self.broadcast(),
                 protocol=Protocol(self.option("max_message_size"), deflate),
             )
             opened.append(metrics.opened(_route()))
             conn.start()
-            shutdown.track(conn, self.runtime())  # close 1012 on a graceful worker stop
+            if not devserver.serves(environ):
+                shutdown.track(conn, self.runtime())  # close 1012 on a graceful worker stop
             upgraded.append(conn)
 
         conn: Any = _PendingConnection(upgrade, environ, subprotocol)
@@ -426,9 +436,11 @@ class WebSocket:
         this worker can deliver broadcasts."""
         return broadcast_for_process(self.runtime())
 
-    def publish(self, data: Union[str, bytes], channel: Optional[str] = None) -> int:
+    def publish(self, data: Union[str, bytes], channel: Union[str, Iterable[str], None] = None) -> int:
         """Broadcast `data` to every connection subscribed to `channel` (None: every
-        connection of the instance), in every worker.
+        connection of the instance), in every worker. Several channels (a list, as
+        flask-websockets passes): one publish per channel, so a connection subscribed
+        to two of them receives the message twice.
 
         Returns:
             The number of bytes handed to the mule.
@@ -440,7 +452,9 @@ class WebSocket:
         Thread-safe; may block the calling thread or greenlet briefly while the
         broadcast mule's queue is full.
         """
-        return self.broadcast().publish(data, channel)
+        if channel is None or isinstance(channel, str):
+            return self.broadcast().publish(data, channel)
+        return sum(self.broadcast().publish(data, name) for name in _channel_list(channel))
 
     def events(self, path: str, **options: Any) -> Any:
         """An event endpoint (`uwsgi_ws.events.Events`): WebSocket at `path`, SSE at
@@ -450,9 +464,54 @@ class WebSocket:
 
         return Events(self, path, **options)
 
-    def subscribe(self, conn: Connection, channel: str) -> Any:
-        """Context manager: `conn` receives broadcasts on `channel` inside the block."""
-        return conn.subscribe(channel)
+    def subscribe(self, conn: Connection, channel: Union[str, Iterable[str]]) -> Any:
+        """Context manager: `conn` receives broadcasts on `channel` inside the block.
+
+        Args:
+            channel: a channel name, or several (flask-websockets passes a list).
+
+        Raises:
+            ValueError: a bad channel name (empty, not UTF-8, over 255 bytes).
+            RingError: broadcast is not available in this worker (the message says why).
+        """
+        if isinstance(channel, str):
+            return conn.subscribe(channel)
+        stack = contextlib.ExitStack()
+        try:
+            for name in _channel_list(channel):
+                stack.enter_context(conn.subscribe(name))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def register_blueprint(self, blueprint: Blueprint, **options: Any) -> None:
+        """Serve the routes declared with the plain ``@blueprint.route(...)`` of a Flask
+        `Blueprint` as WebSocket routes (Flask-Sockets' API): each view becomes a
+        handler getting the connection and the URL variables. `options` are
+        `app.register_blueprint`'s (``url_prefix``, ``subdomain``, ``url_defaults``, ``name``).
+
+        Raises:
+            RuntimeError: called before the app is known (use WebSocket(app) or init_app first).
+        """
+        if self.app is None:
+            raise RuntimeError("register_blueprint() needs the app: call it after WebSocket(app) or init_app(app)")
+        capture = _RuleCapture()
+        state = blueprint.make_setup_state(capture, options, first_registration=True)  # type: ignore[arg-type]
+        for deferred in blueprint.deferred_functions:
+            deferred(state)
+        for rule, endpoint, handler, rule_options in capture.rules:
+            if handler is None:
+                continue
+            methods = rule_options.pop("methods", None)
+            if methods and "GET" not in {m.upper() for m in methods}:
+                continue  # a POST-only view of the blueprint is no WebSocket route
+            rule_options.pop("websocket", None)
+            key = (handler, ())
+            view = self._views.get(key)
+            if view is None:
+                view = self._views[key] = self._make_view(handler, ())
+            self._add_rule(self.app, rule, view, handler, {**rule_options, "endpoint": endpoint})
 
 
 class ThreadedWebSocket(WebSocket):
@@ -472,3 +531,42 @@ class AsyncWebSocket(WebSocket):
     while the handler is not in `receive`."""
 
     model = "async"
+
+
+class Sockets(WebSocket):
+    """Flask-Sockets' name for the extension: ``sockets = Sockets(app)``,
+    ``@sockets.route``, ``sockets.register_blueprint(bp, url_prefix=...)``."""
+
+
+class WebSockets(WebSocket):
+    """flask-websockets' name for the extension: ``websockets = WebSockets(app)``,
+    ``websockets.subscribe(ws, ["a", "b"])``, ``websockets.publish(data, ["a", "b"])``."""
+
+
+class _RuleCapture:
+    """Stands in for the app while a blueprint's deferred setup runs: keeps the rules
+    (`Blueprint.make_setup_state` calls `add_url_rule` on it with the prefixes applied)."""
+
+    def __init__(self) -> None:
+        self.rules: List[Tuple[str, str, Optional[Callable[..., Any]], Dict[str, Any]]] = []
+        self.url_map = None
+        self.config: Dict[str, Any] = {}
+
+    def add_url_rule(self, rule: str, endpoint: Optional[str] = None, view_func: Optional[Callable[..., Any]] = None,
+                     **options: Any) -> None:
+        self.rules.append((rule, endpoint or (view_func.__name__ if view_func else ""), view_func, options))
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"register_blueprint() serves a blueprint's routes only; {name!r} is not supported "
+                             "here: register that part with app.register_blueprint")
+
+
+def _channel_list(channels: Iterable[str]) -> List[str]:
+    """Several channel names as a list; TypeError saying what a channel is otherwise."""
+    if isinstance(channels, (bytes, bytearray)):
+        raise TypeError("a channel name is a str; several channels are a list of str")
+    names = list(channels)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"a channel name is a str, not {type(name).__name__}")
+    return names

@@ -22,7 +22,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from .. import _uwsgi
 from ..exceptions import PublishError, RingError
-from . import history
+from . import history, local
 from .hub import After, Batch, Done, Hub, Last, Recovered, Recovery, Subscriber
 from .publish import Data, channel_bytes
 from .publish import publish as _publish
@@ -68,7 +68,11 @@ class Broadcast:
             TypeError: `data` is not str or bytes-like.
 
         Blocks the calling thread or greenlet while the mule's queue is full.
+        Outside uWSGI, in a process serving the app (``flask run``, the test
+        client), the in-process broadcast takes it (`local`).
         """
+        if not _uwsgi.available() and local.wanted():
+            return local.instance().publish(data, channel, event)
         return _publish(data, channel, event, sleep=self._rt.sleep)
 
     # -- subscribing (workers) ---------------------------------------------------------
@@ -85,9 +89,10 @@ class Broadcast:
         return self._problem or ""
 
     def _get_hub(self) -> Optional[Hub]:
-        if self._hub is None and self._problem is None:
+        # Outside uWSGI the answer may change (`local.enable` at the first dev-server request).
+        if self._hub is None and (self._problem is None or not _uwsgi.available()):
             with self._lock:
-                if self._hub is None and self._problem is None:
+                if self._hub is None and (self._problem is None or not _uwsgi.available()):
                     self._hub, self._problem = self._make_hub()
         return self._hub
 
@@ -95,7 +100,11 @@ class Broadcast:
         if not self._rt.HAS_TASKS:
             return None, "the async (ugreen) model has no background tasks: use --gevent or --threads"
         if not _uwsgi.available():
-            return None, "broadcast needs uWSGI: run the app under uwsgi (or app.run())"
+            if local.wanted():  # flask run, the test client: the same hub on an in-process ring
+                shared = local.instance()
+                return Hub(self._rt, shared.ring, wake=shared.waker()), None
+            return None, ("broadcast needs uWSGI: run the app under uwsgi (or app.run()); "
+                          "outside it, flask run and ws.test_client() use an in-process broadcast")
         from .publish import shared_ring
 
         try:
@@ -171,7 +180,7 @@ class Broadcast:
         ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
         preface: Sequence[Entry] = ()
         gone: Dict[str, int] = {}
-        if ask_after or ask_last:
+        if (ask_after or ask_last) and _uwsgi.available():  # the history is the mule's
             reply = history.fetch(self._rt, ask_after, ask_last)
             if reply is not None:
                 preface, gone = reply.entries, reply.gone

@@ -146,7 +146,10 @@ class Hub:
     thread or greenlet of the worker; the fan-out runs in the hub's own waker task.
     """
 
-    def __init__(self, runtime: Any, ring: BroadcastRing) -> None:
+    def __init__(self, runtime: Any, ring: BroadcastRing, wake: Optional[socket.socket] = None) -> None:
+        """`wake`: the socket whose readability wakes the waker (default: this
+        worker's wake socket, `wakeup.bind_worker_socket`; the in-process
+        broadcast, `local`, passes one end of a socket pair)."""
         self._rt = runtime
         self.ring = ring
         self._lock = runtime.Lock()
@@ -155,7 +158,7 @@ class Hub:
         self._epoch = ring.epoch
         self._last = ring.write_seq
         self._pending: Set[Any] = set()  # subscribers with unflushed output
-        self._wake = wakeup.bind_worker_socket()
+        self._wake = wake if wake is not None else wakeup.bind_worker_socket()
         self._ops: List[Tuple[Any, List[Tuple[str, Recovery]], Optional[Done], Sequence[Entry],
                               Optional[Callable[[], None]]]] = []
         self._kick_r, self._kick_w = socket.socketpair()
