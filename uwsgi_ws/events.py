@@ -30,11 +30,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from flask import Response, current_app, request
 
-from . import frames
+from . import events_protocol, frames
 from .broadcast import After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
 from .exceptions import ConnectionClosed, EventError
@@ -60,8 +60,7 @@ def _client_file(name: str) -> Response:
     return Response(body, mimetype="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+_dumps = events_protocol.dumps
 
 
 class EventConnection:
@@ -71,7 +70,7 @@ class EventConnection:
     any thread or greenlet of the worker (it blocks while the socket is full).
     """
 
-    def __init__(self, endpoint: "Events", ws_conn: Any) -> None:
+    def __init__(self, endpoint: Events, ws_conn: Any) -> None:
         self.endpoint = endpoint
         self.ws = ws_conn
         self.rooms: set = set()
@@ -108,7 +107,7 @@ class EventConnection:
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this connection only (no seq: it is not in the ring)."""
-        self.send({"type": "event", "event": event, "data": data, "room": None})
+        self.send(events_protocol.event(event, data, None))
 
     def send(self, message: Dict[str, Any]) -> None:
         """Send one protocol frame (a JSON object) to this connection; blocks until written."""
@@ -139,31 +138,29 @@ class EventConnection:
             if room != ALL:
                 self.rooms.add(room)
             if not epoch_ok:
-                not_recovered.append((room, "epoch changed: the server restarted; refetch the state"))
+                not_recovered.append((room, events_protocol.EPOCH_CHANGED))
                 plan[channel] = start
             else:
                 plan[channel] = After(last)
         ws, broadcast = self.ws, self.endpoint.broadcast
 
         def done(result: Dict[str, Recovered]) -> None:  # in the hub's task: never block
-            notices = [{"type": "not_recovered", "room": room, "reason": reason} for room, reason in not_recovered]
+            notices = [events_protocol.not_recovered(room, reason) for room, reason in not_recovered]
             recovered = {}
             for channel, outcome in result.items():
                 room = names[channel]
                 if not outcome.ok:
-                    notices.append({"type": "not_recovered", "room": room, "reason": _too_old(outcome.seq)})
+                    notices.append(events_protocol.not_recovered(room, _too_old(outcome.seq)))
                 elif room in wanted and epoch_ok:
                     recovered[room] = outcome.seq
-            notices.append({"type": "resumed", "rooms": recovered, "epoch": str(broadcast.position().epoch)})
+            notices.append(events_protocol.resumed(recovered, broadcast.position().epoch))
             for notice in notices:
                 ws.send_frame_nowait(_text_frame(notice))
 
         broadcast.recover(ws, plan, done if wanted or not_recovered else None)
 
 
-def _too_old(oldest: int) -> str:
-    """The not_recovered reason when the missed broadcasts are no longer kept."""
-    return f"too old: the server keeps messages from seq {oldest} on; refetch the state"
+_too_old = events_protocol.too_old
 
 
 def _text_frame(message: Dict[str, Any]) -> bytes:
@@ -231,7 +228,7 @@ class Events:
             return
         room = None if to in (None, ALL) else to
         channel = self.channel(room)
-        self.broadcast.publish(_dumps({"type": "event", "event": event, "data": data, "room": room}), channel,
+        self.broadcast.publish(_dumps(events_protocol.event(event, data, room)), channel,
                                event=True)
 
     # -- WebSocket -------------------------------------------------------------------
@@ -267,57 +264,37 @@ class Events:
         return None
 
     def _on_frame(self, conn: EventConnection, message: Any) -> None:
-        try:
-            frame = json.loads(message) if isinstance(message, str) else None
-        except ValueError:
-            frame = None
-        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            conn.send({"type": "error", "message": "a frame is a JSON object with a string \"type\" (text frames only)"})
+        """Act on one client frame (`events_protocol.parse_client` says which action)."""
+        action = events_protocol.parse_client(message, self.channel, self.max_last)
+        if action.type is None:  # not even a readable frame
+            conn.send(events_protocol.error(action.message))
             return
-        kind = frame["type"]
-        if conn._deferred is not None and kind != "resume":
+        if conn._deferred is not None and action.type != "resume":
             conn._subscribe({}, True)  # no resume came first: live from the upgrade on
-        if kind == "event":
-            self._on_event(conn, frame)
-        elif kind in ("join", "leave"):
-            room = frame.get("room")
-            if not isinstance(room, str) or not room:
-                conn.send({"type": "error", "message": f"{kind}: \"room\" is a non-empty string"})
+        if isinstance(action, events_protocol.Emit):
+            self._on_event(conn, action)
+        elif isinstance(action, events_protocol.Join):
+            check = self.handlers.get("join")
+            if check is not None and check(conn, action.room) is False:
+                conn.send(events_protocol.error(f"join {action.room!r} refused"))
                 return
-            try:
-                self.channel(room)
-            except ValueError as exc:
-                conn.send({"type": "error", "message": str(exc)})
-                return
-            if kind == "join":
-                last = frame.get("last", 0)
-                if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-                    conn.send({"type": "error", "message": "join: \"last\" is the number of recent messages "
-                               f"to receive first, 0 to {self.max_last}"})
-                    return
-                check = self.handlers.get("join")
-                if check is not None and check(conn, room) is False:
-                    conn.send({"type": "error", "message": f"join {room!r} refused"})
-                    return
-                conn.join(room, min(last, self.max_last))
-            else:
-                conn.leave(room)
-        elif kind == "resume":
-            self._on_resume(conn, frame)
+            conn.join(action.room, action.last)
+        elif isinstance(action, events_protocol.Leave):
+            conn.leave(action.room)
+        elif action.type == "resume":
+            self._on_resume(conn, action)
         else:
-            conn.send({"type": "error", "message": f"unknown frame type {kind[:40]!r}: event, join, leave or resume"})
+            assert isinstance(action, events_protocol.Invalid)
+            conn.send(events_protocol.error(action.message))
 
-    def _on_event(self, conn: EventConnection, frame: Dict[str, Any]) -> None:
-        name, ack_id = frame.get("event"), frame.get("id")
-        if not isinstance(name, str) or name in ("connect", "disconnect", "join"):
-            conn.send({"type": "error", "message": "event: \"event\" is a string naming a client event"})
-            return
+    def _on_event(self, conn: EventConnection, action: events_protocol.Emit) -> None:
+        name, ack_id = action.event, action.id
         handler = self.handlers.get(name)
         if handler is None:
             reply: Dict[str, Any] = {"error": f"no handler for event {name[:40]!r}"}
         else:
             try:
-                reply = {"data": handler(conn, frame.get("data"))}
+                reply = {"data": handler(conn, action.data)}
                 if ack_id is not None:
                     _dumps(reply["data"])  # TypeError: not JSON
             except ConnectionClosed:
@@ -328,29 +305,21 @@ class Events:
                 current_app.log_exception(sys.exc_info())
                 reply = {"error": "internal error"}
         if ack_id is not None:
-            conn.send({"type": "ack", "id": ack_id, **reply})
+            conn.send(events_protocol.ack_error(ack_id, reply["error"]) if "error" in reply
+                      else events_protocol.ack(ack_id, reply["data"]))
         elif "error" in reply and handler is None:
-            conn.send({"type": "error", "message": reply["error"]})
+            conn.send(events_protocol.error(reply["error"]))
 
-    def _on_resume(self, conn: EventConnection, frame: Dict[str, Any]) -> None:
-        rooms, epoch = frame.get("rooms"), frame.get("epoch")
+    def _on_resume(self, conn: EventConnection, action: events_protocol.Action) -> None:
         if conn._deferred is None:
-            conn.send({"type": "error", "message": "resume must be the first frame of a connection opened with ?resume=1"})
+            conn.send(events_protocol.error("resume must be the first frame of a connection opened with ?resume=1"))
             return
-        if not isinstance(rooms, dict) or not all(
-                isinstance(r, str) and isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                for r, s in rooms.items()):
-            conn.send({"type": "error", "message": "resume: \"rooms\" maps room names to the last seq seen (integers)"})
+        if isinstance(action, events_protocol.Invalid):
+            conn.send(events_protocol.error(action.message))
             conn._subscribe({}, True)
             return
-        for room in rooms:
-            try:
-                self.channel(room)
-            except ValueError as exc:
-                conn.send({"type": "error", "message": str(exc)})
-                conn._subscribe({}, True)
-                return
-        conn._subscribe(dict(rooms), str(epoch) == str(self.broadcast.position().epoch))
+        assert isinstance(action, events_protocol.Resume)
+        conn._subscribe(dict(action.rooms), action.epoch == str(self.broadcast.position().epoch))
 
     # -- SSE -------------------------------------------------------------------------
 
@@ -484,7 +453,7 @@ class SSEStream:
             if item is None:
                 return
             if isinstance(item, dict):
-                yield b"event: not_recovered\ndata: " + _dumps(item).encode("utf-8") + b"\n\n"
+                yield events_protocol.sse_notice(item)
                 continue
             chunk = _sse_event(*item)
             if chunk is not None:
@@ -514,4 +483,4 @@ def _sse_event(epoch: int, entry: Any) -> Optional[bytes]:
             return None
     else:
         return None
-    return f"id: {event_id}\nevent: {name}\ndata: ".encode("utf-8") + payload + b"\n\n"
+    return events_protocol.sse_event(event_id, str(name), payload)
