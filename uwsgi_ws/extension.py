@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, got_request_exception
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import _uwsgi, access, devserver, handshake, metrics, runtime, shutdown
+from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, shutdown
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
@@ -71,12 +71,31 @@ class _Upgraded(Response):
         except access.Refused as exc:
             return _refusal(exc, "limit")(environ, start_response)
         try:
-            answer = ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol)
+            answer = ws._serve(environ, start_response, self._handler, self._kwargs, self._key, self._subprotocol,
+                               headers_for_101(self.headers))
         finally:
             release()
         if answer is not None:  # the handler (a decorator on it) answered before the upgrade
             return answer(environ, start_response)
         return []
+
+
+#: Headers of the route's response never copied to the 101: hop-by-hop (RFC 9110 7.6.1,
+#: RFC 7230 6.1), the handshake's own (RFC 6455 4.2.2) and those of a body (a 101 has none).
+_NOT_ON_101 = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "content-type", "content-length", "content-encoding",
+})
+
+
+def headers_for_101(headers: Any) -> List[Tuple[str, str]]:
+    """What the app added to a WebSocket route's response (`after_request` headers, the
+    session cookie Flask sets or refreshes) that the 101 carries: every header but
+    `_NOT_ON_101`, those the app's own ``Connection`` header names (hop-by-hop too) and
+    ``Sec-WebSocket-*``. `headers`: werkzeug Headers; never raises."""
+    dropped = _NOT_ON_101 | {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+    return [(name, value) for name, value in headers.to_wsgi_list()
+            if name.lower() not in dropped and not name.lower().startswith("sec-websocket-")]
 
 
 class _PendingConnection:
@@ -163,8 +182,8 @@ class WebSocket:
             access.OriginPolicy(options["allowed_origins"])
         if any(name.startswith("compression") for name in options):  # so does a bad compression setting
             self.deflate_options()
-        self._origin_policies: Dict[Any, access.OriginPolicy] = {}
-        self._before_connect: list = []
+        #: Who may connect, for every transport of this extension (WebSocket, SSE): uwsgi_ws.admission
+        self.admission = admission.Admission(self.option)
         self._deferred: list = []
         self._views: Dict[Any, Callable[..., Any]] = {}
         self._runtime: Any = None
@@ -206,18 +225,13 @@ class WebSocket:
         and Origin checks. Return None or True to go on; False refuses with
         403; a Flask response (or anything a view may return) is sent instead
         of the upgrade; a raised HTTPException (``abort(401)``) is answered
-        as Flask answers it. Hooks run in registration order."""
-        self._before_connect.append(hook)
-        return hook
+        as Flask answers it. Hooks run in registration order, for the SSE
+        stream of an event endpoint too (`uwsgi_ws.admission`)."""
+        return self.admission.add_hook(hook)
 
     def origin_policy(self) -> access.OriginPolicy:
         """The Origin policy in force (built from the `allowed_origins` option)."""
-        allowed = self.option("allowed_origins")
-        key = allowed if allowed is None or isinstance(allowed, str) else tuple(allowed)
-        policy = self._origin_policies.get(key)
-        if policy is None:
-            policy = self._origin_policies[key] = access.OriginPolicy(allowed)
-        return policy
+        return self.admission.origin_policy()
 
     def route(self, rule: str, bp: Optional[Blueprint] = None, *, subprotocols: Sequence[str] = (),
               compression: Any = "", **options: Any) -> Callable[[Handler], Handler]:
@@ -289,21 +303,11 @@ class WebSocket:
             environ = request.environ
             try:
                 key = handshake.check_request(environ)
-                self.origin_policy().check(environ)
-            except (handshake.HandshakeError, access.Refused) as exc:
-                return _refusal(exc, None if isinstance(exc, handshake.HandshakeError) else "origin")
-            for hook in self._before_connect:
-                try:
-                    result = hook()
-                except HTTPException as exc:
-                    metrics.rejected("before_connect", str(exc), _route(), exc.code)
-                    raise
-                if result is False:
-                    return _refusal(access.Refused(403, "403 Forbidden: a before_connect hook refused this WebSocket"),
-                                    "before_connect")
-                if result is not None and result is not True:
-                    metrics.rejected("before_connect", "a before_connect hook answered instead", _route())
-                    return result  # Flask makes a response of it
+            except handshake.HandshakeError as exc:
+                return _refusal(exc)
+            answer = self.admission.check()  # Origin, before_connect (the limits: _Upgraded)
+            if answer is not None:
+                return answer  # Flask makes a response of it
             if "uwsgi.version" not in environ:
                 if not devserver.serves(environ):
                     return _refusal(handshake.HandshakeError(
@@ -327,21 +331,14 @@ class WebSocket:
     def _reserve_slot(self) -> Callable[[], None]:
         """Count one more open WebSocket, or raise Refused(503) past a connection
         limit; returns the function that gives the slot back."""
-        per_worker = self.option("max_connections_per_worker")
-        count = access.worker_connections
-        if not count.try_acquire(per_worker):
-            raise access.limit_refusal("this worker process", per_worker, "max_connections_per_worker",
-                                       self.option("retry_after"))
-        limit = self.option("max_connections")
-        if limit is not None and access.instance_connections(count.value) > limit:
-            count.release()
-            raise access.limit_refusal("this uWSGI instance", limit, "max_connections", self.option("retry_after"))
-        return count.release
+        return self.admission.reserve()
 
     def _serve(self, environ: Dict[str, Any], start_response: Callable[..., Any], handler: Handler,
-               kwargs: Dict[str, Any], key: str, subprotocol: Optional[str]) -> Optional[Response]:
+               kwargs: Dict[str, Any], key: str, subprotocol: Optional[str],
+               extra_headers: Sequence[Tuple[str, str]] = ()) -> Optional[Response]:
         """Run the handler on a connection that upgrades at its first use. Returns
-        the response to send instead if the handler answered before upgrading."""
+        the response to send instead if the handler answered before upgrading.
+        `extra_headers` go on the 101 too (`headers_for_101`)."""
         sockets: list = []  # the connection's socket once the 101 is sent
         upgraded: list = []
         opened: list = []  # the metrics token of the upgrade
@@ -349,6 +346,7 @@ class WebSocket:
         def upgrade(conn: Any) -> None:
             deflate = environ.get("uwsgi_ws.deflate")
             headers = handshake.response_headers(key, subprotocol, deflate.response if deflate is not None else None)
+            headers = list(headers) + list(extra_headers)  # after_request's, the session cookie
             if devserver.serves(environ):  # flask run, the test client
                 sock = devserver.upgrade(environ, start_response, headers)
             else:
