@@ -462,6 +462,15 @@ class WebSocket:
 
         return Events(self, path, **options)
 
+    def test_client(self) -> Any:
+        """A client for tests (`uwsgi_ws.testing.TestClient`): this app's WebSocket routes
+        and event endpoints in this process, no uWSGI and no port, on the real
+        Connection and engine; `publish`/`emit` reach its clients (the process's
+        broadcast becomes the in-process one)."""
+        from .testing import TestClient
+
+        return TestClient(self)
+
     def subscribe(self, conn: Connection, channel: Union[str, Iterable[str]]) -> Any:
         """Context manager: `conn` receives broadcasts on `channel` inside the block.
 

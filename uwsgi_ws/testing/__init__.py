@@ -1,0 +1,12 @@
+"""Testing uwsgi_ws apps: in-process and under real uWSGI.
+
+- `TestClient` (``ws.test_client()``): the app's WebSocket routes and event
+  endpoints in this process, with the real engine (`client`).
+- `serve`, `UWSGI`: start an app under real uWSGI on a free port and stop it by
+  pid (`server`); the pytest plugin `uwsgi_ws.testing.plugin` makes a fixture
+  of it (``pytest_plugins = ["uwsgi_ws.testing.plugin"]``).
+"""
+
+from .client import EventsClient, TestClient, TestConnection, UpgradeRefused, wait_delivered
+
+__all__ = ["EventsClient", "TestClient", "TestConnection", "UpgradeRefused", "wait_delivered"]
