@@ -338,6 +338,24 @@ class Events:
         if not last.isdigit():
             return Response(f"400 Bad Request: last={last[:20]!r}: the number of recent messages of each room "
                             f"to receive first, 0 to {self.max_last}\n", status=400, mimetype="text/plain")
+        # the WebSocket's checks, in its order, with its answers (uwsgi_ws.admission)
+        check = self.handlers.get("join")
+        peer = StreamPeer(self, request.environ, rooms)
+        answer, release = self.ws.admission.admit(rooms, None if check is None else (lambda room: check(peer, room)))
+        if answer is not None:
+            return answer
+        if request.args.get("probe") == "1":  # the browser client asks whether it may connect
+            release()
+            return Response(status=204, headers={"Cache-Control": "no-store"})
+        try:
+            return self._sse_stream(broadcast, channels, last, last_id, release)
+        except BaseException:
+            release()
+            raise
+
+    def _sse_stream(self, broadcast: Broadcast, channels: Dict[str, Optional[str]], last: str, last_id: str,
+                    release: Callable[[], None]) -> Response:
+        """The admitted stream; `release` gives its connection slot back when it ends."""
         stream = SSEStream(self.ws.runtime())
         notice = None
         count = min(int(last), self.max_last)
@@ -366,8 +384,29 @@ class Events:
             yield b": uwsgi_ws event stream\nretry: 2000\n\n"
             yield from stream.chunks()
 
-        return Response(_Closing(body(), lambda: broadcast.detach(stream)), mimetype="text/event-stream",
+        def closed() -> None:
+            try:
+                broadcast.detach(stream)
+            finally:
+                release()
+
+        return Response(_Closing(body(), closed), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class StreamPeer:
+    """What an endpoint's ``join`` hook gets as `conn` for an SSE stream, which names
+    its rooms up front (``?rooms=``) and is checked before it starts: the request's
+    `environ`, the `endpoint`, the `rooms` asked for, ``transport == "sse"``. It
+    cannot send (a stream only receives broadcasts); the Flask request context
+    (`request`, `session`, `g`) is the stream's request's."""
+
+    transport = "sse"
+
+    def __init__(self, endpoint: "Events", environ: Dict[str, Any], rooms: List[str]) -> None:
+        self.endpoint = endpoint
+        self.environ = environ
+        self.rooms = frozenset(rooms)
 
 
 def _unavailable(broadcast: Broadcast) -> Response:
