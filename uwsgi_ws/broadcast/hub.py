@@ -170,6 +170,10 @@ class Hub:
         #: Broadcast messages compressed by this worker (once per message and parameter set).
         self.compressions = 0
         self._deflaters: Dict[Any, SharedDeflater] = {}
+        # Attached subscribers that take shared permessage-deflate frames -> their options,
+        # read once at attach (negotiated in the handshake, fixed for the connection's life):
+        # the fan-out asks nothing per subscriber while no subscriber has any.
+        self._deflate: Dict[Any, Any] = {}
         self._metrics = metrics.local()
         self._task = runtime.spawn(self._run)
 
@@ -178,8 +182,12 @@ class Hub:
     def attach(self, sub: Any) -> None:
         """`sub` may now be subscribed (every connection of the worker receives
         broadcasts published with channel None)."""
+        shared = getattr(sub, "shared_deflate", None)
+        options = shared() if shared is not None else None
         with self._lock:
             self._member.setdefault(sub, set())
+            if options is not None:
+                self._deflate[sub] = options
 
     def detach(self, sub: Any) -> None:
         """`sub` leaves every channel; recoveries still queued for it do nothing. Idempotent."""
@@ -188,6 +196,7 @@ class Hub:
             for channel in channels or ():
                 self._remove(sub, channel)
             self._pending.discard(sub)
+            self._deflate.pop(sub, None)
 
     def count(self, channel: Optional[str]) -> int:
         """Subscribers of `channel` in this worker (None: every attached one)."""
@@ -426,10 +435,12 @@ class Hub:
         what its own subscribers negotiated. Each message is compressed without
         context takeover (deflate.SharedDeflater), so the same bytes are valid on
         every connection of the set."""
+        deflate = self._deflate
+        if not deflate:
+            return [(batch, targets)]
         groups: Dict[Any, List[Any]] = {}
         for sub in targets:
-            shared = getattr(sub, "shared_deflate", None)
-            groups.setdefault(shared() if shared is not None else None, []).append(sub)
+            groups.setdefault(deflate.get(sub), []).append(sub)
         if len(groups) == 1 and None in groups:
             return [(batch, targets)]
         out = []
@@ -474,7 +485,8 @@ class Hub:
                 size = len(batch.data)
                 for index, sub in enumerate(ready):
                     sub.end_direct(batch, short.get(index, size))
-            pending.extend(sub for sub in ready if sub.pending_output)
+            # Only a short write leaves output behind (begin_direct found the buffer empty).
+            pending.extend(ready[i] for i in short if ready[i].pending_output)
             delivered = len(ready)
             targets = rest
         for sub in targets:
