@@ -8,5 +8,7 @@
 """
 
 from .client import EventsClient, TestClient, TestConnection, UpgradeRefused, wait_delivered
+from .server import UWSGI, free_port, serve
 
-__all__ = ["EventsClient", "TestClient", "TestConnection", "UpgradeRefused", "wait_delivered"]
+__all__ = ["UWSGI", "EventsClient", "TestClient", "TestConnection", "UpgradeRefused", "free_port", "serve",
+           "wait_delivered"]

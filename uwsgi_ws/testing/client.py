@@ -91,7 +91,7 @@ class TestClient:
         self.app = ws.app
 
     def connect(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
-                subprotocols: Sequence[str] = (), timeout: float = 5.0) -> "TestConnection":
+                subprotocols: Sequence[str] = (), timeout: float = 5.0) -> TestConnection:
         """Open a WebSocket to `path`.
 
         Args:
@@ -117,7 +117,8 @@ class TestClient:
         if subprotocols:
             request_headers["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
         request_headers.update(headers or {})
-        builder = EnvironBuilder(path=path, method="GET", query_string=query_string, headers=request_headers,
+        builder = EnvironBuilder(path=path, method="GET", query_string=query_string,
+                                 headers=list(request_headers.items()),
                                  environ_base={"REMOTE_ADDR": "127.0.0.1"})
         try:
             environ = builder.get_environ()
@@ -142,7 +143,7 @@ class TestClient:
         return TestConnection(client_end, rest, response_headers, thread)
 
     def events(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
-               timeout: float = 5.0) -> "EventsClient":
+               timeout: float = 5.0) -> EventsClient:
         """Connect to the event endpoint at `path` (`ws.events(path)`) as a client of its
         protocol (docs/protocol.md). Returns once the endpoint has subscribed the
         connection: an emit after this reaches it. Raises as `connect`."""
@@ -292,7 +293,7 @@ class TestConnection:
             if message is not None:
                 yield message
 
-    def __enter__(self) -> "TestConnection":
+    def __enter__(self) -> TestConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -305,7 +306,7 @@ class TestConnection:
         if self.close_code is not None or self._close_sent:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: Union[bytes, bytearray]) -> None:
         try:
             self._sock.sendall(data)
         except OSError:
@@ -332,19 +333,19 @@ class TestConnection:
         try:
             for frame in self._protocol.received_frames():
                 opcode = frame.opcode
+                payload: Any = frame.payload  # str pieces (text), bytes, or (code, reason) for a close
                 if opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION):
-                    self._parts.append(frame.payload)  # str pieces for text, bytes for binary
+                    self._parts.append(payload)
                     if frame.message_finished:
                         parts, self._parts = self._parts, []
-                        message: Union[str, bytes] = ("".join(parts) if parts and isinstance(parts[0], str)  # type: ignore[arg-type]
-                                                      else b"".join(parts))  # type: ignore[arg-type]
-                        self._messages.append(message)
+                        text = bool(parts) and isinstance(parts[0], str)
+                        self._messages.append("".join(parts) if text else b"".join(parts))  # type: ignore[arg-type]
                 elif opcode is Opcode.PING:
                     if not self._close_sent:
-                        self._write(self._protocol.pong(frame.payload))
+                        self._write(self._protocol.pong(payload))
                 elif opcode is Opcode.CLOSE:
-                    code, reason = frame.payload
-                    self.close_code, self.close_reason = int(code), reason
+                    code, reason = int(payload[0]), str(payload[1])
+                    self.close_code, self.close_reason = code, reason
                     if not self._close_sent:  # echo it (RFC 6455 section 5.5.1)
                         self._close_sent = True
                         try:
@@ -527,19 +528,24 @@ def wait_delivered(broadcast: Broadcast, timeout: float = 5.0) -> None:
         return
     target = broadcast.position().seq
     deadline = time.monotonic() + timeout
-    while True:
-        done = threading.Event()
-        reached: List[int] = []
-
-        def answer(result: Dict[str, Any]) -> None:
-            reached.append(result[_PROBE_CHANNEL].seq)
-            done.set()
-
-        broadcast.recover(_PROBE, {_PROBE_CHANNEL: None}, answer)  # type: ignore[arg-type]
-        if not done.wait(max(0.0, deadline - time.monotonic())):
+    while _hub_position(broadcast, deadline) < target:
+        if time.monotonic() >= deadline:
             raise TimeoutError(f"the in-process broadcast did not deliver up to seq {target} in {timeout}s")
-        if reached[0] >= target:
-            return
+
+
+def _hub_position(broadcast: Broadcast, deadline: float) -> int:
+    """How far the hub's fan-out has gone (the seq it continues after), asked in its task."""
+    done = threading.Event()
+    reached: List[int] = []
+
+    def answer(result: Dict[str, Any]) -> None:
+        reached.append(result[_PROBE_CHANNEL].seq)
+        done.set()
+
+    broadcast.recover(_PROBE, {_PROBE_CHANNEL: None}, answer)
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError("the in-process broadcast's hub did not answer")
+    return reached[0]
 
 
 # -- the server side of the socket pair: a WSGI request --------------------------------------
