@@ -1,94 +1,320 @@
-"""How many idle WebSockets one uWSGI worker holds, and what each costs.
+"""How many idle WebSockets one uWSGI instance holds, and what each costs.
 
-    python bench/idle.py --model gevent --connections 10000
-    python bench/idle.py --model threads --connections 500
+    python bench/idle.py --model gevent --connections 10000              # 1 worker: KiB per connection
+    python bench/idle.py --model threads --connections 1000
+    python bench/idle.py --model gevent --connections 100000 --workers 6 # one instance, many workers
 
-Starts one uWSGI worker serving tests/apps/echo_app.py (keepalive pings off),
-opens N idle connections from one asyncio process (`websockets` client),
-checks a few of them still echo, and prints the worker's RSS and open fds
-before and after, per connection. Loopback only; every process is stopped.
+Starts one uWSGI instance serving tests/apps/echo_app.py (keepalive pings off;
+``--broadcast`` adds the sharedarea ring and the broadcast mule, so every
+connection is also attached to its worker's hub), opens N idle connections
+from ``--clients`` client processes (asyncio, a lean client of its own),
+each from its own loopback source address 127.0.0.<10+i> (one source
+address has about 28,000 ephemeral ports towards one server port), holds
+them all open at once, reads every worker's RSS and open fds, then has
+**every** connection send a message and checks its echo, and prints per
+connection: worker RSS growth (summed over workers, KiB) and fds.
+
+Limits (checked up front, with what to do): a process may hold at most
+``ulimit -Hn`` fds; without CAP_SYS_RESOURCE (containers) the hard limit
+cannot be raised, so each worker holds at most about that many connections
+and ``--workers`` must be at least N / (hard limit - 100); each client
+process likewise. ``net.core.somaxconn`` must be >= the listen backlog used
+(4096 here; the script raises it when it can). Loopback only; every process
+started here is stopped by pid.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import math
+import multiprocessing as mp
 import os
 import resource
+import signal
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import serve  # noqa: E402
+BACKLOG = 4096
+FD_MARGIN = 100  # fds a worker or client process uses besides its connections
 
 
-def rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+def status_kib(pid: int, key: str) -> int:
+    """A ``VmXxx:`` line of /proc/<pid>/status, KiB (0 when the process is gone)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
-async def hold(url: str, n: int, concurrency: int = 200) -> list:
-    import websockets
+# ----------------------------------------------------------------- client processes
+# A lean WebSocket client (asyncio protocols, the handshake and frames by hand):
+# the `websockets` library's connect costs several times more CPU per
+# connection, which on a shared 2-core machine made 100,000 connects take
+# longer than the run's patience.
 
-    conns: list = []
-    sem = asyncio.Semaphore(concurrency)
+def _masked_text(payload: bytes) -> bytes:
+    """One masked text frame (client to server, RFC 6455 section 5.3), payload < 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class _Client(asyncio.Protocol):
+    """One idle connection: the opening handshake, then frames in (unmasked, small)."""
+
+    def __init__(self, request: bytes, opened: "asyncio.Future[None]") -> None:
+        self.request, self.opened = request, opened
+        self.buf = bytearray()
+        self.upgraded = False
+        self.frames: "asyncio.Queue[bytes]" = asyncio.Queue()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.upgraded:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end])
+            del self.buf[:end + 4]
+            if not head.startswith(b"HTTP/1.1 101"):
+                if not self.opened.done():
+                    self.opened.set_exception(ConnectionError(head.split(b"\r\n")[0].decode(errors="replace")))
+                return
+            self.upgraded = True
+            if not self.opened.done():
+                self.opened.set_result(None)
+        while len(self.buf) >= 2 and len(self.buf) >= 2 + (self.buf[1] & 0x7F):
+            n = self.buf[1] & 0x7F
+            self.frames.put_nowait(bytes(self.buf[2:2 + n]))
+            del self.buf[:2 + n]
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        self.frames.put_nowait(b"")
+
+
+async def _client_main(host: str, port: int, path: str, count: int, source: str, ctl: Connection) -> None:
+    """Open ``count`` connections from ``source``; on "echo" make every one echo; on
+    "close" close them. Reports go back through ``ctl`` as tuples."""
+    loop = asyncio.get_running_loop()
+    conns: List[_Client] = []
+    errors: List[str] = []
+    sem = asyncio.Semaphore(200)
 
     async def one() -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode()
         async with sem:
-            conns.append(await websockets.connect(url, ping_interval=None, max_size=None, open_timeout=60))
+            opened: "asyncio.Future[None]" = loop.create_future()
+            try:
+                _, proto = await loop.create_connection(lambda: _Client(request, opened), host, port,
+                                                        local_addr=(source, 0))
+                await asyncio.wait_for(opened, 120)
+                conns.append(proto)
+            except Exception as exc:  # counted and reported: the parent decides
+                errors.append(f"{type(exc).__name__}: {exc}")
 
-    await asyncio.gather(*(one() for _ in range(n)))
-    return conns
+    started = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(count)))
+    ctl.send(("opened", len(conns), errors[:3], len(errors), time.monotonic() - started))
+    while True:
+        cmd = await loop.run_in_executor(None, ctl.recv)
+        if cmd == "echo":
+            async def check(i: int, c: _Client) -> bool:
+                async with sem:
+                    text = f"still there? {i}".encode()
+                    c.transport.write(_masked_text(text))
+                    return await asyncio.wait_for(c.frames.get(), 60) == text
+
+            results = await asyncio.gather(*(check(i, c) for i, c in enumerate(conns)), return_exceptions=True)
+            bad = [repr(r) for r in results if r is not True]
+            ctl.send(("echoed", len(results) - len(bad), bad[:3], len(bad)))
+        elif cmd == "close":
+            for c in conns:
+                c.transport.close()
+            ctl.send(("closed",))
+            return
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    models = {
-        "gevent": ["--processes", "1", "--gevent", str(args.connections + 100)],
-        "threads": ["--processes", "1", "--threads", str(args.connections + 10)],
-    }
-    extra = [*models[args.model], "--listen", "1024", "--max-fd", str(args.connections * 4 + 1000)]
-    tmp = Path(tempfile.mkdtemp())
-    server = serve("echo_app:app", tmp, model=args.model, extra=extra)
+def _client(url: str, count: int, source: str, ctl: Connection) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hostport, _, path = url.split("//", 1)[1].partition("/")
+    host, _, port = hostport.partition(":")
+    asyncio.run(_client_main(host, int(port), "/" + path, count, source, ctl))
+
+
+# ----------------------------------------------------------------- the run
+
+def check_limits(args: argparse.Namespace) -> None:
+    """Fail early, saying what to change, when the run cannot fit the fd limits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_process = hard - FD_MARGIN
+    for what, n in (("--workers", args.workers), ("--clients", args.clients)):
+        if math.ceil(args.connections / n) > per_process:
+            sys.exit(f"idle.py: {args.connections} connections over {n} processes is "
+                     f"{math.ceil(args.connections / n)} fds each, above the hard fd limit {hard} "
+                     f"(ulimit -Hn; raising it needs CAP_SYS_RESOURCE): use {what} "
+                     f"{math.ceil(args.connections / per_process)} or more")
+    if math.ceil(args.connections / args.clients) > 28000:
+        sys.exit("idle.py: more than 28,000 connections per client process would exhaust the ephemeral "
+                 f"ports of its source address: use --clients {math.ceil(args.connections / 28000)} or more")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # uWSGI inherits it
     try:
-        server.wait_for_log(r"spawned uWSGI worker 1 ")
-        pid = server.worker_pids()[0]
-        rss0, fds0 = rss_kib(pid), open_fds(pid)
+        path = Path("/proc/sys/net/core/somaxconn")
+        if int(path.read_text()) < BACKLOG:
+            path.write_text(str(BACKLOG))
+    except OSError as exc:
+        print(f"idle.py: cannot raise net.core.somaxconn to {BACKLOG} ({exc}): connects may be refused "
+              "under load", file=sys.stderr)
+
+
+def mule_entry(repo: Path) -> str:
+    """The broadcast mule's entry point in the checkout (it moved in issue 11)."""
+    return ("uwsgi_ws.mule:run" if (repo / "uwsgi_ws" / "mule.py").exists()
+            else "uwsgi_ws.broadcast.mule:run")
+
+
+def server_args(args: argparse.Namespace) -> list[str]:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_worker = math.ceil(args.connections / args.workers)
+    # Cores (gevent) or threads per worker: room for an uneven spread of the
+    # connects over the workers, within the fd limit. A worker whose cores are
+    # all busy stops accepting and leaves the connects to the others.
+    cores = min(hard - FD_MARGIN, max(per_worker + 100, int(per_worker * 1.3)))
+    if args.model == "gevent":
+        model = ["--processes", str(args.workers), "--gevent", str(cores)]
+    else:
+        model = ["--processes", str(args.workers), "--threads", str(per_worker + 10)]
+    extra = [*model, "--listen", str(BACKLOG), "--max-fd", str(hard), "--pythonpath", str(args.repo)]
+    if args.broadcast:
+        extra += ["--sharedarea", "4096", f"--mule={mule_entry(args.repo)}"]
+    return extra
+
+
+def main_run(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(args.repo / "tests"))
+    from harness import serve  # the tests' uWSGI launcher (and tests/apps/echo_app.py)
+
+    tmp = Path(tempfile.mkdtemp(prefix="uwsgi_ws-idle-"))
+    server = serve("echo_app:app", tmp, model=args.model, extra=server_args(args))
+    clients: list[tuple[mp.Process, Connection]] = []
+    try:
+        server.wait_for_log(r"spawned uWSGI worker \d+ ", count=args.workers, timeout=120)
+        server.wait_for_port()
+        pids = server.worker_pids()
+        rss0 = {pid: status_kib(pid, "VmRSS") for pid in pids}
+        fds0 = {pid: open_fds(pid) for pid in pids}
+        ctx = mp.get_context("spawn")
+        share, rest = divmod(args.connections, args.clients)
         started = time.monotonic()
-        conns = await hold(server.url + "/echo", args.connections)
-        opened = time.monotonic() - started
-        rss1, fds1 = rss_kib(pid), open_fds(pid)
-        for ws in conns[:: max(1, len(conns) // 10)]:
-            await ws.send("still there?")
-            assert await ws.recv() == "still there?"
-        n = len(conns)
-        print(f"model={args.model} connections={n} opened_in={opened:.1f}s "
-              f"worker_rss={rss0 / 1024:.1f}->{rss1 / 1024:.1f} MiB "
-              f"({(rss1 - rss0) / n:.1f} KiB per connection) fds={fds0}->{fds1} crashes={len(server.crashes())}")
-        await asyncio.gather(*(ws.close() for ws in conns))
+        for i in range(args.clients):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_client, args=(server.url + "/echo", share + (i < rest),
+                                                     f"127.0.0.{10 + i}", theirs), daemon=True)
+            proc.start()
+            clients.append((proc, mine))
+        opened, errors = 0, []
+        for proc, ctl in clients:
+            _, n, errs, n_err, secs = ctl.recv()
+            print(f"client {proc.pid}: {n} connections opened in {secs:.1f}s", file=sys.stderr, flush=True)
+            opened += n
+            errors += errs if n_err else []
+            if n_err:
+                print(f"client {proc.pid}: {n_err} connects failed, e.g. {errs[:1]}", file=sys.stderr)
+        open_secs = time.monotonic() - started
+        rss1 = {pid: status_kib(pid, "VmRSS") for pid in pids}
+        hwm = {pid: status_kib(pid, "VmHWM") for pid in pids}
+        fds1 = {pid: open_fds(pid) for pid in pids}
+        client_rss = sum(status_kib(p.pid or 0, "VmRSS") for p, _ in clients)
+        for _, ctl in clients:
+            ctl.send("echo")
+        echoed, failed = 0, 0
+        for _, ctl in clients:
+            _, ok, bad, n_bad = ctl.recv()
+            echoed += ok
+            failed += n_bad
+            if n_bad:
+                print(f"echo failures: {n_bad}, e.g. {bad[:1]}", file=sys.stderr)
+        grown = sum(rss1[p] - rss0[p] for p in pids)
+        per_conn = grown / opened if opened else float("nan")
+        print(f"model={args.model} workers={args.workers} broadcast={'on' if args.broadcast else 'off'} "
+              f"connections={opened}/{args.connections} opened_in={open_secs:.1f}s "
+              f"echoed={echoed}/{opened} crashes={len(server.crashes())}")
+        print(f"worker RSS {sum(rss0.values()) / 1024:.1f} -> {sum(rss1.values()) / 1024:.1f} MiB "
+              f"(+{grown / 1024:.1f} MiB, {per_conn:.1f} KiB per connection); "
+              f"fds {sum(fds0.values())} -> {sum(fds1.values())}; "
+              f"client processes RSS {client_rss / 1024:.0f} MiB")
+        for pid in pids:
+            held = fds1[pid] - fds0[pid]
+            print(f"  worker pid {pid}: fds +{held}, RSS {rss0[pid] / 1024:.1f} -> "
+                  f"{rss1[pid] / 1024:.1f} MiB (peak {hwm[pid] / 1024:.1f}), "
+                  f"{(rss1[pid] - rss0[pid]) / held if held else float('nan'):.1f} KiB per connection")
+        for _, ctl in clients:
+            ctl.send("close")
+        for proc, ctl in clients:
+            ctl.recv()
+            proc.join(30)
+        ok = opened == args.connections and echoed == opened and not server.crashes()
+        return 0 if ok else 1
     finally:
+        for proc, _ in clients:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
         server.stop()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (e.g. from `timeout`) unwinds like ^C: every process started here is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["gevent", "threads"], default="gevent")
     p.add_argument("--connections", type=int, default=10000)
+    p.add_argument("--workers", type=int, default=1, help="uWSGI worker processes (default 1)")
+    p.add_argument("--clients", type=int, default=None,
+                   help="client processes, one loopback source address each (default: enough for the fd "
+                        "and port limits)")
+    p.add_argument("--broadcast", action="store_true",
+                   help="also run the sharedarea ring and the broadcast mule (connections join the hub)")
+    p.add_argument("--repo", type=Path, default=ROOT,
+                   help="checkout whose uwsgi_ws and tests/apps to run (default: this one)")
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = args.connections * 2 + 1000
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-    asyncio.run(main_async(args))
+    args.repo = args.repo.resolve()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    args.clients = args.clients or max(1, math.ceil(args.connections / min(20000, hard - FD_MARGIN)))
+    check_limits(args)
+    sys.exit(main_run(args))
 
 
 if __name__ == "__main__":

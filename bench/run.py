@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.client import run_client
-from harness.proc import (ManagedProcess, free_port, peak_rss_mib, pss_mib, stop_all,
-                          wait_http)
+from harness.proc import (ManagedProcess, free_port, memory_breakdown, peak_rss_mib, pss_mib,
+                          stop_all, wait_http)
 from harness.profile import Profiler, process_names
 from harness.report import aggregate, machine_line, markdown
 
@@ -100,6 +100,11 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
                                     "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
                                     "--pythonpath", "{repo}"),
                note="our package, 2 gevent workers + mule"),
+    ServerSpec("uwsgi_ws-base", UWSGI + ("--processes", "2", "--gevent", "1000", "--sharedarea", "4096",
+                                         "--mule={base_mule}", "--mule-msg-size=65536",
+                                         "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
+                                         "--pythonpath", "{base_repo}"),
+               note="uwsgi_ws gevent from the --base-repo checkout (before/after in one run)"),
     ServerSpec("uwsgi_ws-threads", UWSGI + ("--processes", "2", "--threads", "600",
                                             "--sharedarea", "4096", "--mule={mule}",
                                             "--mule-msg-size=65536",
@@ -181,10 +186,12 @@ def metrics_from(result: dict[str, Any], rss: float, pss: float) -> dict[str, An
 
 
 def run_one(spec: ServerSpec, scen: Scenario, rnd: int, fmt: dict[str, Any], quick: bool,
-            logdir: Path, profile: str | None = None) -> dict[str, Any]:
+            logdir: Path, profile: str | None = None, memory: bool = False) -> dict[str, Any]:
     """Start ``spec``, run ``scen`` against it, stop it; return a record. With ``profile``
     ("py-spy" or "perf") the server's processes are sampled over the throughput phase
-    and the summary is written to ``<logdir>/<tag>.profile.txt``."""
+    and the summary is written to ``<logdir>/<tag>.profile.txt``; with ``memory`` the
+    server's memory by process and mapping, at the end of the session, to
+    ``<logdir>/<tag>.memory.txt``."""
     rec: dict[str, Any] = {"round": rnd, "server": spec.name, "scenario": scen.name,
                            "status": "ok", "reason": "", "metrics": {}}
     if scen.clients > spec.max_clients:
@@ -222,6 +229,8 @@ def run_one(spec: ServerSpec, scen: Scenario, rnd: int, fmt: dict[str, Any], qui
             print(f"  profile: {summary}", file=sys.stderr)
         pids = server.pids()
         rss, pss = peak_rss_mib(pids), pss_mib(pids)
+        if memory:
+            (logdir / f"{tag}.memory.txt").write_text(memory_breakdown(pids) + "\n")
         if result.get("error"):
             rec.update(status="error", reason=result["error"] + f" | server log: {server.log_tail(2)}")
         rec["metrics"] = metrics_from(result, rss, pss)
@@ -262,6 +271,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repo", type=Path, default=REPO,
                    help="checkout whose uwsgi_ws package the uwsgi_ws servers run (default: this one), "
                         "e.g. a `git worktree` of an older commit for a before/after comparison")
+    p.add_argument("--memory", action="store_true",
+                   help="write each server's memory by process and mapping (smaps) next to the logs")
+    p.add_argument("--base-repo", type=Path, default=None,
+                   help="a second checkout run as the `uwsgi_ws-base` server (added to the list): "
+                        "the code before a change, side by side with --repo's")
     p.add_argument("--profile", choices=["py-spy", "perf"], default=None,
                    help="sample the servers over the throughput phase (their CPU numbers then include "
                         "the sampler's disturbance; the summaries go next to the logs)")
@@ -269,8 +283,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.clients = args.clients or ([100] if args.quick else [100, 1000])
     args.sizes = args.sizes or [100, 16384]
-    args.servers = [s for s in (args.servers or ",".join(QUICK_SERVERS if args.quick else SERVERS)).split(",")
-                    if s]
+    default = [s for s in (QUICK_SERVERS if args.quick else SERVERS) if s != "uwsgi_ws-base"]
+    args.servers = [s for s in args.servers.split(",") if s] if args.servers else default
+    if args.base_repo is not None and "uwsgi_ws-base" not in args.servers:
+        args.servers.insert(args.servers.index("uwsgi_ws") if "uwsgi_ws" in args.servers else 0, "uwsgi_ws-base")
+    if "uwsgi_ws-base" in args.servers and args.base_repo is None:
+        p.error("the uwsgi_ws-base server needs --base-repo PATH")
     unknown = [s for s in args.servers if s not in SERVERS]
     if unknown:
         p.error(f"unknown servers {unknown}; known: {', '.join(SERVERS)}")
@@ -320,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     fmt = {"py": VENV / "bin" / "python", "uwsgi": VENV / "bin" / "uwsgi",
            "gunicorn": VENV / "bin" / "gunicorn", "srv": SRV, "repo": args.repo.resolve(),
            "mule": mule_entry(args.repo.resolve()), "gevent": max(1000, max_n + 100),
+           "base_repo": args.base_repo.resolve() if args.base_repo else "",
+           "base_mule": mule_entry(args.base_repo.resolve()) if args.base_repo else "",
            "threads": max_n + 64, "conns": 2 * max_n + 100}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     logdir = RESULTS / "logs" / stamp
@@ -338,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             for scen in scenarios:
                 for name in order:
                     load = load1()
-                    rec = run_one(SERVERS[name], scen, rnd, fmt, args.quick, logdir, args.profile)
+                    rec = run_one(SERVERS[name], scen, rnd, fmt, args.quick, logdir, args.profile,
+                                  args.memory)
                     rec["load1"] = load
                     loads.append(load)
                     records.append(rec)
@@ -361,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- load average before/after: {load0} / {Path('/proc/loadavg').read_text().split()[0]} "
         "(the client shares the 2 cores with the server; other work on the machine skews results)",
         f"- uwsgi_ws from {commit}",
+        *([f"- uwsgi_ws-base from {repo_state(args.base_repo.resolve())}"] if args.base_repo else []),
         f"- command: `{' '.join(['python bench/run.py', *(argv if argv is not None else sys.argv[1:])])}`",
         "- ratios: ×ws against the `websockets` row, ×proto against the frame-once `prototype` row "
         "of the same scenario and run",

@@ -220,3 +220,48 @@ def stop_all() -> None:
     """Stop every process started here and not stopped yet (for finally/^C)."""
     for proc in list(_LIVE.values()):
         proc.stop(timeout=3.0)
+
+
+def _mapping_kind(name: str) -> str:
+    """A coarse label for one /proc/<pid>/smaps mapping."""
+    if name in ("[heap]", "[stack]"):
+        return name
+    if not name:
+        return "anonymous (malloc arenas, Python objects, thread/greenlet stacks)"
+    if "(deleted)" in name or name.startswith("/dev/zero") or name.startswith("/SYSV"):
+        return "shared memory: " + name.split(" ")[0]
+    base = name.rsplit("/", 1)[-1]
+    if ".so" in base or base in ("uwsgi", "python3", "python"):
+        return "code and data: " + base
+    return "file: " + base
+
+
+def memory_breakdown(pids: Iterable[int], top: int = 12) -> str:
+    """Per process Rss/Pss/private/shared, and over all ``pids`` the mapping kinds
+    holding the most Pss (KiB, from /proc/<pid>/smaps): where a server's memory goes."""
+    lines = []
+    kinds: dict[str, list[int]] = {}
+    for pid in sorted(pids):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            roll = {k: int(v.split()[0]) for k, v in (
+                line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])}
+            smaps = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        except (OSError, ValueError):
+            continue
+        lines.append(f"pid {pid} {name}: Rss {roll.get('Rss', 0) / 1024:.1f} MiB, Pss {roll.get('Pss', 0) / 1024:.1f}, "
+                     f"private {(roll.get('Private_Clean', 0) + roll.get('Private_Dirty', 0)) / 1024:.1f}, "
+                     f"shared {(roll.get('Shared_Clean', 0) + roll.get('Shared_Dirty', 0)) / 1024:.1f}, "
+                     f"anonymous {roll.get('Anonymous', 0) / 1024:.1f}")
+        current = ""
+        for line in smaps:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                current = _mapping_kind(" ".join(head[5:]))
+            elif head and head[0] in ("Rss:", "Pss:"):
+                slot = kinds.setdefault(current, [0, 0])
+                slot[0 if head[0] == "Rss:" else 1] += int(head[1])
+    lines.append("all processes, by mapping (Rss summed over processes / Pss), MiB:")
+    for kind, (rss, pss) in sorted(kinds.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"  {rss / 1024:8.1f} / {pss / 1024:7.1f}  {kind}")
+    return "\n".join(lines)
