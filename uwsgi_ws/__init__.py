@@ -14,7 +14,7 @@ from .broadcast import publish
 from .connection import Connection
 from .exceptions import (BroadcastError, ConfigError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK,
                          EventError, PublishError, RingError, UwsgiWsError)
-from .extension import AsyncWebSocket, GeventWebSocket, ThreadedWebSocket, WebSocket
+from .extension import AsyncWebSocket, GeventWebSocket, Sockets, ThreadedWebSocket, WebSocket, WebSockets
 
 __all__ = [
     "AsyncWebSocket",
@@ -28,9 +28,11 @@ __all__ = [
     "GeventWebSocket",
     "PublishError",
     "RingError",
+    "Sockets",
     "ThreadedWebSocket",
     "UwsgiWsError",
     "WebSocket",
+    "WebSockets",
     "publish",
 ]
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ different threads/greenlets at once; one consumer should call `receive`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "ConnectionClosed", "ConnectionClosedError", "ConnectionClosedOK"]
 
 _CLOSED = object()  # inbox sentinel
+_DEFAULT: Any = object()  # receive(): use the connection's receive_timeout
 _READ_SIZE = 65536
 Data = Union[str, bytes, bytearray, memoryview]
 
@@ -61,6 +63,7 @@ class Connection:
         max_queue: int = 16,
         write_limit: int = 1 << 20,
         broadcast: "Optional[Broadcast]" = None,
+        receive_timeout: Optional[float] = None,
         protocol: Optional[Protocol] = None,
     ) -> None:
         self.environ = environ
@@ -89,6 +92,12 @@ class Connection:
         self._reader = _BackgroundReader(self) if runtime.HAS_TASKS else _InlineReader(self)
         #: Data messages received from this connection.
         self.messages_received = 0
+        #: The default `receive()` timeout in seconds (None: wait for ever); the
+        #: extension's `timeout` option (Flask-uWSGI-WebSocket's name).
+        self.receive_timeout = receive_timeout
+        #: This connection's id, unique in the uWSGI instance while it is open:
+        #: "<worker pid>-<number>" (Flask-uWSGI-WebSocket's `ws.id`).
+        self.id = _next_id()
 
     @property
     def write_limit(self) -> int:
@@ -130,11 +139,12 @@ class Connection:
 
     # -- receiving ---------------------------------------------------------
 
-    def receive(self, timeout: Optional[float] = None) -> Union[str, bytes, None]:
+    def receive(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:  # type: ignore[assignment]
         """The next message: `str` (text) or `bytes` (binary).
 
         Args:
-            timeout: seconds to wait; None waits for ever, 0 never blocks.
+            timeout: seconds to wait; None waits for ever, 0 never blocks; by default
+                `receive_timeout` (the extension's `timeout` option; None unless set).
 
         Returns:
             The message, or None when `timeout` passed first.
@@ -145,9 +155,9 @@ class Connection:
 
         Blocks the calling thread or greenlet.
         """
-        return self._reader.receive(timeout)
+        return self._reader.receive(self.receive_timeout if timeout is _DEFAULT else timeout)
 
-    def recv(self, timeout: Optional[float] = None) -> Union[str, bytes, None]:
+    def recv(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:  # type: ignore[assignment]
         """Alias of `receive` (Flask-uWSGI-WebSocket and flask-sock name it so)."""
         return self.receive(timeout)
 
@@ -159,7 +169,7 @@ class Connection:
         """Messages until the connection closes; the loop simply ends then."""
         while True:
             try:
-                message = self.receive()
+                message = self.receive(None)
             except ConnectionClosed:
                 return
             if message is not None:
@@ -204,7 +214,11 @@ class Connection:
             raise TypeError(f"send_binary() takes bytes-like data, not {type(data).__name__}")
         self.send(data)
 
-    send_bytes = send_binary
+    def send_bytes(self, data: Union[str, bytes, bytearray, memoryview]) -> None:
+        """Send `data` in a binary frame; a `str` is sent as its UTF-8 bytes
+        (flask-websockets' name: its examples echo whatever `iter_data` yields).
+        Raises ConnectionClosed, TypeError (neither str nor bytes-like)."""
+        self.send_binary(data.encode("utf-8") if isinstance(data, str) else data)
 
     def send_from_sharedarea(self, id: int, pos: int, length: int = 0) -> None:
         """Send `length` bytes (0: to the end) of uWSGI sharedarea `id` from `pos`
@@ -241,8 +255,24 @@ class Connection:
             out = self._protocol.data_to_send()
         self._write(out, wait=True)
 
-    def close(self, code: int = NORMAL, reason: str = "") -> None:
-        """Start the closing handshake and wait (up to `close_timeout`) for the peer's answer."""
+    def close(self, code: int = NORMAL, reason: Union[str, int] = "", *, message: Optional[str] = None) -> None:
+        """Start the closing handshake and wait (up to `close_timeout`) for the peer's answer.
+
+        Args:
+            code: the close code (RFC 6455 section 7.4: 1000-1003, 1007-1013, 3000-4999).
+            reason: the close reason (UTF-8, cut to 123 bytes on a character).
+            message: flask-websockets' spelling, ``close(reason=1000, message="bye")``:
+                `reason` is then the code and `message` the reason.
+
+        Raises:
+            ValueError: a code no peer may receive (the same rule as the decoder's).
+            TypeError: a code that is not an int, a reason that is not a str.
+        """
+        if message is not None or isinstance(reason, int):
+            if not isinstance(reason, int) or isinstance(reason, bool) or code != NORMAL:
+                raise TypeError("close(reason=<code>, message=<text>) is flask-websockets' spelling; "
+                                "otherwise write close(code, reason)")
+            code, reason = reason, message or ""
         with self._plock:
             self._protocol.close(code, reason)
             out = self._protocol.data_to_send()
@@ -643,6 +673,13 @@ class _InlineReader:
 
     def aborted(self) -> None:
         self._conn._end()
+
+
+_ids = itertools.count(1)
+
+
+def _next_id() -> str:
+    return f"{os.getpid()}-{next(_ids)}"
 
 
 def _sharedarea_bytes(id: int, pos: int, length: int) -> bytes:

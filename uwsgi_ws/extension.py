@@ -208,6 +208,11 @@ class WebSocket:
         self._deferred.clear()
         if self.option("metrics_route"):
             self.metrics_route(self.option("metrics_route"))
+        if _uwsgi.available():
+            # Import the model's adapter (gevent...) now, in the thread importing the app:
+            # a thread the app starts at import (a publisher) must not be the first to
+            # import it, or a worker forked meanwhile inherits a held import lock and hangs.
+            self.runtime()
 
     def option(self, name: str) -> Any:
         """The effective value of an option (keyword, then Flask config, then default)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from .. import _uwsgi
@@ -73,7 +74,10 @@ class Broadcast:
         """
         if not _uwsgi.available() and local.wanted():
             return local.instance().publish(data, channel, event)
-        return _publish(data, channel, event, sleep=self._rt.sleep)
+        # A thread the application started (not uWSGI's main thread or cores) waits with
+        # time.sleep: the model's sleep (gevent's) belongs to the main thread's loop.
+        in_main = threading.current_thread() is threading.main_thread()
+        return _publish(data, channel, event, sleep=self._rt.sleep if in_main else time.sleep)
 
     # -- subscribing (workers) ---------------------------------------------------------
 
