@@ -102,20 +102,46 @@ def shared_dir() -> Iterator[Path]:
 @pytest.fixture
 def debian_uwsgi(tmp_path: Path) -> Iterator:
     """Starts Debian's uWSGI (its own Python: nothing from the tests' PYTHONPATH);
-    stops each by pid, then fails on a crash or a Python traceback in its log."""
-    started: list[UWSGI] = []
+    stops each by pid with stop_checked() unless the test did (check=False: no checks)."""
+    started: list[tuple[UWSGI, bool]] = []
 
-    def start(args: list[str], port: int) -> UWSGI:
+    def start(args: list[str], port: int, check: bool = True) -> UWSGI:
         server = UWSGI(args, tmp_path, port=port, executable=DEBIAN_UWSGI, env={"PYTHONPATH": ""}, ready="none")
-        started.append(server)
+        started.append((server, check))
         return server
 
     yield start
-    for server in started:
-        server.stop()
-        log = server.log()
-        assert not server.crashes(), log
-        assert "Traceback (most recent call last)" not in log, log
+    for server, check in started:
+        if check and server.proc.poll() is None:
+            stop_checked(server)
+        else:
+            server.stop()
+
+
+def crash_lines(log: str) -> list[str]:
+    """Lines that mean a process died abnormally: the harness's patterns, plus uWSGI's own
+    "!!! uWSGI process N got Segmentation Fault !!!" (printed by the dying process itself,
+    also when its master has no time to log the death)."""
+    patterns = ("SIGSEGV", r"(?i)segmentation fault", "killed by signal", "DAMN ! worker", "uWSGI worker .* died")
+    return [line for line in log.splitlines() if any(re.search(p, line) for p in patterns)]
+
+
+def stop_checked(server: UWSGI) -> None:
+    """Stop `server`; fail on a crash or a Python traceback while it served. While it
+    stops, one crash kind is known and allowed: a SIGSEGV inside Py_FinalizeEx (the
+    interpreter's exit, after the last request), which Debian's greenlet 2.0.2 causes in
+    a mule that imported gevent (seen in examples/ticker's price mule, gevent model)."""
+    serving = server.log()
+    server.stop()
+    stopping = server.log()[len(serving):]
+    assert not crash_lines(serving), serving
+    assert "Traceback (most recent call last)" not in serving, serving
+    assert "Traceback (most recent call last)" not in stopping, stopping
+    backtraces = re.findall(r"got Segmentation Fault !!!\n.*?end of backtrace", stopping, re.S)
+    at_exit = [b for b in backtraces if "Py_FinalizeEx" in b]
+    others = [line for line in crash_lines(stopping) if "got Segmentation Fault" not in line]
+    assert len(at_exit) == len(backtraces) == len(re.findall("got Segmentation Fault", stopping)) and not others, \
+        stopping
 
 
 def model_vassal(text: str, model: str, port: int) -> str:
@@ -246,15 +272,18 @@ def test_repository_vassals_under_the_debian_emperor_service_config(model, share
     (shared_dir / "emperor.ini").chmod(0o644)
 
     emperor = debian_uwsgi(["--ini", str(shared_dir / "emperor.ini"), "--die-on-term"], ports["echo"])
-    for name, port in ports.items():
-        wait_for(lambda: port_open(port) or emperor.proc.poll() is not None, 60, f"vassal {name} on {port}")
-        assert emperor.proc.poll() is None, emperor.log()
+    for name in ports:
+        # the port is bound before the app loads: wait for the vassal's own "ready"
+        emperor.wait_for_log(rf"\[emperor\] vassal {name}\.yaml is ready to accept requests", timeout=120)
     log = emperor.log()
     assert "2.0.21-debian" in log or "-debian" in log, log
     assert re.search(r"Python version: 3\.\d+\.\d+ .*\n", log), log
     for name, port in ports.items():
         if name in CHECKS:
-            CHECKS[name](port)
+            try:
+                CHECKS[name](port)
+            except Exception as exc:
+                raise AssertionError(f"{name} ({model}): {exc!r}\n{emperor.log()}") from exc
 
     log = emperor.log()
     mode = "async" if model == "gevent" else "preforking"
@@ -264,7 +293,7 @@ def test_repository_vassals_under_the_debian_emperor_service_config(model, share
     assert len(uids) > 3 * len(ports) and set(uids.values()) == {WWW_DATA}, uids
     assert "broadcast history: the last 200 events per room" in log, log
 
-    emperor.stop()
+    stop_checked(emperor)
     for name, port in ports.items():
         wait_for(lambda: not port_open(port), 20, f"vassal {name} gone after the Emperor stopped")
 
@@ -290,9 +319,46 @@ def test_chat_on_the_debian_model_config(model, tmp_path, debian_uwsgi):
         "  set-placeholder: uwsgi-ws-history=200\n"
     )
     server = debian_uwsgi(["--yaml", str(config)], port)
-    server.wait_for_port(60)
-    check_chat(port)
+    server.wait_for_log(r"spawned uWSGI worker 2 ", timeout=120)  # the app loads before the fork
+    try:
+        check_chat(port)
+    except Exception as exc:
+        raise AssertionError(f"chat ({model}): {exc!r}\n{server.log()}") from exc
     log = server.log()
     assert "-debian" in log and re.search(r"Python version: 3\.", log), log
     mode = "async" if model == "gevent" else "preforking"
     assert re.search(rf"Operational MODE: .*{mode}", log), log
+
+
+ASYNC_BUG = ("Debian's uWSGI 2.0.21 async+ugreen: two overlapping WebSockets are served (no deadlock, unlike "
+             "2.0.27+), but the worker dies of SIGSEGV in the Python plugin (uwsgi_request_wsgi from "
+             "async_schedule_to_req_green) while it serves them: the async model is unusable there too")
+
+
+@pytest.mark.xfail(strict=True, reason=ASYNC_BUG)
+def test_async_model_two_connections_at_once_and_the_worker_survives(tmp_path, debian_uwsgi):
+    """What tests/test_async_model.py records for uWSGI >= 2.0.27, on Debian's 2.0.21."""
+    port = free_port()
+    server = debian_uwsgi([
+        "--plugins", "python3,ugreen", "--master", "--http-socket", f"127.0.0.1:{port}",
+        "--pythonpath", str(ROOT), "--pythonpath", str(ROOT / "tests" / "apps"), "--module", "echo_app:app",
+        "--processes", "1", "--async", "20", "--ugreen", "--need-app", "--die-on-term",
+    ], port, check=False)
+    server.wait_for_log(r"spawned uWSGI worker 1 ", timeout=120)
+    first = websocket.create_connection(f"ws://127.0.0.1:{port}/echo", timeout=5)
+    second = websocket.create_connection(f"ws://127.0.0.1:{port}/echo", timeout=5)
+    try:
+        for conn, text in ((first, "one"), (second, "two"), (first, "one again")):
+            conn.send(text)
+            assert conn.recv() == text
+    finally:
+        second.close()
+        first.close()
+    # a third connection after both closed: the same worker must still be there
+    third = websocket.create_connection(f"ws://127.0.0.1:{port}/echo", timeout=5)
+    try:
+        third.send("three")
+        assert third.recv() == "three"
+    finally:
+        third.close()
+    assert not crash_lines(server.log()), server.log()
