@@ -59,6 +59,13 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _mode(raw: str) -> int:
+    value = int(raw.strip(), 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError("write an octal file mode such as 0660")
+    return value
+
+
 def _flag(raw: str) -> bool:
     if raw.strip().lower() in ("1", "true", "yes", "on"):
         return True
@@ -113,7 +120,12 @@ SETTINGS: List[Setting] = [
     Setting("sharedarea", _number(int, 0), 0, "sharedarea id", "all",
             "the uWSGI sharedarea holding the broadcast ring"),
     Setting("publish-timeout", _number(float, 0), 10.0, "seconds", "publishers",
-            "how long a publish waits for room in the broadcast mule's queue before PublishError"),
+            "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned) before PublishError"),
+    Setting("publish-socket", _text, "", "path", "mule",
+            "also listen for publishers at this Unix socket path (uwsgi_ws.client.Publisher, "
+            "python -m uwsgi_ws publish; empty: the instance's own processes only)"),
+    Setting("publish-socket-mode", _mode, 0o660, "octal file mode", "mule",
+            "the permissions of uwsgi-ws-publish-socket (who may publish from outside the instance)"),
     Setting("history", _number(int, 0), 0, "messages per room", "mule",
             "event broadcasts the mule keeps per room for resume and join-with-last (0: off)"),
     Setting("history-size", parse_size, 64 << 20, "bytes (K, M, G)", "mule",

@@ -55,29 +55,24 @@ class Broadcast:
         self._problem: Optional[str] = None
         self._lock = threading.Lock()  # never held across a yield: fine in every model
 
-    # -- publishing (any process, any thread uWSGI started) --------------------------
+    # -- publishing (any process, any thread) -----------------------------------------
 
     def publish(self, data: Data, channel: Optional[str] = None, event: bool = False) -> int:
         """Broadcast `data` to every subscriber of `channel` (None: every connection of
         the instance), in every worker.
 
         Returns:
-            The size of the request handed to the mule, in bytes.
+            The message's sequence number in the ring (it is there when this returns).
 
         Raises:
             PublishError: with the option to set when it can't (see `publish.publish`).
             TypeError: `data` is not str or bytes-like.
 
-        Blocks the calling thread or greenlet while the mule's queue is full.
-        Outside uWSGI, in a process serving the app (``flask run``, the test
-        client), the in-process broadcast takes it (`local`).
+        Any thread (uWSGI's or your own), greenlet or process of the instance: it
+        goes through the broadcast mule's publish socket. Blocks the calling thread
+        or greenlet (never the worker) until the mule appended the message.
         """
-        if not _uwsgi.available() and local.wanted():
-            return local.instance().publish(data, channel, event)
-        # A thread the application started (not uWSGI's main thread or cores) waits with
-        # time.sleep: the model's sleep (gevent's) belongs to the main thread's loop.
-        in_main = threading.current_thread() is threading.main_thread()
-        return _publish(data, channel, event, sleep=self._rt.sleep if in_main else time.sleep)
+        return _publish(data, channel, event, runtime=self._rt)
 
     # -- subscribing (workers) ---------------------------------------------------------
 

@@ -1,7 +1,24 @@
-"""`publish()`: hand a message to the broadcast mule, from any process of the instance.
+"""`publish()`: hand a message to the broadcast mule, from any thread of any process.
 
-Runs everywhere (workers, spoolers, other mules); the mule side is
-`uwsgi_ws.broadcast.mule`. A publish request is one message to the mule:
+The mule side is `uwsgi_ws.broadcast.mule`. Every publish goes through one
+transport: a Unix stream socket the broadcast mule listens on,
+
+- ``\\0uwsgi_ws-publish-<master pid>`` (abstract, private to the instance:
+  the mule answers processes of its own user or root only, SO_PEERCRED), used
+  by the instance's own processes (workers, spoolers, other mules);
+- with the instance setting ``uwsgi-ws-publish-socket=PATH``, also a
+  filesystem socket at PATH (mode ``uwsgi-ws-publish-socket-mode``, default
+  0660), for any process of the host with permission (`uwsgi_ws.client`).
+
+A socket needs nothing of uWSGI's request API, so a publish works from a
+``threading.Thread`` in every model (uWSGI's own ``mule_msg`` raises there, or
+kills a gevent worker), from greenlets (through the caller's runtime Waiter:
+a gevent worker's loop never blocks on it; a foreign thread of a gevent worker
+uses plain blocking sockets, never the main thread's hub), and from outside
+the instance.
+
+Wire format (all integers little-endian). A publish request (also what the
+ring's writer decodes, `decode_request`):
 
     b"UWS1" | flags u8 | channel_len u8 | channel (UTF-8) | payload
 
@@ -11,16 +28,38 @@ Runs everywhere (workers, spoolers, other mules); the mule side is
     sequence number and the ring epoch to it, ``,"seq":<seq>,"epoch":"<epoch>"}``,
     before framing it once as a text frame. The ring record keeps the flag.
 
-Inside the broadcast mule itself a publish goes straight to the ring: the
-mule registers its appender with `set_local_sink` at start, so this module
-never imports the mule.
+On the socket, each request travels in an envelope, and the mule answers each
+one, in order, once it is in the ring (or refused):
+
+    client -> mule:  body_len u32 | client_id u64 | number u64 | publish request
+                     (body_len = 16 + the request's length)
+    mule -> client:  status u8 | seq u64 | text_len u32 | text (UTF-8)
+                     status 0: appended as ring message `seq`;
+                     status 1: refused, `text` says why (too large, malformed):
+                     sending it again would not help.
+
+A client sends one request at a time per connection and waits for its answer.
+When the connection breaks first (the mule was killed and is being respawned),
+the client reconnects and sends the same request with the same (client_id,
+number) until ``uwsgi-ws-publish-timeout``; the mule keeps the last (number,
+seq) of each client id it appended, in memory and in a journal that outlives a
+``kill -9`` of the mule (`Journal` in the mule), so a request appended before
+the kill is acknowledged with its seq instead of being appended twice.
+
+Inside the broadcast mule itself a publish goes straight to the ring: the mule
+registers its appender with `set_local_sink` at start, so this module never
+imports the mule.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import struct
+import threading
 import time
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from .. import _uwsgi, frames, metrics, settings
 from ..exceptions import PublishError
@@ -28,14 +67,20 @@ from .ring import FLAG_BINARY, FLAG_EVENT, BroadcastRing
 
 PREFIX = b"UWS1"
 REQUEST = struct.Struct("<4sBB")
+ENVELOPE = struct.Struct("<IQQ")  # body_len, client_id, number
+REPLY = struct.Struct("<BQI")  # status, seq, text_len
+OK, REFUSED = 0, 1
+MAX_REPLY_TEXT = 4096
 DEFAULT_MULE_MSG_SIZE = 65536
 _EVENT_TAIL_MAX = len(b',"seq":,"epoch":""') + 20 + 20  # what the mule adds to an event payload
+_SLOW_ACK = 0.5  # seconds without an answer after which a publish counts as having waited for the mule
 
 Data = Union[str, bytes, bytearray, memoryview]
+Address = Union[str, bytes]
 
 
 def encode_request(data: Data, channel: Optional[str], event: bool = False) -> bytes:
-    """The mule request for `data` on `channel` (layout above).
+    """The publish request for `data` on `channel` (layout above).
 
     Raises:
         TypeError: `data` is neither str nor bytes-like.
@@ -68,6 +113,8 @@ def decode_request(message: bytes) -> Tuple[str, int, bytes]:
         raise ValueError("not a uwsgi_ws publish request")
     _, flags, clen = REQUEST.unpack_from(message, 0)
     start = REQUEST.size
+    if len(message) < start + clen:
+        raise ValueError("a publish request shorter than its channel name")
     return message[start:start + clen].decode("utf-8"), flags, message[start + clen:]
 
 
@@ -94,7 +141,8 @@ def channel_bytes(channel: Optional[str]) -> bytes:
 
 
 def mule_msg_size() -> int:
-    """uWSGI's --mule-msg-size (bytes; 65536 when unset or malformed)."""
+    """The largest publish request (bytes): uWSGI's --mule-msg-size, 65536 when unset or
+    malformed (the limit publish requests always had; the mule enforces it)."""
     value = _uwsgi.option("mule-msg-size")
     try:
         return int(value) if value is not None else DEFAULT_MULE_MSG_SIZE
@@ -102,97 +150,362 @@ def mule_msg_size() -> int:
         return DEFAULT_MULE_MSG_SIZE
 
 
+def size_problem(request: bytes, limit: int) -> Optional[str]:
+    """Why `request` is over the request limit `limit` (None when it fits)."""
+    if len(request) <= limit:
+        return None
+    chan_len = request[5]
+    return (f"a message of {len(request) - REQUEST.size - chan_len} bytes is over the limit: --mule-msg-size={limit} "
+            f"leaves room for {limit - REQUEST.size - chan_len} bytes"
+            + (f" (with this {chan_len}-byte channel name)" if chan_len else "")
+            + ": raise --mule-msg-size (and --sharedarea) or send less")
+
+
+def ring_problem(request: bytes, ring: BroadcastRing) -> Optional[str]:
+    """Why `request`, framed (an event with its seq and epoch), does not fit `ring` (None when it does)."""
+    chan_len = request[5]
+    payload_size = len(request) - REQUEST.size - chan_len + (_EVENT_TAIL_MAX if request[4] & FLAG_EVENT else 0)
+    frame_size = frames.header_size(payload_size) + payload_size
+    if frame_size > ring.max_frame_size(chan_len):
+        return (f"message of {frame_size} bytes (framed) is over the broadcast ring's limit of "
+                f"{ring.max_frame_size(chan_len)} bytes (a quarter of the ring): raise --sharedarea")
+    return None
+
+
+def address() -> bytes:
+    """The instance's publish socket (abstract). Raises NotUnderUwsgi outside uWSGI."""
+    return _uwsgi.instance_address("publish")
+
+
+# -- the client side of the socket -----------------------------------------------------
+
+
+class Refused(PublishError):
+    """The mule refused the request (its answer says why); sending it again would not help."""
+
+
+class Link:
+    """One client of a mule's publish socket at `address` (abstract or a path): one
+    request at a time, acknowledged. Not thread-safe: one user at a time (a pool
+    hands links out). Reconnects by itself; keeps its client id across reconnects
+    so a request repeated after a broken connection is never appended twice."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.client_id = int.from_bytes(os.urandom(8), "little")
+        self.number = 0
+        self.sock: Optional[socket.socket] = None
+        self.pid = os.getpid()
+        self._waiter: Any = None
+        self._waiter_rt: Any = None
+
+    def close(self) -> None:
+        """Close the socket (the next call reconnects). Idempotent."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            self._waiter = None
+
+    def call(self, request: bytes, timeout: float, runtime: Any = None,
+             on_wait: Optional[Callable[[], None]] = None) -> int:
+        """Send `request` and return its ring seq once the mule appended it.
+
+        Args:
+            request: a publish request (`encode_request`).
+            timeout: seconds to keep trying (connect, reconnect, wait for the answer).
+            runtime: the caller's runtime adapter, whose Waiter and sleep are used
+                (a greenlet never blocks its worker); None: plain blocking sockets
+                (any thread, any process).
+            on_wait: called once if the publish has to wait for the mule (a retry,
+                or no answer within half a second).
+
+        Returns:
+            The message's sequence number in the ring.
+
+        Raises:
+            Refused: the mule refused it (too large, malformed): the text says why.
+            PublishError: no answer within `timeout` (the text says what was wrong:
+                no such socket, permission denied, the mule not running).
+        """
+        self.number += 1
+        envelope = ENVELOPE.pack(16 + len(request), self.client_id, self.number) + request
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        waited = False
+        problem = "no answer"
+        while True:
+            try:
+                if self.sock is None:
+                    self._connect(runtime)
+                self._send(envelope, deadline, runtime)
+                status, seq, text = self._receive(deadline, runtime, None if waited or on_wait is None else on_wait)
+                if status == OK:
+                    return seq
+                raise Refused(text)
+            except TimeoutError:  # before OSError, its base class
+                self.close()  # an answer may still come: never read it as the next one's
+                raise PublishError(f"publish failed after {timeout:g}s: no answer from the broadcast mule on "
+                                   f"{self._where()} (is it stopped or overloaded?)") from None
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                problem = self._not_running(exc)
+                self.close()
+            except PermissionError as exc:
+                self.close()
+                raise PublishError(self._denied(exc)) from None
+            except (ConnectionError, EOFError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN,
+                                                                  None, errno.EAGAIN):
+                    self.close()
+                    raise PublishError(f"cannot publish through {self._where()}: {exc}") from None
+                problem = f"the broadcast mule closed {self._where()} before answering (being respawned?)"
+                self.close()
+            if time.monotonic() + delay >= deadline:
+                raise PublishError(f"publish failed after {timeout:g}s: {problem}")
+            if not waited and on_wait is not None:
+                waited = True
+                on_wait()
+            (runtime.sleep if runtime is not None else time.sleep)(delay)
+            delay = min(delay * 2, 0.1)
+
+    # -- internals -----------------------------------------------------------
+
+    def _where(self) -> str:
+        if isinstance(self.address, bytes):
+            return "the instance's publish socket " + repr(self.address.replace(b"\0", b"@").decode(errors="replace"))
+        return f"the publish socket {self.address}"
+
+    def _not_running(self, exc: OSError) -> str:
+        if isinstance(self.address, str) and isinstance(exc, FileNotFoundError):
+            return (f"no such socket {self.address}: set uwsgi-ws-publish-socket={self.address} in the instance's "
+                    "config and check that it runs")
+        return (f"the broadcast mule is not running (nothing listens on {self._where()}): "
+                "add --mule=uwsgi_ws.mule:run and --master, or wait for its respawn")
+
+    def _denied(self, exc: OSError) -> str:
+        return (f"permission denied on {self._where()} (uid {os.getuid()}): run as a user the socket's mode "
+                "(uwsgi-ws-publish-socket-mode, default 0660) lets write, e.g. in its group")
+
+    def _connect(self, runtime: Any) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.address)  # a Unix socket connects at once or fails (a full backlog: EAGAIN)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.pid = os.getpid()
+
+    def _ready(self, read: bool, deadline: float, runtime: Any) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        assert self.sock is not None
+        if runtime is None:
+            self.sock.settimeout(remaining)
+            return
+        self.sock.setblocking(False)
+        if self._waiter is None or self._waiter_rt is not runtime:
+            self._waiter, self._waiter_rt = runtime.Waiter(self.sock.fileno()), runtime
+        readable, writable = self._waiter.wait(read, not read, remaining)
+        if not (readable or writable):
+            raise TimeoutError
+
+    def _send(self, data: bytes, deadline: float, runtime: Any) -> None:
+        view = memoryview(data)
+        while view:
+            assert self.sock is not None
+            if runtime is None:
+                self._ready(False, deadline, None)
+                try:
+                    view = view[self.sock.send(view):]
+                except socket.timeout:
+                    raise TimeoutError from None
+                continue
+            self.sock.setblocking(False)
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                self._ready(False, deadline, runtime)
+
+    def _recv_exactly(self, n: int, deadline: float, runtime: Any,
+                      first_wait: Optional[Callable[[], None]] = None) -> bytes:
+        data = b""
+        while len(data) < n:
+            assert self.sock is not None
+            if first_wait is not None:  # wait a little first, then tell the caller it is waiting
+                soon = min(deadline, time.monotonic() + _SLOW_ACK)
+                try:
+                    chunk = self._recv_some(n - len(data), soon, runtime)
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    first_wait()
+                    first_wait = None
+                    continue
+                first_wait = None
+            else:
+                chunk = self._recv_some(n - len(data), deadline, runtime)
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _recv_some(self, n: int, deadline: float, runtime: Any) -> bytes:
+        assert self.sock is not None
+        if runtime is None:
+            self._ready(True, deadline, None)
+            try:
+                return self.sock.recv(n)
+            except socket.timeout:
+                raise TimeoutError from None
+        self.sock.setblocking(False)
+        while True:
+            try:
+                return self.sock.recv(n)
+            except BlockingIOError:
+                self._ready(True, deadline, runtime)
+
+    def _receive(self, deadline: float, runtime: Any,
+                 on_wait: Optional[Callable[[], None]]) -> Tuple[int, int, str]:
+        status, seq, length = REPLY.unpack(self._recv_exactly(REPLY.size, deadline, runtime, on_wait))
+        if length > MAX_REPLY_TEXT:
+            raise EOFError
+        text = self._recv_exactly(length, deadline, runtime).decode("utf-8", "replace") if length else ""
+        return status, seq, text
+
+
+class _Pool:
+    """This process's links to its instance's mule, handed out one per publish (a
+    link is used by one thread or greenlet at a time). The lock is never held
+    across I/O, so it is fine in every model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: List[Link] = []
+        self._pid = os.getpid()
+        self._address: Optional[bytes] = None
+
+    def take(self) -> Link:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._idle, self._pid, self._address = [], os.getpid(), None
+            if self._address is None:
+                self._address = address()
+            if self._idle:
+                return self._idle.pop()
+            return Link(self._address)
+
+    def give_back(self, link: Link) -> None:
+        with self._lock:
+            if link.pid == self._pid and len(self._idle) < 64:
+                self._idle.append(link)
+                return
+        link.close()
+
+
+_pool = _Pool()
 _ring: Optional[BroadcastRing] = None
 #: Set by the broadcast mule in its own process: appends a request to the ring.
-_local_sink: Optional[Callable[[bytes], None]] = None
+_local_sink: Optional[Callable[[bytes], Optional[int]]] = None
 
 
 def shared_ring() -> BroadcastRing:
-    """This process's view of the broadcast ring (RingError naming the option when absent)."""
+    """This process's view of the broadcast ring (RingError naming the option when absent).
+    Calls uWSGI's API the first time: from a thread uWSGI started only."""
     global _ring
     if _ring is None:
         _ring = BroadcastRing.from_sharedarea()
     return _ring
 
 
-def set_local_sink(sink: Callable[[bytes], None]) -> None:
+def set_local_sink(sink: Callable[[bytes], Optional[int]]) -> None:
     """Called once by the broadcast mule: publishes in its own process go to `sink`."""
     global _local_sink
     _local_sink = sink
 
 
-def publish(data: Data, channel: Optional[str] = None, event: bool = False,
-            sleep: Callable[[float], None] = time.sleep) -> int:
+def _count(slot: int) -> None:
+    if _uwsgi.in_uwsgi_thread():  # metrics' first use may need uWSGI's API
+        metrics.local().add(slot)
+
+
+def publish(data: Data, channel: Optional[str] = None, event: bool = False, runtime: Any = None) -> int:
     """Broadcast `data` (str: text frame, bytes: binary) on `channel` (None: to every
-    WebSocket of the instance).
+    WebSocket of the instance), from any thread or greenlet of any process of the
+    instance.
 
     Args:
         data: the message.
         channel: the channel name (UTF-8, at most 255 bytes), or None.
         event: `data` is an event-protocol JSON object that the mule completes with
             its seq and epoch (see FLAG_EVENT above).
-        sleep: how to wait between retries (the caller's runtime: a greenlet
-            must not block its worker).
+        runtime: the caller's runtime adapter (`uwsgi_ws.runtime`): in a worker's
+            greenlet or async core, the wait goes through its Waiter (the worker
+            keeps running). Ignored in threads uWSGI did not start (plain blocking
+            sockets) and in mules and spoolers.
 
     Returns:
-        The size of the request in bytes.
+        The message's sequence number in the ring: it is in the ring when this returns.
 
     Raises:
-        PublishError: outside uWSGI, over a size limit, or the mule's queue stayed
-            full (or no mule ran) for $UWSGI_WS_PUBLISH_TIMEOUT seconds (default 10);
-            the message says what to configure. A message is never dropped silently.
+        PublishError: outside uWSGI, over a size limit, or the mule did not answer
+            for ``uwsgi-ws-publish-timeout`` seconds (default 10: no mule, or it is
+            being respawned); the message says what to configure. A message is
+            never dropped silently.
         TypeError: `data` is not str or bytes-like.
 
-    Blocks while the mule's queue is full (e.g. while the mule respawns).
+    Thread-safety: any thread, greenlet or process; blocks the caller (only) until
+    the mule appended the message.
     """
     try:
-        return _publish(data, channel, event, sleep)
+        return _publish(data, channel, event, runtime)
     except PublishError:
-        metrics.local().add(metrics.PUBLISH_FAILED)
+        _count(metrics.PUBLISH_FAILED)
         raise
 
 
-def _publish(data: Data, channel: Optional[str], event: bool, sleep: Callable[[float], None]) -> int:
+def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> int:
     if not _uwsgi.available():
         raise PublishError(
             "publish() needs uWSGI: run the app under uwsgi with --master, --sharedarea 4096 "
-            "and --mule=uwsgi_ws.mule:run"
+            "and --mule=uwsgi_ws.mule:run (from outside the instance: uwsgi_ws.client.Publisher)"
         )
-    uwsgi = _uwsgi.api()
     request = encode_request(data, channel, event)
-    limit = mule_msg_size()
-    chan_len = request[5]
-    if len(request) > limit:
-        raise PublishError(
-            f"a message of {len(request) - REQUEST.size - chan_len} bytes is over the limit: --mule-msg-size={limit} "
-            f"leaves room for {limit - REQUEST.size - chan_len} bytes"
-            + (f" (with this {chan_len}-byte channel name)" if chan_len else "")
-            + ": raise --mule-msg-size (and --sharedarea) or send less"
-        )
-    ring = shared_ring()
-    payload_size = len(request) - REQUEST.size - chan_len + (_EVENT_TAIL_MAX if event else 0)
-    frame_size = frames.header_size(payload_size) + payload_size
-    if frame_size > ring.max_frame_size(chan_len):
-        raise PublishError(
-            f"message of {frame_size} bytes (framed) is over the broadcast ring's limit of "
-            f"{ring.max_frame_size(chan_len)} bytes (a quarter of the ring): raise --sharedarea"
-        )
+    too_big = size_problem(request, mule_msg_size())
+    if too_big:
+        raise PublishError(too_big)
+    uwsgi_thread = _uwsgi.in_uwsgi_thread()
+    ring = _ring if not uwsgi_thread else shared_ring()  # a foreign thread: only a ring already mapped
+    if ring is not None:
+        too_big = ring_problem(request, ring)
+        if too_big:
+            raise PublishError(too_big)
     if _local_sink is not None:  # the broadcast mule publishing itself
-        _local_sink(request)
-        return len(request)
+        seq = _local_sink(request)
+        if seq is None:
+            raise PublishError("the broadcast mule could not append the message (see its log)")
+        return seq
     timeout = settings.get("publish-timeout")
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        mule_id = ring.mule_id
-        if mule_id:
-            if uwsgi.mule_msg(request, mule_id):
-                return len(request)
-            metrics.local().add(metrics.QUEUE_FULL)
-            reason = f"the broadcast mule's queue (mule {mule_id}) stayed full"
+    # A greenlet or async core waits through its runtime; a thread (any model), a
+    # foreign thread of a gevent worker, a mule or a spooler blocks on the socket.
+    waiting_rt = runtime if (uwsgi_thread and runtime is not None and runtime.NAME != "threads"
+                             and _uwsgi.worker_id() > 0) else None
+    link = _pool.take()
+    ok = False
+    try:
+        seq = link.call(request, timeout, waiting_rt, on_wait=lambda: _count(metrics.QUEUE_FULL))
+        ok = True
+        return seq
+    except Refused:
+        ok = True  # the link is fine
+        raise
+    except PublishError as exc:
+        if ring is not None and not ring.mule_id:
+            raise PublishError(f"publish failed after {timeout:g}s: the broadcast mule did not start "
+                               "(add --mule=uwsgi_ws.mule:run and --master)") from None
+        raise PublishError(str(exc)) from None
+    finally:
+        if ok:
+            _pool.give_back(link)
         else:
-            reason = "the broadcast mule did not start (add --mule=uwsgi_ws.mule:run and --master)"
-        if time.monotonic() >= deadline:
-            raise PublishError(f"publish failed after {timeout:g}s: {reason}")
-        sleep(delay)
-        delay = min(delay * 2, 0.05)
+            link.close()
