@@ -71,7 +71,11 @@ class Broadcast:
         Any thread (uWSGI's or your own), greenlet or process of the instance: it
         goes through the broadcast mule's publish socket. Blocks the calling thread
         or greenlet (never the worker) until the mule appended the message.
+        Outside uWSGI, in a process serving the app (``flask run``, the test
+        client), the in-process broadcast takes it (`local`).
         """
+        if not _uwsgi.available() and local.wanted():
+            return local.instance().publish(data, channel, event)
         return _publish(data, channel, event, runtime=self._rt)
 
     # -- subscribing (workers) ---------------------------------------------------------

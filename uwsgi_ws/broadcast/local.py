@@ -45,7 +45,7 @@ from .ring import FLAG_BINARY, FLAG_EVENT, BroadcastRing
 DEFAULT_SIZE = 4 << 20
 
 _enabled = False
-_instance: Optional["LocalBroadcast"] = None
+_instance: Optional[LocalBroadcast] = None
 _instance_lock = threading.Lock()
 
 
@@ -61,7 +61,7 @@ def wanted() -> bool:
             or os.environ.get("WERKZEUG_RUN_MAIN") == "true")
 
 
-def instance() -> "LocalBroadcast":
+def instance() -> LocalBroadcast:
     """This process's in-process broadcast (a forked child gets its own)."""
     global _instance
     found = _instance
@@ -112,7 +112,7 @@ class LocalBroadcast:
                 added as the mule adds them (layout in `publish`).
 
         Returns:
-            The size of the publish request, in bytes (what `publish.publish` returns).
+            The message's sequence number in the ring (as `publish.publish`).
 
         Raises:
             PublishError: invalid Unicode, a bad channel name, a malformed event, or
@@ -129,7 +129,7 @@ class LocalBroadcast:
                 payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (ring.write_seq + 1, ring.epoch)
             frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
             try:
-                ring.append(frame, chan, flags)
+                seq = ring.append(frame, chan, flags)
             except RingError as exc:
                 raise PublishError(f"{exc} (the in-process ring of the development server or test client holds "
                                    f"{len(ring.buf)} bytes)") from None
@@ -139,7 +139,7 @@ class LocalBroadcast:
                 writer.send(b"w")
             except OSError:  # full: a wake-up is pending anyway
                 pass
-        return len(request)
+        return seq
 
 
 __all__ = ["DEFAULT_SIZE", "LocalBroadcast", "enable", "instance", "wanted"]
