@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
-from flask import Response, request
+from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from . import access, metrics
@@ -106,7 +106,7 @@ class Admission:
             policy = self._origin_policies[key] = access.OriginPolicy(allowed)
         return policy
 
-    def check(self, rooms: Sequence[str] = (), join: Optional[JoinCheck] = None) -> Optional[Any]:
+    def check(self, rooms: Sequence[str] = (), join: Optional[JoinCheck] = None) -> Optional[Response]:
         """Steps 1-3 of the policy for the current request: Origin, ``before_connect``
         hooks, then `join(room)` for each of `rooms` (when `join` is given).
 
@@ -118,8 +118,9 @@ class Admission:
             join: the endpoint's join check; its False refuses the room with 403.
 
         Returns:
-            None to go on; otherwise what the view must return instead (a Response
-            for a refusal, or what a hook returned, which Flask makes a response of).
+            None to go on; otherwise the Response the view must return instead (a
+            refusal, or what a hook returned, made a response as Flask makes one of
+            a view's return value).
 
         Raises:
             HTTPException: raised by a hook or the join check (``abort(401)``),
@@ -140,8 +141,9 @@ class Admission:
                 return refusal(access.Refused(403, "403 Forbidden: a before_connect hook refused this connection"),
                                BEFORE_CONNECT)
             if result is not None and result is not True:
-                metrics.rejected(BEFORE_CONNECT, "a before_connect hook answered instead", route())
-                return result
+                answer: Response = current_app.make_response(result)
+                metrics.rejected(BEFORE_CONNECT, "a before_connect hook answered instead", route(), answer.status_code)
+                return answer
         if join is not None:
             for room in rooms:
                 try:
@@ -184,8 +186,8 @@ class Admission:
                 raise access.limit_refusal("this uWSGI instance", limit, "max_connections", retry_after)
         return count.release
 
-    def admit(self, rooms: Sequence[str] = (), join: Optional[JoinCheck] = None) -> Tuple[Optional[Any],
-                                                                                       Callable[[], None]]:
+    def admit(self, rooms: Sequence[str] = (),
+              join: Optional[JoinCheck] = None) -> Tuple[Optional[Response], Callable[[], None]]:
         """The whole policy, steps 1-4, for a transport that answers in its view (SSE).
 
         Returns:

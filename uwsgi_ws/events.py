@@ -341,7 +341,9 @@ class Events:
         # the WebSocket's checks, in its order, with its answers (uwsgi_ws.admission)
         check = self.handlers.get("join")
         peer = StreamPeer(self, request.environ, rooms)
-        answer, release = self.ws.admission.admit(rooms, None if check is None else (lambda room: check(peer, room)))
+        admitted: Tuple[Optional[Response], Callable[[], None]] = self.ws.admission.admit(
+            rooms, None if check is None else (lambda room: check(peer, room)))
+        answer, release = admitted
         if answer is not None:
             return answer
         if request.args.get("probe") == "1":  # the browser client asks whether it may connect

@@ -312,7 +312,7 @@ class WebSocket:
                 return _refusal(exc)
             answer = self.admission.check()  # Origin, before_connect (the limits: _Upgraded)
             if answer is not None:
-                return answer  # Flask makes a response of it
+                return answer
             if "uwsgi.version" not in environ:
                 if not devserver.serves(environ):
                     return _refusal(handshake.HandshakeError(
