@@ -247,7 +247,7 @@ def test_streams_and_websockets_share_the_connection_limit(ready, tmp_path):
         held: List[Answer] = []
         try:
             held.append(request(limited, "/live?token=good", websocket=True))
-            held.append(request(limited, "/live/sse?token=good"))
+            held.append(request(limited, "/live/sse?token=good&rooms=public"))
             assert [a.status for a in held] == [101, 200]
             ws, sse = both(limited, "?token=good")
             same_refusal(ws, sse, 503)
@@ -258,9 +258,19 @@ def test_streams_and_websockets_share_the_connection_limit(ready, tmp_path):
             held.pop(0).close()  # the WebSocket's slot comes back when it closes
             wait_for(lambda: request(limited, "/live/sse?token=good&probe=1").status == 204, 10,
                      "the closed WebSocket's slot")
-            held.append(request(limited, "/live/sse?token=good"))
+            held.append(request(limited, "/live/sse?token=good&rooms=public"))
             assert held[-1].status == 200
             assert request(limited, "/live/sse?token=good&probe=1").status == 503
+            # a stream's slot comes back when the server sees its client gone: at its next
+            # write (a broadcast to its room here; the 15 s heartbeat on a quiet stream)
+            held.pop(0).close()
+
+            def freed() -> bool:
+                with urllib.request.urlopen(limited.http + "/emit?room=public&text=x", timeout=5):
+                    pass
+                return request(limited, "/live/sse?token=good&probe=1").status == 204
+
+            wait_for(freed, 10, "the closed stream's slot")
         finally:
             for answer in held:
                 answer.close()
