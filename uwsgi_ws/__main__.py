@@ -1,8 +1,12 @@
-"""`python -m uwsgi_ws ...`: the command line (see uwsgi_ws.cli)."""
+"""`python -m uwsgi_ws ...`: the command line (see uwsgi_ws.cli; publish and emit: uwsgi_ws.client)."""
 
 import sys
 
 from .cli import main
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["publish"], ["emit"]):
+        from .client import emit_main, publish_main
+
+        sys.exit((publish_main if sys.argv[1] == "publish" else emit_main)(sys.argv[2:]))
     sys.exit(main())

@@ -5,10 +5,11 @@ WebSocket /sub: sends `ready:<worker pid>`, then receives every channel-None bro
 WebSocket /sub/<channel>: the same for `channel`'s broadcasts.
 Events endpoint /live (WebSocket and SSE): `join` allows any room.
 
-POST /thread-publish/<count>?prefix=&channel=&threads=&emit=
+POST /thread-publish/<count>?report=&prefix=&channel=&threads=&emit=
     starts `threads` (default 1) `threading.Thread`s in this worker; each publishes
     `count` messages "<prefix><t>-<i>" in order (with `emit=1`: `live.emit("tick",
-    {"n": i, "t": t}, to=channel)` instead), then appends one JSON line to $REPORT:
+    {"n": i, "t": t}, to=channel)` instead), then appends one JSON line to the file
+    named by the query's `report`:
     {"pid", "thread", "published", "seqs", "error"}. Answers 202 at once (the
     request's greenlet never waits on a thread).
 GET /pid: this worker's pid.
@@ -47,12 +48,12 @@ def sub(conn, channel=None):
             pass
 
 
-def _report(line):
-    with _report_lock, open(os.environ["REPORT"], "a") as f:
+def _report(path, line):
+    with _report_lock, open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
 
 
-def _publisher(t, count, prefix, channel, emit):
+def _publisher(t, count, prefix, channel, emit, report):
     seqs, error = [], None
     try:
         for i in range(count):
@@ -62,7 +63,7 @@ def _publisher(t, count, prefix, channel, emit):
                 seqs.append(ws.publish("%s%d-%d" % (prefix, t, i), channel=channel))
     except Exception as exc:  # reported: the test says what went wrong
         error = f"{type(exc).__name__}: {exc}"
-    _report({"pid": os.getpid(), "thread": t, "published": len(seqs) if not emit else (count if error is None else -1),
+    _report(report, {"pid": os.getpid(), "thread": t, "published": len(seqs) if not emit else (count if error is None else -1),
              "seqs": seqs, "error": error})
 
 
@@ -71,8 +72,9 @@ def thread_publish(count):
     prefix = request.args.get("prefix", "m")
     channel = request.args.get("channel") or None
     emit = bool(request.args.get("emit"))
+    report = request.args["report"]
     for t in range(int(request.args.get("threads", 1))):
-        threading.Thread(target=_publisher, args=(t, count, prefix, channel, emit), daemon=True).start()
+        threading.Thread(target=_publisher, args=(t, count, prefix, channel, emit, report), daemon=True).start()
     return "", 202
 
 
