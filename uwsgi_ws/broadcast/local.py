@@ -128,11 +128,15 @@ class LocalBroadcast:
             if flags & FLAG_EVENT:  # the single writer: the next seq is write_seq + 1
                 payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (ring.write_seq + 1, ring.epoch)
             frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
+            limit = ring.max_frame_size(len(chan.encode("utf-8")))
+            if len(frame) > limit:
+                raise PublishError(f"a message of {len(frame)} bytes (framed) is over the in-process broadcast's "
+                                   f"limit of {limit} bytes (a quarter of its {len(ring.buf) >> 20} MiB ring; under "
+                                   "uWSGI the limit follows --sharedarea): publish less")
             try:
                 seq = ring.append(frame, chan, flags)
             except RingError as exc:
-                raise PublishError(f"{exc} (the in-process ring of the development server or test client holds "
-                                   f"{len(ring.buf)} bytes)") from None
+                raise PublishError(str(exc)) from None
             wakers = list(self._wakers)
         for writer in wakers:
             try:

@@ -1,0 +1,314 @@
+"""`flask --app app run --debug` (Werkzeug's threaded development server, reloader and
+debugger on) serves WebSocket routes and event endpoints (WebSocket and SSE) with the
+same engine and the in-process broadcast (uwsgi_ws/devserver.py, broadcast/local.py).
+
+Each test module's server is a real `flask run` subprocess in its own process group
+(the reloader's parent and the serving child), on a free port, stopped by its pid's
+group; real clients over TCP: websocket-client, requests, a raw socket for SSE."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+import websocket
+
+from harness import ROOT, free_port, wait_for
+
+EXAMPLES = ROOT / "examples"
+
+
+class FlaskRun:
+    """`flask --app app run --debug --port P` in `cwd`, its log in `log_path`."""
+
+    def __init__(self, cwd: Path, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / f"flask-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        flask = Path(sys.executable).with_name("flask")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("WERKZEUG_RUN_MAIN", None)
+        env.pop("WERKZEUG_SERVER_FD", None)
+        self.proc = subprocess.Popen([str(flask), "--app", "app", "run", "--debug", "--port", str(self.port)],
+                                     cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the serving child (the reloader's) answers HTTP: the parent listens first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"flask run exited with {self.proc.returncode}:\n{self.log()}")
+            if "Debugger is active" in self.log():
+                try:
+                    requests.get(self.http + "/", timeout=5)
+                    return
+                except requests.RequestException:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"flask run did not serve in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_bytes().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        """SIGTERM the group (parent and reloader child), SIGKILL what is left."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        self._log.close()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def flask_run(cwd: Path, tmp_path: Path) -> Iterator[FlaskRun]:
+    server = FlaskRun(cwd, tmp_path)
+    try:
+        yield server
+    finally:
+        log = server.log()
+        server.stop()
+    assert "Error on request" not in log, log  # no traceback from Werkzeug around an upgrade
+    assert log.count("Traceback") == log.count("RuntimeError: the handler failed"), log  # only /crash's, logged
+
+
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory) -> Iterator[FlaskRun]:
+    yield from flask_run(EXAMPLES / "echo", tmp_path_factory.mktemp("echo"))
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory) -> Iterator[FlaskRun]:
+    yield from flask_run(EXAMPLES / "chat", tmp_path_factory.mktemp("chat"))
+
+
+@pytest.fixture(scope="module")
+def ticker_server(tmp_path_factory) -> Iterator[FlaskRun]:
+    yield from flask_run(EXAMPLES / "ticker", tmp_path_factory.mktemp("ticker"))
+
+
+EDGE_APP = '''
+from flask import Flask, request
+from uwsgi_ws import PublishError, WebSocket
+
+app = Flask(__name__)
+ws = WebSocket(app, max_message_size=100)
+
+
+@ws.before_connect
+def check():
+    return request.args.get("deny") is None
+
+
+@ws.route("/echo")
+def echo(conn):
+    for message in conn:
+        conn.send(message)
+
+
+@ws.route("/crash")
+def crash(conn):
+    conn.send("failing")
+    raise RuntimeError("the handler failed")
+
+
+@app.post("/publish/<channel>")
+def publish(channel):
+    try:
+        return {"seq": ws.publish(request.get_data(as_text=True), channel=channel)}
+    except PublishError as exc:
+        return str(exc), 413
+
+
+@ws.route("/sub/<channel>")
+def sub(conn, channel):
+    with ws.subscribe(conn, channel):
+        conn.send("ready")
+        for _ in conn:
+            pass
+'''
+
+
+@pytest.fixture(scope="module")
+def edge_server(tmp_path_factory) -> Iterator[FlaskRun]:
+    where = tmp_path_factory.mktemp("edge")
+    (where / "app.py").write_text(textwrap.dedent(EDGE_APP))
+    yield from flask_run(where, where)
+
+
+# -- echo --------------------------------------------------------------------------------------
+
+
+def test_echo_example(echo_server: FlaskRun) -> None:
+    assert requests.get(echo_server.http + "/", timeout=5).status_code == 200
+    conn = websocket.create_connection(echo_server.url + "/echo", timeout=10)
+    conn.send("hello")
+    assert conn.recv() == "hello"
+    conn.send_binary(b"\x00\x01")
+    assert conn.recv() == b"\x00\x01"
+    conn.close()
+    # Werkzeug logs the upgrade once the handler has returned (its write of the 101 fails quietly)
+    wait_for(lambda: re.search(r'GET /echo HTTP/1.1\S*" 101', echo_server.log()), 10, "the 101 in the log")
+
+
+def test_many_connections_at_once(echo_server: FlaskRun) -> None:
+    conns = [websocket.create_connection(echo_server.url + "/echo", timeout=10) for _ in range(20)]
+    for i, conn in enumerate(conns):
+        conn.send(f"m{i}")
+    assert [conn.recv() for conn in conns] == [f"m{i}" for i in range(20)]
+    for conn in conns:
+        conn.close()
+
+
+# -- chat: events, rooms, acks, SSE ---------------------------------------------------------------
+
+
+def chat_token(server: FlaskRun, name: str) -> str:
+    http = requests.Session()
+    assert http.post(server.http + "/login", data={"name": name}, timeout=5).status_code == 200
+    token: str = http.post(server.http + "/token", timeout=5).json()["token"]
+    return token
+
+
+def frames_until(conn: websocket.WebSocket, kind: str, **match: object) -> list:
+    """Frames received until one of type `kind` (with the `match` fields) arrives, inclusive."""
+    out = []
+    while True:
+        frame = json.loads(conn.recv())
+        out.append(frame)
+        if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
+            return out
+
+
+def test_chat_rooms_and_acks(chat_server: FlaskRun) -> None:
+    ann = websocket.create_connection(f"{chat_server.url}/live?token={chat_token(chat_server, 'ann')}", timeout=10)
+    bob = websocket.create_connection(f"{chat_server.url}/live?token={chat_token(chat_server, 'bob')}", timeout=10)
+    for conn, room in ((ann, "lobby"), (bob, "random")):
+        assert json.loads(conn.recv())["event"] == "welcome"
+        conn.send(json.dumps({"type": "join", "room": room}))
+        conn.send(json.dumps({"type": "event", "event": "sync", "id": "joined"}))  # acked after the join is read
+        frames_until(conn, "ack", id="joined")
+    ann.send(json.dumps({"type": "event", "event": "say", "data": {"room": "lobby", "text": "hi"}, "id": 1}))
+    got = frames_until(ann, "event", event="said")
+    said = got[-1]
+    assert (said["data"]["name"], said["data"]["text"], said["room"]) == ("ann", "hi", "lobby")
+    assert isinstance(said["seq"], int) and said["epoch"].isdigit()
+    assert any(f == {"type": "ack", "id": 1, "data": {"ok": True}} for f in got + frames_until(ann, "ack", id=1)
+               if f["type"] == "ack")
+    bob.send(json.dumps({"type": "join", "room": "lobby", "last": 10}))  # the room's recent ones first
+    replay = frames_until(bob, "event", event="said")[-1]
+    assert (replay["seq"], replay["data"]["text"]) == (said["seq"], "hi")
+    bob.send(json.dumps({"type": "join", "room": "kitchen"}))
+    assert frames_until(bob, "error")[-1]["message"] == "join 'kitchen' refused"
+    ann.close()
+    bob.close()
+
+
+def test_chat_refuses_a_forged_token(chat_server: FlaskRun) -> None:
+    with pytest.raises(websocket.WebSocketBadStatusException) as caught:
+        websocket.create_connection(chat_server.url + "/live?token=forged", timeout=10)
+    assert caught.value.status_code == 403
+
+
+def test_chat_sse(chat_server: FlaskRun) -> None:
+    token = chat_token(chat_server, "sse")
+    with socket.create_connection(("127.0.0.1", chat_server.port), timeout=10) as sse:
+        sse.sendall(f"GET /live/sse?rooms=lobby&token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while b"retry: 2000" not in data:
+            data += sse.recv(65536)
+        assert b"200 OK" in data and b"text/event-stream" in data
+        ann = websocket.create_connection(f"{chat_server.url}/live?token={token}", timeout=10)
+        json.loads(ann.recv())
+        ann.send(json.dumps({"type": "event", "event": "say", "data": {"room": "lobby", "text": "to sse"}, "id": 1}))
+        while b"to sse" not in data:
+            chunk = sse.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert b"event: said\n" in data and b"id: " in data
+        ann.close()
+
+
+# -- ticker: publish from a view -------------------------------------------------------------
+
+
+def test_ticker_prices_from_a_view(ticker_server: FlaskRun) -> None:
+    conn = websocket.create_connection(ticker_server.url + "/ticker", timeout=10)
+    conn.settimeout(0.2)
+    first = None
+    for attempt in range(100):  # the handler subscribes after the upgrade: publish until one arrives
+        r = requests.post(ticker_server.http + "/price", json={"symbol": "ACME", "price": attempt}, timeout=5)
+        assert r.status_code == 202
+        try:
+            first = json.loads(conn.recv())
+            break
+        except websocket.WebSocketTimeoutException:
+            continue
+    assert first is not None and first["symbol"] == "ACME"
+    conn.settimeout(10)
+    requests.post(ticker_server.http + "/price", json={"symbol": "ACME", "price": 999.5}, timeout=5)
+    while (message := json.loads(conn.recv()))["price"] != 999.5:
+        assert message["price"] <= attempt
+    conn.close()
+
+
+# -- edge cases: limits, errors, refusals, publish -----------------------------------------
+
+
+def test_limits_errors_and_refusals(edge_server: FlaskRun) -> None:
+    conn = websocket.create_connection(edge_server.url + "/echo", timeout=10)
+    conn.send("x" * 101)  # over max_message_size=100
+    opcode, frame = conn.recv_data_frame(True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(frame.data[:2], "big") == 1009
+    conn.close()
+    crash = websocket.create_connection(edge_server.url + "/crash", timeout=10)
+    assert crash.recv() == "failing"
+    opcode, frame = crash.recv_data_frame(True)
+    assert int.from_bytes(frame.data[:2], "big") == 1011  # never the debugger's HTML on the socket
+    crash.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as caught:
+        websocket.create_connection(edge_server.url + "/echo?deny=1", timeout=10)
+    assert caught.value.status_code == 403
+    assert requests.get(edge_server.http + "/echo", timeout=5).status_code == 400  # plain GET: use a WebSocket
+
+
+def test_publish_reaches_every_subscriber(edge_server: FlaskRun) -> None:
+    subs = [websocket.create_connection(edge_server.url + "/sub/news", timeout=10) for _ in range(5)]
+    for conn in subs:
+        assert conn.recv() == "ready"
+    seqs = [requests.post(f"{edge_server.http}/publish/news", data=f"n{i}", timeout=5).json()["seq"]
+            for i in range(50)]
+    assert seqs == list(range(seqs[0], seqs[0] + 50))  # the ring's seq, one per message
+    for conn in subs:
+        assert [conn.recv() for _ in range(50)] == [f"n{i}" for i in range(50)]
+        conn.close()
+    too_big = requests.post(f"{edge_server.http}/publish/news", data="x" * (2 << 20), timeout=10)
+    assert too_big.status_code == 413 and "over the in-process broadcast's limit" in too_big.text
