@@ -116,47 +116,40 @@ def test_rooms_across_workers(server):
         gb.emit(ib, "join", {"room": room}, ack="jb")
         assert wait_ack(gb, ib, "jb")[0] == sorted(["everyone", room, sidb])
 
-        def said(msg: str) -> None:
-            for g, i in ((ga, ia), (gb, ib)):
-                g.emit(i, "to room", {"room": "everyone", "msg": f"end-{msg}"})
-                break
-            for g, i, _ in people.each():  # everyone has seen what came before
-                wait_event(g, i, "room message", lambda a: a == [f"end-{msg}"])
+        def to_room(g: NodeClients, i: int, room: str, msg: str, **options: Any) -> None:
+            """Emit `msg` to `room`, then (same handler) a marker to everyone; return when
+            every client has the marker, so all that `msg` reaches has it too."""
+            g.emit(i, "to room", {"room": room, "msg": msg, "then": f"end-{msg}", **options})
+            for g2, i2, _ in people.each():
+                wait_event(g2, i2, "room message", lambda a: a == [f"end-{msg}"])
 
-        ga.emit(ia, "to room", {"room": room, "msg": "m1"})
-        said("m1")
-        assert len(events(ga, ia, "room message")) and [e["args"] for e in events(gb, ib, "room message")][0] == ["m1"]
-        for g, i, _ in outsiders:
-            assert not [e for e in events(g, i, "room message") if e["args"] == ["m1"]]
-        ga.emit(ia, "to room", {"room": room, "msg": "m2", "include_self": False})
-        gb.emit(ib, "to room", {"room": room, "msg": "m3", "skip_me": True})
-        said("m23")
-        assert [e["args"] for e in events(ga, ia, "room message") if e["args"][0] in ("m2", "m3")] == [["m3"]]
-        assert [e["args"] for e in events(gb, ib, "room message") if e["args"][0] in ("m2", "m3")] == [["m2"]]
+        def got(g: NodeClients, i: int, msg: str) -> int:
+            return len([e for e in events(g, i, "room message") if e["args"] == [msg]])
+
+        to_room(ga, ia, room, "m1")
+        assert got(ga, ia, "m1") == 1 and got(gb, ib, "m1") == 1
+        assert all(got(g, i, "m1") == 0 for g, i, _ in outsiders)
+        to_room(ga, ia, room, "m2", include_self=False)
+        assert got(ga, ia, "m2") == 0 and got(gb, ib, "m2") == 1
+        to_room(gb, ib, room, "m3", skip_me=True)
+        assert got(ga, ia, "m3") == 1 and got(gb, ib, "m3") == 0
         # join and leave for a client of the other worker
         g2, i2, sid2 = outsiders[0] if outsiders else (gb, ib, sidb)
         other_room = "o-" + uuid.uuid4().hex[:6]
         helper = next((g, i, s) for g, i, s in people.each() if worker_of(s) != worker_of(sid2))
         helper[0].emit(helper[1], "join", {"room": other_room, "sid": sid2}, ack="jo")
-        wait_ack(helper[0], helper[1], "jo")
-        said("joined-other")  # the enter_room message went through the ring before this
-        helper[0].emit(helper[1], "to room", {"room": other_room, "msg": "m4"})
-        said("m4")
-        assert [e["args"] for e in events(g2, i2, "room message") if e["args"] == ["m4"]] == [["m4"]]
+        wait_ack(helper[0], helper[1], "jo")  # the enter_room request is in the ring before the ack
+        to_room(helper[0], helper[1], other_room, "m4")
+        assert got(g2, i2, "m4") == 1 and got(helper[0], helper[1], "m4") == 0
         helper[0].emit(helper[1], "leave", {"room": other_room, "sid": sid2}, ack="lo")
         wait_ack(helper[0], helper[1], "lo")
-        said("left-other")
-        helper[0].emit(helper[1], "to room", {"room": other_room, "msg": "m5"})
-        said("m5")
-        assert not [e for e in events(g2, i2, "room message") if e["args"] == ["m5"]]
-        # close_room everywhere
+        to_room(helper[0], helper[1], other_room, "m5")
+        assert got(g2, i2, "m5") == 0
+        # close_room, from the other worker
         gb.emit(ib, "close", {"room": room}, ack="c")
         assert wait_ack(gb, ib, "c") == ["closed"]
-        said("closed")
-        ga.emit(ia, "to room", {"room": room, "msg": "m6"})
-        said("m6")
-        for g, i, _ in people.each():
-            assert not [e for e in events(g, i, "room message") if e["args"] == ["m6"]]
+        to_room(ga, ia, room, "m6")
+        assert all(got(g, i, "m6") == 0 for g, i, _ in people.each())
     finally:
         people.close()
 
@@ -280,3 +273,40 @@ def test_bad_requests_get_clear_errors(server):
     assert not server.crashes(), server.log()
     people = crowd(server.http, "default")  # both workers still serve
     people.close()
+
+
+def test_a_client_that_stops_reading_is_closed_not_buffered(server):
+    """A Socket.IO client that stops reading while emits keep coming: once its session
+    has more than max_queued_bytes (512 KiB in this app) waiting, it is closed (the
+    disconnect handler runs, its WebSocket ends) instead of growing the worker's
+    memory; the others go on."""
+    watcher = NodeClients(server.http, 1, "websocket")
+    try:
+        watcher.connected()
+        watcher.emit(0, "join", {"room": "watchers"}, ack="w")
+        wait_ack(watcher, 0, "w")
+        stalled = websocket.create_connection(server.url + "/socket.io/?EIO=4&transport=websocket", timeout=10,
+                                              origin="http://allowed.example")
+        assert stalled.recv().startswith("0{")
+        stalled.send("40")
+        opened = stalled.recv()
+        while not opened.startswith("40"):
+            opened = stalled.recv()
+        sid = json.loads(opened[2:])["sid"]
+        room = "slow-" + uuid.uuid4().hex[:6]
+        stalled.send('421' + json.dumps(["join", {"room": room}]))  # with ack id 1
+        while not stalled.recv().startswith("431"):
+            pass
+        # then it reads nothing more: about 8 MB to it, more than the kernel's socket
+        # buffers (4 MB) and 512 KiB
+        status, _ = post(server, f"/burst/8000?tag=slow&pad=1024&to={room}", timeout=60)
+        assert status == 200
+        wait_event(watcher, 0, "left", lambda a: a == [{"sid": sid}], timeout=30)
+        status, _ = post(server, "/announce", {"data": "after"})
+        wait_event(watcher, 0, "announcement", lambda a: a == ["after"])
+        assert not watcher.matching(lambda e: e["type"] == "disconnect")
+        stalled.close()
+    finally:
+        watcher.close()
+    assert "closed as a slow consumer" in server.log()
+    assert not server.crashes(), server.log()

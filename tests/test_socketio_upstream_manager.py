@@ -31,7 +31,7 @@ class _Loopback:
     def publish(self, text):
         self.manager._apply(_json.loads(text))
 
-    def messages(self):
+    def batches(self):
         return iter(())
 
 

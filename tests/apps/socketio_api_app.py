@@ -11,7 +11,7 @@ from uwsgi_ws.socketio import (ConnectionRefusedError, Namespace, SocketIO, clos
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = "secret!"
-socketio = SocketIO(app, cors_allowed_origins=["http://allowed.example"])
+socketio = SocketIO(app, cors_allowed_origins=["http://allowed.example"], max_queued_bytes=512 * 1024)
 
 
 @socketio.on("connect")
@@ -71,6 +71,8 @@ def to_room(data):
     if data.get("skip_me"):
         kwargs["skip_sid"] = request.sid
     emit("room message", data["msg"], to=data["room"], **kwargs)
+    if data.get("then"):  # a marker after it, to everyone (emits of one handler keep their order)
+        emit("room message", data["then"], to="everyone")
 
 
 @socketio.on("shout")
@@ -120,8 +122,10 @@ def announce():
 @app.post("/burst/<int:count>")
 def burst(count):
     tag = request.args.get("tag", "")
+    pad = "x" * int(request.args.get("pad", 0))
+    to = request.args.get("to")
     for i in range(count):
-        socketio.emit("seq", {"tag": tag, "n": i})
+        socketio.emit("seq", {"tag": tag, "n": i, "pad": pad}, to=to)
     return jsonify(pid=os.getpid())
 
 

@@ -15,14 +15,18 @@ generator and carry the owner too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
 from urllib.parse import parse_qs
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import engineio
 
+from .. import frames
 from ..connection import ConnectionClosed
+from .outbox import TRY_AGAIN_LATER, Outbox
 
 log = logging.getLogger("uwsgi_ws.socketio.engine")
 
@@ -86,6 +90,7 @@ class ConnectionWebSocket:
         self.app = handler
         self.server = server
         self.conn: Any = None
+        self.outbox: Optional[Outbox] = None
         self.environ: Dict[str, Any] = {}
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -100,7 +105,17 @@ class ConnectionWebSocket:
         # start_response, which only the request's thread may call.
         conn.closed  # noqa: B018  the first use of a pending connection sends the 101
         self.conn, self.environ = conn, environ
-        return self.app(self)
+        session = getattr(self.app, "__self__", None)  # engineio's Socket (the handler is its method)
+        self.outbox = getattr(session, "queue", None)
+        if not isinstance(self.outbox, Outbox):
+            self.outbox = None
+        if self.outbox is not None:
+            self.outbox.attach(conn, session)
+        try:
+            return self.app(self)
+        finally:
+            if self.outbox is not None:
+                self.outbox.detach()
 
     def wait(self) -> Union[str, bytes, None]:
         """The next message; None once the connection is closed."""
@@ -115,6 +130,8 @@ class ConnectionWebSocket:
             self.conn.send(message)
         except ConnectionClosed as exc:
             raise OSError(str(exc)) from None
+        if self.outbox is not None:
+            self.outbox.sent()
 
     def close(self) -> None:
         """Close with 1000 (waits for the peer's close frame up to close_timeout)."""
@@ -132,6 +149,15 @@ class EngineServer(engineio.Server):
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        #: Bytes a session may have waiting for its client (queued packets plus what
+        #: its WebSocket has buffered); past it the client is a slow consumer: its
+        #: session is closed (WebSocket: close 1013), so memory stays bounded
+        #: (engineio's own queue has no bound).
+        self.max_queued_bytes: int = int(kwargs.pop("max_queued_bytes", 1 << 20))
+        #: The uwsgi_ws runtime adapter (set by the extension): locks, writability waits.
+        self.runtime: Any = None
+        self._local = threading.local()
+        self._frame_cache: Tuple[Any, bytes] = (None, b"")
         requested = kwargs.pop("async_mode", None)
         if requested not in (None, "uwsgi_ws", "threading", "gevent", "gevent_uwsgi"):
             raise ValueError(f"async_mode={requested!r} is not available here: uwsgi_ws.socketio runs on uWSGI "
@@ -144,6 +170,89 @@ class EngineServer(engineio.Server):
         super().__init__(async_mode="gevent" if model == "gevent" else "threading", **kwargs)
         self._async = dict(self._async, websocket=ConnectionWebSocket)
         self.async_mode = "uwsgi_ws"
+
+    # -- sessions' queues (outbox.Outbox) -----------------------------------------
+
+    def _handle_connect(self, *args: Any, **kwargs: Any) -> Any:
+        self._local.new_session = True  # the next create_queue() is the new session's
+        try:
+            return super()._handle_connect(*args, **kwargs)
+        finally:
+            self._local.new_session = False
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        """engineio's `create_queue`; a session's queue is an `Outbox`."""
+        inner = super().create_queue(*args, **kwargs)
+        if getattr(self._local, "new_session", False):
+            self._local.new_session = False
+            return Outbox(inner, self)
+        return inner
+
+    def send_packet(self, sid: str, pkt: Any) -> None:
+        """engineio's `send_packet`, refusing to let one session hold more than
+        `max_queued_bytes` unsent: that session is closed as a slow consumer
+        instead (logged; its WebSocket gets close 1013). Never blocks."""
+        session = self.sockets.get(sid)
+        if session is not None and not session.closed:
+            queue = session.queue
+            if isinstance(queue, Outbox) and queue.pending_output > self.max_queued_bytes:
+                self._slow_consumer(sid, session, queue)
+                return
+        super().send_packet(sid, pkt)
+
+    def _slow_consumer(self, sid: str, session: Any, queue: Outbox) -> None:
+        log.warning("uwsgi_ws.socketio: session %s has %d bytes waiting (max_queued_bytes %d): "
+                    "closed as a slow consumer", sid, queue.pending_output, self.max_queued_bytes)
+        conn = queue._conn
+        if conn is not None:
+            conn.fail_slow_consumer(TRY_AGAIN_LATER, "slow consumer")
+        session.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+
+    def frame_of(self, pkt: Any) -> bytes:
+        """The WebSocket frame of an engineio packet; a broadcast's packet (the same
+        object for every client) is framed once."""
+        cached = self._frame_cache
+        if cached[0] is pkt:
+            return cached[1]
+        frame = frames.encode_message(pkt.encode())
+        self._frame_cache = (pkt, frame)
+        return frame
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Inside the block (one thread/greenlet), direct writes to each client are
+        joined and written once at its end."""
+        me = _current()
+        self._local.batch_owner, self._local.deferred = me, []
+        try:
+            yield
+        finally:
+            deferred, self._local.deferred = self._local.deferred, []
+            self._local.batch_owner = None
+            for outbox in deferred:
+                outbox.flush_batch()
+
+    def batching(self) -> bool:
+        return getattr(self._local, "batch_owner", None) is _current() and _current() is not None
+
+    def defer(self, outbox: Outbox) -> None:
+        self._local.deferred.append(outbox)
+
+    def new_lock(self) -> Any:
+        """A lock that blocks the right thing (a greenlet under gevent)."""
+        return self.runtime.Lock() if self.runtime is not None else threading.Lock()
+
+    def drain(self, conn: Any) -> None:
+        """Block the calling task until `conn`'s outbound buffer is written (or closed)."""
+        waiter = None
+        while not conn.flush():
+            if not conn.connected:
+                return
+            if self.runtime is None:
+                self.sleep(0.01)
+                continue
+            waiter = waiter or self.runtime.Waiter(conn.fd)
+            waiter.wait(False, True, 1.0)
 
     def generate_id(self) -> str:
         """``<worker id>.<random>``: the owner of a session is readable from its id."""
@@ -172,6 +281,15 @@ def _check_post(eio: EngineServer, environ: Dict[str, Any]) -> Optional[Dict[str
     log.info("uwsgi_ws.socketio: a malformed polling payload for session %s: %s", sid, problem)
     return answer("400 BAD REQUEST", [("Content-Type", "text/plain")],
                   [f"malformed Engine.IO payload: {problem}\n".encode()])
+
+
+def _current() -> Any:
+    """The running task: the greenlet under gevent (one OS thread runs them all), else the thread."""
+    try:
+        from greenlet import getcurrent
+    except ImportError:  # pragma: no cover
+        return threading.get_ident()
+    return getcurrent()
 
 
 def answer(status: str, headers: List[Any], body: List[bytes]) -> Dict[str, Any]:

@@ -76,13 +76,17 @@ class _Bus:
     def publish(self, text: str) -> None:
         self._owner.websocket.publish(text, channel=self.channel)
 
-    def messages(self) -> Optional[Iterator[Union[str, bytes]]]:
-        hub = self._owner._worker_hub()
+    def batches(self) -> Optional[Iterator[List[Union[str, bytes]]]]:
+        owner = self._owner
+        if owner._worker.get("pid") != os.getpid() and flask.has_request_context():
+            owner._prepare_worker()  # a plain route's emit in a worker without Socket.IO requests yet
+        hub = owner._worker_hub()
         if hub is None:
             return None
-        listener = ChannelListener(self._owner.server.eio.create_queue())
+        eio = owner.server.eio
+        listener = ChannelListener(eio.create_queue())
         subscribe(hub, listener, self.channel)
-        return listener.messages()
+        return listener.batches(eio.get_queue_empty_exception())
 
 
 class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
@@ -188,6 +192,7 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
             if self._worker.get("pid") == pid:
                 return self._worker
             state = {"pid": pid, "hub": None, "listener": None, "forwarder": None}
+            self.server.eio.runtime = self.websocket.runtime()
             try:
                 state["hub"] = self.websocket.hub()
             except Exception as exc:  # no ring: single worker, emits stay local

@@ -51,7 +51,7 @@ class ChannelListener:
     """Receives the broadcasts of one channel in this worker.
 
     `queue` is a queue of the worker's model (engineio's ``create_queue()``);
-    `messages()` yields what arrives, blocking the calling thread/greenlet.
+    `batches()` yields what arrives, blocking the calling thread/greenlet.
     The hub calls `enqueue_frame` from its waker task; it never blocks.
     """
 
@@ -90,10 +90,17 @@ class ChannelListener:
 
     # -- the consumer's side ---------------------------------------------------
 
-    def messages(self) -> Iterator[Union[str, bytes]]:
-        """What arrives on the channel, forever (blocks between messages)."""
+    def batches(self, empty: Any) -> Iterator[List[Union[str, bytes]]]:
+        """What arrives on the channel, forever, as lists of what has arrived since
+        the last one (blocks while there is nothing). `empty`: the queue's Empty."""
         while True:
-            yield self.queue.get()
+            batch = [self.queue.get()]
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except empty:
+                    break
+            yield batch
 
 
 def subscribe(hub: Any, listener: ChannelListener, channel: str) -> None:

@@ -20,11 +20,12 @@ follows that one, so one client sees a worker's emits in the order made.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Union
 
 import socketio
 from socketio.packet import Packet
@@ -39,14 +40,15 @@ class Bus(Protocol):
     the broadcast); without it the manager works as python-socketio's local
     Manager (one process: tests, the development server). `publish(text)` hands
     one message to every worker (may block briefly; raises uwsgi_ws.PublishError).
-    `messages()` subscribes this worker and returns the iterator of what arrives
-    on the channel (blocking), or None when this worker cannot listen (yet)."""
+    `batches()` subscribes this worker and returns the iterator of what arrives
+    on the channel, as lists of messages (blocking while there are none), or
+    None when this worker cannot listen (yet)."""
 
     def available(self) -> bool: ...
 
     def publish(self, text: str) -> None: ...
 
-    def messages(self) -> Optional[Iterator[Union[str, bytes]]]: ...
+    def batches(self) -> Optional[Iterator[List[Union[str, bytes]]]]: ...
 
 
 class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
@@ -70,7 +72,7 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
         self.bus = bus
         self._lock = threading.Lock()
         self._in_flight = 0  # own emits published, not yet back from the ring
-        self._messages: Optional[Iterator[Union[str, bytes]]] = None
+        self._batches: Optional[Iterator[List[Union[str, bytes]]]] = None
         self._listening_pid = 0
 
     # python-socketio makes host_id at construction, which happens in the uWSGI
@@ -101,10 +103,10 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
         with self._lock:
             if self._listening_pid == pid:
                 return True
-            messages = self.bus.messages()
-            if messages is None:
+            batches = self.bus.batches()
+            if batches is None:
                 return False
-            self._messages = messages
+            self._batches = batches
             self._listening_pid = pid
         self.thread = self.server.start_background_task(self._thread)
         log.info("uwsgi_ws.socketio: worker %s listens on channel %r", pid, self.channel)
@@ -190,26 +192,32 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
     def _publish(self, data: Dict[str, Any]) -> None:
         self.bus.publish(self.json.dumps(data))
 
-    def _listen(self) -> Iterator[Union[str, bytes]]:
-        if self._messages is None:  # pragma: no cover - _listen_now ran first
+    def _listen(self) -> Iterator[List[Union[str, bytes]]]:
+        if self._batches is None:  # pragma: no cover - _listen_now ran first
             return iter(())
-        return self._messages
+        return self._batches
 
     # -- applying what arrives ----------------------------------------------------
 
     def _thread(self) -> None:
-        for message in self._listen():
-            try:
-                data = message if isinstance(message, dict) else self.json.loads(message)
-            except Exception:
-                log.error("uwsgi_ws.socketio: not a manager message on the channel: %.80r", message)
-                continue
-            if not isinstance(data, dict) or "method" not in data:
-                continue
-            try:
-                self._apply(data)
-            except Exception:
-                log.exception("uwsgi_ws.socketio: handling a %r message failed", data.get("method"))
+        batch_of = getattr(self.server.eio, "batch", None)  # EngineServer: one write per client per batch
+        for batch in self._listen():
+            with batch_of() if batch_of is not None else contextlib.nullcontext():
+                for message in batch:
+                    self._receive(message)
+
+    def _receive(self, message: Union[str, bytes]) -> None:
+        try:
+            data = message if isinstance(message, dict) else self.json.loads(message)
+        except Exception:
+            log.error("uwsgi_ws.socketio: not a manager message on the channel: %.80r", message)
+            return
+        if not isinstance(data, dict) or "method" not in data:
+            return
+        try:
+            self._apply(data)
+        except Exception:
+            log.exception("uwsgi_ws.socketio: handling a %r message failed", data.get("method"))
 
     def _apply(self, data: Dict[str, Any]) -> None:
         method = data["method"]
