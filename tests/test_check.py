@@ -279,8 +279,9 @@ def test_conf_prints_the_installed_directory_and_copies_it(tmp_path):
     target = tmp_path / "etc" / "uwsgi_ws"
     done = run_cli("conf", "--copy", str(target), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    names = sorted(p.name for p in target.iterdir())
-    assert names == sorted(p.name for p in CONF.iterdir() if p.is_file()), names
+    names = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert names == sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*")
+                           if p.is_file() and "__pycache__" not in p.parts), names
     assert (target / "gevent.yaml").read_text() == (CONF / "gevent.yaml").read_text()
     # the copies lint clean on their own (the mule file is found next to broadcast.yaml)
     assert run_cli("check", str(target)).returncode == 0

@@ -21,12 +21,14 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def conf_files() -> List[Path]:
-    """The files of the installed config directory, sorted (no caches)."""
-    return sorted(p for p in CONF_DIR.iterdir() if p.is_file() and not p.name.endswith((".pyc", ".pyo")))
+    """The files of the installed config directory and its subdirectories, sorted (no caches)."""
+    return sorted(p for p in CONF_DIR.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".pyc", ".pyo")))
 
 
 def copy_conf(target: Path) -> List[Path]:
-    """Copy the installed configs into `target` (created with its parents; same-named files replaced).
+    """Copy the installed configs into `target`, subdirectories kept (created with its parents;
+    same-named files replaced).
 
     Args:
         target: the directory to copy into, e.g. /etc/uwsgi_ws.
@@ -35,10 +37,10 @@ def copy_conf(target: Path) -> List[Path]:
     Raises:
         OSError: `target` cannot be created or written (e.g. it is a file, or permissions).
     """
-    target.mkdir(parents=True, exist_ok=True)
     written = []
     for source in conf_files():
-        dest = target / source.name
+        dest = target / source.relative_to(CONF_DIR)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
         written.append(dest)
     return written
