@@ -79,7 +79,7 @@
     }
 
     // Asks the endpoint's access policy whether these credentials may connect (see the top):
-    // resolves {refused: status, message} for 401/403/a redirect, {retryAfter: s} for 503, else {}.
+    // resolves {refused: status, message} for 401/403/a redirect, {busy, retryAfter: s} for 503, else {}.
     function probe(params, withRooms) {
       if (typeof root.fetch !== "function") return Promise.resolve({});
       var u = httpUrl(ssePath(), params);
@@ -93,7 +93,7 @@
                                  function () { return {refused: st, message: ""}; });
           }
           if (r.body && r.body.cancel) r.body.cancel().catch(function () {});  // never hold a stream open
-          if (r.status === 503) return {retryAfter: Number(r.headers.get("Retry-After")) || 0};
+          if (r.status === 503) return {busy: true, retryAfter: Number(r.headers.get("Retry-After")) || 0};
           return {};
         }, function () { return {}; });  // unreachable: an ordinary failure
     }
@@ -118,7 +118,7 @@
       } else {
         refused = null;
         if (result.retryAfter) minWait = result.retryAfter * 1000;
-        if (websocket) failedOpens++;
+        if (websocket && !result.busy) failedOpens++;  // a full server is no reason to fall back to SSE
       }
       schedule();
     }
