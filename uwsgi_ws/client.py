@@ -41,7 +41,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from . import settings
 from .broadcast.publish import Data, Link, Refused, encode_request
@@ -99,7 +99,7 @@ class Publisher:
         self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._link: Optional[Link] = None
-        self._redis: Any = None
+        self._redis: Optional[_RedisStream] = None
         if socket_path is not None:
             if not isinstance(socket_path, (str, os.PathLike)):
                 raise TypeError(f"socket_path is a path (str), not {type(socket_path).__name__}")
@@ -146,7 +146,7 @@ class Publisher:
             raise ValueError(f"endpoint is the events endpoint's path, e.g. '/live', not {endpoint!r}")
         if to is not None and not isinstance(to, str):
             raise TypeError(f"to is a room name (str) or None (every connection), not {type(to).__name__}")
-        seqs = []
+        seqs: List[int] = []
         _Endpoint(endpoint, _Sink(self, seqs)).emit(event, data, to)
         return seqs[0]
 
@@ -158,7 +158,7 @@ class Publisher:
             if self._redis is not None:
                 self._redis.close()
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -167,7 +167,7 @@ class Publisher:
     def _send(self, request: bytes, event: bool = False) -> int:
         with self._lock:
             if self._redis is not None:
-                return int(self._redis.add(request))
+                return self._redis.add(request)
             assert self._link is not None and self.socket_path is not None
             self._check_path(self.socket_path)
             try:
@@ -193,7 +193,7 @@ class Publisher:
 class _Sink:
     """What `Events.emit` publishes through: the Publisher, with the event flag."""
 
-    def __init__(self, publisher: Publisher, seqs: list) -> None:
+    def __init__(self, publisher: Publisher, seqs: List[int]) -> None:
         self._publisher, self._seqs = publisher, seqs
 
     def publish(self, data: Data, channel: Optional[str] = None, event: bool = False) -> int:
@@ -230,7 +230,7 @@ class _RedisStream:
         self.n += 1
         if flags & FLAG_EVENT:
             payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (self.n, self.epoch)
-        fields = {"o": self.origin, "n": self.n, "c": channel.encode("utf-8"), "f": flags & FLAG_BINARY,
+        fields: Dict[Any, Any] = {"o": self.origin, "n": self.n, "c": channel.encode("utf-8"), "f": flags & FLAG_BINARY,
                   "d": payload}
         deadline = time.monotonic() + self.timeout
         delay = 0.05
@@ -262,7 +262,8 @@ def _target(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="the instance's publish socket (uwsgi-ws-publish-socket)")
     where.add_argument("--redis", metavar="URL", help="the Redis of the bridge, instead of a socket")
-    parser.add_argument("--stream", metavar="KEY", help="with --redis: the bridge's stream (default uwsgi_ws:broadcast)")
+    parser.add_argument("--stream", metavar="KEY",
+                        help="with --redis: the bridge's stream (default uwsgi_ws:broadcast)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"keep trying this long (default {DEFAULT_TIMEOUT:g})")
 

@@ -120,7 +120,8 @@ SETTINGS: List[Setting] = [
     Setting("sharedarea", _number(int, 0), 0, "sharedarea id", "all",
             "the uWSGI sharedarea holding the broadcast ring"),
     Setting("publish-timeout", _number(float, 0), 10.0, "seconds", "publishers",
-            "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned) before PublishError"),
+            "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned) "
+            "before PublishError"),
     Setting("publish-socket", _text, "", "path", "mule",
             "also listen for publishers at this Unix socket path (uwsgi_ws.client.Publisher, "
             "python -m uwsgi_ws publish; empty: the instance's own processes only)"),

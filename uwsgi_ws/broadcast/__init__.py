@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from .. import _uwsgi

@@ -50,8 +50,19 @@ from .. import _uwsgi, frames, metrics, settings
 from ..exceptions import RingError
 from ..log import get as _logger
 from . import wakeup
-from .publish import (DEFAULT_MULE_MSG_SIZE, ENVELOPE, OK, REFUSED, REPLY, decode_request, mule_msg_size,
-                      ring_problem, set_local_sink, shared_ring, size_problem)
+from .publish import (
+    DEFAULT_MULE_MSG_SIZE,
+    ENVELOPE,
+    OK,
+    REFUSED,
+    REPLY,
+    decode_request,
+    mule_msg_size,
+    ring_problem,
+    set_local_sink,
+    shared_ring,
+    size_problem,
+)
 from .ring import FLAG_BINARY, FLAG_EVENT, BroadcastRing
 
 log = _logger(__name__)
@@ -213,7 +224,7 @@ class Journal:
         self.path = path
 
     @classmethod
-    def open(cls, ring: BroadcastRing) -> "Journal":
+    def open(cls, ring: BroadcastRing) -> Journal:
         """The instance's journal (a fresh one in memory when no file can be made)."""
         size = cls.SLOTS * cls.SLOT.size
         uid, master = os.getuid(), _uwsgi.masterpid()
@@ -247,7 +258,7 @@ class Journal:
 
     def _forget_after(self, last: int) -> None:
         for i in range(self.SLOTS):
-            cid, number, seq = self.SLOT.unpack_from(self.buf, i * self.SLOT.size)
+            seq = self.SLOT.unpack_from(self.buf, i * self.SLOT.size)[2]
             if seq > last:
                 self.SLOT.pack_into(self.buf, i * self.SLOT.size, 0, 0, 0)
 
@@ -294,7 +305,7 @@ def _remove_stale(prefix: str, master: int) -> None:
 
 
 class _Peer:
-    __slots__ = ("sock", "inbuf", "outbuf", "closing", "uid", "pid", "where")
+    __slots__ = ("closing", "inbuf", "outbuf", "pid", "sock", "uid", "where")
 
     def __init__(self, sock: socket.socket, uid: int, pid: int, where: str) -> None:
         self.sock = sock
@@ -335,7 +346,7 @@ class PublishServer:
             self._listen_path(path, settings.get("publish-socket-mode"))
 
     @classmethod
-    def start(cls, ring: BroadcastRing) -> Optional["PublishServer"]:
+    def start(cls, ring: BroadcastRing) -> Optional[PublishServer]:
         """Bind the sockets and serve them in a daemon thread; None (logged) when the
         instance's socket cannot be bound."""
         with _ring_lock:

@@ -1,0 +1,284 @@
+"""Publishing into a running instance from outside it (issue 13 item 4), on real uWSGI
+in the threads and gevent models: `uwsgi_ws.client.Publisher` in a cron-style script,
+the `python -m uwsgi_ws publish|emit` CLI, a vassal under the Emperor, the errors
+(no such socket, permission denied, mule not running, too large, bad input), and a
+publisher that goes on while the broadcast mule is killed (-9) twice.
+
+The instance sets ``uwsgi-ws-publish-socket`` (a placeholder, as a vassal would) to a
+path in a directory every user may traverse, so a process of another user (nobody)
+meets the socket's own mode (default 0660, root's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import websocket
+from test_publish_threads import sse_events, subscriber
+
+from harness import APPS, ROOT, UWSGI, free_port, serve
+
+APP = "publish_app:app"
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module", params=["threads", "gevent"])
+def instance(request, tmp_path_factory):
+    sock_dir = Path(tempfile.mkdtemp(prefix="uwsgi_ws-pub-", dir="/tmp"))
+    sock_dir.chmod(0o755)
+    path = sock_dir / "app.sock"
+    server = serve(APP, tmp_path_factory.mktemp(f"outside-{request.param}"), model=request.param,
+                   extra=["--sharedarea", "4096", "--mule=uwsgi_ws.mule:run",
+                          "--set-placeholder", f"uwsgi-ws-publish-socket={path}"])
+    server.model = request.param  # type: ignore[attr-defined]
+    server.socket_path = str(path)  # type: ignore[attr-defined]
+    server.wait_for_log(r"publish socket .*app\.sock \(mode 0660\)", timeout=20)
+    yield server
+    server.stop()
+    crashes = server.crashes()
+    shutil.rmtree(sock_dir, ignore_errors=True)
+    assert not crashes, server.log()
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)])}
+
+
+def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "uwsgi_ws", *args], input=stdin, capture_output=True,
+                          env=env(), cwd=str(ROOT), timeout=60)
+
+
+def run_script(code: str, as_uid: int | None = None) -> subprocess.CompletedProcess:
+    """A separate Python process (a cron job), optionally dropping to `as_uid` after its imports."""
+    prologue = "import os, json, sys\nfrom uwsgi_ws.client import Publisher, PublishError\n"
+    if as_uid is not None:
+        prologue += f"os.setgid({as_uid}); os.setgroups([]); os.setuid({as_uid})\n"
+    return subprocess.run([sys.executable, "-c", prologue + code], capture_output=True, text=True, env=env(),
+                          cwd=str(ROOT), timeout=60)
+
+
+def test_cron_script_publishes_and_emits(instance):
+    """A script publishes text, binary and on a channel, and emits to a room and to the
+    whole endpoint; each call returns the ring seq once appended; the WebSocket
+    subscribers get the messages and the SSE stream the events with id epoch-seq."""
+    everyone, channel = subscriber(instance), subscriber(instance, "/sub/c1")
+    read = sse_events(instance, "r1", 2)
+    try:
+        done = run_script(f"""
+with Publisher({instance.socket_path!r}) as pub:
+    seqs = [pub.publish("hello"), pub.publish(b"\\x00\\x01bin"), pub.publish("on c1", channel="c1"),
+            pub.emit("/live", "tick", {{"n": 1}}, to="r1"), pub.emit("/live", "all", {{"n": 2}})]
+print(json.dumps(seqs))
+""")
+        assert done.returncode == 0, done.stderr
+        seqs = json.loads(done.stdout)
+        assert seqs == sorted(set(seqs)) and len(seqs) == 5
+        assert everyone.recv() == "hello"
+        assert everyone.recv() == b"\x00\x01bin"
+        assert [channel.recv() for _ in range(3)] == ["hello", b"\x00\x01bin", "on c1"]  # members get both
+        events = read()
+        assert [(e[1], e[2]["data"], e[2]["room"]) for e in events] == [(b"tick", {"n": 1}, "r1"),
+                                                                        (b"all", {"n": 2}, None)]
+        assert [e[2]["seq"] for e in events] == seqs[3:]
+        for event_id, _, message in events:
+            assert event_id.decode() == f"{message['epoch']}-{message['seq']}"
+    finally:
+        everyone.close()
+        channel.close()
+
+
+def test_cli_publish_and_emit(instance):
+    everyone = subscriber(instance)
+    read = sse_events(instance, "lobby", 1)
+    try:
+        done = cli("publish", "--socket", instance.socket_path, "from the CLI")
+        assert done.returncode == 0 and int(done.stdout) > 0, done.stderr
+        assert everyone.recv() == "from the CLI"
+        done = cli("publish", "--socket", instance.socket_path, "--binary", "-", stdin=b"\xff\x00raw")
+        assert done.returncode == 0, done.stderr
+        assert everyone.recv() == b"\xff\x00raw"
+        done = cli("emit", "--socket", instance.socket_path, "--endpoint", "/live", "--room", "lobby", "said",
+                   '{"text": "hi"}')
+        assert done.returncode == 0, done.stderr
+        (_, name, message), = read()
+        assert name == b"said" and message["data"] == {"text": "hi"} and message["seq"] == int(done.stdout)
+    finally:
+        everyone.close()
+
+
+def test_cli_errors_say_what_is_wrong(instance, tmp_path):
+    done = cli("publish", "--socket", str(tmp_path / "nope.sock"), "x")
+    assert done.returncode == 1 and b"no such socket" in done.stderr, done.stderr
+    (tmp_path / "file").write_text("not a socket")
+    done = cli("publish", "--socket", str(tmp_path / "file"), "x")
+    assert done.returncode == 1 and b"not a socket" in done.stderr, done.stderr
+    done = cli("emit", "--socket", instance.socket_path, "--endpoint", "/live", "tick", '{"a":')
+    assert done.returncode == 2 and b"not valid JSON" in done.stderr, done.stderr
+    done = cli("emit", "--socket", instance.socket_path, "--endpoint", "live", "tick", "1")
+    assert done.returncode == 1 and b"path" in done.stderr, done.stderr
+    done = cli("publish", "--socket", instance.socket_path, "--binary", "-", stdin=bytes(70000))
+    assert done.returncode == 1 and b"--mule-msg-size=65536" in done.stderr, done.stderr
+    done = cli("publish", "--socket", instance.socket_path, "--channel", "c" * 256, "x")
+    assert done.returncode == 1 and b"at most 255" in done.stderr, done.stderr
+    done = cli("publish", "x")
+    assert done.returncode == 2 and b"--socket" in done.stderr
+    # the instance still serves after the refusals
+    done = cli("publish", "--socket", instance.socket_path, "still fine")
+    assert done.returncode == 0, done.stderr
+
+
+def test_permission_denied(instance):
+    """A process of another user: the path's mode (0660, root's) refuses it, and the
+    instance's private abstract socket closes on it (SO_PEERCRED), logged."""
+    done = run_script(f"""
+try:
+    Publisher({instance.socket_path!r}, timeout=2).publish("x")
+except PublishError as exc:
+    print(exc)
+""", as_uid=NOBODY)
+    assert done.returncode == 0, done.stderr
+    assert "permission denied" in done.stdout and "0660" in done.stdout, done.stdout
+    master = instance.pid
+    done = run_script(f"""
+import socket, struct
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(b"\\0uwsgi_ws-publish-{master}")
+request = b"UWS1\\x00\\x00sneaky"
+try:
+    s.sendall(struct.pack("<IQQ", 16 + len(request), 1, 1) + request)
+    print(repr(s.recv(64)))
+except OSError as exc:
+    print("closed", exc)
+""", as_uid=NOBODY)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("b''",) or done.stdout.startswith("closed"), done.stdout
+    instance.wait_for_log(rf"refused a process of uid {NOBODY}", timeout=5)
+
+
+def test_mule_not_running(tmp_path):
+    """A socket file nobody listens on (what a stopped instance leaves): PublishError
+    saying the mule is not running, after the timeout."""
+    path = str(tmp_path / "stale.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()
+    done = run_script(f"""
+t0 = time.monotonic()
+try:
+    Publisher({path!r}, timeout=0.5).publish("x")
+except PublishError as exc:
+    print(round(time.monotonic() - t0, 1), exc)
+""")
+    assert "not running" in done.stdout, (done.stdout, done.stderr)
+    assert 0.3 <= float(done.stdout.split()[0]) < 5, done.stdout
+
+
+def mule_pid(server: UWSGI) -> int:
+    found = re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)\)", server.log())
+    assert found, server.log()
+    return int(found[-1])
+
+
+def test_publisher_survives_mule_kills_without_loss_or_duplicate(instance):
+    """An outside publisher streams while the broadcast mule is killed (-9) twice: each
+    publish returns once appended (retrying across the respawn), and the subscriber
+    gets every message exactly once, in order (a request repeated after a kill is
+    found in the mule's journal, not appended again)."""
+    from uwsgi_ws.client import Publisher
+
+    count = 3000
+    conn = subscriber(instance)
+    result: dict = {}
+    sent = threading.Event()
+
+    def stream() -> None:
+        try:
+            with Publisher(instance.socket_path, timeout=30) as pub:
+                result["seqs"] = []
+                for i in range(count):
+                    result["seqs"].append(pub.publish(f"k{i}"))
+                    if i == 200:
+                        sent.set()
+        except Exception as exc:  # reported below
+            result["error"] = exc
+        sent.set()
+
+    publisher = threading.Thread(target=stream)
+    publisher.start()
+    got: list = []
+    try:
+        assert sent.wait(30)
+        for kill in range(2):
+            spawned = instance.log().count("spawned uWSGI mule 1 ")
+            os.kill(mule_pid(instance), signal.SIGKILL)
+            instance.wait_for_log(r"spawned uWSGI mule 1 ", count=spawned + 1, timeout=20)
+            instance.wait_for_log(r"broadcast mule 1 serving ring", count=spawned + 1, timeout=20)
+            while len(got) < 600 * (kill + 1):
+                got.append(conn.recv())
+        publisher.join(60)
+        assert "error" not in result, result.get("error")
+        assert len(result["seqs"]) == count
+        while len(got) < count:
+            got.append(conn.recv())
+        assert got == [f"k{i}" for i in range(count)]
+        seqs = result["seqs"]
+        assert seqs == sorted(set(seqs)), "a seq repeated or went back"
+    finally:
+        conn.close()
+    assert not instance.crashes(), instance.log()
+
+
+# -- a vassal under the Emperor ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["threads", "gevent"])
+def test_cli_publishes_into_a_vassal(model, tmp_path):
+    port = free_port()
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    sock = tmp_path / "vassal.sock"
+    options = "  threads: 4\n" if model == "threads" else "  gevent: 20\n"
+    (vassals / "app.yaml").write_text(
+        "uwsgi:\n"
+        "  master: true\n"
+        f"  http-socket: 127.0.0.1:{port}\n"
+        f"  pythonpath: {ROOT}\n"
+        f"  pythonpath: {APPS}\n"
+        "  module: publish_app:app\n"
+        "  processes: 2\n"
+        + options +
+        "  sharedarea: 4096\n"
+        "  mule: uwsgi_ws.mule:run\n"
+        f"  set-placeholder: uwsgi-ws-publish-socket={sock}\n"
+        "  need-app: true\n"
+        "  die-on-term: true\n"
+    )
+    emperor = UWSGI(["--emperor", str(vassals)], tmp_path, port=port)
+    try:
+        emperor.wait_for_log(r"publish socket .*vassal\.sock", timeout=30)
+        conn = websocket.create_connection(f"ws://127.0.0.1:{port}/sub", timeout=30)
+        try:
+            assert conn.recv().startswith("ready:")
+            done = cli("publish", "--socket", str(sock), "to the vassal")
+            assert done.returncode == 0, done.stderr
+            assert conn.recv() == "to the vassal"
+            done = cli("emit", "--socket", str(sock), "--endpoint", "/live", "tick", '{"v": 1}')
+            assert done.returncode == 0, done.stderr
+        finally:
+            conn.close()
+    finally:
+        emperor.stop()
+    assert not emperor.crashes(), emperor.log()
+
