@@ -312,3 +312,27 @@ def test_publish_reaches_every_subscriber(edge_server: FlaskRun) -> None:
         conn.close()
     too_big = requests.post(f"{edge_server.http}/publish/news", data="x" * (2 << 20), timeout=10)
     assert too_big.status_code == 413 and "over the in-process broadcast's limit" in too_big.text
+
+
+# -- which broadcast a process gets ------------------------------------------------------------
+
+
+PUBLISH_SCRIPT = """
+import uwsgi_ws
+try:
+    print("seq", uwsgi_ws.publish("x", channel="c"))
+except uwsgi_ws.PublishError as exc:
+    print("PublishError", exc)
+"""
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "PublishError publish() needs uWSGI"),  # a cron job: no silent publish into a ring nobody reads
+    ({"FLASK_RUN_FROM_CLI": "true"}, "seq 1"),  # what flask run sets: the in-process broadcast
+])
+def test_publish_outside_uwsgi_depends_on_serving(env: dict, expected: str, tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in ("FLASK_RUN_FROM_CLI", "WERKZEUG_RUN_MAIN")}
+    result = subprocess.run([sys.executable, "-c", PUBLISH_SCRIPT], env={**clean, **env}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(expected), result.stdout + result.stderr
