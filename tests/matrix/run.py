@@ -17,7 +17,7 @@ so a rebuilt cell does not compile it again.
 
 The default interpreter's full suite is `make test` itself (.venv); the cells
 here run TESTS only: the engine (pure properties and behind uWSGI), the
-handshake and Flask routing, end-to-end echo and broadcast, in the threads and
+handshake, Flask routing and contexts, end-to-end echo and broadcast, in the threads and
 gevent models (async too where those files include it), plus
 tests/matrix/test_versions.py, which checks that the uWSGI serving the tests
 embeds the cell's interpreter and imports the cell's Flask.
@@ -51,6 +51,7 @@ TESTS: list[str] = [
     "tests/test_fuzz_protocol.py",            # the engine: properties against the reference model
     "tests/test_protocol.py",                 # the engine behind real uWSGI
     "tests/test_routing.py",                  # the handshake, Flask routing, refusals
+    "tests/test_context.py",                  # Flask's request and app contexts in a handler
     "tests/test_echo.py",                     # end-to-end echo
     "tests/test_broadcast.py::test_every_message_reaches_every_client_once_and_in_order",
     "tests/test_broadcast.py::test_channels_subscribe_leave_and_raise",
@@ -202,6 +203,9 @@ def versions(venv: Path) -> str:
 def test(cell: Cell, venv: Path, extra: list[str]) -> tuple[bool, str]:
     env = dict(os.environ)
     env.update(cell.env)
+    # The default run (make test) gives the engine's properties 300 examples each;
+    # a cell checks the interpreter, so 100 keep the same properties at a third of the time.
+    env.setdefault("FUZZ_EXAMPLES", "100")
     env["UWSGI_WS_MATRIX_CELL"] = cell.name
     env["UWSGI_WS_MATRIX_PYTHON"] = cell.python
     env["UWSGI_WS_MATRIX_FLASK"] = cell.expect_flask
