@@ -3,6 +3,7 @@
 #   make run     install into .venv (first time only), then run the Emperor on vassals/
 #                (echo :8001, chat :8002, ticker :8003) in the foreground; Ctrl-C stops it
 #   make test    install into .venv (first time only), then run the test suite
+#   make check   lint the shipped configs and the example vassals (python -m uwsgi_ws check)
 #   make bench   the broadcast benchmark (bench/setup.sh, then bench/run.py)
 #   make venv    just the install step (idempotent: a stamp file skips it when done)
 #   make clean   remove .venv and build litter
@@ -26,7 +27,7 @@ EXTRAS      ?= gevent,test
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install ssl-headers redis-server proxies chromium debian-uwsgi run test matrix lint bench clean
+.PHONY: help venv install ssl-headers redis-server proxies chromium debian-uwsgi run check test matrix lint bench clean
 
 help:
 	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -70,7 +71,16 @@ ssl-headers:
 	fi
 
 run: $(STAMP)
-	$(UWSGI) --emperor vassals/
+	@echo "The examples, once their vassals are up (Ctrl-C stops the Emperor):"
+	@echo "  echo    http://127.0.0.1:8001/"
+	@echo "  chat    http://127.0.0.1:8002/   (open it in two windows)"
+	@echo "  ticker  http://127.0.0.1:8003/   (POST /price publishes one by hand)"
+	$(UWSGI) --emperor vassals/ --die-on-term
+
+# The config linter over the shipped configs and the example vassals
+# (`python -m uwsgi_ws check`: exit status 1 on errors); `make test` runs it first.
+check: $(STAMP)
+	$(PY) -m uwsgi_ws check uwsgi_ws/conf vassals vassals-redis
 
 # tests/test_proxies.py runs uwsgi_ws/conf/nginx.conf and uwsgi_ws/conf/haproxy.cfg in nginx and
 # HAProxy processes of its own on free ports: install the Debian packages when
@@ -127,7 +137,7 @@ chromium:
 
 # The suite runs with the native fan-out helper (built by the install), then the
 # broadcast tests again on the pure-Python path (UWSGI_WS_PURE=1).
-test: $(STAMP) redis-server proxies chromium debian-uwsgi
+test: $(STAMP) check redis-server proxies chromium debian-uwsgi
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 	UWSGI_WS_PURE=1 $(PY) -m pytest -q tests/test_broadcast.py $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory matrix

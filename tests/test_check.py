@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, uwsgi_binary
-
 from uwsgi_ws import check
+
+from harness import ROOT, uwsgi_binary
 
 CONF = ROOT / "uwsgi_ws" / "conf"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import websocket
 
-from harness import APPS, ROOT, UWSGI, free_port, wait_for
-
 import uwsgi_ws
+
+from harness import APPS, ROOT, UWSGI, free_port
 
 
 def run(cmd, cwd=ROOT, env=None, timeout=900) -> subprocess.CompletedProcess:

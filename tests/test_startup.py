@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import websocket
 
-from harness import APPS, ROOT, UWSGI, free_port, serve, wait_for
-
 from uwsgi_ws import startup
+
+from harness import UWSGI, serve, wait_for
 
 # What the apps import, linked into the gevent-less virtualenv (never gevent, greenlet, zope).
 NEEDED = ("flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker", "wsproto", "h11", "yaml")

@@ -37,7 +37,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
@@ -109,7 +109,7 @@ class Instance:
         return found
 
 
-def _finding(option_or_path: "Option | Path", severity: str, message: str, fix: str, line: int = 0) -> Finding:
+def _finding(option_or_path: Option | Path, severity: str, message: str, fix: str, line: int = 0) -> Finding:
     if isinstance(option_or_path, Option):
         return Finding(str(option_or_path.path), option_or_path.line, severity, message, fix)
     return Finding(str(option_or_path), line, severity, message, fix)
@@ -341,8 +341,8 @@ def uwsgi_binary() -> Optional[str]:
     return shutil.which("uwsgi")
 
 
-@functools.lru_cache(maxsize=None)
-def known_options(binary: str) -> frozenset:  # type: ignore[type-arg]
+@functools.cache
+def known_options(binary: str) -> FrozenSet[str]:
     """The option names `binary --help` lists (long names, without dashes).
 
     Raises:
@@ -373,7 +373,7 @@ def _gevent_importable(instance: Instance) -> Tuple[bool, str]:
     return importlib.util.find_spec("gevent") is not None, sys.executable
 
 
-def check_instance(instance: Instance, known: Optional[frozenset]) -> List[Finding]:  # type: ignore[type-arg]
+def check_instance(instance: Instance, known: Optional[FrozenSet[str]]) -> List[Finding]:
     """The uwsgi_ws-specific findings for one loaded instance (plus unknown options when `known`)."""
     found: List[Finding] = []
     strict = instance.flag("strict")
@@ -473,11 +473,10 @@ def _max_connections(instance: Instance) -> Optional[Tuple[int, Option]]:
             name, _, value = o.value.partition("=")
             if name.strip() == "UWSGI_WS_MAX_CONNECTIONS_PER_WORKER":
                 found = (value, o)
-    if found is None or _int(found[0]) is None:
+    if found is None:
         return None
-    value = _int(found[0])
-    assert value is not None
-    return value, found[1]
+    number = _int(found[0])
+    return None if number is None else (number, found[1])
 
 
 def config_files(paths: Iterable[Path]) -> List[Path]:
@@ -547,12 +546,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m uwsgi_ws c
     try:
         findings = check(args.paths, args.uwsgi)
     except (FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201  (CLI output)
         return 2
     for f in findings:
-        print(f)
+        print(f)  # noqa: T201  (CLI output)
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
     files = len(config_files(args.paths))
-    print(f"{files} file(s) checked: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    print(f"{files} file(s) checked: {errors} error(s), {warnings} warning(s)", file=sys.stderr)  # noqa: T201
     return 1 if errors else 0

@@ -48,15 +48,15 @@ def copy_conf(target: Path) -> List[Path]:
 
 def _conf(args: argparse.Namespace) -> int:
     if args.copy is None:
-        print(CONF_DIR)
+        print(CONF_DIR)  # noqa: T201  (CLI output)
         return 0
     try:
         written = copy_conf(Path(args.copy))
     except OSError as exc:
-        print(f"error: cannot copy the configs to {args.copy}: {exc}", file=sys.stderr)
+        print(f"error: cannot copy the configs to {args.copy}: {exc}", file=sys.stderr)  # noqa: T201  (CLI output)
         return 1
     for path in written:
-        print(path)
+        print(path)  # noqa: T201  (CLI output)
     return 0
 
 
