@@ -281,6 +281,11 @@ class Connection:
         self._close_deadline = time.monotonic() + self.close_timeout
         self._reader.wait_closed(self._close_deadline)
 
+    def close_nowait(self, code: int = NORMAL, reason: str = "") -> None:
+        """Queue the close frame and shut our side of TCP; wait for nothing (the
+        worker is about to exit). Never blocks. Raises ValueError as `close` does."""
+        self._fail(code, reason)
+
     # -- state -------------------------------------------------------------
 
     @property

@@ -62,3 +62,8 @@ class Runtime(Protocol):
         """Run `callback` (in a task of the worker) once uWSGI tells this worker to
         stop gracefully. Returns False when this model cannot tell (then nothing
         is installed). Call once per worker process."""
+
+    def on_shutdown(self, callback: Callable[[], None]) -> bool:
+        """Run `callback` (it must not block: queue, don't wait) when uWSGI stops this
+        worker for good (SIGINT, SIGTERM: a full shutdown), before the worker exits.
+        Returns False when this model cannot tell. Call once per worker process."""

@@ -6,6 +6,7 @@ a wait blocks one greenlet, never the worker.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import gevent
@@ -14,6 +15,7 @@ import gevent.lock
 import gevent.queue
 import gevent.select
 
+from . import _recycle
 from ._poll import PollWaiter
 
 NAME = "gevent"
@@ -52,13 +54,59 @@ _watchers: list = []  # kept: a collected signal watcher stops watching
 
 
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
-    """The master sends the worker SIGHUP, which uWSGI's gevent loop handles with a
-    gevent signal watcher (it stops accepting, then waits for the running requests).
-    libev runs every watcher of a signal, so a second one tells us too."""
+    """Two ways, per uWSGI's gevent loop (plugins/gevent/gevent.c, 2.0):
+
+    - the master sends the worker SIGHUP (``uwsgi --reload``, a touched vassal, chain
+      reload, max-worker-lifetime), which the loop handles with a gevent signal watcher;
+      libev runs every watcher of a signal, so a second one tells us too;
+    - the worker recycles itself at the end of a request (``--max-requests``,
+      ``--reload-on-rss``, ``--reload-on-as``: core/utils.c uwsgi_close_request), and the
+      loop's graceful path runs with no signal; ``--max-worker-lifetime`` sends only a
+      no-op SIGWINCH. A greenlet checks the same conditions every `_recycle.CHECK`
+      seconds (`uwsgi_ws.runtime._recycle`).
+    """
     import signal
 
-    _watchers.append(gevent.signal_handler(signal.SIGHUP, callback))
+    fired = []
+
+    def once() -> None:
+        if not fired:
+            fired.append(True)
+            callback()
+
+    _watchers.append(gevent.signal_handler(signal.SIGHUP, once))
+    limits = _recycle_limits()
+    if limits is not None:
+        gevent.spawn(_watch_recycle, limits, once)
     return True
+
+
+def on_shutdown(callback: Callable[[], None]) -> bool:
+    """The loop maps SIGINT and SIGTERM to gevent signal watchers too (it stops, then the
+    worker exits): a watcher of ours runs `callback` in the same loop iteration."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        _watchers.append(gevent.signal_handler(signum, callback))
+    return True
+
+
+def _recycle_limits() -> "Optional[_recycle.Limits]":
+    return _recycle.limits()
+
+
+def _watch_recycle(limits: "_recycle.Limits", callback: Callable[[], None]) -> None:
+    from .. import _uwsgi
+
+    index = _uwsgi.worker_id() - 1
+    started = _recycle.started_at()
+    while True:
+        gevent.sleep(_recycle.CHECK)
+        # uwsgi.workers() reads shared memory only: safe from this greenlet
+        delta = _uwsgi.api().workers()[index]["delta_requests"] if limits.max_requests else None
+        if _recycle.reached(limits, delta, started):
+            callback()
+            return
 
 
 def cooperate() -> None:

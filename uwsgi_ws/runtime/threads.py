@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import select
+import signal
 import threading
 import time
 from typing import Callable, Optional
 
+from . import _recycle
 from ._poll import PollWaiter
 from ._stoppipe import loop_stop_fd
 
@@ -44,17 +47,65 @@ def sleep(seconds: float) -> None:
 
 
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
-    """Watch uWSGI's loop_stop_pipe (`_stoppipe`) in a thread; False when not found."""
+    """Watch uWSGI's loop_stop_pipe (`_stoppipe`: SIGHUP) in a thread, and the limits
+    uWSGI recycles a worker by without a signal (`_recycle`: max-requests, reload-on-rss/as,
+    max-worker-lifetime) in another. False when the pipe is not found."""
     fd = loop_stop_fd()
     if fd is None:
         return False
+    fired = threading.Lock()
+
+    def once() -> None:
+        if fired.acquire(False):
+            callback()
 
     def watch() -> None:
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP)
         while not poller.poll():
             pass
-        callback()
+        once()
+
+    spawn(watch)
+    limits = _recycle.limits()
+    if limits is not None:
+
+        def watch_limits() -> None:
+            from .. import _uwsgi
+
+            index = _uwsgi.worker_id() - 1
+            started = _recycle.started_at()
+            while True:
+                # uwsgi.workers() reads shared memory only: callable from this thread
+                delta = _uwsgi.api().workers()[index]["delta_requests"] if limits.max_requests else None
+                if _recycle.reached(limits, delta, started):
+                    break
+                time.sleep(_recycle.CHECK)
+            once()
+
+        spawn(watch_limits)
+    return True
+
+
+def on_shutdown(callback: Callable[[], None]) -> bool:
+    """uWSGI's SIGINT/SIGTERM handler of a threaded worker (end_me) exits at once, in C.
+    The optional native helper relays the signal to a thread of ours instead, which runs
+    `callback`, then gives uWSGI its handler back and raises the signal again (a second
+    signal meanwhile goes straight to uWSGI). False without the helper."""
+    try:
+        from .._speedups import relay_signals, restore_signals
+    except ImportError:
+        return False
+    read_fd, write_fd = os.pipe()
+    relay_signals(write_fd, [signal.SIGINT, signal.SIGTERM])
+
+    def watch() -> None:
+        signum = os.read(read_fd, 1)[0]
+        try:
+            callback()
+        finally:
+            restore_signals()
+            os.kill(os.getpid(), signum)
 
     spawn(watch)
     return True

@@ -105,6 +105,11 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
     return False
 
 
+def on_shutdown(callback: Callable[[], None]) -> bool:
+    """Async cores: uWSGI exits the worker at once; nothing runs before."""
+    return False
+
+
 def cooperate() -> None:
     """Nothing to do: there is no background work to interleave with."""
 

@@ -1,0 +1,157 @@
+"""Every way uWSGI stops a worker ends its WebSockets with a close frame (issue 12
+item 4), on real uWSGI in the threads and gevent models, 2 workers:
+
+- reloads close with 1012 (service restart) within about a second: `uwsgi --reload`
+  (SIGHUP to the master), chain reload (--touch-chain-reload), --max-requests,
+  --reload-on-rss, --max-worker-lifetime;
+- a full shutdown closes with 1001 (going away): SIGINT (what --stop sends), SIGTERM
+  with --die-on-term;
+never a reset, never a stall until worker-reload-mercy (set far above what a test waits).
+A touched vassal is covered by tests/test_faults.py (1012) and tests/test_emperor.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import websocket
+
+from harness import serve
+
+MERCY = 60  # seconds: far longer than any wait below, so a close never comes from the kill
+QUICK = 5.0  # seconds a close may take (about a second, plus a loaded CI machine)
+MODELS = ["threads", "gevent"]
+
+
+def recv_close(ws, timeout):
+    """(code, reason) of the server's close frame, reading past data frames."""
+    ws.settimeout(timeout)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big"), data[2:].decode()
+
+
+def start(tmp_path, model, *extra):
+    server = serve("echo_app:app", tmp_path, model=model,
+                   extra=["--processes", "2", "--worker-reload-mercy", str(MERCY), *extra])
+    server.wait_for_port()
+    return server
+
+
+def open_clients(server, n=4):
+    clients = []
+    for i in range(n):
+        ws = websocket.create_connection(server.url + "/echo", timeout=5)
+        ws.send(f"hello {i}")
+        assert ws.recv() == f"hello {i}"
+        clients.append(ws)
+    return clients
+
+
+def plain_request(server, timeout):
+    """The status of a plain GET (any answer will do: it must come, not stall)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.url.replace("ws://", "http://") + "/", timeout=timeout) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def assert_all_closed(clients, code, reason):
+    started = time.monotonic()
+    for ws in clients:
+        assert recv_close(ws, QUICK + 5) == (code, reason)
+        ws.close()
+    assert time.monotonic() - started < QUICK + 5
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_uwsgi_reload_closes_with_1012(model, tmp_path):
+    with start(tmp_path, model) as server:
+        clients = open_clients(server)
+        os.kill(server.pid, signal.SIGHUP)
+        assert_all_closed(clients, 1012, "server restarting")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_chain_reload_closes_with_1012(model, tmp_path):
+    touch = tmp_path / "chain"
+    touch.write_text("")
+    with start(tmp_path, model, "--touch-chain-reload", str(touch)) as server:
+        clients = open_clients(server)
+        time.sleep(1.1)  # mtime resolution: the touch must be seen as a change
+        touch.write_text("reload")
+        os.utime(touch)
+        # a chain reload recycles one worker at a time: every connection closes, one worker after the other
+        for ws in clients:
+            assert recv_close(ws, 30) == (1012, "server restarting")
+            ws.close()
+        assert "NO MERCY" not in server.log()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_max_requests_closes_with_1012(model, tmp_path):
+    """The worker recycles itself at the end of its Nth request: under gevent there is
+    no SIGHUP at all (uWSGI's loop runs its graceful path from C)."""
+    with start(tmp_path, model, "--max-requests", "6") as server:
+        clients = open_clients(server, 4)  # open requests: they count once they end
+        pending = list(clients)
+        for _ in range(60):  # plain requests, until each worker has served its sixth
+            assert plain_request(server, QUICK) in (200, 404)  # answered, never stalled
+            for ws in list(pending):
+                ws.settimeout(0.01)
+                try:
+                    opcode, data = ws.recv_data(control_frame=True)
+                except websocket.WebSocketTimeoutException:
+                    continue
+                assert opcode == websocket.ABNF.OPCODE_CLOSE
+                assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (1012, "server restarting")
+                pending.remove(ws)
+            if not pending:
+                break
+        assert not pending, f"{len(pending)} connection(s) not closed after 60 requests"
+        assert "NO MERCY" not in server.log()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_reload_on_rss_closes_with_1012(model, tmp_path):
+    """A worker over --reload-on-rss recycles at the end of its next request: its
+    WebSockets close with 1012 (at once here: 1 MB is below any worker's RSS)."""
+    with start(tmp_path, model, "--reload-on-rss", "1") as server:
+        clients = [websocket.create_connection(server.url + "/echo", timeout=5) for _ in range(2)]
+        for ws in clients:
+            assert recv_close(ws, QUICK + 5) == (1012, "server restarting")
+            ws.close()
+        assert plain_request(server, QUICK) in (200, 404)
+        assert "NO MERCY" not in server.log()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_max_worker_lifetime_closes_with_1012(model, tmp_path):
+    with start(tmp_path, model, "--max-worker-lifetime", "4", "--min-worker-lifetime", "1") as server:
+        clients = open_clients(server)
+        for ws in clients:
+            assert recv_close(ws, 20) == (1012, "server restarting")
+            ws.close()
+        assert "NO MERCY" not in server.log()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_full_shutdown_closes_with_1001(model, how, tmp_path):
+    """SIGINT (what `uwsgi --stop` sends) or SIGTERM with --die-on-term (the harness passes it)."""
+    server = start(tmp_path, model)
+    try:
+        clients = open_clients(server)
+        os.kill(server.pid, getattr(signal, how))
+        assert_all_closed(clients, 1001, "server shutting down")
+        server.proc.wait(QUICK + 10)
+    finally:
+        server.stop()
