@@ -8,12 +8,13 @@ import json
 import threading
 
 import pytest
-from flask import Flask, request
+from flask import Flask, request, session
 
 from uwsgi_ws import ConnectionClosed, EventError, WebSocket
 from uwsgi_ws.testing import UpgradeRefused
 
 app = Flask(__name__)
+app.secret_key = "test"
 ws = WebSocket(app, max_message_size=1024, ping_interval=None)
 live = ws.events("/live")
 handler_errors: list = []
@@ -55,6 +56,17 @@ def sub(conn, channel):
         conn.send("ready")
         for _ in conn:
             pass
+
+
+@app.post("/login/<name>")
+def login(name):
+    session["name"] = name
+    return "", 204
+
+
+@ws.route("/me")
+def me(conn):
+    conn.send(session.get("name", "nobody"))
 
 
 @live.on("connect")
@@ -160,6 +172,13 @@ def test_query_headers_and_subprotocol(client) -> None:
                         subprotocols=["chat.v1", "chat.v2"]) as conn:
         assert json.loads(conn.receive(timeout=5)) == {"token": "t1", "header": "yes", "subprotocol": "chat.v1"}
         assert conn.subprotocol == "chat.v1"  # the client's first choice the route speaks
+
+
+def test_cookies_of_a_flask_test_client(client) -> None:
+    http = app.test_client()
+    assert http.post("/login/ann").status_code == 204
+    assert ws.test_client(flask_test_client=http).connect("/me").receive(timeout=5) == "ann"  # the session
+    assert client.connect("/me").receive(timeout=5) == "nobody"
 
 
 @pytest.mark.parametrize("path, headers, status, words", [

@@ -467,14 +467,15 @@ class WebSocket:
 
         return Events(self, path, **options)
 
-    def test_client(self) -> Any:
+    def test_client(self, flask_test_client: Any = None) -> Any:
         """A client for tests (`uwsgi_ws.testing.TestClient`): this app's WebSocket routes
         and event endpoints in this process, no uWSGI and no port, on the real
         Connection and engine; `publish`/`emit` reach its clients (the process's
-        broadcast becomes the in-process one)."""
+        broadcast becomes the in-process one). `flask_test_client`: a Flask test
+        client whose cookies (e.g. a logged-in session) the handshakes send."""
         from .testing import TestClient
 
-        return TestClient(self)
+        return TestClient(self, flask_test_client)
 
     def subscribe(self, conn: Connection, channel: Union[str, Iterable[str]]) -> Any:
         """Context manager: `conn` receives broadcasts on `channel` inside the block.

@@ -77,18 +77,22 @@ class TestClient:
 
     Args:
         ws: the `uwsgi_ws.WebSocket` extension, already attached to its app.
+        flask_test_client: a Flask ``app.test_client()`` whose cookies (a session
+            logged in through it) every handshake sends, as Flask-SocketIO's
+            ``flask_test_client`` does.
 
     Creating one switches this process's broadcast to the in-process one.
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, flask_test_client: Any = None) -> None:
         if ws.app is None:
             raise RuntimeError("test_client() needs the app: call it after WebSocket(app) or init_app(app)")
         local.enable()
         self.ws = ws
         self.app = ws.app
+        self.flask_test_client = flask_test_client
 
     def connect(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
                 subprotocols: Sequence[str] = (), timeout: float = 5.0) -> TestConnection:
@@ -124,6 +128,8 @@ class TestClient:
             environ = builder.get_environ()
         finally:
             builder.close()
+        if self.flask_test_client is not None and "HTTP_COOKIE" not in environ:
+            self.flask_test_client._add_cookies_to_wsgi(environ)  # Werkzeug >= 2.3 (Flask >= 2.3)
         server_end, client_end = socket.socketpair()
         environ["werkzeug.socket"] = server_end
         thread = threading.Thread(target=_serve_request, args=(self.app, environ, server_end), daemon=True,
