@@ -446,7 +446,7 @@ def test_lazy_apps_without_a_sharedarea_say_the_numbers_are_per_process(tmp_path
     try:
         text = urllib.request.urlopen(server.http + "/metrics", timeout=10).read().decode()
         assert "# uwsgi_ws: these metrics are this process's only" in text
-        server.wait_for_log(r"metrics are counted per process.*UWSGI_WS_METRICS_SHAREDAREA")
+        server.wait_for_log(r"metrics are counted per process.*uwsgi-ws-metrics-sharedarea")
     finally:
         server.stop()
 

@@ -12,7 +12,8 @@ Where the table lives:
 - by default, an anonymous shared mapping (`mmap`) created when this module is
   imported in the uWSGI master, i.e. while the app loads, before the workers
   and mules are forked (uWSGI's default; `lazy-apps: false` in conf/);
-- with ``UWSGI_WS_METRICS_SHAREDAREA=<id>`` in the environment, uWSGI
+- with the instance setting ``metrics-sharedarea`` (placeholder
+  ``uwsgi-ws-metrics-sharedarea=<id>``, or ``UWSGI_WS_METRICS_SHAREDAREA``), uWSGI
   sharedarea `id` (needed with `lazy-apps`, where each worker loads the app
   after the fork). Size it with `required_pages()` (64 pages: about 40
   workers and mules).
@@ -201,23 +202,23 @@ class Table:
         return row if row < self.rows else 0
 
 
-def _uwsgi() -> Any:
-    try:
-        import uwsgi
+def _uwsgi_api() -> Any:
+    """The uwsgi module, None outside uWSGI (`uwsgi_ws._uwsgi` is the one importer)."""
+    from . import _uwsgi
 
-        return uwsgi
-    except ImportError:
-        return None
+    return _uwsgi.api() if _uwsgi.available() else None
 
 
 def _create_table() -> Table:
-    uwsgi = _uwsgi()
+    from . import settings
+
+    uwsgi = _uwsgi_api()
     if uwsgi is None:  # plain Python (tests, the Flask dev server): this process only
         size = HEADER_SIZE + 3 * ROW_BYTES
         return Table(memoryview(bytearray(size)), 1, False, "a private table (not under uWSGI)")
     numproc = int(getattr(uwsgi, "numproc", 1) or 1)
-    area = os.environ.get("UWSGI_WS_METRICS_SHAREDAREA")
-    if area not in (None, ""):
+    area = settings.get("metrics-sharedarea")
+    if area is not None:
         try:
             view = uwsgi.sharedarea_memoryview(int(area))
         except Exception as exc:
@@ -227,7 +228,7 @@ def _create_table() -> Table:
             detail = ""
         if view is None:
             raise MetricsError(
-                f"UWSGI_WS_METRICS_SHAREDAREA={area} but there is no uWSGI sharedarea {area}{detail}: "
+                f"uwsgi-ws-metrics-sharedarea={area} but there is no uWSGI sharedarea {area}{detail}: "
                 f"add one more --sharedarea {required_pages(numproc, 2)} (sharedareas are numbered "
                 "from 0 in the order of the options; the broadcast ring is 0)"
             )
@@ -238,7 +239,8 @@ def _create_table() -> Table:
     if forked:
         log.warning(
             "uwsgi_ws: metrics are counted per process: uwsgi_ws was first imported after the fork "
-            "(lazy-apps?); set UWSGI_WS_METRICS_SHAREDAREA to a sharedarea id for instance-wide totals"
+            "(lazy-apps?); set the placeholder uwsgi-ws-metrics-sharedarea to a sharedarea id for "
+            "instance-wide totals"
         )
     return Table(memoryview(mapping), numproc, not forked, "the shared metrics mapping")
 
@@ -353,7 +355,7 @@ def local() -> Recorder:
     if rec is not None and rec.pid == pid:
         return rec
     tbl = table()
-    uwsgi = _uwsgi()
+    uwsgi = _uwsgi_api()
     row = tbl.row_of(uwsgi.worker_id(), uwsgi.mule_id()) if uwsgi is not None else 0
     with _table_lock:
         if _recorder is None or _recorder.pid != pid:
@@ -451,7 +453,7 @@ _SCALARS = (MESSAGES_IN, MESSAGES_OUT, BYTES_IN, BYTES_OUT, PUBLISHED, DELIVERED
 
 def _live_workers() -> Dict[int, int]:
     """worker id -> pid of the workers alive now ({0: this pid} outside uWSGI)."""
-    uwsgi = _uwsgi()
+    uwsgi = _uwsgi_api()
     if uwsgi is None:
         return {0: os.getpid()}
     try:
@@ -465,7 +467,7 @@ def snapshot() -> Snapshot:
     read whole; a row being written reads as just before or just after the add)."""
     tbl = table()
     live = _live_workers()
-    private = _uwsgi() is None  # outside uWSGI: row 0 is this process, and it is alive
+    private = _uwsgi_api() is None  # outside uWSGI: row 0 is this process, and it is alive
     totals = dict.fromkeys(_SCALARS, 0)
     buckets = [0] * (len(LAG_BOUNDS) + 1)
     lag_max = 0
@@ -614,7 +616,7 @@ UWSGI_METRICS: Dict[str, Tuple[str, Any]] = {
 
 def mirror_enabled() -> bool:
     """True when uWSGI runs with --enable-metrics (the stats server then shows metrics)."""
-    uwsgi = _uwsgi()
+    uwsgi = _uwsgi_api()
     return bool(uwsgi is not None and (getattr(uwsgi, "opt", {}) or {}).get("enable-metrics"))
 
 
@@ -622,7 +624,7 @@ def mirror_to_uwsgi(snap: Optional[Snapshot] = None) -> int:
     """Copy the instance totals into uWSGI metrics of the same names (those declared
     with --metric); returns how many were set. Counters only move up (metric_set_max),
     so two mirrors at once never make one go back."""
-    uwsgi = _uwsgi()
+    uwsgi = _uwsgi_api()
     if uwsgi is None:
         return 0
     s = snap or snapshot()
@@ -641,7 +643,7 @@ MIRROR_INTERVAL = 1.0  # seconds between two copies into uWSGI metrics
 def run() -> None:
     """A mule that copies the totals into uWSGI metrics every second, for instances
     without the broadcast mule (which does it itself): ``--mule=uwsgi_ws.metrics:run``."""
-    import uwsgi
+    uwsgi = _uwsgi_api()
 
     local()
     while True:
@@ -649,5 +651,5 @@ def run() -> None:
         uwsgi.mule_get_msg(signals=True, farms=False, timeout=int(MIRROR_INTERVAL))
 
 
-if _uwsgi() is not None:
+if _uwsgi_api() is not None:
     table()  # in the master while the app loads: the mapping is then inherited by every fork
