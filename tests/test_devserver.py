@@ -32,7 +32,7 @@ EXAMPLES = ROOT / "examples"
 class FlaskRun:
     """`flask --app app run --debug --port P` in `cwd`, its log in `log_path`."""
 
-    def __init__(self, cwd: Path, tmp_path: Path) -> None:
+    def __init__(self, cwd: Path, tmp_path: Path, extra: tuple = ()) -> None:
         self.port = free_port()
         self.log_path = tmp_path / f"flask-{self.port}.log"
         self._log = open(self.log_path, "wb")
@@ -40,7 +40,7 @@ class FlaskRun:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("WERKZEUG_RUN_MAIN", None)
         env.pop("WERKZEUG_SERVER_FD", None)
-        self.proc = subprocess.Popen([str(flask), "--app", "app", "run", "--debug", "--port", str(self.port)],
+        self.proc = subprocess.Popen([str(flask), "--app", "app", "run", "--debug", "--port", str(self.port), *extra],
                                      cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
@@ -312,6 +312,19 @@ def test_publish_reaches_every_subscriber(edge_server: FlaskRun) -> None:
         conn.close()
     too_big = requests.post(f"{edge_server.http}/publish/news", data="x" * (2 << 20), timeout=10)
     assert too_big.status_code == 413 and "over the in-process broadcast's limit" in too_big.text
+
+
+def test_without_threads_works_and_says_why_it_blocks(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(EDGE_APP))
+    server = FlaskRun(tmp_path, tmp_path, extra=("--without-threads",))
+    try:
+        conn = websocket.create_connection(server.url + "/echo", timeout=10)
+        conn.send("one at a time")
+        assert conn.recv() == "one at a time"
+        conn.close()
+        wait_for(lambda: "handles one request at a time" in server.log(), 10, "the warning")
+    finally:
+        server.stop()
 
 
 # -- which broadcast a process gets ------------------------------------------------------------

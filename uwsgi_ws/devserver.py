@@ -22,6 +22,7 @@ launches uWSGI; README "Which server for what").
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -29,6 +30,9 @@ from .broadcast import local
 
 #: The environ key where Werkzeug's development server puts the request's socket.
 SOCKET_KEY = "werkzeug.socket"
+
+log = logging.getLogger("uwsgi_ws.devserver")
+_warned = False
 
 
 def serves(environ: Dict[str, Any]) -> bool:
@@ -39,8 +43,15 @@ def serves(environ: Dict[str, Any]) -> bool:
 
 def prepare(environ: Dict[str, Any]) -> None:
     """Before the handler runs: this process serves the app without uWSGI, so its
-    broadcast is the in-process one (`local.enable`)."""
+    broadcast is the in-process one (`local.enable`). Warns once when the server
+    runs one request at a time (``flask run --without-threads``): a WebSocket then
+    holds the whole server until it closes."""
+    global _warned
     local.enable()
+    if not environ.get("wsgi.multithread", True) and not _warned:
+        _warned = True
+        log.warning("this development server handles one request at a time (--without-threads?): each "
+                    "WebSocket holds it until it closes; run flask run with threads (the default)")
 
 
 def upgrade(environ: Dict[str, Any], start_response: Callable[..., Any],
