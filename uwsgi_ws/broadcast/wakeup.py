@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from .. import _uwsgi
 
@@ -57,16 +57,21 @@ def drain(sock: socket.socket) -> int:
 
 
 _sender: Optional[socket.socket] = None
+_targets: Tuple[int, List[bytes]] = (0, [])  # (numproc, the workers' addresses), made once
 
 
 def wake_workers() -> None:
     """Send one wake-up byte to every worker of this instance (never blocks)."""
-    global _sender
+    global _sender, _targets
     if _sender is None:
         _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender.setblocking(False)
-    for worker_id in range(1, _uwsgi.numproc() + 1):
+    numproc = _uwsgi.numproc()
+    if _targets[0] != numproc:  # the addresses depend only on the master pid and the worker ids
+        _targets = (numproc, [_address(worker_id) for worker_id in range(1, numproc + 1)])
+    sendto = _sender.sendto
+    for address in _targets[1]:
         try:
-            _sender.sendto(b"w", _address(worker_id))
+            sendto(b"w", address)
         except OSError:
             pass  # not bound yet (worker starting) or buffer full (a wake-up is pending)
