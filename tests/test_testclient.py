@@ -11,6 +11,7 @@ import pytest
 from flask import Flask, request, session
 
 from uwsgi_ws import ConnectionClosed, EventError, WebSocket
+from uwsgi_ws import events_protocol as ep
 from uwsgi_ws.testing import UpgradeRefused
 
 app = Flask(__name__)
@@ -296,10 +297,37 @@ def test_resume_replays_what_was_missed(client) -> None:
     conn = client.connect("/live", query_string={"resume": "1"})
     conn.send(json.dumps({"type": "resume", "epoch": epoch, "rooms": {"room-m": last_seen}}))
     frames = [json.loads(conn.receive(timeout=5)) for _ in range(4)]
-    assert [f["type"] for f in frames] == ["event", "event", "event", "resumed"], frames
-    assert [f["data"] for f in frames[1:3]] == [{"n": 2}, {"n": 3}]
-    assert frames[3]["rooms"]["room-m"] >= frames[2]["seq"]
+    said = [f for f in frames if f.get("event") == "said"]
+    assert [f["data"] for f in said] == [{"n": 2}, {"n": 3}], frames  # each missed one once, in order
+    (resumed,) = [f for f in frames if f["type"] == "resumed"]
+    # Replayed ones come before `resumed` (seq <= the position it names), live ones after it.
+    at = frames.index(resumed)
+    for f in said:
+        assert (frames.index(f) < at) == (f["seq"] <= resumed["rooms"]["room-m"]), frames
     conn.close()
+
+
+def test_resume_with_the_test_clients_own_position(client) -> None:
+    ev = client.events("/live")
+    ev.join("room-p")
+    live.emit("said", {"n": 1}, to="room-p")
+    ev.get_received()
+    position = ev.position
+    assert position[0] == str(ws.broadcast().position().epoch) and set(position[1]) == {"room-p"}
+    ev.close()
+    live.emit("said", {"n": 2}, to="room-p")
+    again = client.events("/live", resume=position)
+    assert again.get_received() == [("hello", {"path": "/live"}), ("said", {"n": 2})]
+    (resumed,) = [f for f in again.frames if isinstance(f, ep.ResumedFrame)]
+    assert resumed.rooms["room-p"] >= position[1]["room-p"]
+    live.emit("said", {"n": 3}, to="room-p")  # and live from there
+    assert again.get_received() == [("said", {"n": 3})]
+    stale = client.events("/live", resume=("1", {"room-p": 1}))
+    notices = [f for f in stale.frames if isinstance(f, (ep.NotRecoveredFrame, ep.ResumedFrame))]
+    assert [type(f).__name__ for f in notices] == ["NotRecoveredFrame", "ResumedFrame"]
+    assert notices[0].room == "room-p" and notices[0].reason.startswith("epoch changed")
+    again.close()
+    stale.close()
 
 
 def test_bad_frames_get_error_frames(client) -> None:

@@ -149,13 +149,24 @@ class TestClient:
         return TestConnection(client_end, rest, response_headers, thread)
 
     def events(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
-               timeout: float = 5.0) -> EventsClient:
+               timeout: float = 5.0, resume: Optional[Tuple[str, Dict[str, int]]] = None) -> EventsClient:
         """Connect to the event endpoint at `path` (`ws.events(path)`) as a client of its
         protocol (docs/protocol.md). Returns once the endpoint has subscribed the
-        connection: an emit after this reaches it. Raises as `connect`."""
+        connection: an emit after this reaches it. Raises as `connect`.
+
+        `resume`: (epoch, {room: last seq seen}), e.g. an earlier client's `position`:
+        connects with ``?resume=1`` and sends the resume frame first; on return the
+        replay, any ``not_recovered`` and the ``resumed`` frame have arrived."""
+        if resume is not None:
+            if isinstance(query_string, str):
+                query_string = query_string + ("&" if query_string else "") + "resume=1"
+            else:
+                query_string = {**(query_string or {}), "resume": "1"}
         conn = self.connect(path, query_string, headers, timeout=timeout)
         client = EventsClient(conn, self.ws.broadcast())
         try:
+            if resume is not None:
+                conn.send(events_protocol.dumps(events_protocol.client_resume(*resume)))
             client.sync(timeout)
         except BaseException:
             conn.abort()
@@ -458,6 +469,18 @@ class EventsClient:
     @property
     def close_code(self) -> Optional[int]:
         return self.conn.close_code
+
+    @property
+    def position(self) -> Tuple[Optional[str], Dict[str, int]]:
+        """(epoch, {room: seq}) of the last broadcast received per room ("" for the
+        endpoint-wide stream): what a client resumes from (`TestClient.events(resume=)`)."""
+        epoch: Optional[str] = None
+        rooms: Dict[str, int] = {}
+        for frame in self.frames:
+            if isinstance(frame, events_protocol.EventFrame) and frame.seq is not None:
+                epoch = frame.epoch
+                rooms[frame.room or ""] = frame.seq
+        return epoch, rooms
 
     # -- internals ---------------------------------------------------------------------
 
