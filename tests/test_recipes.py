@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -215,9 +216,17 @@ def test_check_flags_the_module_mule_under_lazy_apps_which_really_fails(tmp_path
     done = subprocess.run([sys.executable, "-m", "uwsgi_ws", "check", str(path)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 1 and "lazy-apps with the broadcast mule as module:callable" in done.stdout
-    server = UWSGI(["--yaml", str(path)], tmp_path, port=port)
+    server = UWSGI(["--yaml", str(path), "--set-placeholder", "uwsgi-ws-publish-timeout=600"], tmp_path, port=port)
     try:
         server.wait_for_log(r"spawned uWSGI mule 1", 30, count=2)  # it died and was respawned
+        # a publish fails at once, naming the cause, instead of waiting out the publish timeout
+        # (600 s here, far above the client's 30 s) and blaming a missing --mule
+        req = urllib.request.Request(f"{server.http}/publish/x", data=b"m", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(req, timeout=30)
+        assert failed.value.code == 500
+        wait_for(lambda: re.search(r"mule.*(crash|respawn|died|lazy-apps)", server.log()[-4000:], re.I), 10,
+                 "a message naming the crash-looping mule")
     finally:
         server.stop()
 
@@ -283,3 +292,39 @@ def _serves_port(port: int) -> bool:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/pid", timeout=5).status == 200
     except OSError:
         return False
+
+
+# -- gevent with every core held by a WebSocket --------------------------------------------------------
+
+
+def test_gevent_default_limit_answers_503_before_the_cores_run_out(tmp_path):
+    """uWSGI 2.0's accept loop spins both CPUs ("async queue is full") once every gevent core holds
+    a WebSocket, and health checks go unanswered. By default (no max_connections_per_worker set)
+    the worker must refuse extra WebSockets with 503 while cores remain for plain HTTP."""
+    from harness import serve
+
+    cores = 8
+    server = serve("echo_app:app", tmp_path, model="gevent",
+                   extra=["--processes", "1", "--gevent", str(cores)])
+    opened = []
+    try:
+        refused = None
+        for _ in range(cores):
+            try:
+                opened.append(websocket.create_connection(f"{server.url}/echo", timeout=10))
+            except websocket.WebSocketBadStatusException as exc:
+                refused = exc
+                break
+        assert refused is not None, f"all {cores} gevent cores taken by WebSockets, no 503 (uWSGI then spins)"
+        assert refused.status_code == 503
+        assert len(opened) < cores
+        # plain HTTP (a health check) still answers at the limit
+        assert urllib.request.urlopen(f"{server.http}/urls", timeout=10).status == 200
+        for ws in opened:  # the open ones still work
+            ws.send("x")
+            assert ws.recv() == "x"
+    finally:
+        for ws in opened:
+            ws.close()
+        server.stop()
+    assert not server.crashes(), server.log()
