@@ -25,13 +25,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import engineio
 
 from .. import frames
-from ..connection import ConnectionClosed
+from ..exceptions import ConnectionClosed
 from .outbox import TRY_AGAIN_LATER, Outbox
 
 log = logging.getLogger("uwsgi_ws.socketio.engine")
 
 #: WSGI environ key holding the `uwsgi_ws.Connection` the WebSocket transport runs on.
 CONNECTION_KEY = "uwsgi_ws.socketio.connection"
+#: Optional: a callable run with the connection once it is open.
+ON_OPEN_KEY = "uwsgi_ws.socketio.on_open"
 #: Or a callable returning it, called when engineio decides to upgrade (a handed-off socket).
 CONNECTION_FACTORY_KEY = "uwsgi_ws.socketio.connection_factory"
 
@@ -104,6 +106,9 @@ class ConnectionWebSocket:
         # may be the first to use the connection, and the 101 goes through uWSGI's
         # start_response, which only the request's thread may call.
         conn.closed  # noqa: B018  the first use of a pending connection sends the 101
+        on_open = environ.get(ON_OPEN_KEY)
+        if on_open is not None:
+            on_open(conn)
         self.conn, self.environ = conn, environ
         session = getattr(self.app, "__self__", None)  # engineio's Socket (the handler is its method)
         self.outbox = getattr(session, "queue", None)
@@ -205,7 +210,7 @@ class EngineServer(engineio.Server):
                     "closed as a slow consumer", sid, queue.pending_output, self.max_queued_bytes)
         conn = queue._conn
         if conn is not None:
-            conn.fail_slow_consumer(TRY_AGAIN_LATER, "slow consumer")
+            conn.fail_slow(TRY_AGAIN_LATER, "slow consumer")
         session.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
 
     def frame_of(self, pkt: Any) -> bytes:

@@ -80,12 +80,12 @@ class _Bus:
         owner = self._owner
         if owner._worker.get("pid") != os.getpid() and flask.has_request_context():
             owner._prepare_worker()  # a plain route's emit in a worker without Socket.IO requests yet
-        hub = owner._worker_hub()
-        if hub is None:
+        broadcast = owner._worker_broadcast()
+        if broadcast is None:
             return None
         eio = owner.server.eio
-        listener = ChannelListener(eio.create_queue())
-        subscribe(hub, listener, self.channel)
+        listener = ChannelListener(eio.create_queue(), self.channel)
+        subscribe(broadcast, listener)
         return listener.batches(eio.get_queue_empty_exception())
 
 
@@ -168,6 +168,9 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
     def _websocket_view(self, conn: Connection) -> Any:
         environ = self._environ()
         environ[engine.CONNECTION_KEY] = conn
+        # Socket.IO clients take broadcasts from the manager, in Engine.IO packets: a plain
+        # ws.publish() to every connection must not reach them as a bare frame.
+        environ[engine.ON_OPEN_KEY] = self.websocket.broadcast().detach
         result = engine.handle(self.server.eio, environ)
         if result is None:
             return None  # the session ran on this connection and is over
@@ -191,13 +194,14 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         with self._worker_lock:
             if self._worker.get("pid") == pid:
                 return self._worker
-            state = {"pid": pid, "hub": None, "listener": None, "forwarder": None}
+            state = {"pid": pid, "broadcast": None, "listener": None, "forwarder": None}
             self.server.eio.runtime = self.websocket.runtime()
-            try:
-                state["hub"] = self.websocket.hub()
-            except Exception as exc:  # no ring: single worker, emits stay local
+            broadcast = self.websocket.broadcast()
+            if broadcast.available:  # creating the hub calls uWSGI's API: here, in a request
+                state["broadcast"] = broadcast
+            else:  # no ring: emits reach this worker only
                 log.warning("uwsgi_ws.socketio: no broadcast in worker %d (%s): emits reach this worker only",
-                            pid, exc)
+                            pid, broadcast.problem)
             masterpid, worker = _uwsgi_ids()
             if masterpid and worker:
                 sockets = _socket_module(self.server.eio.model)
@@ -217,11 +221,11 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         if engine.worker_id() == 0:
             return False
         state = self._worker
-        return state.get("pid") != os.getpid() or state.get("hub") is not None
+        return state.get("pid") != os.getpid() or state.get("broadcast") is not None
 
-    def _worker_hub(self) -> Any:
+    def _worker_broadcast(self) -> Any:
         state = self._worker
-        return state.get("hub") if state.get("pid") == os.getpid() else None
+        return state.get("broadcast") if state.get("pid") == os.getpid() else None
 
     def _serve_handed_off(self, item: Dict[str, Any], client: Any) -> None:
         """Answer a request another worker handed over, on the client's socket."""
@@ -254,6 +258,7 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ws = self.websocket
+            # broadcast=None: a Socket.IO session takes broadcasts through its manager, not the hub
             conn = Connection(sock, environ, ws.runtime(), **{k: ws.option(k) for k in _CONNECTION_OPTIONS})
             conn.start()
             opened.append(conn)

@@ -29,7 +29,8 @@ from typing import Any, List, Optional
 
 #: Close code for a slow consumer (RFC 6455 section 7.4.1, 1013 "try again later").
 TRY_AGAIN_LATER = 1013
-_FLUSH = object()  # queued: the writer drains the connection's buffer here
+_FLUSH = object()
+_BATCH_BYTES = 64 * 1024  # a batch writes a client's frames once they reach this much  # queued: the writer drains the connection's buffer here
 
 
 def packet_size(item: Any) -> int:
@@ -53,6 +54,7 @@ class Outbox:
         self._outstanding = 0  # packets the writer took and has not sent yet
         self._flush_queued = False
         self._pending: List[bytes] = []  # frames deferred by a batch
+        self._pending_bytes = 0
         #: Bytes of the packets waiting in the queue.
         self.bytes = 0
 
@@ -67,12 +69,13 @@ class Outbox:
         with self._lock:
             self._candidate = self._conn = None
             self._pending.clear()
+            self._pending_bytes = 0
 
     @property
     def pending_output(self) -> int:
         """Bytes queued here or buffered in the connection, not yet written."""
         conn = self._conn
-        return self.bytes + sum(map(len, self._pending)) + (conn.pending_output if conn is not None else 0)
+        return self.bytes + self._pending_bytes + (conn.pending_output if conn is not None else 0)
 
     def sent(self) -> None:
         """The writer sent one packet it took (ConnectionWebSocket.send calls this)."""
@@ -92,6 +95,11 @@ class Outbox:
                         if not self._pending:
                             self._server.defer(self)
                         self._pending.append(frame)
+                        self._pending_bytes += len(frame)
+                        if self._pending_bytes < _BATCH_BYTES:
+                            return
+                        frame = b""  # a big batch goes out now, in pieces of _BATCH_BYTES
+                    if self._write_locked(frame):
                         return
                     if self._write_locked(frame):
                         return
@@ -138,16 +146,15 @@ class Outbox:
 
     def _write_locked(self, frame: bytes) -> bool:
         """Write deferred frames and `frame` to the connection without blocking (lock held).
-        False: the connection is closed or over its write_limit (then closed as a slow
-        consumer): the caller queues the packet and the writer ends the session."""
+        False: the connection is closed: the caller queues the packet and the writer
+        ends the session."""
         data = b"".join([*self._pending, frame]) if self._pending else frame
         self._pending.clear()
+        self._pending_bytes = 0
         if not data:
             return True
         conn = self._conn
-        if not conn.enqueue_frame(data, 1):
-            if conn.connected:
-                conn.fail_slow_consumer(TRY_AGAIN_LATER, "slow consumer")
+        if not conn.send_frame_nowait(data):  # closed (the bound is max_queued_bytes, checked by the server)
             return False
         if conn.pending_output and not self._flush_queued:
             self._flush_queued = True
