@@ -17,6 +17,7 @@ checkout), nothing through PYTHONPATH. `make debian-uwsgi` installs the packages
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import pwd
@@ -27,6 +28,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -171,6 +173,15 @@ def check_echo(port: int) -> None:
     assert b"<html" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
 
 
+def live_url(port: int) -> str:
+    """The chat's /live URL with a token, got as its page gets one: POST /login (the
+    session cookie), then POST /token."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    opener.open(f"http://127.0.0.1:{port}/login", data=b"name=deb", timeout=10).read()
+    token = json.loads(opener.open(f"http://127.0.0.1:{port}/token", data=b"", timeout=10).read())["token"]
+    return f"ws://127.0.0.1:{port}/live?token={urllib.parse.quote(token)}"
+
+
 def check_chat(port: int) -> None:
     """/ws: a message reaches the other client through the broadcast mule; /live:
     join, emit, ack and the room's broadcast; a later join with `last` gets it from
@@ -193,7 +204,7 @@ def check_chat(port: int) -> None:
         for c in clients:
             c.close()
 
-    live = websocket.create_connection(f"ws://127.0.0.1:{port}/live", timeout=10)
+    live = websocket.create_connection(live_url(port), timeout=10)
     try:
         live.send(json.dumps({"type": "join", "room": "random"}))
         live.send(json.dumps({"type": "event", "event": "say", "id": 1,
@@ -207,7 +218,7 @@ def check_chat(port: int) -> None:
         assert said["data"]["text"] == "hi room" and said["seq"] >= 1, said
     finally:
         live.close()
-    late = websocket.create_connection(f"ws://127.0.0.1:{port}/live", timeout=10)
+    late = websocket.create_connection(live_url(port), timeout=10)
     try:
         late.send(json.dumps({"type": "join", "room": "random", "last": 10}))
         frame = json.loads(late.recv())
