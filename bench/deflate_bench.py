@@ -108,6 +108,8 @@ class Client:
         self.got_warmup = asyncio.Event()
         self.done = asyncio.Event()
         self.expect = 0
+        self.closed = False
+        self.close_payload = b""
 
     async def connect(self, port: int, offer: bool) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
@@ -138,6 +140,7 @@ class Client:
             while True:
                 chunk = await reader.read(1 << 16)
                 if not chunk:
+                    self.closed = True
                     return
                 self.bytes += len(chunk)
                 buf += chunk
@@ -169,6 +172,13 @@ class Client:
         return (b1 & 0x0F, bool(b1 & 0x40), buf[i:i + n]), buf[i + n:]
 
     def _message(self, opcode: int, rsv1: bool, payload: bytes) -> None:
+        if opcode == 8:
+            self.closed = True
+            self.close_payload = payload
+        elif opcode == 9:  # the servers' keepalive: answer, or be closed
+            mask = os.urandom(4)
+            self.writer.write(bytes([0x8A, 0x80 | len(payload)]) + mask
+                              + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
         if opcode >= 8:
             return
         if rsv1:
@@ -238,10 +248,12 @@ async def session(port: int, server: ManagedProcess, clients: int, size: int, me
             c.expect = messages
         pids = server.pids() | {server.pid}
         cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        published = 0
         try:
             for seq, body in enumerate(bodies, 1):
                 await progress.everyone_has(seq - WINDOW)
                 await post(port, body)
+                published = seq
         except asyncio.TimeoutError:
             pass  # some client misses a message: counted as lost below
         waiting = [asyncio.ensure_future(c.done.wait()) for c in conns]
@@ -267,6 +279,8 @@ async def session(port: int, server: ManagedProcess, clients: int, size: int, me
         "wire_b": wire / max(deliveries, 1),
         "ratio": (sum(c.payload for c in conns) / wire) if wire else 0.0,
         "seconds": t1 - t0,
+        "published": published,
+        "closed": sum(1 for c in conns if c.closed),
     }
 
 
@@ -311,6 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         results.setdefault((scen, name, offer), []).append(r)
                         print(f"round {rnd + 1} {scen} {name} {'deflate' if offer else 'plain'}: "
                               f"{r['cpu_us']:.2f} us/delivery, {r['wire_b']:.0f} B/delivery, lost {r['lost']}, "
+                              f"published {r['published']}, closed {r['closed']}, {r['seconds']:.1f} s, "
                               f"ext {r['extension']}", file=sys.stderr)
     finally:
         stop_all()
