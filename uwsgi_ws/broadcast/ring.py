@@ -31,7 +31,12 @@ Byte layout (little-endian), the whole sharedarea:
                           | zero padding to a multiple of 8
 
 `frame` is a complete server WebSocket frame (header + payload), framed once
-by the mule and written as-is to every subscribed connection. Flags: bit 0 =
+by the mule and written as-is to every subscribed connection. It is always
+plain (RSV1 clear): the permessage-deflate copy of a broadcast is made by each
+worker's hub at fan-out, once per message and negotiated parameter set
+(uwsgi_ws/broadcast/hub.py `Hub._variants`), so SSE, the Redis bridge, the
+history and resume read the ring unchanged and a worker compresses only for
+the parameters its own subscribers negotiated. Flags: bit 0 =
 binary; bit 1 = remote (the Redis bridge wrote it: a message of another
 instance, not to be sent to Redis again; workers ignore it); bit 2 = event
 (an event-protocol JSON text carrying its own seq and epoch, see
