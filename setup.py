@@ -44,7 +44,7 @@ setup(
     ext_modules=[Extension("uwsgi_ws._speedups", ["uwsgi_ws/_speedups.c"], optional=True)],
     # conf/: the configs vassals include (`python -m uwsgi_ws conf` prints where),
     # with the broadcast mule file; static/: the browser client.
-    package_data={"uwsgi_ws": ["py.typed", "static/*", "conf/*", "conf/*/*"]},
+    package_data={"uwsgi_ws": ["py.typed", "_speedups.pyi", "static/*", "conf/*", "conf/*/*"]},
     include_package_data=False,
     zip_safe=False,
     python_requires=">=3.9",

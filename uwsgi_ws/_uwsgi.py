@@ -22,7 +22,7 @@ from typing import Optional
 try:  # present only inside uWSGI
     import uwsgi as _api
 except ImportError:  # pragma: no cover - depends on the process
-    _api = None  # type: ignore[assignment]
+    _api = None
 
 _MAIN_THREAD = threading.main_thread()
 
@@ -40,7 +40,8 @@ def api() -> ModuleType:
     """The ``uwsgi`` module. Raises NotUnderUwsgi outside uWSGI."""
     if _api is None:
         raise NotUnderUwsgi("this needs uWSGI: run the app under uwsgi (or app.run())")
-    return _api
+    module: ModuleType = _api
+    return module
 
 
 def option(name: str) -> Optional[str]:
@@ -113,4 +114,4 @@ def in_uwsgi_thread() -> bool:
     if _api is None:
         return False
     current = threading.current_thread()
-    return current is _MAIN_THREAD or type(current) is threading._DummyThread  # type: ignore[attr-defined]
+    return current is _MAIN_THREAD or type(current) is threading._DummyThread

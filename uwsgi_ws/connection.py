@@ -139,7 +139,7 @@ class Connection:
 
     # -- receiving ---------------------------------------------------------
 
-    def receive(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:  # type: ignore[assignment]
+    def receive(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:
         """The next message: `str` (text) or `bytes` (binary).
 
         Args:
@@ -157,7 +157,7 @@ class Connection:
         """
         return self._reader.receive(self.receive_timeout if timeout is _DEFAULT else timeout)
 
-    def recv(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:  # type: ignore[assignment]
+    def recv(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:
         """Alias of `receive` (Flask-uWSGI-WebSocket and flask-sock name it so)."""
         return self.receive(timeout)
 
@@ -452,6 +452,10 @@ class Connection:
             pass
         self._reader.aborted()
 
+    def _is_closed(self) -> bool:
+        """The engine's state read anew (a method: callers poll it across I/O)."""
+        return self._protocol.state is State.CLOSED
+
     def _leave_broadcast(self) -> None:
         if self._broadcast is not None:
             self._broadcast.detach(self)
@@ -594,8 +598,7 @@ class _BackgroundReader:
                 conn._pump(None, want_write=True)
                 if conn.max_queue and conn._inbox.qsize() >= conn.max_queue:
                     conn._resume.clear()
-                    while (conn._inbox.qsize() >= conn.max_queue
-                           and conn._protocol.state is not State.CLOSED):
+                    while conn._inbox.qsize() >= conn.max_queue and not conn._is_closed():
                         conn._resume.wait(1.0)
         except Exception:  # never let a reader die silently with the socket open
             with conn._plock:
@@ -655,12 +658,12 @@ class _InlineReader:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 if conn._read_available():  # recv_nb and expired timeouts still see what arrived
-                    if conn._protocol.state is State.CLOSED:
+                    if conn._is_closed():
                         conn._end()
                     continue
                 return None
             conn._pump(remaining, want_write=False)
-            if conn._protocol.state is State.CLOSED:
+            if conn._is_closed():
                 conn._end()
 
     def wait_closed(self, deadline: float) -> None:

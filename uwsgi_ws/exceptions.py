@@ -49,7 +49,7 @@ class ConnectionClosed(UwsgiWsError):
     def __new__(cls, code: Optional[int] = None, reason: str = "") -> "ConnectionClosed":
         if cls is ConnectionClosed:
             cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
-        return super().__new__(cls)  # type: ignore[no-any-return]
+        return super().__new__(cls)
 
     def __init__(self, code: Optional[int] = None, reason: str = "") -> None:
         super().__init__(f"WebSocket closed with code {code}" + (f": {reason}" if reason else ""))

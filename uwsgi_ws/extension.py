@@ -455,9 +455,9 @@ class WebSocket:
         Thread-safe; may block the calling thread or greenlet briefly while the
         broadcast mule's queue is full.
         """
-        if channel is None or isinstance(channel, str):
-            return self.broadcast().publish(data, channel)
-        return sum(self.broadcast().publish(data, name) for name in _channel_list(channel))
+        if isinstance(channel, (list, tuple, set, frozenset)):
+            return sum(self.broadcast().publish(data, name) for name in _channel_list(channel))
+        return self.broadcast().publish(data, channel)  # type: ignore[arg-type]  # (it raises for a non-str)
 
     def events(self, path: str, **options: Any) -> Any:
         """An event endpoint (`uwsgi_ws.events.Events`): WebSocket at `path`, SSE at
@@ -487,8 +487,8 @@ class WebSocket:
             ValueError: a bad channel name (empty, not UTF-8, over 255 bytes).
             RingError: broadcast is not available in this worker (the message says why).
         """
-        if isinstance(channel, str):
-            return conn.subscribe(channel)
+        if not isinstance(channel, (list, tuple, set, frozenset)):
+            return conn.subscribe(channel)  # type: ignore[arg-type]  # (it raises for a non-str)
         stack = contextlib.ExitStack()
         try:
             for name in _channel_list(channel):

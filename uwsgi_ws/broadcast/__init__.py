@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .. import _uwsgi
 from ..exceptions import PublishError, RingError
@@ -146,7 +146,7 @@ class Broadcast:
         if self._hub is not None:
             self._hub.unsubscribe(sub, channel, ordered)
 
-    def channels(self, sub: Subscriber) -> set:
+    def channels(self, sub: Subscriber) -> Set[str]:
         """The channels `sub` receives now."""
         return self._hub.channels(sub) if self._hub is not None else set()
 

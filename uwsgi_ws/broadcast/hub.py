@@ -35,13 +35,12 @@ from .ring import FLAG_REMOTE, BroadcastRing, Entry, Lapped
 
 log = _logger(__name__)
 
-if settings.get("pure"):
-    _send_many = None
-else:
+_send_many: Optional[Callable[[List[int], bytes], List[Tuple[int, int]]]] = None
+if not settings.get("pure"):
     try:  # the optional native helper (built by setup.py when a compiler is there)
         from .._speedups import send_many as _send_many
     except ImportError:
-        _send_many = None
+        pass
 
 #: Close code for a subscriber that cannot keep up with broadcasts (or whose
 #: worker was lapped by the ring): 1013 "try again later" (RFC 6455 section 7.4.1, IANA registry).

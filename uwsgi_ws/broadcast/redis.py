@@ -119,7 +119,8 @@ class BridgeBlock:
 
     def get(self, name: str) -> int:
         offset, fmt = _FIELDS[name]
-        return struct.unpack_from(fmt, self.buf, offset)[0]
+        value: int = struct.unpack_from(fmt, self.buf, offset)[0]
+        return value
 
     def set(self, name: str, value: int) -> None:
         offset, fmt = _FIELDS[name]

@@ -60,7 +60,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from .. import _uwsgi, settings
 from ..exceptions import RingError
@@ -166,7 +166,7 @@ class BroadcastRing:
     def formatted(self) -> bool:
         return bytes(self.buf[0:8]) == MAGIC
 
-    def header(self) -> dict:
+    def header(self) -> Dict[str, Any]:
         magic, version, entries, data_size, epoch, wseq, mseq, wpos, mule, _ = HEADER.unpack_from(self.buf, 0)
         return dict(magic=magic, version=version, index_entries=entries, data_size=data_size, epoch=epoch,
                     write_seq=wseq, min_seq=mseq, write_pos=wpos, mule_id=mule)
@@ -174,11 +174,13 @@ class BroadcastRing:
     @property
     def write_seq(self) -> int:
         """Number of the last committed message (0 before the first)."""
-        return _U64.unpack_from(self.buf, _W_SEQ)[0]
+        value: int = _U64.unpack_from(self.buf, _W_SEQ)[0]
+        return value
 
     @property
     def min_seq(self) -> int:
-        return _U64.unpack_from(self.buf, _MIN_SEQ)[0]
+        value: int = _U64.unpack_from(self.buf, _MIN_SEQ)[0]
+        return value
 
     @property
     def epoch(self) -> int:

@@ -29,17 +29,15 @@ def load(name: str) -> Runtime:
         ValueError: an unknown name.
         ImportError: gevent is not installed (for "gevent").
     """
-    if name == "threads":
-        from . import threads as mod
-    elif name == "gevent":
-        from . import gevent as mod
-    elif name == "async":
-        from . import ugreen as mod
+    import importlib
 
+    modules = {"threads": "threads", "gevent": "gevent", "async": "ugreen"}
+    if name not in modules:
+        raise ValueError(f"unknown concurrency model {name!r}: use threads, gevent or async")
+    mod = importlib.import_module(f"{__name__}.{modules[name]}")
+    if name == "async":
         _logger(__name__).warning(
             "the async (ugreen) model serves one WebSocket per worker at a time: "
             "uWSGI >= 2.0.27 deadlocks a worker on overlapping requests there; use --gevent"
         )
-    else:
-        raise ValueError(f"unknown concurrency model {name!r}: use threads, gevent or async")
     return cast(Runtime, mod)

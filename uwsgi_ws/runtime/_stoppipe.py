@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 def _pipe_inodes() -> Set[str]:
     """The "pipe:[inode]" links of this process's descriptors."""
-    found = set()
+    found: Set[str] = set()
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:

@@ -50,7 +50,7 @@ def sleep(seconds: float) -> None:
     gevent.sleep(seconds)
 
 
-_watchers: list = []  # kept: a collected signal watcher stops watching
+_watchers: "list[object]" = []  # kept: a collected signal watcher stops watching
 
 
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
@@ -67,7 +67,7 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
     """
     import signal
 
-    fired = []
+    fired: "list[bool]" = []
 
     def once() -> None:
         if not fired:

@@ -57,7 +57,7 @@ class Queue:
     """A plain deque with the queue.Queue names the connection uses (no blocking)."""
 
     def __init__(self) -> None:
-        self._items: collections.deque = collections.deque()
+        self._items: "collections.deque[object]" = collections.deque()
 
     def put(self, item: object) -> None:
         self._items.append(item)
