@@ -146,7 +146,7 @@ class ConnectionWebSocket:
             pass
 
 
-class EngineServer(engineio.Server):
+class EngineServer(engineio.Server):  # type: ignore[misc]
     """An engineio.Server whose WebSocket transport is `ConnectionWebSocket` and whose
     session ids carry the owning worker. `async_mode` reads ``"uwsgi_ws"``;
     `model` is the uWSGI model ("threads" or "gevent") the primitives follow.
@@ -173,7 +173,7 @@ class EngineServer(engineio.Server):
                              "not --async/--ugreen")
         self.model = model
         super().__init__(async_mode="gevent" if model == "gevent" else "threading", **kwargs)
-        self._async = dict(self._async, websocket=ConnectionWebSocket)
+        self._async: Dict[str, Any] = dict(self._async, websocket=ConnectionWebSocket)
         self.async_mode = "uwsgi_ws"
 
     # -- sessions' queues (outbox.Outbox) -----------------------------------------

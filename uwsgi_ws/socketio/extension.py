@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import parse_qs
 
 import flask
@@ -103,13 +103,15 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         ValueError: an `async_mode` other than threads/gevent, or uWSGI's async cores.
     """
 
+    _app: Optional[Flask] = None
+
     def init_app(self, app: Optional[Flask], **kwargs: Any) -> None:
         """Attach to `app` (see the class docstring). Mirrors Flask-SocketIO's
         `init_app` with our server, manager and routes."""
         if app is not None:
             app.extensions["socketio"] = self
         self.server_options.update(kwargs)
-        self.manage_session = self.server_options.pop("manage_session", self.manage_session)
+        self.manage_session: bool = self.server_options.pop("manage_session", self.manage_session)
         channel = self.server_options.pop("channel", "flask-socketio")
         if "client_manager" not in self.server_options:
             url = self.server_options.get("message_queue")
@@ -146,7 +148,10 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
 
     @property
     def websocket(self) -> Any:
-        """The app's `uwsgi_ws.WebSocket` extension (created by `init_app` when absent)."""
+        """The app's `uwsgi_ws.WebSocket` extension (created by `init_app` when absent).
+        Raises RuntimeError before `init_app(app)`."""
+        if self._app is None:
+            raise RuntimeError("this SocketIO has no app: call init_app(app) first")
         return self._app.extensions["uwsgi_ws"]
 
     def _wire(self, app: Flask) -> None:
@@ -364,7 +369,7 @@ def _under_uwsgi() -> bool:
     return True
 
 
-def _uwsgi_ids() -> tuple:
+def _uwsgi_ids() -> Tuple[int, int]:
     """(master pid, worker id), zeros outside a uWSGI worker with a master."""
     try:
         import uwsgi

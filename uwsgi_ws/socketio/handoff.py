@@ -134,7 +134,7 @@ class Forwarder:
             socket.send_fds(link, [_LEN.pack(len(data)) + data], [fd])
             if body:
                 link.sendall(body)
-            return link.recv(1) == b"k"
+            return bool(link.recv(1) == b"k")
         except OSError as exc:
             log.info("uwsgi_ws.socketio: worker %d did not take a request (%s)", worker, exc)
             return False

@@ -77,7 +77,7 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
 
     # python-socketio makes host_id at construction, which happens in the uWSGI
     # master before the fork: every worker would share it. One per process instead.
-    @property  # type: ignore[override]
+    @property
     def host_id(self) -> str:
         pid = os.getpid()
         if self._host.get("pid") != pid:
@@ -126,23 +126,22 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
         """
         room = to or room
         namespace = namespace or "/"
-        if kwargs.get("ignore_queue"):
-            return socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
-                                         callback=callback)
-        if not self.bus.available() or (room is not None and self._direct(room, namespace)):
-            return socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
-                                         callback=callback)
+        if kwargs.get("ignore_queue") or not self.bus.available() or (
+                room is not None and self._direct(room, namespace)):
+            socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback)
+            return
+        remote_callback = None
         if callback is not None:
             if room is None:
                 raise ValueError("Cannot use callback without a room set.")
-            callback = (room, namespace, self._generate_ack_id(room, callback))
+            remote_callback = (room, namespace, self._generate_ack_id(room, callback))
         data = list(data) if isinstance(data, tuple) else [data]
         binary = Packet.data_is_binary(data)
         if binary:
             data, attachments = Packet.deconstruct_binary(data)
             data = [data, *[base64.b64encode(a).decode() for a in attachments]]
         message = {"method": "emit", "event": event, "data": data, "binary": binary, "namespace": namespace,
-                   "room": room, "skip_sid": skip_sid, "callback": callback, "host_id": self.host_id}
+                   "room": room, "skip_sid": skip_sid, "callback": remote_callback, "host_id": self.host_id}
         tracked = self._listen_now()
         if tracked:
             with self._lock:
@@ -180,7 +179,7 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
             return socketio.Manager.can_disconnect(self, sid, namespace)
         return super().can_disconnect(sid, namespace)
 
-    def _direct(self, room: str, namespace: str) -> bool:
+    def _direct(self, room: Any, namespace: str) -> bool:
         """`room` is one client of this worker and no own emit is on its way."""
         if not isinstance(room, str):
             return False  # a list of rooms
@@ -208,7 +207,7 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
 
     def _receive(self, message: Union[str, bytes]) -> None:
         try:
-            data = message if isinstance(message, dict) else self.json.loads(message)
+            data = self.json.loads(message)
         except Exception:
             log.error("uwsgi_ws.socketio: not a manager message on the channel: %.80r", message)
             return
