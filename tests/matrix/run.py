@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,10 +75,18 @@ class Cell:
     env: dict[str, str] = field(default_factory=dict)
 
 
-# The oldest supported Flask is the one setup.py's `flask>=` floor names; it runs
-# with the Werkzeug of its own release line (pip would otherwise pair it with a
-# Werkzeug 3 it predates) on the oldest supported Python.
-OLDEST_FLASK = ("flask==2.2.0", "werkzeug==2.2.0")
+def oldest_flask() -> tuple[str, ...]:
+    """The oldest supported Flask: the one setup.py's `flask>=X.Y` floor names (so the
+    cell follows the claim), with the first Werkzeug of the same X.Y line (Flask and
+    Werkzeug release in step; pip would otherwise pair it with a Werkzeug it predates)."""
+    match = re.search(r"""["']flask\s*>=\s*(\d+)\.(\d+)(?:\.(\d+))?""", (ROOT / "setup.py").read_text(), re.I)
+    if not match:
+        raise SystemExit("tests/matrix/run.py: no `flask>=X.Y` in setup.py's install_requires")
+    major, minor, patch = match.group(1), match.group(2), match.group(3) or "0"
+    return (f"flask=={major}.{minor}.{patch}", f"werkzeug=={major}.{minor}.0")
+
+
+OLDEST_FLASK = oldest_flask()
 
 CELLS: list[Cell] = [
     Cell("py3.9", "3.9", note="oldest supported Python"),
