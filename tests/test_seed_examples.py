@@ -5,7 +5,8 @@ The apps are tests/apps/seed_*.py: Flask-uWSGI-WebSocket (WebSocket, receive,
 recv_nb, ws.id, timeout=), Flask-Sockets (Sockets, a plain Blueprint registered
 with sockets.register_blueprint, `while not ws.closed`), flask-websockets
 (WebSockets, subscribe/publish with lists of channels from a thread started at
-import, iter_data, send_bytes, close(reason=, message=), app.run at module level).
+import, iter_data, send_bytes, close(reason=, message=), app.run at module level),
+and flask-sock (Sock, bp=, receive(timeout=)), which users compare us with too.
 """
 
 from __future__ import annotations
@@ -88,3 +89,23 @@ def test_flask_websockets_example(tmp_path, model):
         log = server.log()
         assert "app.run() was called while uWSGI imports the app" in log
         assert "PublishError" not in log and "Traceback" not in log, log
+
+
+def test_flask_sock_example(tmp_path, model):
+    with start(tmp_path, model, "seed_flask_sock:app") as server:
+        conn = websocket.create_connection(server.url + "/echo", timeout=5)
+        try:
+            conn.send("hi")
+            assert conn.recv() == "hi"
+        finally:
+            conn.close()
+        conn = websocket.create_connection(server.url + "/bp/reverse", timeout=5)
+        try:
+            conn.send("abc")
+            assert conn.recv() == "cba"
+        finally:
+            conn.close()
+        with RawWebSocket(server.port, "/echo") as raw:
+            raw.send_text("close")
+            close = raw.expect_close()
+            assert (close.close_code, close.close_reason) == (1000, "bye")

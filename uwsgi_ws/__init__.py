@@ -14,7 +14,7 @@ from .broadcast import publish
 from .connection import Connection
 from .exceptions import (BroadcastError, ConfigError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK,
                          EventError, PublishError, RingError, UwsgiWsError)
-from .extension import AsyncWebSocket, GeventWebSocket, Sockets, ThreadedWebSocket, WebSocket, WebSockets
+from .extension import AsyncWebSocket, GeventWebSocket, Sock, Sockets, ThreadedWebSocket, WebSocket, WebSockets
 
 __all__ = [
     "AsyncWebSocket",
@@ -28,6 +28,7 @@ __all__ = [
     "GeventWebSocket",
     "PublishError",
     "RingError",
+    "Sock",
     "Sockets",
     "ThreadedWebSocket",
     "UwsgiWsError",

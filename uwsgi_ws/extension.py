@@ -551,6 +551,11 @@ class Sockets(WebSocket):
     ``@sockets.route``, ``sockets.register_blueprint(bp, url_prefix=...)``."""
 
 
+class Sock(WebSocket):
+    """flask-sock's name for the extension: ``sock = Sock(app)``, ``@sock.route``,
+    ``@sock.route("/x", bp=bp)``."""
+
+
 class WebSockets(WebSocket):
     """flask-websockets' name for the extension: ``websockets = WebSockets(app)``,
     ``websockets.subscribe(ws, ["a", "b"])``, ``websockets.publish(data, ["a", "b"])``."""
