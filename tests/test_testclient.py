@@ -121,6 +121,17 @@ def test_echo_text_and_binary_then_close(client) -> None:
         conn.send("after close")
 
 
+def test_permessage_deflate_both_ways(client) -> None:
+    with client.connect("/echo", compression=True) as conn:
+        assert conn.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+        conn.send("zip " * 100)
+        assert conn.receive(timeout=5) == "zip " * 100
+        conn.send(b"\x00" * 500)
+        assert conn.receive(timeout=5) == b"\x00" * 500
+    with client.connect("/echo") as plain:
+        assert "sec-websocket-extensions" not in plain.headers
+
+
 def test_receive_times_out_with_none(client) -> None:
     with client.connect("/echo") as conn:
         assert conn.receive(timeout=0.05) is None

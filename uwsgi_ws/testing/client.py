@@ -44,6 +44,7 @@ from collections import deque
 from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from werkzeug.test import EnvironBuilder
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from .. import events_protocol
@@ -95,7 +96,7 @@ class TestClient:
         self.flask_test_client = flask_test_client
 
     def connect(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
-                subprotocols: Sequence[str] = (), timeout: float = 5.0) -> TestConnection:
+                subprotocols: Sequence[str] = (), timeout: float = 5.0, compression: bool = False) -> TestConnection:
         """Open a WebSocket to `path`.
 
         Args:
@@ -104,6 +105,8 @@ class TestClient:
             headers: extra request headers (``Origin``, ``Cookie``, ``Authorization``...).
             subprotocols: the Sec-WebSocket-Protocol values offered, in order.
             timeout: seconds to wait for the server's answer.
+            compression: offer permessage-deflate (RFC 7692) as browsers do; when
+                the server accepts, messages both ways are compressed.
 
         Returns:
             The open connection (`TestConnection`).
@@ -120,6 +123,9 @@ class TestClient:
                            "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
         if subprotocols:
             request_headers["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
+        deflate = PerMessageDeflate() if compression else None
+        if deflate is not None:
+            request_headers["Sec-WebSocket-Extensions"] = "permessage-deflate; client_max_window_bits"  # a browser's
         request_headers.update(headers or {})
         builder = EnvironBuilder(path=path, method="GET", query_string=query_string,
                                  headers=list(request_headers.items()),
@@ -146,7 +152,12 @@ class TestClient:
         except BaseException:
             client_end.close()
             raise
-        return TestConnection(client_end, rest, response_headers, thread)
+        extensions = []
+        accepted = response_headers.get("sec-websocket-extensions", "")
+        if deflate is not None and accepted.strip().startswith(deflate.name):
+            deflate.finalize(accepted)
+            extensions.append(deflate)
+        return TestConnection(client_end, rest, response_headers, thread, extensions)
 
     def events(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
                timeout: float = 5.0, resume: Optional[Tuple[str, Dict[str, int]]] = None) -> EventsClient:
@@ -184,9 +195,9 @@ class TestConnection:
     __test__ = False
 
     def __init__(self, sock: socket.socket, initial: bytes, headers: Dict[str, str],
-                 request_thread: threading.Thread) -> None:
+                 request_thread: threading.Thread, extensions: Sequence[Any] = ()) -> None:
         self._sock = sock
-        self._protocol = FrameProtocol(client=True, extensions=[])
+        self._protocol = FrameProtocol(client=True, extensions=list(extensions))
         self._messages: Deque[Union[str, bytes]] = deque()
         self._parts: List[Union[str, bytes]] = []
         self._request = request_thread
