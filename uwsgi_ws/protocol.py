@@ -17,6 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
+from wsproto.extensions import Extension
 from wsproto.frame_protocol import (
     CloseReason,
     FrameDecoder,
@@ -148,7 +149,7 @@ class Protocol:
                  deflate: Optional[DeflateParams] = None) -> None:
         #: The permessage-deflate codec, or None when not negotiated.
         self.deflate = PerMessageDeflate(deflate, max_message_size) if deflate is not None else None
-        extensions = [self.deflate] if self.deflate is not None else []
+        extensions: List[Extension] = [self.deflate] if self.deflate is not None else []
         self._frames = FrameProtocol(client=False, extensions=extensions)
         self._frames._frame_decoder = _LimitedDecoder(max_message_size, self.deflate)
         self.state = State.OPEN
