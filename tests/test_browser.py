@@ -17,7 +17,9 @@ own, the broadcast mule: tests/test_events.py `start`).
   client's `auth`): an expired token is refused at the next (re)connect, the client
   sees the refusal (its ?probe=1), reports "unauthorized", gets a fresh token and is
   back, over WebSocket and SSE; a client with a forged token stops after 3 refusals
-  ("refused"), with no SSE fallback and no further try.
+  ("refused"), with no SSE fallback and no further try; a client at a full server
+  (503 + Retry-After) waits, without "unauthorized" or an SSE fallback, and connects
+  once a slot is free (tests/apps/sse_access_app.py).
 
 The worker kills happen while the master is SIGSTOPped (the respawn, a fork, would
 otherwise beat the page's first retry): the outage lasts until the other page has
@@ -41,9 +43,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import websocket
 
 from autobahn import worker_pids
-from harness import free_port, wait_for
+from harness import free_port, serve, wait_for
 from test_events import model, start  # noqa: F401  (model: the fixture, threads and gevent)
 
 try:
@@ -646,3 +649,48 @@ def test_a_refused_client_stops_after_a_bounded_number_of_refusals(chat, browser
         assert page.statuses()[-1] == "open"  # the page's own client is unaffected
     finally:
         page.close()
+
+
+# A client on a blank page of tests/apps/sse_access_app.py (token "good" admits): records
+# its statuses and the "hello" event its WebSocket gets when it opens.
+BUSY_CLIENT = """() => {
+  const r = window.__busy = {statuses: [], hello: 0, sockets: 0};
+  const Real = window.WebSocket;
+  window.WebSocket = function WebSocket(url, protocols) { r.sockets++; return new Real(url, protocols); };
+  const c = uwsgiWs.connect("/live", {sseAfter: 2, minDelay: 50, maxDelay: 200, auth: {token: "good"},
+                                      onStatus: s => r.statuses.push(s)});
+  c.on("hello", () => r.hello++);
+}"""
+
+
+@pytest.mark.parametrize("model", ["threads"])  # the client's waiting does not depend on the model
+def test_a_full_server_is_waited_for_not_refused(browser, tmp_path, model):
+    """At a connection limit (503 + Retry-After) the client neither reports
+    "unauthorized" nor falls back to SSE (3 tries refused, sseAfter 2): it waits at
+    least Retry-After between tries and connects over WebSocket once a slot is free.
+    (A try refused just before the slot frees is probed just after: that one counts as
+    an ordinary failure, hence sseAfter 2, not 1.)"""
+    extra = ["--processes", "1", "--sharedarea", "16", "--mule=uwsgi_ws.mule:run"]
+    with serve("sse_access_app:app", tmp_path, model=model, extra=extra,
+               env={"MAX_PER_WORKER": "1", "RETRY_AFTER": "1"}) as server:
+        server.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
+        holder = websocket.create_connection(server.url + "/live?token=good", timeout=5)  # the only slot
+        page = browser.new_page()
+        try:
+            page.goto(server.http + "/page")
+            page.evaluate(BUSY_CLIENT)
+            # three tries refused with 503 (each probed), past sseAfter: still WebSocket
+            page.wait_for_function("window.__busy.sockets >= 3", timeout=TIMEOUT, polling=POLL)
+            holder.close()  # a slot is free
+            assert "sse" not in page.evaluate("window.__busy.statuses")
+            try:
+                page.wait_for_function("window.__busy.hello === 1 && window.__busy.statuses.includes('open')",
+                                       timeout=TIMEOUT, polling=POLL)
+            except Exception:
+                raise AssertionError(page.evaluate("window.__busy")) from None
+            statuses = page.evaluate("window.__busy.statuses")
+            assert "unauthorized" not in statuses and "refused" not in statuses and "sse" not in statuses, statuses
+        finally:
+            holder.close()
+            page.close()
+        assert not server.crashes(), server.log()

@@ -3,8 +3,9 @@
 `/live` (WebSocket) and `/live/sse` (Server-Sent Events) of one extension whose
 before_connect hook reads ``?token=`` (each value says what the hook does) and
 whose join hook allows only rooms ``public`` and ``pub-*`` (``abort-*``: abort(451)).
-MAX_PER_WORKER (env) sets max_connections_per_worker. /emit publishes to a room;
-/metrics is the Prometheus text (the refusal counters). The `uwsgi_ws` logger
+MAX_PER_WORKER and RETRY_AFTER (env) set max_connections_per_worker and retry_after.
+/emit publishes to a room; /metrics is the Prometheus text (the refusal counters);
+/page is a blank page with the browser client loaded. The `uwsgi_ws` logger
 writes the refusal lines to the uWSGI log.
 """
 
@@ -22,7 +23,7 @@ logging.getLogger("uwsgi_ws").addHandler(handler)
 logging.getLogger("uwsgi_ws").setLevel(logging.INFO)
 
 app = Flask(__name__)
-ws = WebSocket(app, ping_interval=None, metrics_route="/metrics", retry_after=7,
+ws = WebSocket(app, ping_interval=None, metrics_route="/metrics", retry_after=int(os.environ.get("RETRY_AFTER", "7")),
                max_connections_per_worker=int(os.environ.get("MAX_PER_WORKER", "0")) or None)
 
 
@@ -62,6 +63,11 @@ def may_join(conn, room):
 @live.on("connect")
 def hello(conn):
     conn.emit("hello", {"pid": os.getpid()})
+
+
+@app.route("/page")
+def page():
+    return '<!doctype html><meta charset="utf-8"><title>client</title><script src="/_uwsgi_ws/uwsgi_ws.js"></script>'
 
 
 @app.route("/emit")
