@@ -341,13 +341,21 @@ except uwsgi_ws.PublishError as exc:
 """
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, "PublishError publish() needs uWSGI"),  # a cron job: no silent publish into a ring nobody reads
-    ({"FLASK_RUN_FROM_CLI": "true"}, "seq 1"),  # what flask run sets: the in-process broadcast
+@pytest.mark.parametrize("env, as_flask, expected", [
+    ({}, False, "PublishError publish() needs uWSGI"),  # a cron job: no silent publish into a ring nobody reads
+    ({"FLASK_RUN_FROM_CLI": "true"}, False, "PublishError"),  # a script flask run's app started (inherited env)
+    ({"FLASK_RUN_FROM_CLI": "true"}, True, "seq 1"),  # the flask run process: the in-process broadcast
 ])
-def test_publish_outside_uwsgi_depends_on_serving(env: dict, expected: str, tmp_path: Path) -> None:
+def test_publish_outside_uwsgi_depends_on_serving(env: dict, as_flask: bool, expected: str, tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if k not in ("FLASK_RUN_FROM_CLI", "WERKZEUG_RUN_MAIN")}
-    result = subprocess.run([sys.executable, "-c", PUBLISH_SCRIPT], env={**clean, **env}, cwd=tmp_path,
+    script = tmp_path / "script.py"
+    script.write_text(PUBLISH_SCRIPT)
+    if as_flask:  # run as `python -m flask` would (argv[0] is flask/__main__.py): the script stands in for it
+        flask_main = tmp_path / "flask" / "__main__.py"
+        flask_main.parent.mkdir()
+        flask_main.write_text(PUBLISH_SCRIPT)
+        script = flask_main
+    result = subprocess.run([sys.executable, str(script)], env={**clean, **env}, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(expected), result.stdout + result.stderr

@@ -19,8 +19,9 @@ reloader's parent serves nothing). The event history (``uwsgi-ws-history``)
 is a mule's: here "last n" and resume are bounded by the ring alone.
 
 When it is used (`wanted`): outside uWSGI, only in a process that serves the
-app without uWSGI: started by ``flask run`` (Flask sets ``FLASK_RUN_FROM_CLI``),
-Werkzeug's reloader child (``WERKZEUG_RUN_MAIN``), or after `enable` (the
+app without uWSGI: the ``flask run`` process (Flask sets ``FLASK_RUN_FROM_CLI``;
+Werkzeug's reloader child, ``WERKZEUG_RUN_MAIN``, runs the same command line),
+or after `enable` (the
 extension calls it on a request of Werkzeug's development server; the test
 client at creation). A cron script importing the app still gets the
 PublishError that says publishing needs uWSGI, instead of publishing into a
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from typing import List, Optional
 
@@ -56,9 +58,23 @@ def enable() -> None:
 
 
 def wanted() -> bool:
-    """True when this process serves the app without uWSGI (see the module docstring)."""
-    return (_enabled or os.environ.get("FLASK_RUN_FROM_CLI") == "true"
-            or os.environ.get("WERKZEUG_RUN_MAIN") == "true")
+    """True when this process serves the app without uWSGI (see the module docstring):
+    after `enable`, or in the ``flask run`` process itself (its environment variables
+    alone would also mark a script the app starts, which inherits them)."""
+    if _enabled:
+        return True
+    started_by_flask = (os.environ.get("FLASK_RUN_FROM_CLI") == "true"
+                        or os.environ.get("WERKZEUG_RUN_MAIN") == "true")
+    return started_by_flask and _is_flask_cli(sys.argv)
+
+
+def _is_flask_cli(argv: List[str]) -> bool:
+    """True for the command line of ``flask ...`` or ``python -m flask ...`` (the
+    reloader's child runs the same)."""
+    if not argv:
+        return False
+    program = os.path.basename(argv[0])
+    return program in ("flask", "flask.exe") or argv[0].endswith(os.path.join("flask", "__main__.py"))
 
 
 def instance() -> LocalBroadcast:
