@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -43,6 +44,8 @@ from typing import Any, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 
 BACKLOG = 4096
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
+PER_CLIENT = 12000  # connections per client process (one source address each)
 FD_MARGIN = 100  # fds a worker or client process uses besides its connections
 
 
@@ -131,12 +134,20 @@ async def _client_main(host: str, port: int, path: str, count: int, source: str,
                    "Sec-WebSocket-Version: 13\r\n\r\n").encode()
         async with sem:
             opened: "asyncio.Future[None]" = loop.create_future()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                _, proto = await loop.create_connection(lambda: _Client(request, opened), host, port,
-                                                        local_addr=(source, 0))
+                # bind() with port 0 takes a port for good, from half the ephemeral range (about
+                # 14,000 per address); with IP_BIND_ADDRESS_NO_PORT the port is chosen at connect,
+                # per destination: the whole range (about 28,000) towards one server port.
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+                sock.setblocking(False)
+                await loop.sock_connect(sock, (host, port))
+                _, proto = await loop.create_connection(lambda: _Client(request, opened), sock=sock)
                 await asyncio.wait_for(opened, 120)
                 conns.append(proto)
             except Exception as exc:  # counted and reported: the parent decides
+                sock.close()
                 errors.append(f"{type(exc).__name__}: {exc}")
 
     started = time.monotonic()
@@ -270,9 +281,10 @@ def main_run(args: argparse.Namespace) -> int:
               f"(+{grown / 1024:.1f} MiB, {per_conn:.1f} KiB per connection); "
               f"fds {sum(fds0.values())} -> {sum(fds1.values())}; "
               f"client processes RSS {client_rss / 1024:.0f} MiB")
+        fds_per_conn = sum(fds1[p] - fds0[p] for p in pids) / opened if opened else 1.0  # threads: 2
         for pid in pids:
-            held = fds1[pid] - fds0[pid]
-            print(f"  worker pid {pid}: fds +{held}, RSS {rss0[pid] / 1024:.1f} -> "
+            held = round((fds1[pid] - fds0[pid]) / fds_per_conn)
+            print(f"  worker pid {pid}: ~{held} connections, RSS {rss0[pid] / 1024:.1f} -> "
                   f"{rss1[pid] / 1024:.1f} MiB (peak {hwm[pid] / 1024:.1f}), "
                   f"{(rss1[pid] - rss0[pid]) / held if held else float('nan'):.1f} KiB per connection")
         for _, ctl in clients:
@@ -312,7 +324,7 @@ def main() -> None:
     args = p.parse_args()
     args.repo = args.repo.resolve()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    args.clients = args.clients or max(1, math.ceil(args.connections / min(20000, hard - FD_MARGIN)))
+    args.clients = args.clients or max(1, math.ceil(args.connections / min(PER_CLIENT, hard - FD_MARGIN)))
     check_limits(args)
     sys.exit(main_run(args))
 
