@@ -238,7 +238,9 @@ class EngineServer(engineio.Server):  # type: ignore[misc]
                 outbox.flush_batch()
 
     def batching(self) -> bool:
-        return getattr(self._local, "batch_owner", None) is _current() and _current() is not None
+        """True inside `batch()`, in the task that opened it."""
+        owner = getattr(self._local, "batch_owner", None)
+        return owner is not None and owner is _current()
 
     def defer(self, outbox: Outbox) -> None:
         self._local.deferred.append(outbox)
@@ -288,13 +290,10 @@ def _check_post(eio: EngineServer, environ: Dict[str, Any]) -> Optional[Dict[str
                   [f"malformed Engine.IO payload: {problem}\n".encode()])
 
 
-def _current() -> Any:
-    """The running task: the greenlet under gevent (one OS thread runs them all), else the thread."""
-    try:
-        from greenlet import getcurrent
-    except ImportError:  # pragma: no cover
-        return threading.get_ident()
-    return getcurrent()
+try:  # the running task: the greenlet (one OS thread runs them all under gevent)
+    from greenlet import getcurrent as _current
+except ImportError:  # pragma: no cover - no greenlet installed: threads only
+    _current = threading.get_ident
 
 
 def answer(status: str, headers: List[Any], body: List[bytes]) -> Dict[str, Any]:
