@@ -414,7 +414,7 @@ def shared_ring() -> BroadcastRing:
     Calls uWSGI's API the first time: from a thread uWSGI started only."""
     global _ring
     if _ring is None:
-        _ring = BroadcastRing.from_sharedarea()
+        _ring = BroadcastRing.open()
     return _ring
 
 
@@ -451,7 +451,9 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
         PublishError: outside uWSGI, over a size limit, or the mule did not answer
             for ``uwsgi-ws-publish-timeout`` seconds (default 10: no mule, or it is
             being respawned); the message says what to configure. A message is
-            never dropped silently.
+            never dropped silently; but when the mule took the request and then
+            did not answer in time (stopped, e.g. SIGSTOP), it may still be
+            appended once it runs again.
         TypeError: `data` is not str or bytes-like.
 
     Thread-safety: any thread, greenlet or process; blocks the caller (only) until
