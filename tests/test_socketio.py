@@ -282,3 +282,45 @@ def test_background_thread_of_each_worker_reaches_every_client(server):
     finally:
         people.close()
     assert not server.crashes(), server.log()
+
+
+def test_the_example_under_flask_run():
+    """`flask --app ... run` (Werkzeug's development server, no uWSGI): one process,
+    python-socketio's local manager; polling then the upgrade work there too."""
+    import os
+    import signal
+    import sys
+
+    from harness import APPS, ROOT, free_port, wait_for
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(APPS)]), SOCKETIO_BACKGROUND_PERIOD="0")
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "socketio_announce_app", "run", "-p", str(port)],
+                            cwd=str(APPS), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    group = None
+    try:
+        import socket
+
+        def listening() -> bool:
+            assert proc.poll() is None, "flask run exited"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(listening, 30, "flask run to listen")
+        group = NodeClients(f"http://127.0.0.1:{port}", 2, "default")
+        group.connected()
+        for i in range(2):
+            wait_response(group, i, "Connected")
+            group.wait(lambda e, i=i: e["i"] == i and e["type"] == "upgrade", 1, 15, "the upgrade")
+        group.emit(0, "my broadcast event", {"data": "dev"})
+        for i in range(2):
+            wait_response(group, i, "dev")
+    finally:
+        if group is not None:
+            group.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
