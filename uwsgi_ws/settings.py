@@ -119,6 +119,11 @@ class Setting:
 SETTINGS: List[Setting] = [
     Setting("sharedarea", _number(int, 0), 0, "sharedarea id", "all",
             "the uWSGI sharedarea holding the broadcast ring"),
+    Setting("ring-file", _text, "", "path", "all",
+            "the broadcast ring in this file instead of sharedarea `sharedarea`: it survives reloads "
+            "(and, on a disk, restarts), so clients resume across them"),
+    Setting("ring-size", parse_size, 16 << 20, "bytes (K, M, G)", "all",
+            "the size of `ring-file`"),
     Setting("publish-timeout", _number(float, 0), 10.0, "seconds", "publishers",
             "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned) "
             "before PublishError"),

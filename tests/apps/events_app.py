@@ -76,7 +76,7 @@ def emit(room):
 
 @app.get("/ring")
 def ring():
-    r = BroadcastRing.from_sharedarea()
+    r = BroadcastRing.open()
     return jsonify(epoch=str(r.epoch), write_seq=r.write_seq, min_seq=r.min_seq)
 
 

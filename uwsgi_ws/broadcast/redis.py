@@ -134,7 +134,7 @@ class BridgeBlock:
 def stats(ring: Optional[BroadcastRing] = None) -> Dict[str, Any]:
     """The bridge's counters and states, from any process of the instance (no Redis
     needed). States are "not started" when no bridge is configured."""
-    ring = ring or BroadcastRing.from_sharedarea()
+    ring = ring or BroadcastRing.open()
     block = BridgeBlock(ring)
     out: Dict[str, Any] = {name: block.get(name) for name in _FIELDS}
     out["out_state"] = _STATE_NAMES.get(out["out_state"], str(out["out_state"]))

@@ -137,6 +137,49 @@ class BroadcastRing:
         self.data_base = HEADER_SIZE + self.entries * INDEX_ENTRY.size
 
     @classmethod
+    def open(cls) -> "BroadcastRing":
+        """This instance's ring: in the file of the instance setting ``ring-file`` when
+        it is set (it survives reloads: see `from_file`), else in uWSGI sharedarea
+        ``sharedarea`` (0). Raises RingError naming what to configure."""
+        path = settings.get("ring-file")
+        if path:
+            return cls.from_file(path, settings.get("ring-size"))
+        return cls.from_sharedarea()
+
+    @classmethod
+    def from_file(cls, path: str, size: int) -> "BroadcastRing":
+        """The ring in a file mapped shared (MAP_SHARED) by every process of the instance.
+
+        Unlike a sharedarea, which uWSGI allocates anew at each reload (the master
+        re-executes itself), the file outlives a reload (``uwsgi --reload``, a touched
+        vassal) and, on a disk, a full restart: `format` then finds the ring intact and
+        keeps its epoch, so clients resume across the reload. Put it on a tmpfs
+        (/run, /dev/shm) to survive reloads only. Created (mode 0600) with `size`
+        bytes when missing; a file of another size is resized, which lays the ring
+        out anew (a new epoch).
+
+        Raises:
+            RingError: the file cannot be opened or sized (the message says which).
+        """
+        import mmap
+
+        geometry(size)  # RingError for a size too small
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RingError(f"uwsgi-ws-ring-file={path!r}: {exc.strerror}: give a path the instance's "
+                            "user can create and write (e.g. under /run/uwsgi)") from None
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            area = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise RingError(f"uwsgi-ws-ring-file={path!r}: cannot map {size} bytes: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return cls(memoryview(area))
+
+    @classmethod
     def from_sharedarea(cls, area_id: Optional[int] = None) -> "BroadcastRing":
         """The ring over uWSGI sharedarea `area_id` (default: $UWSGI_WS_SHAREDAREA or 0).
 
