@@ -10,13 +10,17 @@ publish (or `live.emit`) in a loop and report what they got back.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import threading
 import urllib.request
 
+import pytest
 import websocket
 
-from harness import read_reports, wait_for
+from harness import read_reports, serve, wait_for
 
 APP = "publish_app:app"
 EXTRA = ["--sharedarea", "4096", "--mule=uwsgi_ws.mule:run"]
@@ -103,3 +107,42 @@ def test_emit_from_a_thread_reaches_sse_with_seq_and_epoch(server, tmp_path):
     seqs = [e[2]["seq"] for e in events]
     assert seqs == sorted(set(seqs))
     assert not server.crashes(), server.log()
+
+
+@pytest.mark.parametrize("model", ["threads", "gevent"])
+def test_a_waiting_publish_never_blocks_the_worker(model, tmp_path):
+    """One worker; the broadcast mule is stopped (SIGSTOP): a publish waits for its
+    answer, and the worker keeps serving other requests meanwhile (a greenlet waits
+    through the runtime, never on a blocking socket, which would freeze a gevent
+    worker); once the mule runs again the publish completes and is delivered once."""
+    server = serve(APP, tmp_path, model=model, extra=[*EXTRA, "--processes", "1"])
+    try:
+        server.wait_for_log(r"broadcast mule 1 serving ring", timeout=20)
+        mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)\)", server.log())[-1])
+        conn = subscriber(server)
+        result: dict = {}
+        mark = tmp_path / "publishing"
+        os.kill(mule, signal.SIGSTOP)
+        try:
+            def waiting_publish() -> None:
+                req = urllib.request.Request(server.http + f"/publish?text=after-the-stop&mark={mark}", data=b"",
+                                             method="POST")
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    result["status"] = resp.status
+
+            publisher = threading.Thread(target=waiting_publish)
+            publisher.start()
+            wait_for(mark.exists, 10, "the publish to start")
+            for _ in range(5):  # the same (only) worker answers while its publish waits
+                with urllib.request.urlopen(server.http + "/pid", timeout=5) as resp:
+                    assert resp.status == 200
+            assert publisher.is_alive() and "status" not in result, "the publish did not wait for the stopped mule"
+        finally:
+            os.kill(mule, signal.SIGCONT)
+        publisher.join(30)
+        assert result.get("status") == 204, result
+        assert conn.recv() == "after-the-stop"
+        conn.close()
+        assert len(server.worker_pids()) == 1 and not server.crashes(), server.log()
+    finally:
+        server.stop()

@@ -12,6 +12,8 @@ POST /thread-publish/<count>?report=&prefix=&channel=&threads=&emit=
     named by the query's `report`:
     {"pid", "thread", "published", "seqs", "error"}. Answers 202 at once (the
     request's greenlet never waits on a thread).
+POST /publish?text=&mark=: creates the file `mark` (if given), then publishes `text` from the
+    request (204, or 503 with the PublishError).
 GET /pid: this worker's pid.
 """
 
@@ -76,6 +78,17 @@ def thread_publish(count):
     for t in range(int(request.args.get("threads", 1))):
         threading.Thread(target=_publisher, args=(t, count, prefix, channel, emit, report), daemon=True).start()
     return "", 202
+
+
+@app.post("/publish")
+def publish():
+    if "mark" in request.args:  # tells the test the publish is about to start
+        open(request.args["mark"], "w").close()
+    try:
+        ws.publish(request.args["text"])
+    except Exception as exc:  # the test reads what went wrong
+        return f"{type(exc).__name__}: {exc}", 503
+    return "", 204
 
 
 @app.get("/pid")
