@@ -27,8 +27,18 @@ def port_open(port: int) -> bool:
         return False
 
 
+def chat_token(port: int, name: str) -> str:
+    """The chat example's access: log in (a session cookie), then a signed token for /live."""
+    import http.cookiejar
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    opener.open(urllib.request.Request(f"http://127.0.0.1:{port}/login", data=f"name={name}".encode()), timeout=10)
+    with opener.open(urllib.request.Request(f"http://127.0.0.1:{port}/token", data=b""), timeout=10) as answer:
+        return str(json.loads(answer.read())["token"])
+
+
 def echo_once(port: int, text: str, path: str = "/echo") -> str:
-    ws = websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=5)
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=15)
     try:
         ws.send(text)
         return ws.recv()
@@ -124,7 +134,8 @@ def test_repository_vassals_start_the_examples(emperor, tmp_path):
 
     # chat's page endpoint (the event protocol): a client joins "random", says something, gets
     # the ack and its own message back; a room outside the app's list is refused
-    live = websocket.create_connection(f"ws://127.0.0.1:{ports['chat']}/live", timeout=10)
+    token = chat_token(ports["chat"], "t")
+    live = websocket.create_connection(f"ws://127.0.0.1:{ports['chat']}/live?token={token}", timeout=10)
     try:
         live.send(json.dumps({"type": "join", "room": "random"}))
         live.send(json.dumps({"type": "join", "room": "secret"}))
@@ -142,7 +153,7 @@ def test_repository_vassals_start_the_examples(emperor, tmp_path):
     # the chat vassal keeps a history (uwsgi-ws-history): a later client joining with
     # `last` gets the room's recent messages first
     assert "broadcast history: the last 200 events per room" in server.log(), server.log()
-    late = websocket.create_connection(f"ws://127.0.0.1:{ports['chat']}/live", timeout=10)
+    late = websocket.create_connection(f"ws://127.0.0.1:{ports['chat']}/live?token={token}", timeout=10)
     try:
         late.send(json.dumps({"type": "join", "room": "random", "last": 10}))
         frame = json.loads(late.recv())
