@@ -59,11 +59,20 @@ def _text(raw: str) -> str:
     return raw
 
 
+class FileMode(int):
+    """A file mode: an int that prints in octal (``0660``)."""
+
+    def __str__(self) -> str:
+        return "0%o" % int(self)
+
+    __repr__ = __str__
+
+
 def _mode(raw: str) -> int:
     value = int(raw.strip(), 8)
     if not 0 <= value <= 0o777:
         raise ValueError("write an octal file mode such as 0660")
-    return value
+    return FileMode(value)
 
 
 def _flag(raw: str) -> bool:
@@ -130,7 +139,7 @@ SETTINGS: List[Setting] = [
     Setting("publish-socket", _text, "", "path", "mule",
             "also listen for publishers at this Unix socket path (uwsgi_ws.client.Publisher, "
             "python -m uwsgi_ws publish; empty: the instance's own processes only)"),
-    Setting("publish-socket-mode", _mode, 0o660, "octal file mode", "mule",
+    Setting("publish-socket-mode", _mode, FileMode(0o660), "octal file mode", "mule",
             "the permissions of uwsgi-ws-publish-socket (who may publish from outside the instance)"),
     Setting("history", _number(int, 0), 0, "messages per room", "mule",
             "event broadcasts the mule keeps per room for resume and join-with-last (0: off)"),
