@@ -96,6 +96,12 @@ class DeflateOptions:
                                  f"not {getattr(self, name)!r}")
         if not isinstance(self.mem_level, int) or not 1 <= self.mem_level <= 9:
             raise ValueError(f"compression_mem_level must be an integer from 1 to 9, not {self.mem_level!r}")
+        # Hashed once: a broadcast fan-out groups its subscribers by these.
+        object.__setattr__(self, "_hash", hash((self.min_size, self.level, self.server_max_window_bits,
+                                                self.client_max_window_bits, self.mem_level)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class PerMessageDeflate(Extension):
         self._inflated = 0
         self._compressed_bytes = 0
         self._reset_out = False  # a shared frame went out since the last compressed direct send
+        self._shared: Optional[DeflateOptions] = None
         #: Messages compressed by `encode` (direct sends); for tests and metrics.
         self.compressed_messages = 0
 
@@ -296,20 +303,36 @@ class PerMessageDeflate(Extension):
     def shared_options(self) -> DeflateOptions:
         """The `SharedDeflater` settings whose frames this connection can take as
         they are: the server's, with the negotiated window. Connections with
-        equal `shared_options` share one compressed copy of each broadcast."""
-        options = self.params.options
-        if options.server_max_window_bits == self.params.server_max_window_bits:
-            return options
-        return DeflateOptions(min_size=options.min_size, level=options.level,
-                              server_max_window_bits=self.params.server_max_window_bits,
-                              client_max_window_bits=options.client_max_window_bits,
-                              mem_level=options.mem_level)
+        equal `shared_options` share one compressed copy of each broadcast, and
+        get the same object (interned: a fan-out groups them by identity)."""
+        shared = self._shared
+        if shared is None:
+            o = self.params.options
+            shared = self._shared = shared_options(o.min_size, o.level, self.params.server_max_window_bits,
+                                                   o.mem_level)
+        return shared
 
     def shared_frame_sent(self) -> None:
         """A `SharedDeflater` frame was queued on this connection: the next
         compressed direct send must not refer to earlier messages. Call in
         write order, as `encode`."""
         self._reset_out = self._deflater is not None and not self.params.server_no_context_takeover
+
+
+_INTERNED: "dict[tuple[int, int, int, int], DeflateOptions]" = {}
+
+
+def shared_options(min_size: int, level: int, window_bits: int, mem_level: int) -> DeflateOptions:
+    """The one `DeflateOptions` object for these shared-compression settings
+    (equal settings, same object; thread-safe: a race makes two equal objects,
+    which only costs one more compression per message for a while)."""
+    key = (min_size, level, window_bits, mem_level)
+    options = _INTERNED.get(key)
+    if options is None:
+        options = _INTERNED.setdefault(key, DeflateOptions(min_size=min_size, level=level,
+                                                           server_max_window_bits=window_bits,
+                                                           client_max_window_bits=window_bits, mem_level=mem_level))
+    return options
 
 
 class SharedDeflater:
