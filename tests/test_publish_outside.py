@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -282,3 +283,71 @@ def test_cli_publishes_into_a_vassal(model, tmp_path):
         emperor.stop()
     assert not emperor.crashes(), emperor.log()
 
+
+
+def test_hostile_publishers_do_not_hurt_the_mule(instance):
+    """Publishers that leave before their answer, send garbage, a short envelope or a
+    huge length: each is answered or dropped, the mule stays the same process and
+    serves the next publisher."""
+    spawned = instance.log().count("spawned uWSGI mule 1 ")
+    request = b"UWS1\x00\x00left early"
+    for _ in range(50):  # gone before the answer: the mule's send must not kill it (SIGPIPE)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(instance.socket_path)
+        s.sendall(struct.pack("<IQQ", 16 + len(request), 7, 1) + request)
+        s.close()
+    for junk in (os.urandom(4096), struct.pack("<IQQ", 3, 1, 1), struct.pack("<IQQ", 1 << 31, 1, 1) + b"x" * 100,
+                 struct.pack("<IQQ", 16 + 8, 9, 1) + b"NOTUWS1!"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(instance.socket_path)
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            if answer:  # refused, saying why (status 1)
+                assert answer[0] == 1, answer
+    done = cli("publish", "--socket", instance.socket_path, "still serving")
+    assert done.returncode == 0, done.stderr
+    assert instance.log().count("spawned uWSGI mule 1 ") == spawned, instance.log()
+
+
+def raw_publish(path: str, client_id: int, number: int, text: str) -> tuple:
+    """One request on a fresh connection, as `Link` sends it; returns (status, seq)."""
+    request = b"UWS1\x00\x00" + text.encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(path)
+        s.sendall(struct.pack("<IQQ", 16 + len(request), client_id, number) + request)
+        answer = b""
+        while len(answer) < 13:
+            chunk = s.recv(64)
+            assert chunk, answer
+            answer += chunk
+    status, seq, _ = struct.unpack_from("<BQI", answer)
+    return status, seq
+
+
+def test_a_request_repeated_after_a_mule_kill_is_not_appended_twice(instance):
+    """What a publisher does when its connection breaks before the answer: send the same
+    (client id, number) again. Appended once, then repeated to the same mule and to
+    its successor after kill -9: the same seq every time, one delivery (the journal)."""
+    conn = subscriber(instance)
+    try:
+        client_id = int.from_bytes(os.urandom(8), "little")
+        status, seq = raw_publish(instance.socket_path, client_id, 1, "once")
+        assert status == 0 and seq > 0
+        assert raw_publish(instance.socket_path, client_id, 1, "once") == (0, seq)
+        spawned = instance.log().count("spawned uWSGI mule 1 ")
+        os.kill(mule_pid(instance), signal.SIGKILL)
+        instance.wait_for_log(r"spawned uWSGI mule 1 ", count=spawned + 1, timeout=20)
+        instance.wait_for_log(r"broadcast mule 1 serving ring", count=spawned + 1, timeout=20)
+        instance.wait_for_log(r"publish socket .*app\.sock \(mode 0660\)", count=spawned + 1, timeout=20)
+        assert raw_publish(instance.socket_path, client_id, 1, "once") == (0, seq)
+        status, after = raw_publish(instance.socket_path, client_id, 2, "next")
+        assert status == 0 and after > seq
+        assert conn.recv() == "once"
+        assert conn.recv() == "next"
+    finally:
+        conn.close()

@@ -56,6 +56,7 @@ from .publish import (
     OK,
     REFUSED,
     REPLY,
+    SEND_FLAGS,
     decode_request,
     mule_msg_size,
     ring_problem,
@@ -174,17 +175,34 @@ def _start_history(ring: BroadcastRing) -> None:
     except ValueError as exc:
         log.error("no broadcast history: %s", exc)
         return
+    path = settings.get("history-file")
     if per_channel <= 0:
+        if path and os.path.exists(path):  # it would miss what this mule appends: stale for a later start
+            try:
+                os.unlink(path)
+                log.info("history off: removed the history file %r", path)
+            except OSError as exc:
+                log.error("history off, and the history file %r cannot be removed (%s): remove it before "
+                          "turning the history on again", path, exc.strerror)
         return
+    store = None
+    if path and not settings.get("ring-file"):
+        log.error("uwsgi-ws-history-file=%r ignored: it needs the ring in a file too (uwsgi-ws-ring-file), "
+                  "the seqs it keeps are the ring's and a sharedarea ring starts anew at each reload", path)
+    elif path:
+        store = history.HistoryFile(path, ring.epoch)
     with _ring_lock:
-        kept = history.load(ring, per_channel, max_bytes)
+        if store is not None:
+            kept, from_file = history.restore(ring, per_channel, max_bytes, store)
+        else:
+            kept, from_file = history.load(ring, per_channel, max_bytes), 0
         try:
-            _history = history.Server(kept, ring, _ring_lock)
+            _history = history.Server(kept, ring, _ring_lock, store)
         except OSError as exc:
             log.error("no broadcast history: cannot listen on %r: %s", history.address(), exc)
             return
-    log.info("broadcast history: the last %d events per room, at most %d bytes (%d loaded from the ring)",
-             per_channel, max_bytes, kept.count)
+    log.info("broadcast history: the last %d events per room, at most %d bytes (%d loaded: %d from the file %r, "
+             "the rest from the ring)", per_channel, max_bytes, kept.count, from_file, path if store else None)
 
 
 def _start_bridge(ring: BroadcastRing) -> None:
@@ -550,7 +568,7 @@ class PublishServer:
             return
         while peer.outbuf:
             try:
-                sent = peer.sock.send(peer.outbuf)
+                sent = peer.sock.send(peer.outbuf, SEND_FLAGS)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # the publisher left: it reconnects and asks again if it still wants to

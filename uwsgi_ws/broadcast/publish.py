@@ -73,6 +73,7 @@ OK, REFUSED = 0, 1
 MAX_REPLY_TEXT = 4096
 DEFAULT_MULE_MSG_SIZE = 65536
 _EVENT_TAIL_MAX = len(b',"seq":,"epoch":""') + 20 + 20  # what the mule adds to an event payload
+SEND_FLAGS = getattr(socket, "MSGSEND_FLAGS", 0)  # a peer gone: EPIPE, never a SIGPIPE that kills the process
 _SLOW_ACK = 0.5  # seconds without an answer after which a publish counts as having waited for the mule
 
 Data = Union[str, bytes, bytearray, memoryview]
@@ -317,13 +318,13 @@ class Link:
             if runtime is None:
                 self._ready(False, deadline, None)
                 try:
-                    view = view[self.sock.send(view):]
+                    view = view[self.sock.send(view, SEND_FLAGS):]
                 except socket.timeout:
                     raise TimeoutError from None
                 continue
             self.sock.setblocking(False)
             try:
-                view = view[self.sock.send(view):]
+                view = view[self.sock.send(view, SEND_FLAGS):]
             except BlockingIOError:
                 self._ready(False, deadline, runtime)
 
