@@ -128,11 +128,14 @@ class Publisher:
         """
         return self._send(encode_request(data, channel))
 
-    def emit(self, endpoint: str, event: str, data: Any = None, to: Optional[str] = None) -> int:
+    def emit(self, endpoint: str, event: str, data: Any = None, to: Optional[str] = None, *,
+             to_user: Optional[Any] = None, skip: Optional[str] = None) -> int:
         """Send `event` with `data` (JSON-serialisable) to the clients of the events
-        endpoint at path `endpoint` (e.g. "/live"): room `to`, or None: every
-        connection of the endpoint. The same message as the app's `live.emit(event,
-        data, to=to)`, with the instance's seq and epoch.
+        endpoint at path `endpoint` (e.g. "/live"): room `to`, a connection id `to`
+        ("<pid>-<n>"), every connection of user `to_user`, or None: every
+        connection of the endpoint; `skip`: a connection id that does not get it.
+        The same message as the app's `live.emit(event, data, to=to, ...)` (a room's
+        with the instance's seq and epoch).
 
         Returns:
             As `publish`.
@@ -147,7 +150,26 @@ class Publisher:
         if to is not None and not isinstance(to, str):
             raise TypeError(f"to is a room name (str) or None (every connection), not {type(to).__name__}")
         seqs: List[int] = []
-        _Endpoint(endpoint, _Sink(self, seqs)).emit(event, data, to)
+        _Endpoint(endpoint, _Sink(self, seqs)).emit(event, data, to, to_user=to_user, skip=skip)
+        return seqs[0]
+
+    def disconnect(self, endpoint: str, conn_id: str, code: int = 1000, reason: str = "") -> int:
+        """Close connection `conn_id` of the events endpoint at `endpoint` (in whichever
+        worker holds it), as the app's `live.disconnect`. Returns as `publish`.
+        Raises PublishError, ValueError (a bad path, id or code)."""
+        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+            raise ValueError(f"endpoint is the events endpoint's path, e.g. '/live', not {endpoint!r}")
+        seqs: List[int] = []
+        _Endpoint(endpoint, _Sink(self, seqs)).disconnect(conn_id, code, reason)
+        return seqs[0]
+
+    def close_room(self, endpoint: str, room: str) -> int:
+        """Make every member of `room` of the events endpoint at `endpoint` leave it,
+        as the app's `live.close_room`. Returns as `publish`. Raises PublishError, ValueError."""
+        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+            raise ValueError(f"endpoint is the events endpoint's path, e.g. '/live', not {endpoint!r}")
+        seqs: List[int] = []
+        _Endpoint(endpoint, _Sink(self, seqs)).close_room(room)
         return seqs[0]
 
     def close(self) -> None:
@@ -310,7 +332,10 @@ def emit_main(argv: Optional[Sequence[str]] = None) -> int:
                                      "of a running uwsgi_ws instance.")
     _target(parser)
     parser.add_argument("--endpoint", required=True, help="the events endpoint's path, e.g. /live")
-    parser.add_argument("--room", help="the room (default: every connection of the endpoint)")
+    parser.add_argument("--room", help="the room, or a connection id '<pid>-<n>' "
+                        "(default: every connection of the endpoint)")
+    parser.add_argument("--user", help="instead of --room: every connection of this user (the identity's user key)")
+    parser.add_argument("--skip", metavar="ID", help="a connection id that does not get it")
     parser.add_argument("event", metavar="EVENT", help="the event name")
     parser.add_argument("json", metavar="JSON", help="the event's data, as JSON ('-': read it from stdin)")
     args = parser.parse_args(argv)
@@ -322,7 +347,7 @@ def emit_main(argv: Optional[Sequence[str]] = None) -> int:
                      "'{\"price\": 1.08}'", 2)
     try:
         with _publisher(args) as pub:
-            seq = pub.emit(args.endpoint, args.event, data, to=args.room)
+            seq = pub.emit(args.endpoint, args.event, data, to=args.room, to_user=args.user, skip=args.skip)
     except (PublishError, ValueError, TypeError) as exc:
         return _fail(parser.prog, str(exc))
     sys.stdout.write(f"{seq}\n")

@@ -27,17 +27,25 @@ the upgrade request, one frame at a time.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import os
+import re
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+import time
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Type, Union
 
 from flask import Response, current_app, request
 
-from . import events_protocol, frames
+from . import events_protocol, frames, presence
 from .broadcast import After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
 from .exceptions import ConnectionClosed, EventError
+
+#: What a connection id looks like (`Connection.id`, "<worker pid>-<n>"): a str `to=`
+#: of this form names a connection, so no room may have it.
+CONNECTION_ID = re.compile(r"[0-9]+-[0-9]+")
 
 ALL = ""  # the resume key (and SSE room) of the endpoint-wide stream
 SSE_HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
@@ -74,8 +82,24 @@ class EventConnection:
         self.endpoint = endpoint
         self.ws = ws_conn
         self.rooms: set = set()
+        #: What the app says this connection is (set it in the ``connect`` handler):
+        #: any JSON value, e.g. ``{"user": "ann", "name": "Ann"}``. Shown by
+        #: `Events.presence` and in join/leave events; its ``user_key`` entry (default
+        #: "user") is what ``emit(..., to_user=)`` matches.
+        self.identity: Any = None
         self._deferred: Optional[List[Tuple[str, int]]] = None  # (room, last) held until the resume frame
         self._start_seq = 0  # stream position at the upgrade: live joins start after it
+        self._local: Optional[presence.Local] = None  # set once registered (after connect)
+        self._calls: Dict[int, Tuple[Any, List[events_protocol.Reply]]] = {}
+        self._call_ids = itertools.count(1)
+        self._busy = False  # the endpoint's loop is inside a handler of this connection
+        self._backlog: Deque[Any] = collections.deque()  # frames read by an inline call()
+
+    @property
+    def id(self) -> str:
+        """This connection's id, "<worker pid>-<n>", unique in the instance while open:
+        what ``emit(..., to=)``, ``skip=`` and ``disconnect()`` take from anywhere."""
+        return str(self.ws.id)
 
     @property
     def environ(self) -> Dict[str, Any]:
@@ -93,25 +117,111 @@ class EventConnection:
         self.rooms.add(room)
         if self._deferred is not None:
             self._deferred.append((room, last))
-            return
-        broadcast = self.endpoint.broadcast
-        recovery: Recovery = Last(last) if last > 0 else After(broadcast.position().seq)
-        broadcast.recover(self.ws, {channel: recovery})
+        else:
+            broadcast = self.endpoint.broadcast
+            recovery: Recovery = Last(last) if last > 0 else After(broadcast.position().seq)
+            broadcast.recover(self.ws, {channel: recovery})
+        self.endpoint._member_changed(self, "join", room)
 
     def leave(self, room: str) -> None:
         """Stop receiving `room` (after any join of it still being set up)."""
+        was = room in self.rooms
         self.rooms.discard(room)
         if self._deferred is not None:
             self._deferred = [(r, n) for r, n in self._deferred if r != room]
         self.endpoint.broadcast.unsubscribe(self.ws, self.endpoint.channel(room), ordered=True)
+        if was:
+            self.endpoint._member_changed(self, "leave", room)
+
+    def call(self, event: str, data: Any = None, timeout: float = 10.0) -> Any:
+        """Call the client's handler of `event` with `data` and return its answer
+        (Socket.IO's ``call``/``emitWithAck``; the browser client's ``on`` handler
+        returns a value or a Promise).
+
+        Args:
+            event: the client event's name (str).
+            data: any value the endpoint's encoder serialises.
+            timeout: seconds to wait for the reply.
+
+        Returns:
+            The reply's data.
+
+        Raises:
+            TimeoutError: no reply in `timeout` seconds.
+            EventError: the client answered with an error (its message).
+            ConnectionClosed: the connection closed first.
+            TypeError: `event` is not a str, or `data` not serialisable.
+
+        Blocks the calling thread or greenlet. Callable from the connection's own
+        handlers (the reply is read there, other frames are kept for after the
+        handler) and from any other thread or greenlet of the worker.
+        """
+        if not isinstance(event, str):
+            raise TypeError(f"an event name is a str, not {type(event).__name__}")
+        call_id = next(self._call_ids)
+        reached = self.endpoint.ws.runtime().Event()
+        slot: List[events_protocol.Reply] = []
+        self._calls[call_id] = (reached, slot)
+        try:
+            self.send(events_protocol.call(call_id, event, data))
+            deadline = time.monotonic() + timeout
+            while not slot:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no reply to call {event[:40]!r} in {timeout} s")
+                if self._busy:  # the endpoint's loop waits for a handler: read here
+                    message = self.ws.receive(min(left, 0.5))
+                    if message is None:
+                        if self.ws.closed:
+                            raise ConnectionClosed(self.ws.close_code, self.ws.close_reason)
+                        continue
+                    action = events_protocol.parse_client(message, self.endpoint.channel, self.endpoint.max_last)
+                    if isinstance(action, events_protocol.Reply):
+                        self._take_reply(action)
+                    else:
+                        self._backlog.append(message)
+                else:
+                    reached.wait(min(left, 0.5))
+                    if not slot and self.ws.closed:
+                        raise ConnectionClosed(self.ws.close_code, self.ws.close_reason)
+        finally:
+            self._calls.pop(call_id, None)
+        reply = slot[0]
+        if reply.error is not None:
+            raise EventError(reply.error)
+        return reply.data
+
+    def _take_reply(self, reply: events_protocol.Reply) -> None:
+        waiting = self._calls.get(reply.id) if isinstance(reply.id, int) else None
+        if waiting is None:
+            return  # late (timed out) or not ours: dropped
+        reached, slot = waiting
+        slot.append(reply)
+        reached.set()
+
+    def _on_control(self, message: Dict[str, Any]) -> None:
+        """A control message for this connection (in a task of its own)."""
+        try:
+            if message.get("op") == "disconnect":
+                self.ws.close(int(message.get("code") or 1000), str(message.get("reason") or ""))
+            elif message.get("op") == "close_room":
+                room = str(message.get("room"))
+                if room in self.rooms:
+                    self.leave(room)
+                    self.send(events_protocol.left(room))
+        except ConnectionClosed:
+            pass
+        except Exception:
+            presence.log.exception("events %s: a control message failed", self.endpoint.path)
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this connection only (no seq: it is not in the ring)."""
         self.send(events_protocol.event(event, data, None))
 
     def send(self, message: Dict[str, Any]) -> None:
-        """Send one protocol frame (a JSON object) to this connection; blocks until written."""
-        self.ws.send(_dumps(message))
+        """Send one protocol frame (a JSON object) to this connection; blocks until written.
+        Raises TypeError when the endpoint's encoder cannot serialise it."""
+        self.ws.send(self.endpoint._dumps(message))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection (code and reason as `Connection.close`)."""
@@ -125,7 +235,7 @@ class EventConnection:
         start = After(self._start_seq)
         rooms = [(ALL, 0)] + [(r, n) for r, n in (self._deferred or []) if r not in wanted]
         self._deferred = None
-        plan: Dict[str, Recovery] = {}
+        plan: Dict[str, Recovery] = {c: start for c in self.endpoint._own_channels(self)}
         names: Dict[str, str] = {}
         not_recovered: List[Tuple[str, str]] = []
         for room, count in rooms:
@@ -148,6 +258,8 @@ class EventConnection:
             notices = [events_protocol.not_recovered(room, reason) for room, reason in not_recovered]
             recovered = {}
             for channel, outcome in result.items():
+                if channel not in names:
+                    continue  # the connection's own channels: nothing to resume
                 room = names[channel]
                 if not outcome.ok:
                     notices.append(events_protocol.not_recovered(room, _too_old(outcome.seq)))
@@ -170,10 +282,30 @@ def _text_frame(message: Dict[str, Any]) -> bytes:
 class Events:
     """An event endpoint at `path` (WebSocket) and ``path + "/sse"`` (SSE)."""
 
-    def __init__(self, ws: Any, path: str, max_last: int = 100, **route_options: Any) -> None:
+    #: The json.JSONEncoder subclass of this endpoint's frames (None: `events_protocol.Encoder`).
+    json_encoder: Optional[Type[json.JSONEncoder]] = None
+    join_leave = False
+    user_key = "user"
+
+    def __init__(self, ws: Any, path: str, max_last: int = 100, *, join_leave: bool = False,
+                 user_key: str = "user", json_encoder: Optional[Type[json.JSONEncoder]] = None,
+                 **route_options: Any) -> None:
+        """Args:
+            ws: the `WebSocket` extension.
+            path: the endpoint's URL rule.
+            max_last: the most "last messages" a client may ask for on join.
+            join_leave: broadcast a ``presence`` frame (join/leave, with the identity)
+                to a room's members when a connection joins or leaves it.
+            user_key: the identity's key that ``emit(..., to_user=)`` matches.
+            json_encoder: a json.JSONEncoder subclass for every frame (e.g.
+                `events_protocol.RichEncoder`: datetime, UUID, dataclasses).
+        """
         self.ws = ws
         self.path = path
         self.max_last = max_last  # the most "last messages" a client may ask for on join
+        self.join_leave = join_leave
+        self.user_key = user_key
+        self.json_encoder = json_encoder
         self.handlers: Dict[str, Callable[..., Any]] = {}
         endpoint = route_options.pop("endpoint", "uwsgi_ws_events_" + path.strip("/").replace("/", "_"))
 
@@ -205,6 +337,9 @@ class Events:
             return f"events:{self.path}"
         if not isinstance(room, str):
             raise TypeError(f"a room name is a str, not {type(room).__name__}")
+        if CONNECTION_ID.fullmatch(room):
+            raise ValueError(f"room {room!r}: names of the form <digits>-<digits> are connection ids "
+                             "(emit(..., to=<connection id>)); choose another room name")
         channel = f"events:{self.path}:{room}"
         try:
             channel_bytes(channel)
@@ -217,19 +352,132 @@ class Events:
         """This process's broadcast (`uwsgi_ws.broadcast.Broadcast`)."""
         return self.ws.broadcast()
 
-    def emit(self, event: str, data: Any = None, to: Any = None) -> None:
-        """Send `event` with `data` (JSON-serialisable) to a room (str), one connection
-        (an EventConnection: direct, no seq), or None: every connection of the endpoint.
-        Callable from any process of the instance; raises PublishError / TypeError."""
+    def _dumps(self, message: Any) -> str:
+        return events_protocol.dumps(message, self.json_encoder)
+
+    def emit(self, event: str, data: Any = None, to: Any = None, *, skip: Any = None,
+             to_user: Any = None) -> None:
+        """Send `event` with `data` to some of the endpoint's connections.
+
+        Args:
+            event: the event's name.
+            data: any value the endpoint's encoder serialises (bytes: see
+                docs/protocol.md, Binary payloads).
+            to: a room (str): a broadcast with seq, replayable on resume; a
+                connection id ("<pid>-<n>", `EventConnection.id`) or an
+                EventConnection: that connection only, in whichever worker (no seq);
+                None: every connection of the endpoint.
+            skip: with a room or None: a connection (EventConnection or id) that does
+                not get it (the sender): the frame names it in ``"skip"`` and that
+                connection drops it (docs/protocol.md).
+            to_user: instead of `to`: every connection whose identity's ``user_key``
+                entry equals this (str or int), in every worker (no seq).
+
+        Raises:
+            PublishError: the broadcast cannot take it (see `Broadcast.publish`).
+            TypeError: `event` is not a str; `data` not serialisable.
+            ValueError: a bad room name; both `to` and `to_user`.
+
+        Callable from any thread, greenlet, worker or mule of the instance (and
+        through `uwsgi_ws.client.Publisher`); blocks until the mule appended it.
+        """
         if not isinstance(event, str):
             raise TypeError(f"an event name is a str, not {type(event).__name__}")
+        if to_user is not None:
+            if to is not None:
+                raise ValueError("emit() takes to= or to_user=, not both")
+            frame = events_protocol.event(event, data, None)
+            self.broadcast.publish(self._dumps(frame), presence.user_channel(self.path, str(to_user)))
+            return
         if isinstance(to, EventConnection):
-            to.emit(event, data)
+            to = to.id
+        if isinstance(to, str) and CONNECTION_ID.fullmatch(to):
+            frame = events_protocol.event(event, data, None)
+            self.broadcast.publish(self._dumps(frame), presence.connection_channel(self.path, to))
             return
         room = None if to in (None, ALL) else to
         channel = self.channel(room)
-        self.broadcast.publish(_dumps(events_protocol.event(event, data, room)), channel,
-                               event=True)
+        frame = events_protocol.event(event, data, room)
+        if skip is not None:
+            frame["skip"] = skip.id if isinstance(skip, EventConnection) else str(skip)
+        self.broadcast.publish(self._dumps(frame), channel, event=True)
+
+    def disconnect(self, conn_id: Any, code: int = 1000, reason: str = "") -> None:
+        """Close connection `conn_id` (an id or an EventConnection) with `code` and
+        `reason`, in whichever worker holds it. Returns once the request is in the
+        broadcast (the close follows in that worker). Raises PublishError,
+        ValueError (not a connection id). Callable from anywhere, as `emit`."""
+        if isinstance(conn_id, EventConnection):
+            conn_id = conn_id.id
+        if not isinstance(conn_id, str) or not CONNECTION_ID.fullmatch(conn_id):
+            raise ValueError(f"disconnect() takes a connection id ('<pid>-<n>'), not {conn_id!r}")
+        if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
+            raise ValueError(f"close code {code!r}: use 1000 or an application code, 3000-4999 (RFC 6455 7.4.2)")
+        self._control({"op": "disconnect", "id": conn_id, "code": code, "reason": str(reason)})
+
+    def close_room(self, room: str) -> None:
+        """Make every member of `room`, in every worker, leave it (each gets a
+        ``left`` frame and stops receiving it). Raises PublishError, ValueError (bad
+        name). Callable from anywhere, as `emit`."""
+        self.channel(room)
+        self._control({"op": "close_room", "room": room})
+
+    def presence(self, room: str) -> List[Dict[str, Any]]:
+        """The connections in `room` in every worker of the instance, sorted by id:
+        ``[{"id": "<pid>-<n>", "identity": <what connect set>}, ...]``. A killed
+        worker's connections are not listed.
+
+        Blocks until this worker's broadcast caught up with the ring (everything
+        published before the call is reflected). Callable in a worker of the
+        instance (a view, a handler, a thread); raises RingError where the
+        broadcast is not available (a mule, outside uWSGI without flask run)."""
+        self.channel(room)
+        return [{"id": c, "identity": i} for c, i in self._registry().members(room)]
+
+    def presence_count(self, room: str) -> int:
+        """The number of connections in `room` in every worker (no identities copied).
+        Blocks and raises as `presence`."""
+        self.channel(room)
+        return self._registry().count(room)
+
+    def _registry(self) -> presence.Registry:
+        broadcast = self.broadcast
+        return presence.registry(self.path, broadcast, self.ws.runtime())
+
+    def _control(self, message: Dict[str, Any]) -> None:
+        self.broadcast.publish(json.dumps(message, separators=(",", ":")), presence.control_channel(self.path))
+
+    def _own_channels(self, conn: EventConnection) -> List[str]:
+        """The channels a connection listens on besides its rooms: its own and its user's."""
+        out = [presence.connection_channel(self.path, conn.id)]
+        identity = conn.identity
+        if isinstance(identity, dict) and isinstance(identity.get(self.user_key), (str, int)):
+            try:
+                out.append(presence.user_channel(self.path, str(identity[self.user_key])))
+            except ValueError:
+                pass  # a user name too long for a channel: not targetable by to_user
+        return out
+
+    def _announce(self, conn: EventConnection, rooms: set) -> None:
+        """`conn` is in `rooms` from before its registration (connect, resume): publish."""
+        local = conn._local
+        if local is None or not rooms:
+            return
+        self._registry().rooms_changed(local, set(conn.rooms))
+        if self.join_leave:
+            for room in sorted(rooms):
+                frame = events_protocol.presence("join", room, conn.id, conn.identity)
+                self.broadcast.publish(self._dumps(frame), self.channel(room))
+
+    def _member_changed(self, conn: EventConnection, op: str, room: str) -> None:
+        """`conn` joined or left `room`: update presence, tell the room (join_leave)."""
+        local = conn._local
+        if local is None:
+            return  # before registration: published then, at once
+        self._registry().rooms_changed(local, set(conn.rooms))
+        if self.join_leave:
+            frame = events_protocol.presence(op, room, conn.id, conn.identity)
+            self.broadcast.publish(self._dumps(frame), self.channel(room))
 
     # -- WebSocket -------------------------------------------------------------------
 
@@ -247,14 +495,29 @@ class Events:
         # Upgrade (send the 101) before the hub may see the connection: a recovery
         # queued now runs in the hub's task, which must find an open, attached Connection.
         ws_conn.connected  # noqa: B018
-        if not resume_expected:
-            conn._subscribe({}, True)
+        registry = self._registry()
+        local = registry.add(conn.id, conn.identity, ws_conn, conn._on_control)
         try:
+            conn.send(events_protocol.connected(conn.id))
+            if not resume_expected:
+                conn._subscribe({}, True)
+            conn._local = local
+            self._announce(conn, set(conn.rooms))
             for message in ws_conn:
                 self._on_frame(conn, message)
+                while conn._backlog:
+                    self._on_frame(conn, conn._backlog.popleft())
         except ConnectionClosed:
             pass
         finally:
+            try:
+                registry.remove(local)
+                if self.join_leave:
+                    for room in sorted(conn.rooms):
+                        self.broadcast.publish(self._dumps(events_protocol.presence(
+                            "leave", room, conn.id, conn.identity)), self.channel(room))
+            except Exception:
+                current_app.log_exception(sys.exc_info())
             disconnect = self.handlers.get("disconnect")
             if disconnect is not None:
                 try:
@@ -269,10 +532,17 @@ class Events:
         if action.type is None:  # not even a readable frame
             conn.send(events_protocol.error(action.message))
             return
+        if isinstance(action, events_protocol.Reply):
+            conn._take_reply(action)
+            return
         if conn._deferred is not None and action.type != "resume":
             conn._subscribe({}, True)  # no resume came first: live from the upgrade on
         if isinstance(action, events_protocol.Emit):
-            self._on_event(conn, action)
+            conn._busy = True
+            try:
+                self._on_event(conn, action)
+            finally:
+                conn._busy = False
         elif isinstance(action, events_protocol.Join):
             check = self.handlers.get("join")
             if check is not None and check(conn, action.room) is False:
@@ -296,7 +566,7 @@ class Events:
             try:
                 reply = {"data": handler(conn, action.data)}
                 if ack_id is not None:
-                    _dumps(reply["data"])  # TypeError: not JSON
+                    self._dumps(reply["data"])  # TypeError: not JSON
             except ConnectionClosed:
                 raise
             except EventError as exc:
@@ -319,7 +589,9 @@ class Events:
             conn._subscribe({}, True)
             return
         assert isinstance(action, events_protocol.Resume)
+        before = set(conn.rooms)
         conn._subscribe(dict(action.rooms), action.epoch == str(self.broadcast.position().epoch))
+        self._announce(conn, set(conn.rooms) - before)
 
     # -- SSE -------------------------------------------------------------------------
 

@@ -14,10 +14,14 @@ Client → server frames (JSON objects with a string ``type``):
     {"type":"join","room":R,"last":N}             → Join (last optional, 0..max_last)
     {"type":"leave","room":R}                     → Leave
     {"type":"resume","epoch":P,"rooms":{R:S}}     → Resume (first frame of ?resume=1 only)
+    {"type":"reply","id":I,"data":D}              → Reply (to the server's call I; or "error":M)
     anything else                                 → Invalid (answer `error(action.message)`)
 
-Server → client frames: event (broadcast: with seq and epoch; direct: without),
-ack (data or error), error, not_recovered, resumed; SSE renders a broadcast as
+Server → client frames: connected (the connection's id, first), event
+(broadcast: with seq and epoch; direct: without; "skip": a connection id that
+must drop it), ack (data or error), error, not_recovered, resumed, call (the
+server asks, the client answers with a reply), presence (join/leave of a room's
+member), left (the server removed the connection from a room); SSE renders a broadcast as
 ``id: <epoch>-<seq>`` / ``event: <name>`` / ``data: <the same JSON>``.
 
 Pure functions, no state: thread-safe.
@@ -25,21 +29,74 @@ Pure functions, no state: thread-safe.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime
+import decimal
 import json
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Type, Union
 
 #: Event names a client may not emit: the endpoint's own hooks.
 RESERVED_EVENTS = frozenset({"connect", "disconnect", "join"})
 #: Frame types a client may send.
-CLIENT_TYPES = ("event", "join", "leave", "resume")
+CLIENT_TYPES = ("event", "join", "leave", "resume", "reply")
+#: The key of the one-key object that carries bytes in any JSON value: {"$bin": "<base64>"}.
+BINARY_KEY = "$bin"
 
 UNREADABLE = "a frame is a JSON object with a string \"type\" (text frames only)"
 
 
-def dumps(message: Any) -> str:
-    """The compact JSON text of a frame (UTF-8 as is: ``ensure_ascii=False``)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+class Encoder(json.JSONEncoder):
+    """The default encoder of frames: JSON, plus bytes-like values as
+    ``{"$bin": "<base64>"}`` (RFC 4648 section 4, with padding), which clients
+    decode back to bytes (docs/protocol.md, Binary payloads)."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, (bytes, bytearray, memoryview)):
+            return {BINARY_KEY: base64.b64encode(bytes(o)).decode("ascii")}
+        return super().default(o)
+
+
+class RichEncoder(Encoder):
+    """`Encoder` plus the types applications send most: datetime/date/time (ISO
+    8601 strings), UUID and Decimal (strings), dataclass instances (their
+    fields, `dataclasses.asdict`), sets and frozensets (lists). Pass it as
+    ``ws.events(path, json_encoder=RichEncoder)`` or subclass it."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, (datetime.datetime, datetime.date, datetime.time)):
+            return o.isoformat()
+        if isinstance(o, (uuid.UUID, decimal.Decimal)):
+            return str(o)
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
+        if isinstance(o, (set, frozenset)):
+            return list(o)
+        return super().default(o)
+
+
+def dumps(message: Any, encoder: Optional[Type[json.JSONEncoder]] = None) -> str:
+    """The compact JSON text of a frame (UTF-8 as is: ``ensure_ascii=False``).
+    `encoder`: a json.JSONEncoder subclass (default `Encoder`: bytes as $bin).
+    Raises TypeError for a value the encoder cannot serialise."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, cls=encoder or Encoder)
+
+
+def _binary_hook(obj: Dict[str, Any]) -> Any:
+    if len(obj) == 1 and BINARY_KEY in obj and isinstance(obj[BINARY_KEY], str):
+        try:
+            return base64.b64decode(obj[BINARY_KEY], validate=True)
+        except ValueError:
+            return obj
+    return obj
+
+
+def loads(text: Union[str, bytes]) -> Any:
+    """Parse a frame's JSON, turning ``{"$bin": "<base64>"}`` objects into bytes.
+    Raises ValueError for text that is not JSON."""
+    return json.loads(text, object_hook=_binary_hook)
 
 
 # -- client → server: actions ------------------------------------------------------------
@@ -91,7 +148,17 @@ class Invalid:
     type: Optional[str] = None
 
 
-Action = Union[Emit, Join, Leave, Resume, Invalid]
+@dataclass(frozen=True)
+class Reply:
+    """The client's answer to the server's call `id`: `data`, or `error` (a message)."""
+
+    id: Any
+    data: Any = None
+    error: Optional[str] = None
+    type: str = field(default="reply", init=False)
+
+
+Action = Union[Emit, Join, Leave, Resume, Reply, Invalid]
 
 
 def _no_check(room: str) -> None:
@@ -109,10 +176,10 @@ def parse_client(message: Union[str, bytes], check_room: Callable[[str], Any] = 
         max_last: the most recent broadcasts a join may ask for; more is capped.
 
     Returns:
-        Emit, Join, Leave, Resume, or Invalid (never raises on client input).
+        Emit, Join, Leave, Resume, Reply, or Invalid (never raises on client input).
     """
     try:
-        frame = json.loads(message) if isinstance(message, str) else None
+        frame = loads(message) if isinstance(message, str) else None
     except ValueError:
         frame = None
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
@@ -150,7 +217,12 @@ def parse_client(message: Union[str, bytes], check_room: Callable[[str], Any] = 
             except ValueError as exc:
                 return Invalid(str(exc), kind)
         return Resume(str(frame.get("epoch")), dict(rooms))
-    return Invalid(f"unknown frame type {kind[:40]!r}: event, join, leave or resume", kind)
+    if kind == "reply":
+        if frame.get("id") is None:
+            return Invalid("reply: \"id\" is the id of the server's call", kind)
+        err = frame.get("error")
+        return Reply(frame["id"], frame.get("data"), None if err is None else str(err))
+    return Invalid(f"unknown frame type {kind[:40]!r}: event, join, leave, resume or reply", kind)
 
 
 # -- server → client: encoders -------------------------------------------------------------
@@ -160,6 +232,26 @@ def event(name: str, data: Any = None, room: Optional[str] = None) -> Dict[str, 
     """An event frame; a broadcast gets ``seq`` and ``epoch`` appended by the writer of
     the ring (`uwsgi_ws.broadcast.publish`), a direct one has none."""
     return {"type": "event", "event": name, "data": data, "room": room}
+
+
+def connected(conn_id: str) -> Dict[str, Any]:
+    """The first frame of a connection: its id (what `skip` and `to=` name)."""
+    return {"type": "connected", "id": conn_id}
+
+
+def call(call_id: int, name: str, data: Any = None) -> Dict[str, Any]:
+    """The server calls the client's handler of `name`; answered by one reply with `call_id`."""
+    return {"type": "call", "id": call_id, "event": name, "data": data}
+
+
+def presence(op: str, room: str, conn_id: str, identity: Any) -> Dict[str, Any]:
+    """A member joined (`op` "join") or left ("leave") `room` (join_leave endpoints)."""
+    return {"type": "presence", "op": op, "room": room, "id": conn_id, "identity": identity}
+
+
+def left(room: str) -> Dict[str, Any]:
+    """The server removed this connection from `room` (close_room): do not rejoin it."""
+    return {"type": "left", "room": room}
 
 
 def ack(ack_id: Any, data: Any) -> Dict[str, Any]:
@@ -229,6 +321,13 @@ def client_leave(room: str) -> Dict[str, Any]:
     return {"type": "leave", "room": room}
 
 
+def client_reply(call_id: Any, data: Any = None, error: Optional[str] = None) -> Dict[str, Any]:
+    """The answer to the server's call `call_id`: `data`, or `error` (a message)."""
+    if error is not None:
+        return {"type": "reply", "id": call_id, "error": error}
+    return {"type": "reply", "id": call_id, "data": data}
+
+
 def client_resume(epoch: str, rooms: Dict[str, int]) -> Dict[str, Any]:
     """The first frame of a ``?resume=1`` connection."""
     return {"type": "resume", "epoch": str(epoch), "rooms": rooms}
@@ -271,7 +370,33 @@ class ResumedFrame:
     epoch: str
 
 
-ServerFrame = Union[EventFrame, AckFrame, ErrorFrame, NotRecoveredFrame, ResumedFrame]
+@dataclass(frozen=True)
+class ConnectedFrame:
+    id: str
+
+
+@dataclass(frozen=True)
+class CallFrame:
+    id: Any
+    event: str
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class PresenceFrame:
+    op: str
+    room: str
+    id: str
+    identity: Any = None
+
+
+@dataclass(frozen=True)
+class LeftFrame:
+    room: str
+
+
+ServerFrame = Union[EventFrame, AckFrame, ErrorFrame, NotRecoveredFrame, ResumedFrame, ConnectedFrame, CallFrame,
+                    PresenceFrame, LeftFrame]
 
 
 def parse_server(message: Union[str, bytes]) -> ServerFrame:
@@ -283,7 +408,7 @@ def parse_server(message: Union[str, bytes]) -> ServerFrame:
     if not isinstance(message, str):
         raise ValueError("the server sent a binary message: the event protocol is JSON text frames")
     try:
-        frame = json.loads(message)
+        frame = loads(message)
     except ValueError:
         raise ValueError(f"the server sent a text message that is not JSON: {message[:80]!r}") from None
     kind = frame.get("type") if isinstance(frame, dict) else None
@@ -300,6 +425,14 @@ def parse_server(message: Union[str, bytes]) -> ServerFrame:
             return NotRecoveredFrame(frame.get("room"), str(frame["reason"]))
         if kind == "resumed":
             return ResumedFrame(dict(frame["rooms"]), str(frame["epoch"]))
+        if kind == "connected":
+            return ConnectedFrame(str(frame["id"]))
+        if kind == "call":
+            return CallFrame(frame["id"], str(frame["event"]), frame.get("data"))
+        if kind == "presence":
+            return PresenceFrame(str(frame["op"]), str(frame["room"]), str(frame["id"]), frame.get("identity"))
+        if kind == "left":
+            return LeftFrame(str(frame["room"]))
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"malformed {kind} frame from the server: {message[:80]!r}") from None
     raise ValueError(f"not an event-protocol frame: {message[:80]!r}")

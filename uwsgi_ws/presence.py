@@ -1,0 +1,393 @@
+"""Presence and control of an events endpoint, over the broadcast only.
+
+Every worker that serves an events endpoint keeps one `Registry` per endpoint:
+its own connections (id, identity, rooms, the socket) and a *replica* of every
+worker's connections. The replica is built from messages on the endpoint's
+control channel ``events:<path>#ctl`` of the broadcast ring, which the
+registry subscribes as a plain `uwsgi_ws.broadcast.Subscriber` (it reads the
+entries instead of writing them to a socket, as an SSE stream does):
+
+    {"op":"member","pid":P,"id":C,"v":V,"identity":I,"rooms":[R,...]}   C's state now
+    {"op":"gone","pid":P,"id":C,"v":V}                                  C closed
+    {"op":"sync","pid":P,"nonce":N}            a new registry asks every worker's state
+    {"op":"state","pid":P,"for":N,"members":{C:{"v":V,"identity":I,"rooms":[..]}}}
+    {"op":"disconnect","id":C,"code":K,"reason":S}                      close C (its worker)
+    {"op":"close_room","room":R}                   every member of R leaves it (their workers)
+
+A member message carries the connection's whole state and a version `v` that
+grows with each change of that connection, so the replica keeps the newest
+state whatever the order a ``state`` answer and a later change arrive in
+(``gone`` leaves a tombstone). A killed worker's connections leave presence at
+once: a reader skips every pid that is no longer a live process (/proc, as
+`uwsgi_ws.metrics` skips the rows of dead workers).
+
+Reads (`members`, `count`) first wait until this worker's hub has handed out
+everything appended to the ring when the call started (`Broadcast.recover` of
+an empty plan answers with the hub's position), so a join published before the
+call is seen, from whichever worker. A registry created after other workers
+had connections (a respawned worker) asks them once (``sync``) and waits at
+most SYNC_TIMEOUT for the answers of the live workers.
+
+Thread-safety: every public method may be called from any thread or greenlet of
+the worker; `deliver` runs in the hub's task and never blocks (what must
+publish or close is spawned as a task of the runtime).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from . import _uwsgi, frames
+from .broadcast import Batch, Broadcast, channel_bytes
+from .log import get as _logger
+
+log = _logger(__name__)
+
+SYNC_TIMEOUT = 2.0  # seconds a new registry waits for the other workers' state
+READ_TIMEOUT = 5.0  # seconds a read waits for this worker's hub to catch up
+_TOMBSTONES = 65536  # closed connection ids remembered (against late state answers)
+
+
+def control_channel(path: str) -> str:
+    """The control channel of the events endpoint at `path`."""
+    return f"events:{path}#ctl"
+
+
+def connection_channel(path: str, conn_id: str) -> str:
+    """The channel every connection `conn_id` of the endpoint at `path` listens on
+    (``emit(..., to=<connection id>)``)."""
+    return f"events:{path}#c:{conn_id}"
+
+
+def user_channel(path: str, user: str) -> str:
+    """The channel of every connection whose identity names `user` (``to_user=``).
+    Raises ValueError when the name is too long for a channel."""
+    channel = f"events:{path}#u:{user}"
+    channel_bytes(channel)
+    return channel
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` runs (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+    return state not in (b"Z", b"X", b"x")
+
+
+def _pid_of(conn_id: str) -> int:
+    head, _, _ = conn_id.partition("-")
+    return int(head) if head.isdigit() else 0
+
+
+class _Member:
+    __slots__ = ("pid", "v", "identity", "rooms")
+
+    def __init__(self, pid: int, v: int, identity: Any, rooms: Set[str]) -> None:
+        self.pid, self.v, self.identity, self.rooms = pid, v, identity, rooms
+
+
+class Local:
+    """One connection of this worker as the registry knows it."""
+
+    __slots__ = ("id", "identity", "rooms", "v", "ws", "on_control")
+
+    def __init__(self, conn_id: str, identity: Any, ws: Any, on_control: Callable[[Dict[str, Any]], None]) -> None:
+        self.id, self.identity, self.ws, self.on_control = conn_id, identity, ws, on_control
+        self.rooms: Set[str] = set()
+        self.v = 0
+
+
+class Registry:
+    """This worker's presence view of one events endpoint (see the module doc).
+
+    Args:
+        path: the endpoint's path.
+        broadcast: this process's `Broadcast` (must be `available`).
+        runtime: the runtime module (Lock, Event, spawn).
+    """
+
+    connected = True  # as a Subscriber: never closes
+    pending_output = 0
+
+    def __init__(self, path: str, broadcast: Broadcast, runtime: Any) -> None:
+        self.path = path
+        self.channel = control_channel(path)
+        self._bc = broadcast
+        self._rt = runtime
+        self._pid = os.getpid()
+        self._lock = runtime.Lock()
+        self._local: Dict[str, Local] = {}
+        self._members: Dict[str, _Member] = {}
+        self._rooms: Dict[str, Set[str]] = collections.defaultdict(set)
+        self._gone: Set[str] = set()
+        self._gone_order: Deque[str] = collections.deque()
+        self._answered: Set[int] = set()
+        self._nonce = f"{self._pid}-{time.monotonic_ns()}"
+        broadcast.attach(self)
+        broadcast.subscribe(self, self.channel)
+        self._sync_deadline = time.monotonic() + SYNC_TIMEOUT
+        self._peers: Set[int] = set()
+
+    def start(self) -> None:
+        """Ask the other live workers for their connections (once, at creation).
+        Raises PublishError."""
+        self._peers = self._other_workers()
+        self._sync_deadline = time.monotonic() + SYNC_TIMEOUT
+        self.publish({"op": "sync", "pid": self._pid, "nonce": self._nonce})
+
+    # -- this worker's connections ------------------------------------------------------------
+
+    def add(self, conn_id: str, identity: Any, ws: Any, on_control: Callable[[Dict[str, Any]], None]) -> Local:
+        """Register connection `conn_id` (no rooms yet: it is not in presence until it
+        joins one). `on_control` gets this connection's control messages (in a task
+        of its own, not the hub's)."""
+        local = Local(conn_id, identity, ws, on_control)
+        with self._lock:
+            self._local[conn_id] = local
+        return local
+
+    def rooms_changed(self, local: Local, rooms: Set[str]) -> None:
+        """Publish `local`'s new room set (blocks until the mule appended it).
+        Raises PublishError."""
+        with self._lock:
+            local.v += 1
+            local.rooms = set(rooms)
+            message = self._member_message(local)
+        self.publish(message)
+
+    def remove(self, local: Local) -> None:
+        """The connection closed: it leaves presence everywhere. Raises PublishError."""
+        with self._lock:
+            self._local.pop(local.id, None)
+            local.v += 1
+            version = local.v
+        if local.rooms or local.v > 1:
+            self.publish({"op": "gone", "pid": self._pid, "id": local.id, "v": version})
+
+    def local_members(self, room: str) -> List[Local]:
+        """This worker's connections in `room` now."""
+        with self._lock:
+            return [c for c in self._local.values() if room in c.rooms]
+
+    def local(self, conn_id: str) -> Optional[Local]:
+        with self._lock:
+            return self._local.get(conn_id)
+
+    def publish(self, message: Dict[str, Any]) -> None:
+        self._bc.publish(json.dumps(message, separators=(",", ":")), self.channel)
+
+    def _member_message(self, local: Local) -> Dict[str, Any]:
+        return {"op": "member", "pid": self._pid, "id": local.id, "v": local.v,
+                "identity": local.identity, "rooms": sorted(local.rooms)}
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def members(self, room: str) -> List[Tuple[str, Any]]:
+        """(connection id, identity) of every connection in `room`, all workers, sorted
+        by id. Blocks until this worker's hub caught up (at most READ_TIMEOUT)."""
+        self._catch_up()
+        with self._lock:
+            ids = sorted(self._rooms.get(room, ()))
+            found = [(c, self._members[c]) for c in ids]
+        alive: Dict[int, bool] = {}
+        out = []
+        for conn_id, member in found:
+            if member.pid not in alive:
+                alive[member.pid] = member.pid == self._pid or pid_alive(member.pid)
+            if alive[member.pid]:
+                out.append((conn_id, member.identity))
+        dead = [pid for pid, ok in alive.items() if not ok]
+        if dead:
+            self._drop_pids(dead)
+        return out
+
+    def count(self, room: str) -> int:
+        """The number of connections in `room`, all workers (no identities copied, one
+        liveness check per worker). Blocks as `members`."""
+        self._catch_up()
+        with self._lock:
+            by_pid = collections.Counter(self._members[c].pid for c in self._rooms.get(room, ()))
+        return sum(n for pid, n in by_pid.items() if pid == self._pid or pid_alive(pid))
+
+    def user_connections(self, key: str, value: Any) -> List[str]:
+        """Ids of the connections whose identity has `key` == `value` (all workers)."""
+        self._catch_up()
+        with self._lock:
+            return sorted(c for c, m in self._members.items()
+                          if isinstance(m.identity, dict) and m.identity.get(key) == value)
+
+    def _catch_up(self) -> None:
+        """Wait until the hub handed this registry everything in the ring now, and
+        (once) for the other live workers' answers to this registry's sync."""
+        target = self._bc.position().seq
+        deadline = time.monotonic() + READ_TIMEOUT
+        while True:
+            reached = self._rt.Event()
+            where: List[int] = []
+
+            def done(result: Dict[str, Any], where: List[int] = where, reached: Any = reached) -> None:
+                where.append(result[self.channel].seq)
+                reached.set()
+
+            self._bc.recover(self, {self.channel: None}, done)
+            if not reached.wait(max(0.01, deadline - time.monotonic())):
+                log.warning("presence of %s: the broadcast hub did not catch up in %.0f s", self.path, READ_TIMEOUT)
+                break
+            if where[0] >= target:
+                break
+        while self._peers and time.monotonic() < self._sync_deadline:
+            with self._lock:
+                missing = {p for p in self._peers if p not in self._answered}
+            missing = {p for p in missing if pid_alive(p)}
+            if not missing:
+                self._peers = set()
+                break
+            self._rt.sleep(0.01)
+
+    def _other_workers(self) -> Set[int]:
+        if not _uwsgi.available() or not _uwsgi.in_uwsgi_thread():
+            return set()
+        try:
+            workers = _uwsgi.api().workers()
+        except Exception:  # not callable from here: no wait
+            return set()
+        return {int(w["pid"]) for w in workers if w.get("pid") and int(w["pid"]) != self._pid}
+
+    def _drop_pids(self, pids: List[int]) -> None:
+        with self._lock:
+            for conn_id in [c for c, m in self._members.items() if m.pid in pids]:
+                self._set(conn_id, None)
+
+    # -- the replica (hub task: never block) -----------------------------------------------------
+
+    def _set(self, conn_id: str, member: Optional[_Member]) -> None:
+        """Replace `conn_id`'s state (lock held)."""
+        old = self._members.pop(conn_id, None)
+        for room in old.rooms if old is not None else ():
+            ids = self._rooms.get(room)
+            if ids is not None:
+                ids.discard(conn_id)
+                if not ids:
+                    del self._rooms[room]
+        if member is not None and member.rooms:
+            self._members[conn_id] = member
+            for room in member.rooms:
+                self._rooms[room].add(conn_id)
+        elif member is not None:
+            self._members[conn_id] = member
+
+    def _apply_member(self, conn_id: str, pid: int, v: int, identity: Any, rooms: List[str]) -> None:
+        if conn_id in self._gone:
+            return
+        old = self._members.get(conn_id)
+        if old is not None and old.v >= v:
+            return
+        self._set(conn_id, _Member(pid, v, identity, set(rooms)))
+
+    def _apply(self, message: Dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "member":
+            with self._lock:
+                self._apply_member(str(message["id"]), int(message["pid"]), int(message["v"]),
+                                   message.get("identity"), list(message.get("rooms") or ()))
+        elif op == "gone":
+            conn_id = str(message["id"])
+            with self._lock:
+                self._set(conn_id, None)
+                self._gone.add(conn_id)
+                self._gone_order.append(conn_id)
+                if len(self._gone_order) > _TOMBSTONES:
+                    self._gone.discard(self._gone_order.popleft())
+        elif op == "state":
+            with self._lock:
+                if message.get("for") == self._nonce:
+                    self._answered.add(int(message["pid"]))
+                for conn_id, m in (message.get("members") or {}).items():
+                    self._apply_member(str(conn_id), int(message["pid"]), int(m["v"]), m.get("identity"),
+                                       list(m.get("rooms") or ()))
+        elif op == "sync":
+            if int(message["pid"]) != self._pid:
+                self._rt.spawn(self._answer, str(message.get("nonce")))
+        elif op == "disconnect":
+            local = self.local(str(message.get("id")))
+            if local is not None:
+                self._rt.spawn(local.on_control, message)
+        elif op == "close_room":
+            room = str(message.get("room"))
+            for local in self.local_members(room):
+                self._rt.spawn(local.on_control, message)
+
+    def _answer(self, nonce: str) -> None:
+        with self._lock:
+            members = {c.id: {"v": c.v, "identity": c.identity, "rooms": sorted(c.rooms)}
+                       for c in self._local.values()}
+        try:
+            self.publish({"op": "state", "pid": self._pid, "for": nonce, "members": members})
+        except Exception:
+            log.exception("presence of %s: could not answer a sync", self.path)
+
+    # -- Subscriber (the hub's task) ----------------------------------------------------------------
+
+    def deliver(self, batch: Batch) -> bool:
+        for entry in batch.entries:
+            if entry.channel != self.channel:
+                continue
+            try:
+                message = json.loads(frames.payload(entry.frame))
+                if isinstance(message, dict):
+                    self._apply(message)
+            except (ValueError, KeyError, TypeError):
+                log.warning("presence of %s: an unreadable control message (ignored)", self.path)
+        return True
+
+    def begin_direct(self) -> int:
+        return -1
+
+    def end_direct(self, batch: Batch, result: int) -> None:
+        """Never called (begin_direct is always -1)."""
+
+    def flush(self) -> bool:
+        return True
+
+    def fail_slow(self, code: int, reason: str) -> None:
+        """Never slow: `deliver` takes everything."""
+
+    def fileno(self) -> int:
+        return -1
+
+
+_registries: Dict[Tuple[int, str], Registry] = {}
+_registries_lock = threading.Lock()  # never held across a yield
+
+
+def registry(path: str, broadcast: Broadcast, runtime: Any) -> Registry:
+    """This worker's registry of the endpoint at `path` (made on first use).
+    Raises RingError when the broadcast is not available."""
+    key = (os.getpid(), path)
+    found = _registries.get(key)
+    if found is None:
+        with _registries_lock:
+            found = _registries.get(key)
+            new = found is None
+            if found is None:
+                found = _registries[key] = Registry(path, broadcast, runtime)
+        if new:
+            found.start()
+    return found
