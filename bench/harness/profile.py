@@ -75,7 +75,7 @@ class Profiler:
         """Text summary: per process, the functions with the most self samples and the
         most inclusive samples (py-spy), or perf's own report by symbol."""
         if self.kind == "perf":
-            out = []
+            out = ["== processes: " + ", ".join(f"{pid} {name}" for pid, name in sorted(self.names.items()))]
             for data in self.files:
                 if not data.exists():
                     out.append(f"== {data.name}: no output; see {self.tag}.perf.log")
