@@ -222,7 +222,7 @@ def parse_client(message: Union[str, bytes], check_room: Callable[[str], Any] = 
             return Invalid("reply: \"id\" is the id of the server's call", kind)
         err = frame.get("error")
         return Reply(frame["id"], frame.get("data"), None if err is None else str(err))
-    return Invalid(f"unknown frame type {kind[:40]!r}: event, join, leave, resume or reply", kind)
+    return Invalid(f"unknown frame type {kind[:40]!r}: event, join, leave or resume", kind)
 
 
 # -- server → client: encoders -------------------------------------------------------------
