@@ -150,7 +150,11 @@ def test_recipe_env_form_dies_on_reload_the_control(tmp_path, redis, recipe):
         server.wait_for_log(r"spawned uWSGI mule 1", 30)  # the master is in its loop: it handles SIGHUP
         wait_for(lambda: _serves(server), 30, "the instance serving")
         uwsgi_reload(tmp_path / f"{recipe}.pid")
-        server.proc.wait(60)
+        # the reload waits for the workers and the mule (their reload mercies) before the exec
+        try:
+            server.proc.wait(150)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after the reload:\n{server.log()}") from None
         assert server.proc.returncode != 0
         assert re.search(r"unknown config directive: ws-", server.log()), server.log()
     finally:
