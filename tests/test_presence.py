@@ -65,6 +65,7 @@ class Client:
     ({event: data | Exception | None (no reply)})."""
 
     def __init__(self, port: int, query: str = "", answers=None):
+        query = "?id=1" + ("&" + query.lstrip("?") if query else "")
         self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}/live{query}", timeout=10)
         self.kept: list = []
         self.answers = answers or {}

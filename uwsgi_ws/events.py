@@ -498,7 +498,8 @@ class Events:
         registry = self._registry()
         local = registry.add(conn.id, conn.identity, ws_conn, conn._on_control)
         try:
-            conn.send(events_protocol.connected(conn.id))
+            if request.args.get("id") == "1":  # the client wants its id (skip, calls): opt-in
+                conn.send(events_protocol.connected(conn.id))
             if not resume_expected:
                 conn._subscribe({}, True)
             conn._local = local
