@@ -39,7 +39,7 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,11 +230,11 @@ def server_args(args: argparse.Namespace) -> list[str]:
 
 def main_run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(args.repo / "tests"))
-    from harness import serve  # the tests' uWSGI launcher (and tests/apps/echo_app.py)
+    from harness import serve  # type: ignore[attr-defined]  # the tests' uWSGI launcher (tests/apps)
 
     tmp = Path(tempfile.mkdtemp(prefix="uwsgi_ws-idle-"))
     server = serve("echo_app:app", tmp, model=args.model, extra=server_args(args))
-    clients: list[tuple[mp.Process, Connection]] = []
+    clients: List[Tuple[Any, Connection]] = []  # (a spawned process, its control pipe)
     try:
         server.wait_for_log(r"spawned uWSGI worker \d+ ", count=args.workers, timeout=120)
         server.wait_for_port()
@@ -250,7 +250,8 @@ def main_run(args: argparse.Namespace) -> int:
                                                      f"127.0.0.{10 + i}", theirs), daemon=True)
             proc.start()
             clients.append((proc, mine))
-        opened, errors = 0, []
+        opened = 0
+        errors: List[str] = []
         for proc, ctl in clients:
             _, n, errs, n_err, secs = ctl.recv()
             print(f"client {proc.pid}: {n} connections opened in {secs:.1f}s", file=sys.stderr, flush=True)

@@ -145,7 +145,7 @@ def build_scenarios(clients: list[int], sizes: list[int], quick: bool) -> list[S
             budget = (300_000 if s <= 1024 else 100_000) // (3 if quick else 1)
             lat = None
             if (n, s) == lat_key:
-                lat = {"rate": 50, "seconds": 2 if quick else 5, "size": 100}
+                lat = {"rate": 50.0, "seconds": 2.0 if quick else 5.0, "size": 100.0}
             out.append(Scenario(n, s, max(20, budget // n), lat))
     return out
 

@@ -101,7 +101,7 @@ def free_port() -> int:
     """A currently free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_http(port: int, proc: "ManagedProcess", timeout: float) -> None:
@@ -136,7 +136,7 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         log: Path | None = None,
         stdin: int | None = None,
-        stdout: int | IO | None = None,
+        stdout: "int | IO[bytes] | None" = None,
         stop_signal: int = signal.SIGINT,
     ) -> None:
         self.log = log

@@ -38,9 +38,10 @@ class Profiler:
         if kind not in ("py-spy", "perf"):
             raise ValueError(f"unknown profiler {kind!r}: use py-spy or perf")
         self.kind, self.outdir, self.tag = kind, outdir, tag
-        self.pyspy = str(bindir / "py-spy") if (bindir / "py-spy").exists() else shutil.which("py-spy")
+        self.pyspy = str(bindir / "py-spy") if (bindir / "py-spy").exists() else (shutil.which("py-spy") or "")
         self.procs: list[ManagedProcess] = []
         self.files: list[Path] = []
+        self.names: dict[int, str] = {}
         if kind == "py-spy" and not self.pyspy:
             raise RuntimeError("py-spy not found: pip install py-spy (bench/requirements.txt)")
         if kind == "perf" and not shutil.which("perf"):
