@@ -7,7 +7,9 @@ A test module that takes the `server` fixture declares what to serve:
     EXTRA = ["--sharedarea", "1"]   # optional extra uWSGI options
 
 and each test runs once per model (`server.model` names it). A server's
-teardown fails the module if a worker crashed while it ran; the shutdown
+teardown fails the module if a worker crashed while it ran, or if its log
+holds a Python traceback the module did not declare (EXPECTED_TRACEBACKS:
+regexes of the exception lines it causes on purpose); the shutdown
 itself (about a second of uWSGI reaping its workers) runs in the background
 while the next module starts, and the session fails if one went wrong.
 """
@@ -57,5 +59,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     instance.model = model  # type: ignore[attr-defined]
     yield instance
     crashes, log = instance.crashes(), instance.log()
+    # A Python traceback in the log is a failure unless the module expects it: list the
+    # regexes of the exception lines it causes on purpose in EXPECTED_TRACEBACKS.
+    unexpected = instance.unexpected_tracebacks(getattr(request.module, "EXPECTED_TRACEBACKS", ()))
     _stopper(instance)
     assert not crashes, log
+    assert not unexpected, f"unexpected traceback(s) in the uWSGI log: {unexpected}\n{log}"

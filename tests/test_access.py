@@ -19,6 +19,8 @@ from harness import wait_for
 
 APP = "access_app:app"
 MODELS = ["threads", "gevent"]
+# what access_app raises on purpose (a 500 before the upgrade, logged by Flask)
+EXPECTED_TRACEBACKS = [r"RuntimeError: (before_connect|decorator) failed on purpose"]
 EXTRA = ["--processes", "1"]  # connection limits are per worker: one worker makes them exact
 
 

@@ -14,6 +14,8 @@ from wsraw import RawWebSocket
 APP = "echo_app:app"
 MODELS = ["threads", "gevent", "async"]
 EXTRA = ["--sharedarea", "1"]  # one 4 KiB page
+# the out-of-range sharedarea read raises in the handler on purpose: 1011 and a logged traceback
+EXPECTED_TRACEBACKS = [r"ValueError: 200 bytes from 4000 run past the end of sharedarea 0"]
 
 ASYNC_SECONDS = ("uwsgi_ws bug (async model): runtime/ugreen.wait rounds every timeout up to whole "
                  "seconds (uwsgi.wait_fd_read takes int seconds): receive(timeout=0.1) waits 1 s")

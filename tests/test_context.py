@@ -13,6 +13,7 @@ from harness import read_reports
 
 APP = "echo_app:app"
 MODELS = ["threads", "gevent", "async"]
+EXPECTED_TRACEBACKS = [r"RuntimeError: handler failed on purpose"]  # the teardown test's handler
 
 
 def login(server, user):

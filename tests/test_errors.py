@@ -11,6 +11,7 @@ from wsraw import RawWebSocket
 
 APP = "echo_app:app"
 MODELS = ["threads", "gevent", "async"]
+EXPECTED_TRACEBACKS = [r"RuntimeError: handler failed on purpose"]  # logged by Flask: what these tests check
 EXTRA = ["--processes", "1"]
 
 

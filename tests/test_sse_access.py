@@ -26,6 +26,7 @@ import pytest
 from harness import serve, wait_for
 
 APP = "sse_access_app:app"
+EXPECTED_TRACEBACKS = [r"RuntimeError: before_connect failed on purpose"]  # the hook that raises: a 500
 BROADCAST = ["--sharedarea", "16", "--mule=uwsgi_ws.mule:run"]
 EXTRA = ["--processes", "1", *BROADCAST]
 STREAM_START = b": uwsgi_ws event stream"

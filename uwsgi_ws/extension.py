@@ -201,6 +201,7 @@ class WebSocket:
 
         wrap_debug(app)
 
+        app.wsgi_app = _MalformedRequestGuard(app.wsgi_app)  # type: ignore[method-assign]
         app.run = functools.partial(run, app)  # type: ignore[method-assign]
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
         for args in self._deferred:
@@ -544,6 +545,25 @@ class AsyncWebSocket(WebSocket):
     while the handler is not in `receive`."""
 
     model = "async"
+
+
+class _MalformedRequestGuard:
+    """Answers 400 to a request uWSGI hands over without a method (a garbage request
+    line: uWSGI passes it on with no REQUEST_METHOD, and Werkzeug's routing then
+    raises KeyError before Flask can answer: a logged traceback and no response)."""
+
+    def __init__(self, wsgi_app: Callable[..., Any]) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if "REQUEST_METHOD" not in environ:
+            body = b"400 Bad Request: malformed request line (no method)\n"
+            start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+        return self.wsgi_app(environ, start_response)
+
+    def __getattr__(self, name: str) -> Any:  # middleware that inspects app.wsgi_app keeps working
+        return getattr(self.wsgi_app, name)
 
 
 class Sockets(WebSocket):

@@ -184,9 +184,29 @@ class UWSGI:
     def worker_pids(self) -> List[int]:
         """Pids of the workers, as announced in the log (latest spawn per worker id)."""
         found: Dict[int, int] = {}
-        for wid, pid in re.findall(r"spawned uWSGI worker (\d+) \(pid: (\d+)", self.log()):
+        # "spawned uWSGI worker 1 (pid: 123, ...)" at start; "Respawned uWSGI worker 1 (new pid: 456)"
+        # after a death or a reload: the latest line per worker id wins, in log order
+        for match in re.finditer(r"(?:spawned uWSGI worker (\d+) \(pid: (\d+)"
+                                 r"|Respawned uWSGI worker (\d+) \(new pid: (\d+))", self.log()):
+            wid, pid = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
             found[int(wid)] = int(pid)
         return [found[k] for k in sorted(found)]
+
+    def tracebacks(self) -> List[str]:
+        """The last line (the exception) of every Python traceback in the log."""
+        out: List[str] = []
+        lines = self.log().splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("Traceback (most recent call last):"):
+                for following in lines[i + 1:]:
+                    if following and not following[0].isspace() and not following.startswith("Traceback"):
+                        out.append(following)
+                        break
+        return out
+
+    def unexpected_tracebacks(self, expected: "Sequence[str]" = ()) -> List[str]:
+        """`tracebacks()` whose exception line matches none of the `expected` regexes."""
+        return [t for t in self.tracebacks() if not any(re.search(p, t) for p in expected)]
 
     def crashes(self) -> List[str]:
         """Log lines that mean a worker died abnormally (segfault, signal, respawn after death)."""
