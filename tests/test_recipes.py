@@ -332,3 +332,44 @@ def test_gevent_default_limit_answers_503_before_the_cores_run_out(tmp_path):
             ws.close()
         server.stop()
     assert not server.crashes(), server.log()
+
+
+# -- the README's vassal template, from the installed configs --------------------------------------------
+
+
+def test_readme_vassal_template_with_copied_configs(tmp_path):
+    """Deployment: `python -m uwsgi_ws conf --copy /etc/uwsgi_ws`, then the README's vassal (paths
+    moved into tmp_path): it lints clean, serves, and broadcasts across its two workers, with no
+    path into this checkout in its config."""
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("**One vassal per app**", 1)[1]
+    template = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    etc = tmp_path / "etc" / "uwsgi_ws"
+    done = subprocess.run([sys.executable, "-m", "uwsgi_ws", "conf", "--copy", str(etc)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    port, socket_port = free_port(), free_port()
+    replaced = (template.replace("/etc/uwsgi_ws/", f"{etc}/")
+                .replace("/srv/myapp/.venv", sys.prefix)
+                .replace("127.0.0.1:8000", f"127.0.0.1:{socket_port}")
+                .replace("127.0.0.1:8001", f"127.0.0.1:{port}")
+                .replace("/run/uwsgi/myapp-stats.sock", str(tmp_path / "stats.sock"))
+                .replace("/srv/myapp", str(APPS))
+                .replace("myapp:app", "broadcast_app:app")
+                .replace("threads: 64", "threads: 8"))
+    assert str(ROOT / "uwsgi_ws") not in replaced  # no include into the checkout (its .venv is the virtualenv)
+    vassal_path = tmp_path / "myapp.yaml"
+    vassal_path.write_text(replaced)
+    done = subprocess.run([sys.executable, "-m", "uwsgi_ws", "check", str(vassal_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # PYTHONPATH: the test apps only (chdir reaches them too); uwsgi_ws comes from the virtualenv
+    server = UWSGI(["--yaml", str(vassal_path)], tmp_path, port=port, env={"PYTHONPATH": str(APPS)})
+    try:
+        broadcast_works(server.url, server.http)
+        assert f"{etc}/broadcast_mule.py" in server.log() or "spawned uWSGI mule 1" in server.log()
+    finally:
+        server.stop()
+    assert not server.crashes(), server.log()
