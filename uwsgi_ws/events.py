@@ -53,9 +53,9 @@ SSE_MAX_QUEUE = 10000  # events buffered for one SSE stream before it is dropped
 
 
 #: Where the browser client is served: CLIENT_URL + "uwsgi_ws.js" (script tag) or
-#: CLIENT_URL + "uwsgi_ws.mjs" (ES module).
+#: CLIENT_URL + "uwsgi_ws.mjs" (ES module), its TypeScript declarations at CLIENT_URL + "uwsgi_ws.d.ts".
 CLIENT_URL = "/_uwsgi_ws/"
-_CLIENT_FILES = ("uwsgi_ws.js", "uwsgi_ws.mjs")
+_CLIENT_FILES = ("uwsgi_ws.js", "uwsgi_ws.mjs", "uwsgi_ws.d.ts")
 
 
 def _client_file(name: str) -> Response:
@@ -65,7 +65,8 @@ def _client_file(name: str) -> Response:
                         mimetype="text/plain")
     with open(os.path.join(os.path.dirname(__file__), "static", name), "rb") as f:
         body = f.read()
-    return Response(body, mimetype="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
+    mimetype = "application/typescript" if name.endswith(".d.ts") else "text/javascript"
+    return Response(body, mimetype=mimetype, headers={"Cache-Control": "public, max-age=3600"})
 
 
 _dumps = events_protocol.dumps

@@ -143,3 +143,27 @@ def call(conn_id):
         return jsonify(reply=conn.call(request.args.get("event", "question"), None, timeout=5))
     except TimeoutError:
         return jsonify(timeout=True)
+
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>presence</title>
+<script src="/_uwsgi_ws/uwsgi_ws.js"></script>
+<script>
+  const q = new URLSearchParams(location.search);
+  window.log = [];
+  window.statuses = [];
+  const live = uwsgiWs.connect("/live", {auth: {user: q.get("user"), rooms: q.get("rooms") || ""},
+                                         onStatus: s => statuses.push(s), buffer: 5});
+  window.live = live;
+  live.on("presence", p => log.push(["presence", p.op, p.room, p.id, p.identity.user]));
+  live.on("said", (data, frame) => log.push(["said", data]));
+  live.on("question", data => new Promise(resolve => setTimeout(() => resolve({answer: data || "from the page"}), 10)));
+  live.on("left", room => log.push(["left", room]));
+  const dropped = d => log.push(["dropped", d]);
+  live.on("dropped", dropped);
+  live.off("dropped", dropped);
+</script>"""
+
+
+@app.get("/page")
+def page():
+    return PAGE

@@ -11,6 +11,14 @@
  * rooms exactly once, in order, while the server's ring still holds them; otherwise
  * the "not_recovered" handler gets (room, reason): refetch the state). Falls back to
  * Server-Sent Events (receive only) when the WebSocket never opens.
+ * Server calls: the first `on(event)` handler's return value (or Promise) is the reply to
+ * the server's `conn.call(event, data)`; a throw or rejection replies with its message.
+ * Presence: `on("presence", p => ...)` gets {op: "join"|"leave", room, id, identity} on
+ * endpoints with join_leave; `on("left", room => ...)` when the server closed a room for
+ * this client. `off(event[, fn])` removes handlers. `client.id`: this connection's id.
+ * Binary: Uint8Array/ArrayBuffer values in emitted data travel as {"$bin": base64} and
+ * come back as Uint8Array. `buffer: n` (default 0): up to n emits made while
+ * reconnecting wait and are sent once the connection is back (beyond: rejected).
  * Status: "connecting", "open", "resuming", "closed" (and "sse" on the fallback);
  * "unauthorized" after a refused attempt, "refused" when the client gave up (below).
  *
@@ -49,6 +57,8 @@
     var failedOpens = 0;  // WebSocket opens that failed without a refusal (sseAfter counts these)
     var refusals = 0, refused = null;  // refused attempts in a row; the last one's HTTP status
     var sseGen = 0, minWait = 0;  // the current SSE open; the next try's least delay (Retry-After)
+    var myId = null;      // this connection's id (the server's "connected" frame)
+    var bufferMax = options.buffer || 0, buffered = [];  // emits waiting for the connection
 
     function status(s) { if (options.onStatus) { try { options.onStatus(s); } catch (e) { console.error(e); } } }
     function fire(name, args) {
@@ -123,6 +133,56 @@
       schedule();
     }
 
+    function toBase64(bytes) {
+      var bin = "";
+      for (var i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
+      return root.btoa(bin);
+    }
+    function fromBase64(text) {
+      var bin = root.atob(text), out = new Uint8Array(bin.length);
+      for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+      return out;
+    }
+    function encode(frame) {
+      return JSON.stringify(frame, function (key, value) {
+        if (value instanceof ArrayBuffer) return {$bin: toBase64(new Uint8Array(value))};
+        if (ArrayBuffer.isView(value)) return {$bin: toBase64(new Uint8Array(value.buffer, value.byteOffset, value.byteLength))};
+        return value;
+      });
+    }
+    function decode(text) {
+      return JSON.parse(text, function (key, value) {
+        if (value && typeof value === "object" && typeof value.$bin === "string" && Object.keys(value).length === 1) {
+          try { return fromBase64(value.$bin); } catch (e) { return value; }
+        }
+        return value;
+      });
+    }
+
+    function onCall(frame) {
+      var ws = sock, list = handlers[frame.event] || [];
+      function reply(body) { if (sock === ws && ws && ws.readyState === 1) ws.send(encode(body)); }
+      if (!list.length) { reply({type: "reply", id: frame.id, error: "no handler for " + frame.event}); return; }
+      new Promise(function (resolve) { resolve(list[0](frame.data, frame)); }).then(
+        function (value) { reply({type: "reply", id: frame.id, data: value === undefined ? null : value}); },
+        function (e) { reply({type: "reply", id: frame.id, error: String(e && e.message ? e.message : e)}); });
+    }
+
+    function sendEmit(item) {
+      var id = nextId++;
+      acks[id] = {resolve: item.resolve, reject: item.reject,
+                  timer: setTimeout(function () { delete acks[id]; item.reject(new Error("no ack in " + ackTimeout + " ms")); }, ackTimeout)};
+      sock.send(encode({type: "event", event: item.event, data: item.data === undefined ? null : item.data, id: id}));
+    }
+    function flushBuffer() {
+      var todo = buffered; buffered = [];
+      for (var i = 0; i < todo.length; i++) sendEmit(todo[i]);
+    }
+    function failBuffer(why) {
+      var todo = buffered; buffered = [];
+      for (var i = 0; i < todo.length; i++) todo[i].reject(new Error(why));
+    }
+
     function onBroadcast(frame) {
       if (typeof frame.seq === "number") {
         var key = frame.room === null || frame.room === undefined ? "" : frame.room;
@@ -131,13 +191,18 @@
         lastSeq[key] = frame.seq;
         if (frame.seq > maxSeq) maxSeq = frame.seq;
       }
+      if (frame.skip !== undefined && frame.skip !== null && frame.skip === myId) return; // emit(..., skip=me)
       fire(frame.event, [frame.data, frame]);
     }
 
     function onFrame(text) {
       var frame;
-      try { frame = JSON.parse(text); } catch (e) { return; }
+      try { frame = decode(text); } catch (e) { return; }
       if (frame.type === "event") onBroadcast(frame);
+      else if (frame.type === "connected") myId = frame.id;
+      else if (frame.type === "call") onCall(frame);
+      else if (frame.type === "presence") fire("presence", [{op: frame.op, room: frame.room, id: frame.id, identity: frame.identity}]);
+      else if (frame.type === "left") { delete rooms[frame.room]; delete lastSeq[frame.room]; fire("left", [frame.room]); }
       else if (frame.type === "ack") {
         var pending = acks[frame.id];
         if (!pending) return;
@@ -194,6 +259,7 @@
       var resume = epoch !== null;
       var u = url(path, params);
       if (resume) u.searchParams.set("resume", "1");
+      u.searchParams.set("id", "1");  // the server says this connection's id first (skip, calls)
       var ws, opened = false;
       try { ws = new WebSocket(u.toString()); } catch (e) { failed({}, true); return; }
       sock = ws;
@@ -208,15 +274,18 @@
           for (var room in rooms) if (!(room in want)) want[room] = maxSeq;
           if (!("" in want)) want[""] = maxSeq;
           ws.send(JSON.stringify({type: "resume", epoch: epoch, rooms: want}));
+          flushBuffer();  // after the resume frame, which must come first
         } else {
           for (var r in rooms) ws.send(joinFrame(r));
           status("open");
+          flushBuffer();
         }
       };
       ws.onmessage = function (ev) { if (typeof ev.data === "string") onFrame(ev.data); };
       ws.onclose = function () {
         if (sock !== ws) return;
         sock = null;
+        myId = null;
         failAcks();
         if (closed) { status("closed"); return; }
         status("connecting");
@@ -280,13 +349,21 @@
         if (source) openSSE(); // listen for the new name too
         return api;
       },
+      off: function (event, fn) {
+        if (fn === undefined) delete handlers[event];
+        else if (handlers[event]) handlers[event] = handlers[event].filter(function (h) { return h !== fn; });
+        return api;
+      },
       emit: function (event, data) {
         return new Promise(function (resolve, reject) {
-          if (!sock || sock.readyState !== 1) { reject(new Error(source ? "the SSE fallback is receive-only" : "not connected")); return; }
-          var id = nextId++;
-          acks[id] = {resolve: resolve, reject: reject,
-                      timer: setTimeout(function () { delete acks[id]; reject(new Error("no ack in " + ackTimeout + " ms")); }, ackTimeout)};
-          sock.send(JSON.stringify({type: "event", event: event, data: data === undefined ? null : data, id: id}));
+          var item = {event: event, data: data, resolve: resolve, reject: reject};
+          if (sock && sock.readyState === 1) { sendEmit(item); return; }
+          if (source) { reject(new Error("the SSE fallback is receive-only")); return; }
+          if (closed || buffered.length >= bufferMax) {
+            reject(new Error(closed ? "closed" : bufferMax ? "not connected and the buffer is full (" + bufferMax + ")" : "not connected"));
+            return;
+          }
+          buffered.push(item);
         });
       },
       join: function (room, opts) {
@@ -317,9 +394,11 @@
         if (sock) sock.close(1000);
         if (source) { source.close(); source = null; }
         failAcks();
+        failBuffer("closed");
         status("closed");
       },
-      get transport() { return sock ? "websocket" : source ? "sse" : null; }
+      get transport() { return sock ? "websocket" : source ? "sse" : null; },
+      get id() { return myId; }
     };
     open();
     return api;
