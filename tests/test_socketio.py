@@ -182,8 +182,13 @@ def responses(group: NodeClients, i: int, data: str) -> List[Dict[str, Any]]:
 
 
 def wait_response(group: NodeClients, i: int, data: str, timeout: float = 15.0) -> None:
-    group.wait(lambda e: e["i"] == i and e["type"] == "event" and e["event"] == "my response"
-               and e["args"][0].get("data") == data, 1, timeout, f"'my response' {data!r} at client {i}")
+    try:
+        group.wait(lambda e: e["i"] == i and e["type"] == "event" and e["event"] == "my response"
+                   and e["args"][0].get("data") == data, 1, timeout, f"'my response' {data!r} at client {i}")
+    except AssertionError as exc:
+        mine = group.matching(lambda e: e.get("i") == i)
+        raise AssertionError(f"{exc}\nclient {i}: {len(mine)} lines, the first 6: {mine[:6]}, "
+                             f"the last 6: {mine[-6:]}") from None
 
 
 def check_example(people: Crowd) -> None:
@@ -215,17 +220,13 @@ def test_announcement_example(server, mode):
     people = crowd(server.http, mode)
     try:
         check_example(people)
-        for group, i, _ in people.each():
-            first = group.matching(lambda e: e["i"] == i and e["type"] == "connect")[0]
-            if mode == "websocket":
-                assert first["transport"] == "websocket"
+        for group, i, sid in people.each():
+            opened = group.matching(lambda e: e["i"] == i and e["type"] == "open")[0]
+            assert opened["transport"] == ("websocket" if mode == "websocket" else "polling")
             if mode == "polling":
                 assert not group.matching(lambda e: e["i"] == i and e["type"] == "upgrade")
-        if mode == "default":  # polling first, then every client upgrades (wherever its requests land)
-            for group, i, sid in people.each():
-                first = group.matching(lambda e: e["i"] == i and e["type"] == "connect")[0]
-                if first["transport"] == "polling":
-                    group.wait(lambda e: e["i"] == i and e["type"] == "upgrade", 1, 15, f"the upgrade of {sid}")
+            if mode == "default":  # polling first, then every client upgrades (wherever its requests land)
+                group.wait(lambda e: e["i"] == i and e["type"] == "upgrade", 1, 15, f"the upgrade of {sid}")
     finally:
         people.close()
     assert not server.crashes(), server.log()

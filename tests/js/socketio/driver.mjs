@@ -6,6 +6,7 @@
 //   "polling": transports: ["polling"] (no upgrade).
 //
 // Prints one JSON line per thing that happens:
+//   {"i":k,"type":"open","transport":"polling"|"websocket"}   (the Engine.IO connection)
 //   {"i":k,"type":"connect","id":socket.id,"transport":"polling"|"websocket"}
 //   {"i":k,"type":"upgrade","transport":"websocket"}
 //   {"i":k,"type":"event","event":name,"args":[...]}
@@ -29,10 +30,12 @@ const clients = [];
 for (let i = 0; i < count; i++) {
   const socket = io(url, options);
   clients.push(socket);
-  socket.on("connect", () => {
-    const transport = socket.io.engine.transport.name;
-    out({ i, type: "connect", id: socket.id, transport });
+  socket.io.on("open", () => {  // the Engine.IO connection: the upgrade may come before "connect"
+    out({ i, type: "open", transport: socket.io.engine.transport.name });
     socket.io.engine.on("upgrade", (t) => out({ i, type: "upgrade", transport: t.name }));
+  });
+  socket.on("connect", () => {
+    out({ i, type: "connect", id: socket.id, transport: socket.io.engine.transport.name });
   });
   socket.on("connect_error", (err) => out({ i, type: "connect_error", message: String(err && err.message), data: err && err.data }));
   socket.on("disconnect", (reason) => out({ i, type: "disconnect", reason }));
