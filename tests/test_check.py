@@ -289,3 +289,15 @@ def test_conf_prints_the_installed_directory_and_copies_it(tmp_path):
     blocked.write_text("")
     done = run_cli("conf", "--copy", str(blocked / "sub"), cwd=tmp_path)
     assert done.returncode == 1 and "cannot copy the configs" in done.stderr, done.stderr
+
+
+def test_unknown_option_without_strict_is_a_warning(tmp_path):
+    path = write(tmp_path, "vassal.yaml", """
+        uwsgi:
+          procesess: 4
+        """)
+    done = run_cli("check", str(path))
+    assert done.returncode == 0, done.stdout
+    assert f"{path}:2: warning: uWSGI does not know the option `procesess` (without `strict` it silently " \
+           "becomes a placeholder)" in done.stdout, done.stdout
+    assert "did you mean `processes`?" in done.stdout

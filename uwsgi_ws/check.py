@@ -387,7 +387,9 @@ def check_instance(instance: Instance, known: Optional[FrozenSet[str]]) -> List[
             else:
                 close = difflib.get_close_matches(o.key.replace("_", "-"), sorted(known), n=1)
                 fix = f"did you mean `{close[0]}`?" if close else "check the spelling (`uwsgi --help` lists them)"
-            severity = "error"
+            # strict: uWSGI refuses to start; otherwise the key silently becomes a placeholder
+            # (meant, for `%(name)` references; or a typo that configures nothing)
+            severity = "error" if strict else "warning"
             why = "strict mode refuses it at start" if strict else "without `strict` it silently becomes a placeholder"
             found.append(_finding(o, severity, f"uWSGI does not know the option `{o.key}` ({why})", fix))
 
