@@ -12,13 +12,25 @@
 from . import log as _log  # noqa: F401  (the package's log fallback, before anything logs)
 from .broadcast import publish
 from .connection import Connection
-from .exceptions import (BroadcastError, ConfigError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK,
-                         EventError, PublishError, RingError, UwsgiWsError)
+from .exceptions import (
+                         BroadcastError,
+                         ConfigError,
+                         ConnectionClosed,
+                         ConnectionClosedError,
+                         ConnectionClosedOK,
+                         EventError,
+                         HandshakeRefused,
+                         PublishError,
+                         RingError,
+                         UwsgiWsError,
+)
 from .extension import AsyncWebSocket, GeventWebSocket, Sock, Sockets, ThreadedWebSocket, WebSocket, WebSockets
+from .protocol import CloseCode
 
 __all__ = [
     "AsyncWebSocket",
     "BroadcastError",
+    "CloseCode",
     "ConfigError",
     "Connection",
     "ConnectionClosed",
@@ -26,6 +38,7 @@ __all__ = [
     "ConnectionClosedOK",
     "EventError",
     "GeventWebSocket",
+    "HandshakeRefused",
     "PublishError",
     "RingError",
     "Sock",

@@ -25,6 +25,8 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
+from .exceptions import HandshakeRefused
+
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 # A DNS name (browsers send IDNs as punycode), an IPv4 address, or an IPv6 one (brackets removed).
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|[0-9a-f:.]*:[0-9a-f:.]*")
@@ -35,13 +37,8 @@ ORIGIN_OPTION_HELP = (
 )
 
 
-class Refused(Exception):
-    """The handshake is refused before the upgrade: answer `status`, `message`, `headers`."""
-
-    def __init__(self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or []
+#: The handshake is refused before the upgrade (`exceptions.HandshakeRefused`).
+Refused = HandshakeRefused
 
 
 def _split_host(value: str) -> Optional[Tuple[str, Optional[int]]]:
@@ -80,7 +77,7 @@ class OriginPolicy:
     pages are always allowed. A malformed entry raises ValueError at once.
     """
 
-    def __init__(self, allowed: Union[None, str, Iterable[str]] = None) -> None:
+    def __init__(self, allowed: Union[str, Iterable[str], None] = None) -> None:
         if isinstance(allowed, str):
             allowed = [allowed]
         entries = list(allowed or [])

@@ -7,6 +7,7 @@
     ├── BroadcastError              the broadcast cannot do what was asked
     │   ├── RingError               the ring cannot be used (no/too small --sharedarea, ...)
     │   └── PublishError            a publish was not accepted (size, no mule, queue full)
+    ├── HandshakeRefused            an upgrade (or an event stream) answered with plain HTTP
     ├── EventError                  raised by an event handler: an error ack to the client
     └── ConfigError                 a setting has a value the package cannot use
 
@@ -17,7 +18,7 @@ apart from an error).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 __all__ = [
     "BroadcastError",
@@ -26,6 +27,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "EventError",
+    "HandshakeRefused",
     "PublishError",
     "RingError",
     "UwsgiWsError",
@@ -46,7 +48,7 @@ class ConnectionClosed(UwsgiWsError):
     `ConnectionClosedError` (any other code).
     """
 
-    def __new__(cls, code: Optional[int] = None, reason: str = "") -> "ConnectionClosed":
+    def __new__(cls, code: Optional[int] = None, reason: str = "") -> ConnectionClosed:
         if cls is ConnectionClosed:
             cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
         return super().__new__(cls)
@@ -80,6 +82,24 @@ class RingError(BroadcastError):
 class PublishError(BroadcastError):
     """A publish was not accepted: over a size limit, no broadcast mule, or its queue
     stayed full; the message says what to configure or check."""
+
+
+class HandshakeRefused(UwsgiWsError):
+    """The request is not upgraded: it is answered `status` with `headers` and the
+    message (plain HTTP: a bad handshake 400/405/426, the Origin policy 403, a
+    connection limit 503 + Retry-After).
+
+    `reason` is a short token for metrics and logs ("version", "origin", "limit", ...);
+    by default it is derived from the status. (`handshake.HandshakeError` and
+    `access.Refused` are this class.)"""
+
+    def __init__(self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None,
+                 reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or []
+        self.reason = reason or {403: "forbidden", 405: "method", 426: "version",
+                                 429: "limit", 503: "limit"}.get(status, "bad_request")
 
 
 class EventError(UwsgiWsError):

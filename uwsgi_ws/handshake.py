@@ -13,25 +13,16 @@ import binascii
 import hashlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .deflate import NAME as DEFLATE, DeflateOptions, DeflateParams
+from .deflate import NAME as DEFLATE
+from .deflate import DeflateOptions, DeflateParams
+from .exceptions import HandshakeRefused
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUPPORTED_VERSION = "13"
 
 
-class HandshakeError(Exception):
-    """The request cannot be upgraded: answer `status` with `headers` and the message.
-
-    `reason` is a short token for metrics and logs (e.g. "version", "origin");
-    by default it is derived from the status."""
-
-    def __init__(self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None,
-                 reason: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or []
-        self.reason = reason or {403: "forbidden", 405: "method", 426: "version",
-                                 429: "limit", 503: "limit"}.get(status, "bad_request")
+#: The request cannot be upgraded (the package's one refusal type: `exceptions.HandshakeRefused`).
+HandshakeError = HandshakeRefused
 
 
 def _tokens(value: str) -> List[str]:

@@ -29,18 +29,37 @@ from wsproto.frame_protocol import (
 from . import frames
 from .deflate import DeflateParams, PerMessageDeflate
 
-# Close codes used by the engine (RFC 6455 section 7.4.1).
-NORMAL = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-NO_STATUS = 1005
-ABNORMAL = 1006
-INVALID_DATA = 1007
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-SERVICE_RESTART = 1012
-TRY_AGAIN_LATER = 1013
+class CloseCode(enum.IntEnum):
+    """The close codes RFC 6455 section 7.4.1 defines (and the IANA registry adds),
+    as websockets' ``frames.CloseCode``. Members are ints: ``conn.close(CloseCode.GOING_AWAY)``."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RCVD = 1005  # reporting only: never on the wire
+    ABNORMAL_CLOSURE = 1006  # reporting only: the transport was lost
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+# The engine's names for them.
+NORMAL = CloseCode.NORMAL_CLOSURE
+GOING_AWAY = CloseCode.GOING_AWAY
+PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+NO_STATUS = CloseCode.NO_STATUS_RCVD
+ABNORMAL = CloseCode.ABNORMAL_CLOSURE
+INVALID_DATA = CloseCode.INVALID_DATA
+POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
+MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
+INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
+SERVICE_RESTART = CloseCode.SERVICE_RESTART
+TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
 
 
 class State(enum.Enum):
@@ -236,7 +255,7 @@ class Protocol:
         """
         check_close_code(code, reason)
         if self._failure is None:
-            self._failure = (code, reason)
+            self._failure = (int(code), reason)
         if self.state is State.OPEN:
             self._send_close(code, reason)
             self.state = State.CLOSING
@@ -296,7 +315,7 @@ class Protocol:
         self.close_sent = True
         if self.close_initiator is None:
             self.close_initiator = "server"
-        self._sent = (NO_STATUS if code is None else code, reason)
+        self._sent = (int(NO_STATUS if code is None else code), reason)
 
     @property
     def failed(self) -> bool:
@@ -318,5 +337,6 @@ class Protocol:
         if self._failure is not None:
             code, reason = self._failure
         self.state = State.CLOSED
+        code = int(code)  # a plain int for callers (str() of an IntEnum differs before 3.11)
         self.close_code, self.close_reason = code, reason
         self._events.append(Close(code, reason))
