@@ -9,10 +9,10 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-
-from harness import wait_for
 from test_browser import POLL, browser  # noqa: F401  (the fixture)
 from test_presence import http, presence, start
+
+from harness import wait_for
 
 MODELS = ["threads", "gevent"]
 
@@ -26,7 +26,7 @@ def server(request, tmp_path_factory):
     assert not instance.crashes(), instance.log()
 
 
-def open_page(browser, server, worker: int, user: str, rooms: str):  # noqa: F811
+def open_page(browser, server, worker: int, user: str, rooms: str):
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{server.worker_ports[worker]}/page?user={user}&rooms={rooms}")
     page.wait_for_function("() => window.live && window.live.id !== null", polling=POLL)
@@ -37,7 +37,7 @@ def log(page) -> list:
     return page.evaluate("() => window.log")
 
 
-def test_presence_join_leave_skip_and_calls_in_the_browser(browser, server):  # noqa: F811
+def test_presence_join_leave_skip_and_calls_in_the_browser(browser, server):
     ann = open_page(browser, server, 0, "ann", "b1")
     bob = None
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-
 from test_presence import Client, http, start
 
 MODELS = ["threads", "gevent"]

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import websocket
 
-from harness import UWSGI, free_port, wait_for
 from uwsgi_ws.presence import pid_alive
+
+from harness import UWSGI, free_port, wait_for
 
 APP = "presence_app:app"
 MODEL_ARGS = {

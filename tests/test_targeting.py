@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import websocket
+from test_presence import Client, http, ids, presence, start
 
 from harness import ROOT, wait_for
-from test_presence import Client, http, ids, presence, start
 
 MODELS = ["threads", "gevent"]
 
@@ -148,13 +147,17 @@ def test_close_room_everywhere(server):
 
 
 def test_bad_targets_get_clear_errors(server):
-    status, body = http(server, "/disconnect/lobby", "POST")
-    assert status == 500  # ValueError in the view: the app's error page
-    from uwsgi_ws.events import Events
-    with pytest.raises(ValueError, match="to= or to_user="):
-        Events.emit(_Fake(), "x", 1, to="a", to_user="b")  # type: ignore[arg-type]
+    from uwsgi_ws.client import Publisher
 
-
-class _Fake:
-    path = "/live"
-    json_encoder = None
+    with Publisher(str(server.publish_socket)) as pub:
+        with pytest.raises(ValueError, match="connection id"):
+            pub.disconnect("/live", "lobby")
+        with pytest.raises(ValueError, match="3000-4999"):
+            pub.disconnect("/live", "12-3", code=1006)
+        with pytest.raises(ValueError, match="to= or to_user="):
+            pub.emit("/live", "x", 1, to="a", to_user="b")
+        with pytest.raises(ValueError, match="connection ids"):
+            pub.close_room("/live", "12-3")
+        assert pub.emit("/live", "x", 1, to="12-3") > 0  # nobody there: published, delivered to no one
+    done = cli(server, "--user", "ann", "--room", "r", "x", "1")
+    assert done.returncode != 0 and "to= or to_user=" in done.stderr

@@ -34,11 +34,12 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Type
 
 from flask import Response, current_app, request
 
-from . import events_protocol, frames, presence
+from . import events_protocol, frames
+from . import presence as _presence
 from .broadcast import After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
 from .exceptions import ConnectionClosed, EventError
@@ -82,7 +83,7 @@ class EventConnection:
     def __init__(self, endpoint: Events, ws_conn: Any) -> None:
         self.endpoint = endpoint
         self.ws = ws_conn
-        self.rooms: set = set()
+        self.rooms: Set[str] = set()
         #: What the app says this connection is (set it in the ``connect`` handler):
         #: any JSON value, e.g. ``{"user": "ann", "name": "Ann"}``. Shown by
         #: `Events.presence` and in join/leave events; its ``user_key`` entry (default
@@ -90,7 +91,7 @@ class EventConnection:
         self.identity: Any = None
         self._deferred: Optional[List[Tuple[str, int]]] = None  # (room, last) held until the resume frame
         self._start_seq = 0  # stream position at the upgrade: live joins start after it
-        self._local: Optional[presence.Local] = None  # set once registered (after connect)
+        self._local: Optional[_presence.Local] = None  # set once registered (after connect)
         self._calls: Dict[int, Tuple[Any, List[events_protocol.Reply]]] = {}
         self._call_ids = itertools.count(1)
         self._busy = False  # the endpoint's loop is inside a handler of this connection
@@ -104,7 +105,8 @@ class EventConnection:
 
     @property
     def environ(self) -> Dict[str, Any]:
-        return self.ws.environ
+        environ: Dict[str, Any] = self.ws.environ
+        return environ
 
     def join(self, room: str, last: int = 0) -> None:
         """Receive the broadcasts of `room` emitted after this call (and, while a
@@ -213,7 +215,7 @@ class EventConnection:
         except ConnectionClosed:
             pass
         except Exception:
-            presence.log.exception("events %s: a control message failed", self.endpoint.path)
+            _presence.log.exception("events %s: a control message failed", self.endpoint.path)
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this connection only (no seq: it is not in the ring)."""
@@ -236,7 +238,7 @@ class EventConnection:
         start = After(self._start_seq)
         rooms = [(ALL, 0)] + [(r, n) for r, n in (self._deferred or []) if r not in wanted]
         self._deferred = None
-        plan: Dict[str, Recovery] = {c: start for c in self.endpoint._own_channels(self)}
+        plan: Dict[str, Recovery] = dict.fromkeys(self.endpoint._own_channels(self), start)
         names: Dict[str, str] = {}
         not_recovered: List[Tuple[str, str]] = []
         for room, count in rooms:
@@ -351,7 +353,8 @@ class Events:
     @property
     def broadcast(self) -> Broadcast:
         """This process's broadcast (`uwsgi_ws.broadcast.Broadcast`)."""
-        return self.ws.broadcast()
+        broadcast: Broadcast = self.ws.broadcast()
+        return broadcast
 
     def _dumps(self, message: Any) -> str:
         return events_protocol.dumps(message, self.json_encoder)
@@ -388,13 +391,13 @@ class Events:
             if to is not None:
                 raise ValueError("emit() takes to= or to_user=, not both")
             frame = events_protocol.event(event, data, None)
-            self.broadcast.publish(self._dumps(frame), presence.user_channel(self.path, str(to_user)))
+            self.broadcast.publish(self._dumps(frame), _presence.user_channel(self.path, str(to_user)))
             return
         if isinstance(to, EventConnection):
             to = to.id
         if isinstance(to, str) and CONNECTION_ID.fullmatch(to):
             frame = events_protocol.event(event, data, None)
-            self.broadcast.publish(self._dumps(frame), presence.connection_channel(self.path, to))
+            self.broadcast.publish(self._dumps(frame), _presence.connection_channel(self.path, to))
             return
         room = None if to in (None, ALL) else to
         channel = self.channel(room)
@@ -441,25 +444,25 @@ class Events:
         self.channel(room)
         return self._registry().count(room)
 
-    def _registry(self) -> presence.Registry:
+    def _registry(self) -> _presence.Registry:
         broadcast = self.broadcast
-        return presence.registry(self.path, broadcast, self.ws.runtime())
+        return _presence.registry(self.path, broadcast, self.ws.runtime())
 
     def _control(self, message: Dict[str, Any]) -> None:
-        self.broadcast.publish(json.dumps(message, separators=(",", ":")), presence.control_channel(self.path))
+        self.broadcast.publish(json.dumps(message, separators=(",", ":")), _presence.control_channel(self.path))
 
     def _own_channels(self, conn: EventConnection) -> List[str]:
         """The channels a connection listens on besides its rooms: its own and its user's."""
-        out = [presence.connection_channel(self.path, conn.id)]
+        out = [_presence.connection_channel(self.path, conn.id)]
         identity = conn.identity
         if isinstance(identity, dict) and isinstance(identity.get(self.user_key), (str, int)):
             try:
-                out.append(presence.user_channel(self.path, str(identity[self.user_key])))
+                out.append(_presence.user_channel(self.path, str(identity[self.user_key])))
             except ValueError:
                 pass  # a user name too long for a channel: not targetable by to_user
         return out
 
-    def _announce(self, conn: EventConnection, rooms: set) -> None:
+    def _announce(self, conn: EventConnection, rooms: Set[str]) -> None:
         """`conn` is in `rooms` from before its registration (connect, resume): publish."""
         local = conn._local
         if local is None or not rooms:
@@ -679,7 +682,7 @@ class StreamPeer:
 
     transport = "sse"
 
-    def __init__(self, endpoint: "Events", environ: Dict[str, Any], rooms: List[str]) -> None:
+    def __init__(self, endpoint: Events, environ: Dict[str, Any], rooms: List[str]) -> None:
         self.endpoint = endpoint
         self.environ = environ
         self.rooms = frozenset(rooms)

@@ -21,6 +21,10 @@ state whatever the order a ``state`` answer and a later change arrive in
 once: a reader skips every pid that is no longer a live process (/proc, as
 `uwsgi_ws.metrics` skips the rows of dead workers).
 
+With the Redis bridge every channel reaches the other instances: targeted
+events and ``disconnect``/``close_room`` act there too; presence messages from
+another instance (flag REMOTE) are ignored: presence is this instance's.
+
 Reads (`members`, `count`) first wait until this worker's hub has handed out
 everything appended to the ring when the call started (`Broadcast.recover` of
 an empty plan answers with the hub's position), so a join published before the
@@ -44,6 +48,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import _uwsgi, frames
 from .broadcast import Batch, Broadcast, channel_bytes
+from .broadcast.ring import FLAG_REMOTE
 from .log import get as _logger
 
 log = _logger(__name__)
@@ -51,6 +56,9 @@ log = _logger(__name__)
 SYNC_TIMEOUT = 2.0  # seconds a new registry waits for the other workers' state
 READ_TIMEOUT = 5.0  # seconds a read waits for this worker's hub to catch up
 _TOMBSTONES = 65536  # closed connection ids remembered (against late state answers)
+#: Control messages acted on when they come from another instance (the Redis bridge):
+#: targeting works across instances; presence stays this instance's.
+_REMOTE_OPS = ("disconnect", "close_room")
 
 
 def control_channel(path: str) -> str:
@@ -97,7 +105,7 @@ def _pid_of(conn_id: str) -> int:
 
 
 class _Member:
-    __slots__ = ("pid", "v", "identity", "rooms")
+    __slots__ = ("identity", "pid", "rooms", "v")
 
     def __init__(self, pid: int, v: int, identity: Any, rooms: Set[str]) -> None:
         self.pid, self.v, self.identity, self.rooms = pid, v, identity, rooms
@@ -106,7 +114,7 @@ class _Member:
 class Local:
     """One connection of this worker as the registry knows it."""
 
-    __slots__ = ("id", "identity", "rooms", "v", "ws", "on_control")
+    __slots__ = ("id", "identity", "on_control", "rooms", "v", "ws")
 
     def __init__(self, conn_id: str, identity: Any, ws: Any, on_control: Callable[[Dict[str, Any]], None]) -> None:
         self.id, self.identity, self.ws, self.on_control = conn_id, identity, ws, on_control
@@ -351,8 +359,11 @@ class Registry:
                 continue
             try:
                 message = json.loads(frames.payload(entry.frame))
-                if isinstance(message, dict):
-                    self._apply(message)
+                if not isinstance(message, dict):
+                    continue
+                if entry.flags & FLAG_REMOTE and message.get("op") not in _REMOTE_OPS:
+                    continue  # another instance's presence: this replica is instance-wide only
+                self._apply(message)
             except (ValueError, KeyError, TypeError):
                 log.warning("presence of %s: an unreadable control message (ignored)", self.path)
         return True
