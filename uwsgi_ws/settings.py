@@ -145,6 +145,9 @@ SETTINGS: List[Setting] = [
             "event broadcasts the mule keeps per room for resume and join-with-last (0: off)"),
     Setting("history-size", parse_size, 64 << 20, "bytes (K, M, G)", "mule",
             "the most the history keeps over all rooms"),
+    Setting("history-file", _text, "", "path", "mule",
+            "the history also in this file, reloaded when the mule starts: a room's last messages survive "
+            "reloads and restarts (needs `ring-file`; empty: in memory only)"),
     Setting("redis-url", _text, "", "URL", "mule",
             "the Redis server of the cross-instance bridge (empty: no bridge)"),
     Setting("redis-stream", _text, "uwsgi_ws:broadcast", "stream key", "mule",

@@ -23,6 +23,25 @@ fills the history from the ring when it starts, so a respawned mule (kill -9)
 starts with what the ring still holds; what only the old mule had is gone and
 asked-for seqs before it are answered "gone".
 
+The history file (opt-in, ``uwsgi-ws-history-file=PATH``, needs the ring in a
+file, ``uwsgi-ws-ring-file``: the seqs it stores are that ring's). The history
+lives in the mule's memory, and a reload (or a respawned mule) starts a new
+mule: without the file it keeps only what the ring still holds, so a quiet
+room's last messages, pushed out of the ring by a busy one, would be gone. With
+it, the mule appends each kept broadcast to the file (one ``write``, no fsync:
+it survives a killed process, reload and restart; a machine crash may lose the
+tail, which is then answered "gone") and, at start, reloads the file when its
+epoch is the ring's, then what the ring holds after it; then it rewrites the file
+from memory (to PATH.tmp, renamed over PATH), as it also does whenever the
+file grows past twice the kept bytes (at least 1 MiB). A file of another epoch
+(the ring was laid out anew) is ignored and rewritten. Layout, little-endian:
+
+    header:  magic b"UWSHIST1" | epoch u64 (the ring's) | base_seq u64 (nothing at or before it is known)
+    records back to back, to EOF (a torn last record is ignored):
+             kind u8 | seq u64 | channel_len u16 | frame_len u32 | channel (UTF-8) | frame
+             kind 1: a kept broadcast (its frame exactly as in the ring);
+             kind 2: a floor: every kept broadcast of the channel after `seq` follows (frame_len 0)
+
 Wire format (a worker asks, the mule answers; one request per connection, on
 the Unix stream socket ``\\0uwsgi_ws-history-<master pid>``):
 
@@ -124,6 +143,16 @@ class History:
             self._floor.pop(channel, None)
             self.base_seq = max(self.base_seq, seq)
 
+    def set_floor(self, channel: str, seq: int) -> None:
+        """Note that `channel`'s broadcasts up to `seq` are no longer all kept (a reload)."""
+        self._floor[channel] = max(self._floor.get(channel, 0), seq)
+
+    def snapshot(self) -> Tuple[int, Dict[str, int], List[Tuple[int, str, bytes]]]:
+        """(base_seq, {channel: floor}, every kept (seq, channel, frame) in seq order)."""
+        records = [(seq, channel, frame) for channel, kept in self._channels.items() for seq, frame in kept]
+        records.sort(key=lambda r: r[0])
+        return self.base_seq, dict(self._floor), records
+
     def floor(self, channel: str) -> int:
         """Every kept broadcast of `channel` after this seq is here."""
         return max(self.base_seq, self._floor.get(channel, 0))
@@ -147,13 +176,129 @@ class History:
         return gone, out
 
 
+class HistoryFile:
+    """The history's file (layout in the module docstring), written by the mule only.
+
+    Not thread-safe: the mule calls it under its ring lock. Write errors are
+    logged once; the file is then removed (a file missing later broadcasts would
+    answer "all kept" wrongly after the next start) and the history stays in
+    memory only.
+    """
+
+    MAGIC = b"UWSHIST1"
+    HEAD = struct.Struct("<8sQQ")  # magic, epoch, base_seq
+    REC = struct.Struct("<BQHI")  # kind, seq, channel_len, frame_len
+    MESSAGE, FLOOR = 1, 2
+
+    def __init__(self, path: str, epoch: int) -> None:
+        self.path, self.epoch = path, epoch
+        self._fd: Optional[int] = None
+        self.written = 0  # bytes in the file
+        self.broken = False
+
+    def read(self) -> Optional[Tuple[int, Dict[str, int], List[Tuple[int, str, bytes]]]]:
+        """(base_seq, floors, records in file order) when the file exists and is of
+        this epoch; None otherwise (missing, another epoch, not a history file)."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.error("history file %r unreadable (%s): starting from the ring", self.path, exc.strerror)
+            return None
+        if len(data) < self.HEAD.size:
+            return None
+        magic, epoch, base = self.HEAD.unpack_from(data, 0)
+        if magic != self.MAGIC or epoch != self.epoch:
+            log.info("history file %r is not of ring epoch %x: starting from the ring", self.path, self.epoch)
+            return None
+        floors: Dict[str, int] = {}
+        records: List[Tuple[int, str, bytes]] = []
+        pos = self.HEAD.size
+        while pos + self.REC.size <= len(data):
+            kind, seq, clen, flen = self.REC.unpack_from(data, pos)
+            end = pos + self.REC.size + clen + flen
+            if end > len(data) or kind not in (self.MESSAGE, self.FLOOR):
+                break  # torn tail (killed mid-write) or garbage: what came before stands
+            channel = data[pos + self.REC.size:pos + self.REC.size + clen].decode("utf-8", "replace")
+            if kind == self.FLOOR:
+                floors[channel] = seq
+            else:
+                records.append((seq, channel, data[end - flen:end]))
+            pos = end
+        return base, floors, records
+
+    def rewrite(self, history: History) -> None:
+        """Replace the file with `history`'s content (PATH.tmp renamed over PATH)."""
+        if self.broken:
+            return
+        base, floors, records = history.snapshot()
+        parts = [self.HEAD.pack(self.MAGIC, self.epoch, base)]
+        for channel, seq in floors.items():
+            parts.append(self._record(self.FLOOR, seq, channel, b""))
+        for seq, channel, frame in records:
+            parts.append(self._record(self.MESSAGE, seq, channel, frame))
+        data = b"".join(parts)
+        tmp = self.path + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.written = len(data)
+
+    def append(self, seq: int, channel: str, frame: bytes, history: History) -> None:
+        """Add a kept broadcast; rewrite the file when it outgrew `history` (compaction)."""
+        if self.broken or self._fd is None:
+            return
+        record = self._record(self.MESSAGE, seq, channel, frame)
+        try:
+            written = os.write(self._fd, record)
+            if written != len(record):
+                raise OSError(28, "short write (disk full?)")
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.written += written
+        if self.written > max(2 * history.size, 1 << 20):
+            self.rewrite(history)
+
+    def _record(self, kind: int, seq: int, channel: str, frame: bytes) -> bytes:
+        chan = channel.encode("utf-8")
+        return self.REC.pack(kind, seq, len(chan), len(frame)) + chan + frame
+
+    def _fail(self, exc: OSError) -> None:
+        self.broken = True
+        log.error("history file %r: %s: keeping the history in memory only from now on (a reload keeps "
+                  "what the ring holds); fix the path or the disk and reload", self.path, exc.strerror or exc)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
 class Server:
     """The mule's history: `append` from the ring writer (under `lock`), answers
     worker requests in a daemon thread of the mule."""
 
-    def __init__(self, history: History, ring: Any, lock: Any) -> None:
-        """Binds the socket (OSError when another process holds it after 5 s)."""
-        self.history, self._ring, self._lock = history, ring, lock
+    def __init__(self, history: History, ring: Any, lock: Any, store: Optional[HistoryFile] = None) -> None:
+        """Binds the socket (OSError when another process holds it after 5 s).
+        `store`: the history file to keep up to date (`restore` made it)."""
+        self.history, self._ring, self._lock, self._store = history, ring, lock, store
         self._metrics = metrics.local()
         self._gauges()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -171,6 +316,8 @@ class Server:
     def append(self, seq: int, channel: str, frame: bytes) -> None:
         """Keep a new event broadcast (the ring writer, under `lock`)."""
         self.history.append(seq, channel, frame)
+        if self._store is not None:
+            self._store.append(seq, channel, frame, self.history)
         self._gauges()
 
     def _gauges(self) -> None:
@@ -229,13 +376,53 @@ def load(ring: Any, per_channel: int, max_bytes: int) -> History:
     if first == 0 or last == 0:
         return history
     history.base_seq = first - 1
+    if not _fill(history, ring, first, last):
+        return History(per_channel, max_bytes, ring.write_seq)
+    return history
+
+
+def _fill(history: History, ring: Any, first: int, last: int) -> bool:
+    """Append the ring's local event broadcasts first..last; False if lapped."""
     try:
         for entry in ring.scan(first, last):
             if entry.flags & FLAG_EVENT and not entry.flags & FLAG_REMOTE:
                 history.append(entry.seq, entry.channel, bytes(entry.frame))
     except Lapped:  # only the mule writes, and it is here: should not happen
-        return History(per_channel, max_bytes, ring.write_seq)
-    return history
+        return False
+    return True
+
+
+def restore(ring: Any, per_channel: int, max_bytes: int, store: HistoryFile) -> Tuple[History, int]:
+    """(the history, how many broadcasts came from the file) at mule start, with a
+    history file: the file's broadcasts when it is of the ring's epoch, then the
+    ring's after the file's last; the file is then rewritten from it. Without a
+    usable file, as `load`. Call with the ring lock held."""
+    saved = store.read()
+    last = ring.write_seq
+    if saved is None or saved[0] > last:
+        history = load(ring, per_channel, max_bytes)
+        from_file = 0
+    else:
+        base, floors, records = saved
+        history = History(per_channel, max_bytes, base)
+        for channel, floor in floors.items():
+            history.set_floor(channel, floor)
+        top, from_file = base, 0
+        for seq, channel, frame in records:
+            if seq <= top or seq > last:  # out of order or beyond the ring: not of this ring's numbering
+                break
+            history.append(seq, channel, frame)
+            top, from_file = seq, from_file + 1
+        # Every kept broadcast up to `top` is in the file: the mule writes the ring, then the
+        # file, and one killed in between left that broadcast in the ring, which still has it
+        # (only the mule appends). The ring entries between `top` and its oldest are other
+        # messages (plain, remote): the file has every event among them. A mule started with
+        # the history off removes the file (it would miss what it appends).
+        first = max(top + 1, ring.min_seq)
+        if first <= last and not _fill(history, ring, first, last):
+            history, from_file = load(ring, per_channel, max_bytes), 0
+    store.rewrite(history)
+    return history, from_file
 
 
 # -- the client (workers) ---------------------------------------------------------------

@@ -19,7 +19,8 @@ Byte layout (little-endian), the whole sharedarea:
     40      8     min_seq         oldest message whose record is still intact
     48      8     write_pos       data-region offset of the next record
     56      4     mule_id         the broadcast mule (publishers send to it)
-    60      4     reserved
+    60      4     boot          crc32 of the machine's boot id when the ring was laid out
+                                  (0 where unknown); see `format`
     64      192   bridge block    the Redis bridge's state (layout in
                                   uwsgi_ws/broadcast/redis.py); zeroed by a fresh
                                   format, untouched by the ring itself
@@ -104,6 +105,17 @@ class Entry(NamedTuple):
 
 def _align8(n: int) -> int:
     return (n + 7) & ~7
+
+
+def boot_tag() -> int:
+    """crc32 of this machine boot's id (Linux /proc/sys/kernel/random/boot_id); 0 where unknown."""
+    import zlib
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return zlib.crc32(f.read().strip()) or 1
+    except OSError:
+        return 0
 
 
 def geometry(area_size: int) -> Tuple[int, int]:
@@ -245,14 +257,24 @@ class BroadcastRing:
     # -- writer (the broadcast mule only) --------------------------------
 
     def format(self, mule_id: int) -> None:
-        """Resume the ring if it is intact and of this geometry, else lay it out anew
-        with a fresh epoch. Then record `mule_id` as the broadcast mule."""
+        """Resume the ring if it is intact, of this geometry and laid out since the
+        machine booted, else lay it out anew with a fresh epoch. Then record
+        `mule_id` as the broadcast mule.
+
+        A ring file (`from_file`) is never synced: after a machine crash its pages
+        on disk may predate messages clients saw, and resuming its numbering would
+        skip the next ones as already seen. So a ring laid out before this boot
+        (the boot id differs) starts a new epoch, as a sharedarea ring does at
+        every start: a reboot costs clients their position, never a message.
+        """
         h = self.header()
+        boot = boot_tag()
         if not (h["magic"] == MAGIC and h["version"] == VERSION and h["index_entries"] == self.entries
-                and h["data_size"] == self.data_size and h["write_pos"] <= self.data_size):
+                and h["data_size"] == self.data_size and h["write_pos"] <= self.data_size
+                and struct.unpack_from("<I", self.buf, 60)[0] == boot):
             epoch = int.from_bytes(os.urandom(8), "little") >> 1 or 1
             self.buf[: self.data_base] = bytes(self.data_base)
-            HEADER.pack_into(self.buf, 0, b"\0" * 8, VERSION, self.entries, self.data_size, epoch, 0, 1, 0, 0, 0)
+            HEADER.pack_into(self.buf, 0, b"\0" * 8, VERSION, self.entries, self.data_size, epoch, 0, 1, 0, 0, boot)
             self.buf[0:8] = MAGIC
         struct.pack_into("<I", self.buf, 56, mule_id)
 
