@@ -239,3 +239,16 @@ def _try_presence(server, room, worker):
         return presence(server, room, worker)
     except (OSError, AssertionError):
         return None
+
+
+def test_presence_is_opt_in():
+    from flask import Flask
+
+    from uwsgi_ws import WebSocket
+
+    app = Flask(__name__)
+    live = WebSocket(app).events("/off")
+    with pytest.raises(RuntimeError, match=r"ws.events\('/off', presence=True\)"):
+        live.presence("lobby")
+    with pytest.raises(RuntimeError, match="presence=True"):
+        live.presence_count("lobby")

@@ -288,15 +288,19 @@ class Events:
     #: The json.JSONEncoder subclass of this endpoint's frames (None: `events_protocol.Encoder`).
     json_encoder: Optional[Type[json.JSONEncoder]] = None
     join_leave = False
+    presence_on = False
     user_key = "user"
 
-    def __init__(self, ws: Any, path: str, max_last: int = 100, *, join_leave: bool = False,
-                 user_key: str = "user", json_encoder: Optional[Type[json.JSONEncoder]] = None,
-                 **route_options: Any) -> None:
+    def __init__(self, ws: Any, path: str, max_last: int = 100, *, presence: bool = False,
+                 join_leave: bool = False, user_key: str = "user",
+                 json_encoder: Optional[Type[json.JSONEncoder]] = None, **route_options: Any) -> None:
         """Args:
             ws: the `WebSocket` extension.
             path: the endpoint's URL rule.
             max_last: the most "last messages" a client may ask for on join.
+            presence: keep the instance's presence (`presence`, `presence_count`):
+                each join, leave and close is then one more message in the
+                broadcast ring (off by default: the ring's room is the resume window).
             join_leave: broadcast a ``presence`` frame (join/leave, with the identity)
                 to a room's members when a connection joins or leaves it.
             user_key: the identity's key that ``emit(..., to_user=)`` matches.
@@ -307,6 +311,7 @@ class Events:
         self.path = path
         self.max_last = max_last  # the most "last messages" a client may ask for on join
         self.join_leave = join_leave
+        self.presence_on = presence
         self.user_key = user_key
         self.json_encoder = json_encoder
         self.handlers: Dict[str, Callable[..., Any]] = {}
@@ -433,20 +438,27 @@ class Events:
 
         Blocks until this worker's broadcast caught up with the ring (everything
         published before the call is reflected). Callable in a worker of the
-        instance (a view, a handler, a thread); raises RingError where the
-        broadcast is not available (a mule, outside uWSGI without flask run)."""
+        instance (a view, a handler, a thread). Raises RuntimeError when the
+        endpoint was made without ``presence=True``; RingError where the broadcast
+        is not available (a mule, outside uWSGI without flask run)."""
         self.channel(room)
-        return [{"id": c, "identity": i} for c, i in self._registry().members(room)]
+        return [{"id": c, "identity": i} for c, i in self._tracked().members(room)]
 
     def presence_count(self, room: str) -> int:
         """The number of connections in `room` in every worker (no identities copied).
         Blocks and raises as `presence`."""
         self.channel(room)
-        return self._registry().count(room)
+        return self._tracked().count(room)
+
+    def _tracked(self) -> _presence.Registry:
+        if not self.presence_on:
+            raise RuntimeError(f"presence is off for the events endpoint {self.path}: "
+                               f"ws.events({self.path!r}, presence=True) turns it on")
+        return self._registry()
 
     def _registry(self) -> _presence.Registry:
         broadcast = self.broadcast
-        return _presence.registry(self.path, broadcast, self.ws.runtime())
+        return _presence.registry(self.path, broadcast, self.ws.runtime(), self.presence_on)
 
     def _control(self, message: Dict[str, Any]) -> None:
         self.broadcast.publish(json.dumps(message, separators=(",", ":")), _presence.control_channel(self.path))

@@ -129,13 +129,16 @@ class Registry:
         path: the endpoint's path.
         broadcast: this process's `Broadcast` (must be `available`).
         runtime: the runtime module (Lock, Event, spawn).
+        tracked: publish membership (the endpoint's ``presence=True``); without it
+            only the control messages are acted on (this worker's connections).
     """
 
     connected = True  # as a Subscriber: never closes
     pending_output = 0
 
-    def __init__(self, path: str, broadcast: Broadcast, runtime: Any) -> None:
+    def __init__(self, path: str, broadcast: Broadcast, runtime: Any, tracked: bool = True) -> None:
         self.path = path
+        self.tracked = tracked
         self.channel = control_channel(path)
         self._bc = broadcast
         self._rt = runtime
@@ -156,6 +159,8 @@ class Registry:
     def start(self) -> None:
         """Ask the other live workers for their connections (once, at creation).
         Raises PublishError."""
+        if not self.tracked:
+            return
         self._peers = self._other_workers()
         self._sync_deadline = time.monotonic() + SYNC_TIMEOUT
         self.publish({"op": "sync", "pid": self._pid, "nonce": self._nonce})
@@ -178,7 +183,8 @@ class Registry:
             local.v += 1
             local.rooms = set(rooms)
             message = self._member_message(local)
-        self.publish(message)
+        if self.tracked:
+            self.publish(message)
 
     def remove(self, local: Local) -> None:
         """The connection closed: it leaves presence everywhere. Raises PublishError."""
@@ -186,7 +192,7 @@ class Registry:
             self._local.pop(local.id, None)
             local.v += 1
             version = local.v
-        if local.rooms or local.v > 1:
+        if self.tracked and (local.rooms or local.v > 1):
             self.publish({"op": "gone", "pid": self._pid, "id": local.id, "v": version})
 
     def local_members(self, room: str) -> List[Local]:
@@ -331,7 +337,7 @@ class Registry:
                     self._apply_member(str(conn_id), int(message["pid"]), int(m["v"]), m.get("identity"),
                                        list(m.get("rooms") or ()))
         elif op == "sync":
-            if int(message["pid"]) != self._pid:
+            if self.tracked and int(message["pid"]) != self._pid:
                 self._rt.spawn(self._answer, str(message.get("nonce")))
         elif op == "disconnect":
             local = self.local(str(message.get("id")))
@@ -388,9 +394,9 @@ _registries: Dict[Tuple[int, str], Registry] = {}
 _registries_lock = threading.Lock()  # never held across a yield
 
 
-def registry(path: str, broadcast: Broadcast, runtime: Any) -> Registry:
-    """This worker's registry of the endpoint at `path` (made on first use).
-    Raises RingError when the broadcast is not available."""
+def registry(path: str, broadcast: Broadcast, runtime: Any, tracked: bool = True) -> Registry:
+    """This worker's registry of the endpoint at `path` (made on first use; `tracked`
+    as `Registry`). Raises RingError when the broadcast is not available."""
     key = (os.getpid(), path)
     found = _registries.get(key)
     if found is None:
@@ -398,7 +404,7 @@ def registry(path: str, broadcast: Broadcast, runtime: Any) -> Registry:
             found = _registries.get(key)
             new = found is None
             if found is None:
-                found = _registries[key] = Registry(path, broadcast, runtime)
+                found = _registries[key] = Registry(path, broadcast, runtime, tracked)
         if new:
             found.start()
     return found

@@ -32,7 +32,7 @@ from uwsgi_ws.events_protocol import RichEncoder
 
 app = Flask(__name__)
 ws = WebSocket(app, ping_interval=None)
-live = ws.events("/live", join_leave=True, json_encoder=RichEncoder)
+live = ws.events("/live", presence=True, join_leave=True, json_encoder=RichEncoder)
 _conns = {}  # this worker's connections by id (for /call)
 
 
