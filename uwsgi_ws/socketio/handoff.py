@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import socket
 import struct
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -195,6 +196,15 @@ class Listener:
         if not fds:
             raise ValueError("no file descriptor came with the request")
         fd = fds[0]
+        for extra in fds[1:]:
+            os.close(extra)
+        try:
+            return self._read_request(link, msg, fd)
+        except BaseException:
+            os.close(fd)  # a bad request: the client's socket is closed, not leaked
+            raise
+
+    def _read_request(self, link: Any, msg: bytes, fd: int) -> Tuple[Dict[str, Any], bytes, int]:
         buf = bytearray(msg)
         while len(buf) < _LEN.size:
             chunk = link.recv(65536)
