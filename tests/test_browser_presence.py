@@ -89,3 +89,23 @@ def test_typescript_declarations_are_served(server):
         text = resp.read().decode()
         assert resp.status == 200 and "export function connect(" in text
         assert "off(event: string" in text and "readonly id: string | null" in text
+
+
+def test_emits_made_while_reconnecting_are_buffered(browser, server):  # noqa: F811
+    page = open_page(browser, server, 0, "ann", "")
+    try:
+        old_id = page.evaluate("() => live.id")
+        status, _ = http(server, f"/disconnect/{old_id}?code=4000&reason=again", "POST", port=server.worker_ports[1])
+        assert status == 204
+        result = page.evaluate("""async () => {
+            while (live.transport !== null) await new Promise(r => setTimeout(r, 5));  // the close came
+            const acks = [];
+            for (let i = 0; i < 6; i++) acks.push(live.emit("whoami").then(a => a.id, e => "rejected: " + e.message));
+            return await Promise.all(acks);
+        }""")
+        new_id = page.evaluate("() => live.id")
+        assert new_id not in (None, old_id)
+        assert result[:5] == [new_id] * 5  # sent once connected again, on the new connection
+        assert result[5].startswith("rejected: not connected and the buffer is full (5)")
+    finally:
+        page.close()
