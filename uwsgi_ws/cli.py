@@ -3,6 +3,8 @@
     python -m uwsgi_ws conf                 print the directory of the installed configs
     python -m uwsgi_ws conf --copy DIR      copy them into DIR (created; existing files replaced)
     python -m uwsgi_ws check PATH...        lint uWSGI configs and vassals (uwsgi_ws.check)
+    python -m uwsgi_ws settings             the table of instance settings (uwsgi_ws.settings)
+    python -m uwsgi_ws publish|emit ...     publish from outside uWSGI (uwsgi_ws.client)
     python -m uwsgi_ws --version            the package version
 """
 
@@ -63,7 +65,7 @@ def _conf(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 failure or lint errors, 2 bad usage)."""
     parser = argparse.ArgumentParser(prog="python -m uwsgi_ws",
-                                     description="uwsgi_ws: installed configs and the config linter.")
+                                     description="uwsgi_ws: installed configs, the config linter, instance settings, publishing from outside uWSGI.")
     parser.add_argument("--version", action="version", version=f"uwsgi_ws {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     conf = commands.add_parser("conf", help="print the installed config directory (or --copy it)",
@@ -71,11 +73,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                "(include them from vassals), or copy them with --copy DIR.")
     conf.add_argument("--copy", metavar="DIR", help="copy the configs into DIR")
     commands.add_parser("check", help="lint uWSGI configs and vassals", add_help=False)
+    commands.add_parser("settings", help="print the table of instance settings (Markdown)")
+    commands.add_parser("publish", help="publish a message from outside uWSGI (--help: how)", add_help=False)
+    commands.add_parser("emit", help="emit an event from outside uWSGI (--help: how)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "check":
         from .check import main as check_main
 
         return check_main(rest)
+    if args.command in ("publish", "emit"):
+        from .client import emit_main, publish_main
+
+        return (publish_main if args.command == "publish" else emit_main)(rest)
+    if args.command == "settings" and not rest:
+        from .settings import markdown_table
+
+        print(markdown_table())  # noqa: T201  (CLI output)
+        return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "conf":
