@@ -28,6 +28,7 @@ from metrics_client import http, read_stats, scrape, wait_metrics
 from wsraw import TEXT, RawWebSocket, http_request, upgrade_request
 
 from uwsgi_ws import metrics
+from uwsgi_ws.metrics import export
 
 CONF = ROOT / "uwsgi_ws" / "conf"
 WRITE_LIMIT = 64 * 1024
@@ -180,9 +181,9 @@ def test_close_codes_and_who_closed_are_counted_and_logged(mserver):
     # one line per close, through the `uwsgi_ws` logger (the app formats it)
     server.wait_for_log(r"websocket closed route=/echo ", count=log_before.count("websocket closed route=/echo ") + 1)
     new = server.log()[len(log_before):]
-    line = re.search(r"LOG uwsgi_ws INFO pid=\d+ websocket closed route=/close-server (.*)", new).group(1)
+    line = re.search(r"LOG uwsgi_ws.metrics INFO pid=\d+ websocket closed route=/close-server (.*)", new).group(1)
     assert re.fullmatch(r"duration=\d+\.\d{3}s messages_in=1 messages_out=1 code=4001 by=server", line), line
-    line = re.search(r"LOG uwsgi_ws INFO pid=\d+ websocket closed route=/echo (.*)", new).group(1)
+    line = re.search(r"LOG uwsgi_ws.metrics INFO pid=\d+ websocket closed route=/echo (.*)", new).group(1)
     assert re.fullmatch(r"duration=\d+\.\d{3}s messages_in=2 messages_out=2 code=1000 by=client", line), line
 
 
@@ -206,7 +207,7 @@ def test_rejected_upgrades_are_counted_by_reason_and_logged(mserver):
     assert d.total("uwsgi_ws_upgrades_accepted_total") == 0
     server.wait_for_log("websocket upgrade rejected", count=log_before.count("websocket upgrade rejected") + 3)
     new = server.log()[len(log_before):]
-    assert re.search(r"LOG uwsgi_ws INFO pid=\d+ websocket upgrade rejected route=/echo status=426 reason=version: "
+    assert re.search(r"LOG uwsgi_ws.metrics INFO pid=\d+ websocket upgrade rejected route=/echo status=426 reason=version: "
                      r"unsupported Sec-WebSocket-Version '8'", new), new
     assert re.search(r"websocket upgrade rejected route=/echo status=400 reason=key: invalid", new), new
     assert re.search(r"websocket upgrade rejected route=/sub/<channel> status=403 reason=origin: "
@@ -355,7 +356,7 @@ def test_the_stats_server_shows_the_same_totals(mserver):
                 "uwsgi_ws_connections_closed_total": prom.total("uwsgi_ws_connections_closed_total"),
                 "uwsgi_ws_broadcasts_dropped_total": prom.total("uwsgi_ws_broadcasts_dropped_total"),
             }
-            for name in metrics.UWSGI_METRICS:
+            for name in export.UWSGI_METRICS:
                 want.setdefault(name, prom.value(name))
             got = {name: stats.get(name, {}).get("value") for name in want}
             return (want, got) if got == want and want["uwsgi_ws_connections_open"] == 1 else None

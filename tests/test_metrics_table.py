@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from uwsgi_ws import metrics
+from uwsgi_ws.metrics import export
 from uwsgi_ws.metrics import (
     CLOSED,
     HEADER_SIZE,
@@ -160,7 +161,7 @@ def test_prometheus_text_is_well_formed():
     rec.lag(70000)
     values = tbl.counters(1).tolist()
     snap = metrics.Snapshot(
-        {slot: values[slot] for slot in metrics._SCALARS},
+        {slot: values[slot] for slot in export._SCALARS},
         [values[metrics.LAG_BUCKETS + i] for i in range(len(metrics.LAG_BOUNDS) + 1)],
         values[metrics.LAG_MAX], {('/q"uote\\d', 1): 2}, {'/q"uote\\d': 2}, {"origin": 1},
         {("1000", "client"): 4}, [1], True)
@@ -192,5 +193,5 @@ def test_prometheus_text_is_well_formed():
 def test_the_conf_declares_every_mirrored_metric(name):
     text = (CONF / name).read_text()
     declared = dict(re.findall(r"^\s*metric\s*[:=]\s*name=([a-z0-9_]+),type=([a-z]+)\s*$", text, re.M))
-    assert declared == {n: kind for n, (kind, _) in metrics.UWSGI_METRICS.items()}
+    assert declared == {n: kind for n, (kind, _) in export.UWSGI_METRICS.items()}
     assert re.search(r"^\s*enable-metrics\s*[:=]\s*true\s*$", text, re.M)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 from urllib.parse import urlsplit
 
 from .exceptions import HandshakeRefused
@@ -83,7 +83,7 @@ class OriginPolicy:
         entries = list(allowed or [])
         self.any = False
         self.allow_null = False
-        self._exact: set = set()
+        self._exact: Set[Tuple[str, str, Optional[int]]] = set()
         self._wildcards: List[Tuple[str, str, int]] = []
         for entry in entries:
             if not isinstance(entry, str):
@@ -173,29 +173,13 @@ worker_connections = WorkerCount()
 def instance_connections(own: int) -> int:
     """Open WebSockets of the whole uWSGI instance: `own` (this worker's count,
     handshakes in progress included) plus the open connections of every other
-    live worker, read from the instance's metrics table (`uwsgi_ws.metrics`:
-    one row per worker, upgrades and closes per route). Takes no lock: another
-    worker's handshakes still in progress are not seen, so a burst spread over
-    N workers may pass `max_connections` by at most N - 1 at that instant.
-    Blocks nowhere; callable from any thread or greenlet of a worker."""
-    import uwsgi
+    live worker (`metrics.open_connections`). Takes no lock: another worker's
+    handshakes still in progress are not seen, so a burst spread over N workers
+    may pass `max_connections` by at most N - 1 at that instant. Blocks nowhere;
+    callable from any thread or greenlet of a worker."""
+    from . import _uwsgi, metrics
 
-    from . import metrics
-
-    tbl = metrics.table()
-    me = uwsgi.worker_id()
-    total = own
-    for worker in uwsgi.workers():
-        wid, pid = worker.get("id", 0), worker.get("pid", 0)
-        if wid == me or not pid or not 1 <= wid <= tbl.numproc:
-            continue
-        values = tbl.counters(wid)
-        if values[metrics.PID] != pid:  # a dead worker's row (or one not used yet): nothing open
-            continue
-        for index, kind, _ in tbl.labels(wid):
-            if kind == metrics.KIND_ROUTE:
-                total += values[metrics.UPGRADES + index] - values[metrics.CLOSED + index]
-    return total
+    return own + metrics.open_connections(exclude_worker=_uwsgi.worker_id())
 
 
 def limit_refusal(what: str, limit: int, option: str, retry_after: int) -> Refused:
