@@ -176,6 +176,7 @@ def test_mule_not_running(tmp_path):
     stale.bind(path)
     stale.close()
     done = run_script(f"""
+import time
 t0 = time.monotonic()
 try:
     Publisher({path!r}, timeout=0.5).publish("x")
