@@ -42,10 +42,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from redis_bench import Group, metrics_from, start_redis
+
 from harness.client import run_client
 from harness.proc import ManagedProcess, free_port, peak_rss_mib, pss_mib, stop_all, wait_http
 from harness.report import machine_line
-from redis_bench import Group, metrics_from, start_redis
 
 BENCH = Path(__file__).absolute().parent
 REPO = BENCH.parent
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                         records.append(rec)
                         m = rec["metrics"]
                         print(f"[r{rnd}] {name:<22} N={clients:<5} {size} B  {rec['status']} "
-                              f"{m.get('deliveries_per_s', 0):,.0f} deliv/s, total {m.get('total_us', float('nan')):.2f} "
+                              f"{m.get('deliveries_per_s', 0):,.0f} deliv/s, "
+                              f"total {m.get('total_us', float('nan')):.2f} "
                               f"µs/deliv, p99 {m.get('p99_ms', float('nan')):.2f} ms, lost/dup/reord "
                               f"{m.get('lost')}/{m.get('dup')}/{m.get('reorder')} {rec['reason'][:200]}",
                               file=sys.stderr, flush=True)

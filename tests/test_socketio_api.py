@@ -16,11 +16,10 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import websocket
-
 from test_socketio import BROADCAST, NodeClients, crowd, worker_of
 
 APP = "socketio_api_app:app"
@@ -28,7 +27,7 @@ MODELS = ["threads", "gevent"]
 EXTRA = BROADCAST
 
 
-def post(server, path: str, body: Any = None, headers: Dict[str, str] = None, timeout: float = 15) -> Tuple[int, bytes]:
+def post(server, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None, timeout: float = 15) -> Tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
     request = urllib.request.Request(server.http + path, data=data or b"", method="POST",
                                      headers={"Content-Type": "application/json", **(headers or {})})
@@ -39,7 +38,7 @@ def post(server, path: str, body: Any = None, headers: Dict[str, str] = None, ti
         return exc.code, exc.read()
 
 
-def get(server, path: str, headers: Dict[str, str] = None) -> Tuple[int, bytes]:
+def get(server, path: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes]:
     request = urllib.request.Request(server.http + path, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=15) as answer:
@@ -163,7 +162,7 @@ def test_server_callbacks_and_call_from_any_worker(server):
             assert answer == {"answer": {"acked": "question"}, "sid": sid}
         answered_by = set()
         for _ in range(3):  # the HTTP request lands on either worker
-            for g, i, sid in people.each():
+            for _, _, sid in people.each():
                 status, body = post(server, f"/call/{sid}")
                 assert status == 200, body
                 reply = json.loads(body)

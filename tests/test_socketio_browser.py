@@ -17,7 +17,8 @@ from __future__ import annotations
 import uuid
 
 from test_browser import browser  # noqa: F401  (the fixture)
-from test_socketio import EXTRA as _EXTRA, JS, node_ready, worker_of
+from test_socketio import EXTRA as _EXTRA
+from test_socketio import JS, node_ready, worker_of
 
 APP = "socketio_announce_app:app"
 MODELS = ["threads", "gevent"]
@@ -32,7 +33,7 @@ CONNECT = """() => {
 UPGRADED = "() => window.socket && window.socket.connected && window.socket.io.engine.transport.name === 'websocket'"
 
 
-def open_page(browser, server):  # noqa: F811
+def open_page(browser, server):
     node_ready()  # the bundle comes from tests/js/socketio/node_modules
     page = browser.new_page()
     page.route("https://cdn.socket.io/**",
@@ -47,7 +48,7 @@ def received(page, data: str) -> int:
     return int(page.evaluate("(d) => window.log.filter((x) => x === d).length", data))
 
 
-def test_announcement_example_in_chromium(server, browser):  # noqa: F811
+def test_announcement_example_in_chromium(server, browser):
     pages, workers = [], set()
     try:
         while len(workers) < 2:

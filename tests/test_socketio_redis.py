@@ -14,10 +14,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-from harness import UWSGI
 from test_redis_bridge import MODEL_ARGS, RedisServer
 from test_socketio import NodeClients, wait_response
+
+from harness import UWSGI
 
 
 def start(tmp, model: str, redis_url: str, stream: str) -> UWSGI:

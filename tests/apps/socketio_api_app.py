@@ -6,8 +6,18 @@ import os
 
 from flask import Flask, jsonify, request
 
-from uwsgi_ws.socketio import (ConnectionRefusedError, Namespace, SocketIO, close_room, disconnect, emit,
-                               join_room, leave_room, rooms, send)
+from uwsgi_ws.socketio import (
+    ConnectionRefusedError,
+    Namespace,
+    SocketIO,
+    close_room,
+    disconnect,
+    emit,
+    join_room,
+    leave_room,
+    rooms,
+    send,
+)
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = "secret!"

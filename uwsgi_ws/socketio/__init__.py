@@ -12,7 +12,7 @@ Needs python-socketio, python-engineio and Flask-SocketIO (the ``socketio``
 extra of uwsgi_ws).
 """
 
-from flask_socketio import (  # noqa: F401  the module-level helpers find our SocketIO in app.extensions
+from flask_socketio import (
     ConnectionRefusedError,
     Namespace,
     SocketIOTestClient,

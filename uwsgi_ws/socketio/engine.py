@@ -19,8 +19,8 @@ import contextlib
 import io
 import logging
 import threading
-from urllib.parse import parse_qs
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from urllib.parse import parse_qs
 
 import engineio
 
@@ -88,7 +88,7 @@ class ConnectionWebSocket:
     the Connection is thread-safe for that.
     """
 
-    def __init__(self, handler: Callable[["ConnectionWebSocket"], Any], server: Any) -> None:
+    def __init__(self, handler: Callable[[ConnectionWebSocket], Any], server: Any) -> None:
         self.app = handler
         self.server = server
         self.conn: Any = None

@@ -51,7 +51,7 @@ class Server(socketio.Server):  # type: ignore[misc]
         return engine.EngineServer
 
 
-def _origins(cors: Any) -> Union[None, str, List[str]]:
+def _origins(cors: Any) -> Union[str, List[str], None]:
     """Flask-SocketIO's `cors_allowed_origins` as a uwsgi_ws origin policy
     (engineio checks it again, including the callable form)."""
     if cors is None:
@@ -66,7 +66,7 @@ def _origins(cors: Any) -> Union[None, str, List[str]]:
 class _Bus:
     """The manager's broadcast: `publish` on a channel, a worker-local listener of it."""
 
-    def __init__(self, owner: "SocketIO", channel: str) -> None:
+    def __init__(self, owner: SocketIO, channel: str) -> None:
         self._owner = owner
         self.channel = "socketio:" + channel
 
@@ -334,9 +334,9 @@ class _HandOffMiddleware:
             sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid", [None])[0]
             owner = engine.owner_of(sid) if sid else None
             forwarder = state.get("forwarder")
-            if owner is not None and forwarder is not None and owner != engine.worker_id():
-                if self._hand_off(environ, forwarder, owner):
-                    return []  # the owner answers on the client's socket; uWSGI writes nothing
+            if (owner is not None and forwarder is not None and owner != engine.worker_id()
+                    and self._hand_off(environ, forwarder, owner)):
+                return []  # the owner answers on the client's socket; uWSGI writes nothing
         return self.wsgi_app(environ, start_response)
 
     @staticmethod

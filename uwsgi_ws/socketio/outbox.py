@@ -29,8 +29,8 @@ from typing import Any, List, Optional
 
 #: Close code for a slow consumer (RFC 6455 section 7.4.1, 1013 "try again later").
 TRY_AGAIN_LATER = 1013
-_FLUSH = object()
-_BATCH_BYTES = 64 * 1024  # a batch writes a client's frames once they reach this much  # queued: the writer drains the connection's buffer here
+_FLUSH = object()  # queued: the writer drains the connection's buffer here
+_BATCH_BYTES = 64 * 1024  # a batch writes a client's frames once they reach this much
 
 
 def packet_size(item: Any) -> int:
