@@ -22,8 +22,16 @@ once: a reader skips every pid that is no longer a live process (/proc, as
 `uwsgi_ws.metrics` skips the rows of dead workers).
 
 With the Redis bridge every channel reaches the other instances: targeted
-events and ``disconnect``/``close_room`` act there too; presence messages from
-another instance (flag REMOTE) are ignored: presence is this instance's.
+events and ``disconnect``/``close_room`` act there too, and the replica also
+holds the other instances' connections (each message names its instance,
+``"inst": "<host>:<master pid>"``). Another instance's processes cannot be
+checked in /proc, so there liveness is a heartbeat: while bridged, every
+registry with connections publishes its ``state`` every HEARTBEAT seconds
+(``UWSGI_WS_PRESENCE_HEARTBEAT``, default 5), and a remote worker's
+connections leave presence when nothing came from it for 3 heartbeats (an
+expiry, as a Redis hash with a TTL per instance would have). Across instances
+presence is as fresh as the bridge (eventually consistent); within the
+instance it is exact as above.
 
 Reads (`members`, `count`) first wait until this worker's hub has handed out
 everything appended to the ring when the call started (`Broadcast.recover` of
@@ -42,11 +50,12 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from . import _uwsgi, frames
+from . import _uwsgi, frames, settings
 from .broadcast import Batch, Broadcast, channel_bytes
 from .broadcast.ring import FLAG_REMOTE
 from .log import get as _logger
@@ -59,6 +68,7 @@ _TOMBSTONES = 65536  # closed connection ids remembered (against late state answ
 #: Control messages acted on when they come from another instance (the Redis bridge):
 #: targeting works across instances; presence stays this instance's.
 _REMOTE_OPS = ("disconnect", "close_room")
+HEARTBEAT = float(os.environ.get("UWSGI_WS_PRESENCE_HEARTBEAT") or 5.0)  # seconds, while bridged
 
 
 def control_channel(path: str) -> str:
@@ -104,11 +114,16 @@ def _pid_of(conn_id: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-class _Member:
-    __slots__ = ("identity", "pid", "rooms", "v")
+def instance_id() -> str:
+    """This instance's name in presence messages: "<host>:<master pid>"."""
+    return f"{socket.gethostname()}:{_uwsgi.masterpid() if _uwsgi.available() else os.getpid()}"
 
-    def __init__(self, pid: int, v: int, identity: Any, rooms: Set[str]) -> None:
-        self.pid, self.v, self.identity, self.rooms = pid, v, identity, rooms
+
+class _Member:
+    __slots__ = ("id", "identity", "inst", "pid", "rooms", "v")
+
+    def __init__(self, conn_id: str, inst: str, pid: int, v: int, identity: Any, rooms: Set[str]) -> None:
+        self.id, self.inst, self.pid, self.v, self.identity, self.rooms = conn_id, inst, pid, v, identity, rooms
 
 
 class Local:
@@ -150,6 +165,8 @@ class Registry:
         self._gone: Set[str] = set()
         self._gone_order: Deque[str] = collections.deque()
         self._answered: Set[int] = set()
+        self._inst = instance_id()
+        self._heard: Dict[Tuple[str, int], float] = {}  # (remote instance, pid) -> last message (monotonic)
         self._nonce = f"{self._pid}-{time.monotonic_ns()}"
         broadcast.attach(self)
         broadcast.subscribe(self, self.channel)
@@ -161,9 +178,11 @@ class Registry:
         Raises PublishError."""
         if not self.tracked:
             return
+        if _bridged():
+            self._rt.spawn(self._heartbeat)
         self._peers = self._other_workers()
         self._sync_deadline = time.monotonic() + SYNC_TIMEOUT
-        self.publish({"op": "sync", "pid": self._pid, "nonce": self._nonce})
+        self.publish({"op": "sync", "pid": self._pid, "inst": self._inst, "nonce": self._nonce})
 
     # -- this worker's connections ------------------------------------------------------------
 
@@ -193,7 +212,7 @@ class Registry:
             local.v += 1
             version = local.v
         if self.tracked and (local.rooms or local.v > 1):
-            self.publish({"op": "gone", "pid": self._pid, "id": local.id, "v": version})
+            self.publish({"op": "gone", "pid": self._pid, "inst": self._inst, "id": local.id, "v": version})
 
     def local_members(self, room: str) -> List[Local]:
         """This worker's connections in `room` now."""
@@ -208,7 +227,7 @@ class Registry:
         self._bc.publish(json.dumps(message, separators=(",", ":")), self.channel)
 
     def _member_message(self, local: Local) -> Dict[str, Any]:
-        return {"op": "member", "pid": self._pid, "id": local.id, "v": local.v,
+        return {"op": "member", "pid": self._pid, "inst": self._inst, "id": local.id, "v": local.v,
                 "identity": local.identity, "rooms": sorted(local.rooms)}
 
     # -- reads -------------------------------------------------------------------------------
@@ -218,18 +237,23 @@ class Registry:
         by id. Blocks until this worker's hub caught up (at most READ_TIMEOUT)."""
         self._catch_up()
         with self._lock:
-            ids = sorted(self._rooms.get(room, ()))
-            found = [(c, self._members[c]) for c in ids]
-        alive: Dict[int, bool] = {}
-        out = []
-        for conn_id, member in found:
-            if member.pid not in alive:
-                alive[member.pid] = member.pid == self._pid or pid_alive(member.pid)
-            if alive[member.pid]:
-                out.append((conn_id, member.identity))
-        dead = [pid for pid, ok in alive.items() if not ok]
+            found = [self._members[k] for k in self._rooms.get(room, ())]
+        alive = self._alive({(m.inst, m.pid) for m in found})
+        out = sorted(((m.id, m.identity) for m in found if alive[(m.inst, m.pid)]), key=lambda t: t[0])
+        dead = [key for key, ok in alive.items() if not ok]
         if dead:
-            self._drop_pids(dead)
+            self._drop(dead)
+        return out
+
+    def _alive(self, keys: Set[Tuple[str, int]]) -> Dict[Tuple[str, int], bool]:
+        """Whether each (instance, pid) still runs: /proc here, the heartbeat elsewhere."""
+        now = time.monotonic()
+        out = {}
+        for inst, pid in keys:
+            if inst == self._inst:
+                out[(inst, pid)] = pid == self._pid or pid_alive(pid)
+            else:
+                out[(inst, pid)] = now - self._heard.get((inst, pid), 0.0) < 3 * HEARTBEAT
         return out
 
     def count(self, room: str) -> int:
@@ -237,14 +261,16 @@ class Registry:
         liveness check per worker). Blocks as `members`."""
         self._catch_up()
         with self._lock:
-            by_pid = collections.Counter(self._members[c].pid for c in self._rooms.get(room, ()))
-        return sum(n for pid, n in by_pid.items() if pid == self._pid or pid_alive(pid))
+            by_pid = collections.Counter((self._members[k].inst, self._members[k].pid)
+                                         for k in self._rooms.get(room, ()))
+        alive = self._alive(set(by_pid))
+        return sum(n for key, n in by_pid.items() if alive[key])
 
     def user_connections(self, key: str, value: Any) -> List[str]:
         """Ids of the connections whose identity has `key` == `value` (all workers)."""
         self._catch_up()
         with self._lock:
-            return sorted(c for c, m in self._members.items()
+            return sorted(m.id for m in self._members.values()
                           if isinstance(m.identity, dict) and m.identity.get(key) == value)
 
     def _catch_up(self) -> None:
@@ -284,10 +310,20 @@ class Registry:
             return set()
         return {int(w["pid"]) for w in workers if w.get("pid") and int(w["pid"]) != self._pid}
 
-    def _drop_pids(self, pids: List[int]) -> None:
+    def _drop(self, dead: List[Tuple[str, int]]) -> None:
         with self._lock:
-            for conn_id in [c for c, m in self._members.items() if m.pid in pids]:
-                self._set(conn_id, None)
+            for key in [k for k, m in self._members.items() if (m.inst, m.pid) in dead]:
+                self._set(key, None)
+
+    def _heartbeat(self) -> None:
+        """While bridged: this worker's state every HEARTBEAT seconds (the other
+        instances' expiry), while it has connections."""
+        while True:
+            self._rt.sleep(HEARTBEAT)
+            with self._lock:
+                idle = not self._local
+            if not idle:
+                self._answer(None)
 
     # -- the replica (hub task: never block) -----------------------------------------------------
 
@@ -307,37 +343,41 @@ class Registry:
         elif member is not None:
             self._members[conn_id] = member
 
-    def _apply_member(self, conn_id: str, pid: int, v: int, identity: Any, rooms: List[str]) -> None:
-        if conn_id in self._gone:
+    def _apply_member(self, inst: str, conn_id: str, pid: int, v: int, identity: Any, rooms: List[str]) -> None:
+        key = f"{inst}|{conn_id}"
+        if key in self._gone:
             return
-        old = self._members.get(conn_id)
+        old = self._members.get(key)
         if old is not None and old.v >= v:
             return
-        self._set(conn_id, _Member(pid, v, identity, set(rooms)))
+        self._set(key, _Member(conn_id, inst, pid, v, identity, set(rooms)))
 
     def _apply(self, message: Dict[str, Any]) -> None:
         op = message.get("op")
+        inst = str(message.get("inst") or self._inst)
+        if inst != self._inst and "pid" in message:
+            self._heard[(inst, int(message["pid"]))] = time.monotonic()
         if op == "member":
             with self._lock:
-                self._apply_member(str(message["id"]), int(message["pid"]), int(message["v"]),
+                self._apply_member(inst, str(message["id"]), int(message["pid"]), int(message["v"]),
                                    message.get("identity"), list(message.get("rooms") or ()))
         elif op == "gone":
-            conn_id = str(message["id"])
+            key = f"{inst}|{message['id']}"
             with self._lock:
-                self._set(conn_id, None)
-                self._gone.add(conn_id)
-                self._gone_order.append(conn_id)
+                self._set(key, None)
+                self._gone.add(key)
+                self._gone_order.append(key)
                 if len(self._gone_order) > _TOMBSTONES:
                     self._gone.discard(self._gone_order.popleft())
         elif op == "state":
             with self._lock:
-                if message.get("for") == self._nonce:
+                if message.get("for") == self._nonce and inst == self._inst:
                     self._answered.add(int(message["pid"]))
                 for conn_id, m in (message.get("members") or {}).items():
-                    self._apply_member(str(conn_id), int(message["pid"]), int(m["v"]), m.get("identity"),
+                    self._apply_member(inst, str(conn_id), int(message["pid"]), int(m["v"]), m.get("identity"),
                                        list(m.get("rooms") or ()))
         elif op == "sync":
-            if self.tracked and int(message["pid"]) != self._pid:
+            if self.tracked and (inst != self._inst or int(message["pid"]) != self._pid):
                 self._rt.spawn(self._answer, str(message.get("nonce")))
         elif op == "disconnect":
             local = self.local(str(message.get("id")))
@@ -348,12 +388,12 @@ class Registry:
             for local in self.local_members(room):
                 self._rt.spawn(local.on_control, message)
 
-    def _answer(self, nonce: str) -> None:
+    def _answer(self, nonce: Optional[str]) -> None:
         with self._lock:
             members = {c.id: {"v": c.v, "identity": c.identity, "rooms": sorted(c.rooms)}
                        for c in self._local.values()}
         try:
-            self.publish({"op": "state", "pid": self._pid, "for": nonce, "members": members})
+            self.publish({"op": "state", "pid": self._pid, "inst": self._inst, "for": nonce, "members": members})
         except Exception:
             log.exception("presence of %s: could not answer a sync", self.path)
 
@@ -367,8 +407,9 @@ class Registry:
                 message = json.loads(frames.payload(entry.frame))
                 if not isinstance(message, dict):
                     continue
-                if entry.flags & FLAG_REMOTE and message.get("op") not in _REMOTE_OPS:
-                    continue  # another instance's presence: this replica is instance-wide only
+                if entry.flags & FLAG_REMOTE and message.get("op") not in _REMOTE_OPS and (
+                        not message.get("inst") or message.get("inst") == self._inst):
+                    continue  # an unnamed (or our own, echoed) presence message from the bridge
                 self._apply(message)
             except (ValueError, KeyError, TypeError):
                 log.warning("presence of %s: an unreadable control message (ignored)", self.path)
@@ -388,6 +429,14 @@ class Registry:
 
     def fileno(self) -> int:
         return -1
+
+
+def _bridged() -> bool:
+    """True when the instance is bridged to others through Redis (``redis-url``)."""
+    try:
+        return bool(settings.get("redis-url"))
+    except Exception:
+        return False
 
 
 _registries: Dict[Tuple[int, str], Registry] = {}
