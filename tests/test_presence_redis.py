@@ -15,10 +15,10 @@ import signal
 import uuid
 
 import pytest
-
-from harness import wait_for
 from test_presence import Client, http, ids, presence, start
 from test_redis_bridge import RedisServer
+
+from harness import wait_for
 
 
 @pytest.fixture(scope="module")
