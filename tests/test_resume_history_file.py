@@ -223,3 +223,32 @@ def test_a_ring_file_keeps_its_epoch_until_a_reboot_or_a_new_size(tmp_path):
     epoch = rebooted.epoch
     resized = event_ring(path, 128 * 1024)
     assert resized.epoch != epoch
+
+
+@pytest.mark.parametrize("model", ["threads"])
+def test_two_instances_never_share_a_ring_file(model, tmp_path):
+    from harness import UWSGI
+    from test_events import APP, MODEL_ARGS
+
+    ring_file = ["--set-placeholder", f"uwsgi-ws-ring-file={tmp_path / 'ring'}",
+                 "--set-placeholder", "uwsgi-ws-ring-size=64K"]
+    (tmp_path / "first").mkdir()
+    first = start(tmp_path / "first", model, ring_file)
+    try:
+        second = UWSGI(["--master", "--http-socket", "127.0.0.1:{port}", "--module", APP, "--die-on-term",
+                        "--need-app", "--mule=uwsgi_ws.mule:run", *MODEL_ARGS[model], *ring_file], tmp_path)
+        try:
+            second.wait_for_log(r"the broadcast mule cannot run: uwsgi-ws-ring-file='.*' is in use by the uWSGI "
+                                rf"instance of master pid {first.pid}: give each instance its own ring file")
+            with pytest.raises(Exception):
+                emit(second, "lobby", 1, event="n")  # its publishes are refused, not written into the other's ring
+        finally:
+            second.stop()
+        c = Client(first.port)  # the first instance is untouched
+        c.hello()
+        emit(first, "lobby", 1, event="n")
+        assert [m["data"] for m in received(c, "lobby", 1)] == [1]
+        c.close()
+        assert not first.crashes(), first.log()
+    finally:
+        first.stop()

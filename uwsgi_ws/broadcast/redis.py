@@ -43,7 +43,7 @@ added by other programs), ``n`` its counter, ``c`` channel (UTF-8; empty: every
 connection), ``f`` flags (bit 0: binary), ``d`` payload. Any program may
 publish to every instance with ``XADD <key> * c <channel> d <payload>``.
 
-Bridge block: bytes 64..255 of the ring header (`sharedarea`), little-endian,
+Bridge block: bytes 64..247 of the ring header (`sharedarea`), little-endian,
 zeroed when the ring is formatted; each field has a single writer thread:
 
     offset  size  field         writer   meaning
@@ -62,7 +62,7 @@ zeroed when the ring is formatted; each field has a single writer thread:
     88      8     replayed      outbox   messages pushed again after a Redis restart
     96      4     positioned    inbox    1 once last_id is valid (set at the first connection)
     100     4     dropped       inbox    entries that could not be appended (malformed, too big for this ring)
-    104     88    reserved (zero)
+    104     80    reserved (zero)
 """
 
 from __future__ import annotations

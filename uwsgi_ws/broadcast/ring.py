@@ -21,9 +21,12 @@ Byte layout (little-endian), the whole sharedarea:
     56      4     mule_id         the broadcast mule (publishers send to it)
     60      4     boot          crc32 of the machine's boot id when the ring was laid out
                                   (0 where unknown); see `format`
-    64      192   bridge block    the Redis bridge's state (layout in
+    64      184   bridge block    the Redis bridge's state (layout in
                                   uwsgi_ws/broadcast/redis.py); zeroed by a fresh
                                   format, untouched by the ring itself
+    248     4     owner         master pid of the uWSGI instance using a ring file
+                                  (`from_file`; 0 for a sharedarea)
+    252     4     reserved
     256     16 x index_entries    index: message seq -> record
                   entry:  seq u64 | offset u32 | length u32   (slot = seq % index_entries)
     256 + 16 x index_entries      data region, data_size bytes, records back to back:
@@ -75,7 +78,8 @@ FLAG_BINARY = 0x01
 FLAG_REMOTE = 0x02
 FLAG_EVENT = 0x04
 HEADER_SIZE = 256
-BRIDGE_OFFSET = 64  # the bridge block: bytes 64..255 of the header
+BRIDGE_OFFSET = 64  # the bridge block: bytes 64..247 of the header
+_OWNER = 248
 MIN_AREA = 64 * 1024
 
 _W_SEQ = 32
@@ -116,6 +120,15 @@ def boot_tag() -> int:
             return zlib.crc32(f.read().strip()) or 1
     except OSError:
         return 0
+
+
+def _is_other_instance(pid: int) -> bool:
+    """True when process `pid` runs (our user's) and is the same uwsgi binary as this
+    process: the master of another instance, not a reused pid."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == os.readlink("/proc/self/exe")
+    except OSError:  # gone, another user's, or no /proc: not a live instance of ours
+        return False
 
 
 def geometry(area_size: int) -> Tuple[int, int]:
@@ -170,8 +183,14 @@ class BroadcastRing:
         bytes when missing; a file of another size is resized, which lays the ring
         out anew (a new epoch).
 
+        Under uWSGI the file is claimed for this instance (its master pid in the
+        header, kept across reloads, which keep the master pid): a file another live
+        instance of the same uwsgi binary claimed is refused, since two writers would
+        corrupt it.
+
         Raises:
-            RingError: the file cannot be opened or sized (the message says which).
+            RingError: the file cannot be opened or sized, or another running
+                instance uses it (the message says which).
         """
         import mmap
 
@@ -189,7 +208,15 @@ class BroadcastRing:
             raise RingError(f"uwsgi-ws-ring-file={path!r}: cannot map {size} bytes: {exc.strerror}") from None
         finally:
             os.close(fd)
-        return cls(memoryview(area))
+        ring = cls(memoryview(area))
+        master = _uwsgi.masterpid() if _uwsgi.available() else 0
+        if master:
+            owner: int = struct.unpack_from("<I", ring.buf, _OWNER)[0]
+            if owner and owner != master and _is_other_instance(owner):
+                raise RingError(f"uwsgi-ws-ring-file={path!r} is in use by the uWSGI instance of master pid "
+                                f"{owner}: give each instance its own ring file")
+            struct.pack_into("<I", ring.buf, _OWNER, master)
+        return ring
 
     @classmethod
     def from_sharedarea(cls, area_id: Optional[int] = None) -> "BroadcastRing":
@@ -247,8 +274,8 @@ class BroadcastRing:
         return struct.unpack_from("<I", self.buf, 56)[0] if self.formatted else 0
 
     def bridge_block(self) -> memoryview:
-        """The header's bridge block (bytes 64..255), for `uwsgi_ws.broadcast.redis`."""
-        return self.buf[BRIDGE_OFFSET:HEADER_SIZE]
+        """The header's bridge block (bytes 64..247), for `uwsgi_ws.broadcast.redis`."""
+        return self.buf[BRIDGE_OFFSET:_OWNER]
 
     def max_frame_size(self, channel_len: int = 255) -> int:
         """The largest frame `append` accepts with a channel of that many bytes."""
@@ -273,7 +300,9 @@ class BroadcastRing:
                 and h["data_size"] == self.data_size and h["write_pos"] <= self.data_size
                 and struct.unpack_from("<I", self.buf, 60)[0] == boot):
             epoch = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+            owner = bytes(self.buf[_OWNER:_OWNER + 4])
             self.buf[: self.data_base] = bytes(self.data_base)
+            self.buf[_OWNER:_OWNER + 4] = owner
             HEADER.pack_into(self.buf, 0, b"\0" * 8, VERSION, self.entries, self.data_size, epoch, 0, 1, 0, 0, boot)
             self.buf[0:8] = MAGIC
         struct.pack_into("<I", self.buf, 56, mule_id)
