@@ -23,7 +23,9 @@ MODELS = ["threads", "gevent"]
 def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"targeting-{request.param}")
     sock = tmp / "publish.sock"
-    instance = start(tmp, request.param, ["--set-placeholder", f"uwsgi-ws-publish-socket={sock}"])
+    instance = start(tmp, request.param, ["--set-placeholder", f"uwsgi-ws-publish-socket={sock}",
+                                          "--mule=tests/apps/presence_mule.py"])
+    instance.wait_for_log("presence_mule: ready", timeout=20)
     instance.model = request.param  # type: ignore[attr-defined]
     instance.publish_socket = sock  # type: ignore[attr-defined]
     yield instance
@@ -40,7 +42,7 @@ def cli(server, *args: str) -> subprocess.CompletedProcess:
                            "--endpoint", "/live", *args], cwd=str(ROOT), capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("how", ["view", "thread", "cli"])
+@pytest.mark.parametrize("how", ["view", "thread", "cli", "mule"])
 def test_emit_to_a_connection_id_from_the_other_worker(server, how):
     ann = Client(server.worker_ports[0], "?user=ann")
     bob = Client(server.worker_ports[1], "?user=bob")
@@ -49,6 +51,9 @@ def test_emit_to_a_connection_id_from_the_other_worker(server, how):
         if how == "cli":
             done = cli(server, "--room", ann.id, "direct", json.dumps(data))
             assert done.returncode == 0, done.stderr
+        elif how == "mule":
+            status, _ = http(server, "/mule", "POST", {"emit": ["direct", data], "to": ann.id})
+            assert status == 204
         else:  # from worker 2, where ann is not
             status, _ = http(server, f"/emit?event=direct&to={ann.id}" + ("&thread=1" if how == "thread" else ""),
                              "POST", data, port=server.worker_ports[1])
@@ -116,10 +121,14 @@ def test_disconnect_from_the_other_worker_and_the_cli(server):
         bob.close()
 
 
-def test_disconnect_sends_the_code_and_reason(server):
+@pytest.mark.parametrize("how", ["view", "mule"])
+def test_disconnect_sends_the_code_and_reason(server, how):
     ann = Client(server.worker_ports[0], "?user=ann")
     try:
-        http(server, f"/disconnect/{ann.id}?code=4001&reason=bye", "POST", port=server.worker_ports[1])
+        if how == "mule":
+            assert http(server, "/mule", "POST", {"disconnect": ann.id, "code": 4001, "reason": "bye"})[0] == 204
+        else:
+            http(server, f"/disconnect/{ann.id}?code=4001&reason=bye", "POST", port=server.worker_ports[1])
         opcode, payload = ann.ws.recv_data(control_frame=True)
         while opcode != websocket.ABNF.OPCODE_CLOSE:
             opcode, payload = ann.ws.recv_data(control_frame=True)

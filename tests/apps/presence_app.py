@@ -16,6 +16,7 @@ HTTP (any worker; each worker also on a port of its own):
     POST /disconnect/<id>?code=&reason=
     POST /close_room/<room>
     GET  /call/<id>?event=    conn.call from a view (the connection must be in this worker)
+    POST /mule                the body (JSON) to mule 2, tests/apps/presence_mule.py, which acts on it
 """
 
 import dataclasses
@@ -120,6 +121,13 @@ def emit():
     else:
         run()
     return "", 204
+
+
+@app.post("/mule")
+def to_mule():
+    import uwsgi
+
+    return ("", 204) if uwsgi.mule_msg(request.get_data(), 2) else ("mule queue full", 503)
 
 
 @app.post("/disconnect/<conn_id>")
