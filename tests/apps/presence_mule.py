@@ -8,7 +8,6 @@ POST /mule) is {"emit": [event, data], "to": .., "to_user": .., "skip": ..} or
 import json
 
 import uwsgi
-
 from presence_app import live
 
 print("presence_mule: ready", flush=True)
