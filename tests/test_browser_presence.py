@@ -91,7 +91,7 @@ def test_typescript_declarations_are_served(server):
         assert "off(event: string" in text and "readonly id: string | null" in text
 
 
-def test_emits_made_while_reconnecting_are_buffered(browser, server):  # noqa: F811
+def test_emits_made_while_reconnecting_are_buffered(browser, server):
     page = open_page(browser, server, 0, "ann", "")
     try:
         old_id = page.evaluate("() => live.id")
