@@ -72,6 +72,27 @@ def refusal(exc: Union[access.Refused, Any], reason: str) -> Response:
     return Response(str(exc) + "\n", status=exc.status, headers=exc.headers, mimetype="text/plain")
 
 
+def auto_worker_limit() -> Optional[int]:
+    """The default of ``max_connections_per_worker``: under gevent, the worker's cores
+    (``--gevent N``) less an eighth of them (at least 2) kept for plain HTTP; no limit
+    in the other models (a threaded worker queues in the listen backlog instead).
+
+    Why: with every gevent core held by a WebSocket, uWSGI 2.0's accept loop spins
+    ("async queue is full", both CPUs busy) and health checks go unanswered; past
+    this limit a WebSocket gets a 503 at no cost and the cores left answer HTTP."""
+    from . import _uwsgi
+
+    if _uwsgi.model() != "gevent":
+        return None
+    try:
+        cores = int(_uwsgi.option("gevent") or 0)
+    except ValueError:
+        return None
+    if cores <= 0:
+        return None
+    return max(1, cores - max(2, cores // 8))
+
+
 class Admission:
     """The access policy of one extension (`uwsgi_ws.WebSocket`): its Origin
     policy, its ``before_connect`` hooks and its connection limits.
@@ -170,6 +191,8 @@ class Admission:
                 with `refusal(exc, LIMIT)`.
         """
         per_worker = self._option("max_connections_per_worker")
+        if per_worker == "auto":
+            per_worker = auto_worker_limit()
         count = access.worker_connections
         retry_after = self._option("retry_after")
         if not count.try_acquire(per_worker):

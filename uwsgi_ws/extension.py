@@ -38,7 +38,9 @@ DEFAULTS: Dict[str, Any] = {
     "timeout": None,  # seconds: the default of conn.receive(); None waits for ever (Flask-uWSGI-WebSocket's name)
     # Access control (uwsgi_ws.access), checked before the upgrade:
     "allowed_origins": None,  # None: same-origin pages only; "*": any; or a list of origins (403 otherwise)
-    "max_connections_per_worker": None,  # open WebSockets per worker process (503 beyond; None: no limit)
+    # open WebSockets per worker process (503 beyond); "auto": gevent keeps cores free for plain
+    # HTTP (admission.auto_worker_limit), no limit in the other models; None: no limit
+    "max_connections_per_worker": "auto",
     "max_connections": None,  # open WebSockets of the whole instance (503 beyond; None: no limit)
     "retry_after": 5,  # seconds, the Retry-After of a 503 for a connection limit
     "metrics_route": None,  # e.g. "/metrics": the Prometheus text of uwsgi_ws.metrics there (opt-in)
