@@ -21,8 +21,20 @@ and the switch to live delivery happen through `Broadcast.recover`, at one
 point of the stream: no duplicate, no gap. The bound is what the ring and the
 mule's history still hold.
 
+Each connection also listens on its own channel ``events:<path>#c:<id>``
+(``emit(..., to=<connection id>)``) and, when its identity names a user, on
+``events:<path>#u:<user>`` (``to_user=``): targeted events are plain
+publishes there, from anywhere. Presence (opt-in), ``disconnect`` and
+``close_room`` are messages on ``events:<path>#ctl`` that each worker's
+`uwsgi_ws.presence.Registry` reads; ``skip`` is a field of the broadcast frame
+that the skipped connection's client drops (the ring frames each message once
+for all subscribers, so the server cannot leave one out without giving up the
+frame-once fan-out).
+
 Handlers run in the connection's own task, inside the Flask request context of
-the upgrade request, one frame at a time.
+the upgrade request, one frame at a time; `EventConnection.call` waits for the
+client's reply inside a handler too (frames the client sends meanwhile are
+handled after it).
 """
 
 from __future__ import annotations
