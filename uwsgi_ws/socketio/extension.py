@@ -182,6 +182,12 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         return Response(result["body"], status=result["status"], headers=result["headers"])
 
     def _polling_view(self) -> Response:
+        if request.method == "GET" and "sid" not in request.args:
+            # a new Engine.IO session: the same access policy as the WebSocket route's
+            # (Origin, before_connect hooks; uwsgi_ws.admission)
+            refused = self.websocket.admission.check()
+            if refused is not None:
+                return refused
         result = engine.handle(self.server.eio, self._environ())
         if result is None:  # pragma: no cover - engineio upgrades only with a connection
             return Response("a WebSocket upgrade reached the polling view\n", status=400)
