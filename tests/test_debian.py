@@ -146,8 +146,12 @@ def stop_checked(server: UWSGI) -> None:
         stopping
 
 
-def model_vassal(text: str, model: str, port: int) -> str:
-    """A repository vassal's text for `model`, with absolute paths and its own port."""
+def model_vassal(text: str, model: str, port: int, files: Path) -> str:
+    """A repository vassal's text for `model`, with absolute paths and its own port. Ring
+    and history files go to `files`, a directory of www-data's: the service's vassal
+    directory is root's, so a file next to the vassal (`%p.ring`) could not be created."""
+    text = re.sub(r"(?m)^(\s*set-placeholder:\s*uwsgi-ws-(ring|history)-file=)\S+",
+                  lambda m: f"{m.group(1)}{files}/{m.group(2)}-{port}", text)
     # %d is the vassal file's directory: keep pointing at the repository.
     text = text.replace("%d..", str(ROOT)).replace("%d", str(VASSALS) + "/")
     text = re.sub(r"uwsgi_ws/conf/(threads|gevent)\.yaml", f"uwsgi_ws/conf/{model}.yaml", text)
@@ -267,10 +271,13 @@ def test_repository_vassals_under_the_debian_emperor_service_config(model, share
     vassals = shared_dir / "vassals"
     vassals.mkdir()
     vassals.chmod(0o755)
+    files = shared_dir / "lib"  # as /var/lib/<app>: the vassals' own files, www-data's
+    files.mkdir()
+    os.chown(files, WWW_DATA, WWW_DATA)
     for source in sorted(VASSALS.glob("*.yaml")):
         ports[source.stem] = free_port()
         target = vassals / source.name
-        target.write_text(model_vassal(source.read_text(), model, ports[source.stem]))
+        target.write_text(model_vassal(source.read_text(), model, ports[source.stem], files))
         target.chmod(0o644)
     assert set(CHECKS) <= set(ports), f"vassals/ should hold {sorted(CHECKS)}: {sorted(ports)}"
 
