@@ -1,7 +1,7 @@
 """Resume across a touched vassal (issue 16 item 1): the Emperor reloads the vassal
 (the events app of tests/test_events.py, 2 workers, the broadcast mule) when its
 file is touched; with the ring and the history in files next to the vassal
-(``%d%n.ring``, ``%d%n.history``, as vassals/chat.yaml does), the connected page
+(``%p.ring``, ``%p.history``: the vassal file's path, as vassals/chat.yaml does), the connected page
 is closed with 1012, reconnects with ``?resume=1`` and gets every broadcast it
 missed exactly once, in order, with the same epoch; a room's last messages are
 still there. Real Emperor, real vassal, threads and gevent.
@@ -39,10 +39,10 @@ def vassal_text(port: int, model: str) -> str:
         "  worker-reload-mercy: 30\n"
         "  sharedarea: 16\n"
         "  mule: uwsgi_ws.mule:run\n"
-        "  set-placeholder: uwsgi-ws-ring-file=%d%n.ring\n"
+        "  set-placeholder: uwsgi-ws-ring-file=%p.ring\n"
         "  set-placeholder: uwsgi-ws-ring-size=64K\n"
         "  set-placeholder: uwsgi-ws-history=20\n"
-        "  set-placeholder: uwsgi-ws-history-file=%d%n.history\n"
+        "  set-placeholder: uwsgi-ws-history-file=%p.history\n"
     )
 
 
@@ -74,7 +74,7 @@ def test_a_touched_vassal_costs_a_page_nothing(model, tmp_path):
         for i in range(3):  # a room nobody is in: kept by the history only
             emit(server, "recent", 100 + i, event="n")
         epoch = ring(server)["epoch"]
-        assert (vassals / "live.ring").exists() and (vassals / "live.history").exists()
+        assert (vassals / "live.yaml.ring").exists() and (vassals / "live.yaml.history").exists()
 
         os.utime(vassal, (time.time() + 5, time.time() + 5))  # touch: the Emperor reloads the vassal
         assert close_code(c) == 1012

@@ -236,12 +236,21 @@ def test_two_instances_never_share_a_ring_file(model, tmp_path):
     first = start(tmp_path / "first", model, ring_file)
     try:
         second = UWSGI(["--master", "--http-socket", "127.0.0.1:{port}", "--module", APP, "--die-on-term",
-                        "--need-app", "--mule=uwsgi_ws.mule:run", *MODEL_ARGS[model], *ring_file], tmp_path)
+                        "--need-app", "--sharedarea", "16", "--mule=uwsgi_ws.mule:run", *MODEL_ARGS[model],
+                        *ring_file], tmp_path)
         try:
-            second.wait_for_log(r"the broadcast mule cannot run: uwsgi-ws-ring-file='.*' is in use by the uWSGI "
-                                rf"instance of master pid {first.pid}: give each instance its own ring file")
-            with pytest.raises(Exception):
-                emit(second, "lobby", 1, event="n")  # its publishes are refused, not written into the other's ring
+            # refused, logged, and the instance broadcasts on its own sharedarea instead
+            second.wait_for_log(r"uwsgi-ws-ring-file='.*' is in use by the uWSGI instance of master pid "
+                                rf"{first.pid}: give each instance its own ring file; using the sharedarea "
+                                r"instead: resume will not survive a reload")
+            second.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring")
+            before = ring(first)["write_seq"]
+            c = Client(second.port)
+            c.hello()
+            emit(second, "lobby", "second", event="n")
+            assert [m["data"] for m in received(c, "lobby", 1)] == ["second"]
+            c.close()
+            assert ring(first)["write_seq"] == before  # nothing written into the other's ring
         finally:
             second.stop()
         c = Client(first.port)  # the first instance is untouched
@@ -252,3 +261,20 @@ def test_two_instances_never_share_a_ring_file(model, tmp_path):
         assert not first.crashes(), first.log()
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize("model", ["gevent"])
+def test_a_ring_file_that_cannot_be_created_falls_back_to_the_sharedarea_loudly(model, tmp_path):
+    missing = tmp_path / "no such dir" / "ring"
+    server = start(tmp_path, model, ["--set-placeholder", f"uwsgi-ws-ring-file={missing}"])
+    try:
+        server.wait_for_log(r"uwsgi-ws-ring-file='.*no such dir/ring': No such file or directory: give a path the "
+                            r"instance's user can create and write .*; using the sharedarea instead")
+        c = Client(server.port)
+        c.hello()
+        emit(server, "lobby", "still", event="n")
+        assert [m["data"] for m in received(c, "lobby", 1)] == ["still"]
+        c.close()
+        assert not server.crashes(), server.log()
+    finally:
+        server.stop()

@@ -61,6 +61,7 @@ the reader has been lapped.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import sys
@@ -122,6 +123,17 @@ def boot_tag() -> int:
         return 0
 
 
+_fallback_logged = False
+
+
+def _log_fallback(problem: str) -> None:
+    global _fallback_logged
+    if not _fallback_logged:  # once per process
+        _fallback_logged = True
+        logging.getLogger("uwsgi_ws.broadcast.ring").error(
+            "%s; using the sharedarea instead: resume will not survive a reload", problem)
+
+
 def _is_other_instance(pid: int) -> bool:
     """True when process `pid` runs (our user's) and is the same uwsgi binary as this
     process: the master of another instance, not a reused pid."""
@@ -165,10 +177,27 @@ class BroadcastRing:
     def open(cls) -> "BroadcastRing":
         """This instance's ring: in the file of the instance setting ``ring-file`` when
         it is set (it survives reloads: see `from_file`), else in uWSGI sharedarea
-        ``sharedarea`` (0). Raises RingError naming what to configure."""
+        ``sharedarea`` (0).
+
+        A ring file this process cannot use (no permission to create it, another
+        running instance's) is logged as an error and the sharedarea serves instead,
+        as without the setting: broadcasting goes on, only resume across a reload is
+        lost. Every process of the instance runs as the same user and decides alike.
+
+        Raises:
+            RingError: neither is usable (the message names what to configure).
+        """
         path = settings.get("ring-file")
         if path:
-            return cls.from_file(path, settings.get("ring-size"))
+            try:
+                return cls.from_file(path, settings.get("ring-size"))
+            except RingError as exc:
+                try:
+                    ring = cls.from_sharedarea()
+                except RingError as second:
+                    raise RingError(f"{exc}; and no sharedarea to fall back on: {second}") from None
+                _log_fallback(str(exc))
+                return ring
         return cls.from_sharedarea()
 
     @classmethod
