@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -75,12 +75,12 @@ def main() -> None:
             o.end_direct(DATA, short.get(i, len(DATA)), 1)
 
     fds = [o.fd for o in outs]
-    ways: List[Tuple[str, Callable[[], None]]] = [
-        ("send_many only", lambda: dict(send_many(fds, DATA)) and None),
+    ways: List[Tuple[str, Callable[[], object]]] = [
+        ("send_many only", lambda: dict(send_many(fds, DATA))),
         ("per-stream", lambda: per_stream(send_many)),
         ("per-stream, Python only", lambda: per_stream(nothing_sent)),
     ]
-    results: dict = {name: [] for name, _ in ways}
+    results: Dict[str, List[float]] = {name: [] for name, _ in ways}
     for _ in range(args.rounds):
         for name, fn in ways:
             spent = 0.0
