@@ -11,10 +11,9 @@ import contextlib
 import functools
 import socket
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
-
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
@@ -60,13 +59,13 @@ class _Upgraded(Response):
     """The response of a WebSocket route: performs the upgrade when called by
     the WSGI server and runs the handler; writes nothing through WSGI."""
 
-    def __init__(self, ws: "WebSocket", handler: Handler, kwargs: Dict[str, Any], key: str,
+    def __init__(self, ws: WebSocket, handler: Handler, kwargs: Dict[str, Any], key: str,
                  subprotocol: Optional[str]) -> None:
         super().__init__()
         self._ws, self._handler, self._kwargs = ws, handler, kwargs
         self._key, self._subprotocol = key, subprotocol
 
-    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:  # type: ignore[override]
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
         ws = self._ws
         try:
             release = ws._reserve_slot()
@@ -186,7 +185,7 @@ class WebSocket:
             self.deflate_options()
         #: Who may connect, for every transport of this extension (WebSocket, SSE): uwsgi_ws.admission
         self.admission = admission.Admission(self.option)
-        self._deferred: list = []
+        self._deferred: List[Tuple[Any, ...]] = []
         self._views: Dict[Any, Callable[..., Any]] = {}
         self._runtime: Any = None
         if app is not None:
@@ -347,9 +346,9 @@ class WebSocket:
         """Run the handler on a connection that upgrades at its first use. Returns
         the response to send instead if the handler answered before upgrading.
         `extra_headers` go on the 101 too (`headers_for_101`)."""
-        sockets: list = []  # the connection's socket once the 101 is sent
-        upgraded: list = []
-        opened: list = []  # the metrics token of the upgrade
+        sockets: List[socket.socket] = []  # the connection's socket once the 101 is sent
+        upgraded: List[Connection] = []
+        opened: List[Any] = []  # the metrics token of the upgrade
 
         def upgrade(conn: Any) -> None:
             deflate = environ.get("uwsgi_ws.deflate")
@@ -390,7 +389,8 @@ class WebSocket:
         conn: Any = _PendingConnection(upgrade, environ, subprotocol)
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
-            code, reason = NORMAL, ""
+            code: int = NORMAL
+            reason = ""
             try:
                 result = handler(conn, **kwargs)
             except ConnectionClosed as exc:
@@ -411,7 +411,7 @@ class WebSocket:
                 code, reason = self._handler_failed(app, exc)
             else:
                 if not sockets and result is not None:  # e.g. a decorator's redirect or abort response
-                    answer = app.make_response(result)
+                    answer = cast(Response, app.make_response(result))
                     metrics.rejected("handler", "the handler answered with HTTP before the upgrade", _route(),
                                      answer.status_code)
                     return answer
@@ -603,8 +603,6 @@ class _RuleCapture:
 
 def _channel_list(channels: Iterable[str]) -> List[str]:
     """Several channel names as a list; TypeError saying what a channel is otherwise."""
-    if isinstance(channels, (bytes, bytearray)):
-        raise TypeError("a channel name is a str; several channels are a list of str")
     names = list(channels)
     for name in names:
         if not isinstance(name, str):

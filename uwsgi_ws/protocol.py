@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import (
@@ -28,6 +28,7 @@ from wsproto.frame_protocol import (
 
 from . import frames
 from .deflate import DeflateParams, PerMessageDeflate
+
 
 class CloseCode(enum.IntEnum):
     """The close codes RFC 6455 section 7.4.1 defines (and the IANA registry adds),
@@ -180,9 +181,9 @@ class Protocol:
         self.close_initiator: Optional[str] = None
         self._out: List[bytes] = []
         self._events: List[Event] = []
-        self._parts: list = []
-        self._failure: Optional[tuple] = None
-        self._sent: Optional[tuple] = None
+        self._parts: List[Any] = []
+        self._failure: Optional[Tuple[int, str]] = None
+        self._sent: Optional[Tuple[int, str]] = None
 
     # -- input ------------------------------------------------------------
 
@@ -197,12 +198,12 @@ class Protocol:
         try:
             for frame in self._frames.received_frames():
                 self._handle(frame)
-                if self.state is State.CLOSED:
+                if self._closed():
                     break
         except ParseFailed as exc:
             self.fail(int(exc.code), str(exc))
 
-    def _handle(self, frame) -> None:
+    def _handle(self, frame: Any) -> None:
         opcode = frame.opcode
         if opcode is Opcode.PING:
             if self.state is State.OPEN:
@@ -317,18 +318,22 @@ class Protocol:
             self.close_initiator = "server"
         self._sent = (int(NO_STATUS if code is None else code), reason)
 
+    def _closed(self) -> bool:
+        """The state read anew (a method: `_handle` changes it under mypy's narrowing)."""
+        return self.state is State.CLOSED
+
     @property
     def failed(self) -> bool:
         """True once the connection was failed (protocol error, size, keepalive)."""
         return self._failure is not None
 
     @property
-    def pending_close(self) -> tuple:
+    def pending_close(self) -> Tuple[int, str]:
         """(code, reason) the connection is closing with: final once closed, else the
         failure or the close frame we sent; (1006, ...) if nothing is known yet."""
         if self.state is State.CLOSED:
-            return self.close_code, self.close_reason
-        return self._failure or self._sent or (ABNORMAL, "")
+            return int(ABNORMAL if self.close_code is None else self.close_code), self.close_reason
+        return self._failure or self._sent or (int(ABNORMAL), "")
 
     def _failed(self) -> bool:
         return self._failure is not None
