@@ -62,6 +62,22 @@ def has_option(name: str) -> bool:
     return _api is not None and name in (getattr(_api, "opt", {}) or {})
 
 
+def flag(name: str) -> bool:
+    """True when uWSGI option `name` is on: given bare (``--lazy-apps``) or with a true
+    value (``lazy-apps: true``, ``1``, ``yes``, ``on``); False when unset or false."""
+    if _api is None:
+        return False
+    value = (getattr(_api, "opt", {}) or {}).get(name)
+    if isinstance(value, (list, tuple)):
+        value = value[-1] if value else None
+    if value is None:
+        return False
+    if value is True:
+        return True
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return text.strip().lower() in ("", "1", "true", "yes", "on", "y", "t")
+
+
 def model() -> str:
     """The concurrency model of the running instance: "gevent", "async" or "threads"
     (also outside uWSGI: the development server and tests use threads)."""
