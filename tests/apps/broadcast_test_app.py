@@ -151,4 +151,7 @@ def stats():
         stats = broadcast.stats()
         out.update(delivered=stats["delivered"], slow_consumers=stats["slow_consumers"], lapped=stats["lapped"],
                    connections=stats["subscribers"])
+    from uwsgi_ws import metrics
+
+    out["publish_waits"] = metrics.snapshot().totals[metrics.QUEUE_FULL]  # instance-wide
     return out

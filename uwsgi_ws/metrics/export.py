@@ -134,7 +134,7 @@ _SIMPLE = (
      "Connections closed with 1013 because they could not keep up with broadcasts.", SLOW_CLOSES),
     ("uwsgi_ws_ring_lapped_total", "counter", "Times a worker fell a whole broadcast ring behind.", LAPPED),
     ("uwsgi_ws_publish_queue_full_total", "counter",
-     "Publish retries because the broadcast mule's queue was full (uwsgi.mule_msg refused).", QUEUE_FULL),
+     "Publishes that had to wait for the broadcast mule (no answer within 0.5 s, or a retry while it respawned).", QUEUE_FULL),
     ("uwsgi_ws_publish_failures_total", "counter", "publish() calls that raised PublishError.", PUBLISH_FAILED),
     ("uwsgi_ws_history_queries_total", "counter",
      "Requests the broadcast history answered (resume beyond the ring, last messages on join).", HISTORY_QUERIES),
