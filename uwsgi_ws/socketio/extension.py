@@ -185,7 +185,7 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         if request.method == "GET" and "sid" not in request.args:
             # a new Engine.IO session: the same access policy as the WebSocket route's
             # (Origin, before_connect hooks; uwsgi_ws.admission)
-            refused = self.websocket.admission.check()
+            refused: Optional[Response] = self.websocket.admission.check()
             if refused is not None:
                 return refused
         result = engine.handle(self.server.eio, self._environ())
