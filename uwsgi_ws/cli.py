@@ -64,8 +64,9 @@ def _conf(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 failure or lint errors, 2 bad usage)."""
-    parser = argparse.ArgumentParser(prog="python -m uwsgi_ws",
-                                     description="uwsgi_ws: installed configs, the config linter, instance settings, publishing from outside uWSGI.")
+    parser = argparse.ArgumentParser(
+        prog="python -m uwsgi_ws",
+        description="uwsgi_ws: installed configs, the config linter, instance settings, publishing from outside uWSGI.")
     parser.add_argument("--version", action="version", version=f"uwsgi_ws {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     conf = commands.add_parser("conf", help="print the installed config directory (or --copy it)",

@@ -24,7 +24,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Set, Union
 
-from . import _uwsgi, frames, metrics
+from . import _uwsgi, metrics
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from .metrics import BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT
 from .outbound import Outbound
@@ -62,7 +62,7 @@ class Connection:
         close_timeout: float = 5.0,
         max_queue: int = 16,
         write_limit: int = 1 << 20,
-        broadcast: "Optional[Broadcast]" = None,
+        broadcast: Optional[Broadcast] = None,
         receive_timeout: Optional[float] = None,
         protocol: Optional[Protocol] = None,
     ) -> None:
@@ -344,14 +344,14 @@ class Connection:
 
     # -- the broadcast hub's side (uwsgi_ws.broadcast.Subscriber) -------------
 
-    def deliver(self, batch: "Batch") -> bool:
+    def deliver(self, batch: Batch) -> bool:
         """Queue the batch's frames without blocking; False (nothing queued) when closed
         or over `write_limit`. The hub counts the instance metrics."""
         if batch.compressed:  # the engine learns of the shared frames in write order
             return self._outbound.offer(batch.data, len(batch.entries), queued=self._protocol.shared_frame_sent)
         return self._outbound.offer(batch.data, len(batch.entries))
 
-    def shared_deflate(self) -> "Optional[DeflateOptions]":
+    def shared_deflate(self) -> Optional[DeflateOptions]:
         """The permessage-deflate settings of the broadcast frames this connection
         takes as they are (compressed once for all connections with equal ones),
         or None: not negotiated."""
@@ -362,7 +362,7 @@ class Connection:
         """The fd for the hub's direct batch write, or -1 (see `Outbound.begin_direct`)."""
         return self._outbound.begin_direct()
 
-    def end_direct(self, batch: "Batch", result: int) -> None:
+    def end_direct(self, batch: Batch, result: int) -> None:
         if batch.compressed:  # still under the outbound lock begin_direct took
             self._protocol.shared_frame_sent()
         self._outbound.end_direct(batch.data, result, len(batch.entries))

@@ -132,7 +132,7 @@ class DeflateParams:
         return window_bits <= self.server_max_window_bits
 
 
-def _compressor(level: int, window_bits: int, mem_level: int) -> "zlib._Compress":
+def _compressor(level: int, window_bits: int, mem_level: int) -> zlib._Compress:
     if window_bits == 8:
         # zlib refuses a 256-byte raw window (since 1.2.9). Run-length matches
         # only (distance 1) in a 512-byte window fit any window.
@@ -158,8 +158,8 @@ class PerMessageDeflate(Extension):
     def __init__(self, params: DeflateParams, max_message_size: Optional[int]) -> None:
         self.params = params
         self.max_message_size = max_message_size
-        self._inflater: Optional["zlib._Decompress"] = None
-        self._deflater: Optional["zlib._Compress"] = None
+        self._inflater: Optional[zlib._Decompress] = None
+        self._deflater: Optional[zlib._Compress] = None
         self._compressed_in = False  # the message being received has RSV1
         self._inflated = 0
         self._compressed_bytes = 0
@@ -319,7 +319,7 @@ class PerMessageDeflate(Extension):
         self._reset_out = self._deflater is not None and not self.params.server_no_context_takeover
 
 
-_INTERNED: "dict[tuple[int, int, int, int], DeflateOptions]" = {}
+_INTERNED: dict[tuple[int, int, int, int], DeflateOptions] = {}
 
 
 def shared_options(min_size: int, level: int, window_bits: int, mem_level: int) -> DeflateOptions:

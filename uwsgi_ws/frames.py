@@ -64,7 +64,7 @@ def payload(frame: bytes) -> bytes:
     return frame[2 if n < 126 else 4 if n == 126 else 10:]
 
 
-def parse(frame: bytes) -> "tuple[int, bool, memoryview]":
+def parse(frame: bytes) -> tuple[int, bool, memoryview]:
     """(opcode, fin, payload) of one complete unmasked frame made by `encode`.
 
     Raises:

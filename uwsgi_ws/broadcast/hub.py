@@ -23,8 +23,7 @@ import os
 import select
 import socket
 from collections import defaultdict
-from typing import (Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Set, Tuple,
-                    Union)
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Set, Tuple, Union
 
 from .. import metrics, settings
 from ..deflate import SharedDeflater
@@ -412,10 +411,10 @@ class Hub:
                 j += 1
             group = entries[i:j]
             data = group[0].frame if j == i + 1 else b"".join(e.frame for e in group)
-            batch = Batch(group, data, self._epoch)
+            plain = Batch(group, data, self._epoch)
             with self._lock:
                 targets = list(self._member if not channel else self._channels.get(channel, ()))
-            for batch, subset in self._variants(batch, targets):
+            for batch, subset in self._variants(plain, targets):
                 for start in range(0, len(subset), _CHUNK):
                     if start:
                         # Let request handlers (publishes) run: what they publish meanwhile
@@ -478,7 +477,7 @@ class Hub:
             try:
                 short = dict(_send_many(fds, batch.data))
             except BaseException:
-                short = {i: -errno.EAGAIN for i in range(len(ready))}  # nothing known sent: queue it all
+                short = dict.fromkeys(range(len(ready)), -errno.EAGAIN)  # nothing known sent: queue it all
                 raise
             finally:
                 size = len(batch.data)

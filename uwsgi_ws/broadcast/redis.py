@@ -68,17 +68,16 @@ zeroed when the ring is formatted; each field has a single writer thread:
 from __future__ import annotations
 
 import collections
-import os
 import random
 import struct
-import sys
 import threading
 import time
 import traceback
 from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
-from .. import frames, settings as _settings
+from .. import frames
+from .. import settings as _settings
 from ..exceptions import RingError
 from ..log import get as _logger
 from . import wakeup
@@ -224,7 +223,7 @@ class Bridge:
         self._started_ms = int(time.time() * 1000)
         self._run_id: Optional[str] = None
         self._checkpoints: Deque[Tuple[float, int, int]] = collections.deque()
-        self._seen: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
+        self._seen: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         # A catch-up batch larger than the ring would lap this instance's own workers.
         self._read_batch = max(1, min(BATCH, ring.entries // 4))
 
@@ -238,7 +237,7 @@ class Bridge:
         """New local messages are in the ring: wake the outbox."""
         self._wake.set()
 
-    def start(self) -> "Bridge":
+    def start(self) -> Bridge:
         _log(f"instance {self.origin} shares broadcasts through {redact(self.settings.url)} "
              f"stream {self.settings.stream!r} (MAXLEN ~{self.settings.maxlen})")
         for name, target in (("outbox", self._outbox), ("inbox", self._inbox)):
@@ -296,9 +295,8 @@ class Bridge:
                     if not self._checkpoints:
                         self._checkpoints.append((time.monotonic(), block.get("pushed_seq"), block.get("out")))
                 self._wake.clear()
-                if not self._push_pending(client, late_range):
-                    if not self._wake.wait(1.0):
-                        client.ping()  # idle: notice an outage before the next publish
+                if not self._push_pending(client, late_range) and not self._wake.wait(1.0):
+                    client.ping()  # idle: notice an outage before the next publish
             except self._errors as exc:
                 if client is not None:
                     client.close()

@@ -174,7 +174,7 @@ class BroadcastRing:
         self.data_base = HEADER_SIZE + self.entries * INDEX_ENTRY.size
 
     @classmethod
-    def open(cls) -> "BroadcastRing":
+    def open(cls) -> BroadcastRing:
         """This instance's ring: in the file of the instance setting ``ring-file`` when
         it is set (it survives reloads: see `from_file`), else in uWSGI sharedarea
         ``sharedarea`` (0).
@@ -201,7 +201,7 @@ class BroadcastRing:
         return cls.from_sharedarea()
 
     @classmethod
-    def from_file(cls, path: str, size: int) -> "BroadcastRing":
+    def from_file(cls, path: str, size: int) -> BroadcastRing:
         """The ring in a file mapped shared (MAP_SHARED) by every process of the instance.
 
         Unlike a sharedarea, which uWSGI allocates anew at each reload (the master
@@ -248,7 +248,7 @@ class BroadcastRing:
         return ring
 
     @classmethod
-    def from_sharedarea(cls, area_id: Optional[int] = None) -> "BroadcastRing":
+    def from_sharedarea(cls, area_id: Optional[int] = None) -> BroadcastRing:
         """The ring over uWSGI sharedarea `area_id` (default: $UWSGI_WS_SHAREDAREA or 0).
 
         Raises RingError naming the option to set outside uWSGI or without a sharedarea.

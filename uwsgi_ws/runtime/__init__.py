@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import cast
 
 from .. import _uwsgi
-from . import _stoppipe  # noqa: F401  (snapshots the master's pipes at import, before the fork)
 from ..log import get as _logger
+from . import _stoppipe  # noqa: F401  (snapshots the master's pipes at import, before the fork)
 from .base import Runtime
 
 __all__ = ["Runtime", "detect", "load"]

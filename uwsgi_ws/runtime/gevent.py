@@ -6,7 +6,6 @@ a wait blocks one greenlet, never the worker.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 import gevent
@@ -50,7 +49,7 @@ def sleep(seconds: float) -> None:
     gevent.sleep(seconds)
 
 
-_watchers: "list[object]" = []  # kept: a collected signal watcher stops watching
+_watchers: list[object] = []  # kept: a collected signal watcher stops watching
 
 
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
@@ -67,7 +66,7 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
     """
     import signal
 
-    fired: "list[bool]" = []
+    fired: list[bool] = []
 
     def once() -> None:
         if not fired:
@@ -91,11 +90,11 @@ def on_shutdown(callback: Callable[[], None]) -> bool:
     return True
 
 
-def _recycle_limits() -> "Optional[_recycle.Limits]":
+def _recycle_limits() -> Optional[_recycle.Limits]:
     return _recycle.limits()
 
 
-def _watch_recycle(limits: "_recycle.Limits", callback: Callable[[], None]) -> None:
+def _watch_recycle(limits: _recycle.Limits, callback: Callable[[], None]) -> None:
     from .. import _uwsgi
 
     index = _uwsgi.worker_id() - 1
@@ -114,5 +113,5 @@ def cooperate() -> None:
     gevent.sleep(0)
 
 
-def poller() -> "gevent.select.poll":
+def poller() -> gevent.select.poll:
     return gevent.select.poll()

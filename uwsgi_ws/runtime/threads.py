@@ -115,5 +115,5 @@ def cooperate() -> None:
     """Nothing to do: threads are preempted, and every socket call releases the GIL."""
 
 
-def poller() -> "select.poll":
+def poller() -> select.poll:
     return select.poll()

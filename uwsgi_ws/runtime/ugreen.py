@@ -23,7 +23,7 @@ Empty = queue.Empty
 class Lock:
     """Cooperative cores never run at the same time: nothing to exclude."""
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -57,7 +57,7 @@ class Queue:
     """A plain deque with the queue.Queue names the connection uses (no blocking)."""
 
     def __init__(self) -> None:
-        self._items: "collections.deque[object]" = collections.deque()
+        self._items: collections.deque[object] = collections.deque()
 
     def put(self, item: object) -> None:
         self._items.append(item)

@@ -204,7 +204,7 @@ class UWSGI:
                         break
         return out
 
-    def unexpected_tracebacks(self, expected: "Sequence[str]" = ()) -> List[str]:
+    def unexpected_tracebacks(self, expected: Sequence[str] = ()) -> List[str]:
         """`tracebacks()` whose exception line matches none of the `expected` regexes."""
         return [t for t in self.tracebacks() if not any(re.search(p, t) for p in expected)]
 
