@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import serve  # noqa: E402
+from harness import serve
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -20,7 +20,7 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
 
 
-def parse(text: str) -> "Metrics":
+def parse(text: str) -> Metrics:
     """Prometheus text exposition -> Metrics; fails on a malformed line."""
     samples: Dict[Key, float] = {}
     for line in text.splitlines():
@@ -50,7 +50,7 @@ class Metrics:
     def series(self, name: str) -> Dict[FrozenSet[Tuple[str, str]], float]:
         return {pairs: v for (n, pairs), v in self.samples.items() if n == name}
 
-    def __sub__(self, other: "Metrics") -> "Metrics":
+    def __sub__(self, other: Metrics) -> Metrics:
         keys = set(self.samples) | set(other.samples)
         return Metrics({k: self.samples.get(k, 0) - other.samples.get(k, 0) for k in keys})
 

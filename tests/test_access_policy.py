@@ -47,7 +47,7 @@ def test_default_is_same_origin():
 @pytest.mark.parametrize("entry", ["example.com", "https://example.com/", "https://example.com/app",
                                    "ftp//x", "https://*", "", 42])
 def test_malformed_entries_fail_at_once_with_what_to_write(entry):
-    with pytest.raises(ValueError, match="scheme://host|entries are str"):
+    with pytest.raises(ValueError, match=r"scheme://host|entries are str"):
         OriginPolicy([entry])
 
 

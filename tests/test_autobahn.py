@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from autobahn import run, summarize  # noqa: E402
+from autobahn import run, summarize
 
 MODELS = ["threads", "gevent"]
 CORE_SECTIONS = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]

@@ -207,7 +207,7 @@ class Client:
         self.eof = False
         self.pid: int | None = None
 
-    def handshake(self, expect_ready: bool = True) -> "Client":
+    def handshake(self, expect_ready: bool = True) -> Client:
         """Read the 101 and (unless told not to) the `ready:<pid>` message, blocking with
         the socket's timeout."""
         while b"\r\n\r\n" not in self.buf:

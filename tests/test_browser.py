@@ -118,7 +118,7 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chat(model, tmp_path_factory):  # noqa: F811
+def chat(model, tmp_path_factory):
     server = start(tmp_path_factory.mktemp(f"chat-{model}"), model, app=CHAT)
     server.model = model  # type: ignore[attr-defined]
     server.killed = []  # type: ignore[attr-defined]  (worker pids the tests SIGKILLed)
@@ -537,7 +537,7 @@ SHORT_TOKENS = 2  # seconds: the chat_short server's token lifetime
 
 
 @pytest.fixture(scope="module")
-def chat_short(model, tmp_path_factory):  # noqa: F811
+def chat_short(model, tmp_path_factory):
     """The chat whose tokens expire after SHORT_TOKENS seconds."""
     server = start(tmp_path_factory.mktemp(f"chat-short-{model}"), model, app=CHAT,
                    extra=("--env", f"CHAT_TOKEN_MAX_AGE={SHORT_TOKENS}"))

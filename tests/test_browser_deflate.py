@@ -22,6 +22,7 @@ from test_browser import (  # noqa: F401  (browser, chat: fixtures)
     unique,
     url,
 )
+
 from test_events import model  # noqa: F401  (the fixture: threads and gevent)
 
 RECORD_SOCKETS = """

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 
-from protocol_oracle import BINARY, CLOSE, CONT, PING, PONG, TEXT, check, frame  # noqa: E402
+from uwsgi_ws import frames
+from uwsgi_ws.deflate import DeflateOptions, DeflateParams, SharedDeflater
+from uwsgi_ws.handshake import negotiate_deflate, parse_extensions, response_headers
+from uwsgi_ws.protocol import Close, Message, Ping, Protocol
 
-from uwsgi_ws import frames  # noqa: E402
-from uwsgi_ws.deflate import DeflateOptions, DeflateParams, SharedDeflater  # noqa: E402
-from uwsgi_ws.handshake import negotiate_deflate, parse_extensions, response_headers  # noqa: E402
-from uwsgi_ws.protocol import Close, Message, Ping, Protocol  # noqa: E402
+from protocol_oracle import BINARY, CLOSE, CONT, PING, TEXT, check, frame
 
 TAIL = b"\x00\x00\xff\xff"
 OPTIONS = DeflateOptions()
@@ -207,8 +207,11 @@ def written(out: bytes) -> List[Tuple[bool, bool, int, bytes]]:
     return result
 
 
+_NO_MIN = DeflateOptions(min_size=0)
+
+
 def engine(header: str = "permessage-deflate", max_message_size: Optional[int] = 1 << 20,
-           options: DeflateOptions = DeflateOptions(min_size=0)) -> Protocol:
+           options: DeflateOptions = _NO_MIN) -> Protocol:
     return Protocol(max_message_size, negotiate(header, options))
 
 

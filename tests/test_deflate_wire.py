@@ -26,12 +26,11 @@ import struct
 import time
 import urllib.request
 import zlib
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from harness import UWSGI, free_port, serve, wait_for
+from harness import UWSGI, free_port, serve
 
 APP = "deflate_app:app"
 MODELS = {"threads": ["--processes", "2", "--threads", "40"], "gevent": ["--processes", "2", "--gevent", "100"]}

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
-import socket
 import time
 import urllib.request
 from pathlib import Path

@@ -55,7 +55,8 @@ class Driver:
                 item = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"nothing matching after {timeout}s; seen {self.seen[-20:]}; "
-                                     f"stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+                                     f"stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+                                     ) from None
             self.seen.append(item)
             if match(item):
                 return item

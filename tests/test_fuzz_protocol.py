@@ -26,7 +26,18 @@ FUZZ = Path(__file__).resolve().parent / "fuzz"
 sys.path.insert(0, str(FUZZ))
 
 from protocol_oracle import (  # noqa: E402
-    BINARY, CLOSE, CONT, PING, PONG, TEXT, Op, check, check_model, close_payload, encode_ops, frame,
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    TEXT,
+    Op,
+    check,
+    check_model,
+    close_payload,
+    encode_ops,
+    frame,
 )
 
 SIZES = st.sampled_from([None, 0, 1, 16, 64, 125, 126, 1 << 20])

@@ -177,5 +177,5 @@ def test_metrics_show_what_the_history_keeps_and_serves(server):
     values = {name: int(value) for name, value in re.findall(r"(?m)^(uwsgi_ws_history_\w+) (\d+)$", text)}
     assert values["uwsgi_ws_history_queries_total"] >= 1, text
     assert values["uwsgi_ws_history_replayed_total"] >= 3
-    assert 3 <= values["uwsgi_ws_history_messages"]
+    assert values["uwsgi_ws_history_messages"] >= 3
     assert 0 < values["uwsgi_ws_history_bytes"] <= 1024 * 1024

@@ -3,13 +3,12 @@ reference model: whatever it evicts, an answer is either exact or "gone"."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uwsgi_ws.broadcast.history import History
 from uwsgi_ws.settings import parse_size
-
-import pytest
 
 appends = st.lists(st.tuples(st.sampled_from("abcd"), st.integers(1, 300)), max_size=300)
 

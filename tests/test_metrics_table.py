@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from uwsgi_ws import metrics
-from uwsgi_ws.metrics import export
 from uwsgi_ws.metrics import (
     CLOSED,
     HEADER_SIZE,
@@ -29,6 +28,7 @@ from uwsgi_ws.metrics import (
     MetricsError,
     Recorder,
     Table,
+    export,
 )
 
 CONF = Path(__file__).resolve().parent.parent / "uwsgi_ws" / "conf"

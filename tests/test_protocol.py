@@ -11,7 +11,7 @@ import time
 import pytest
 import websocket
 
-from harness import survives, wait_for
+from harness import survives
 from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWebSocket
 
 APP = "echo_app:app"  # max_message_size = 64 KiB

@@ -14,10 +14,10 @@ import struct
 import time
 
 import pytest
+from test_resume_reload import received
 
 from harness import APPS, ROOT, UWSGI, free_port
 from test_events import MODEL_ARGS, Client, emit, ring
-from test_resume_reload import received
 
 MODELS = ["threads", "gevent"]
 

@@ -17,12 +17,13 @@ import re
 import signal
 
 import pytest
-
-from test_events import Client, emit, ring, start
 from test_history import push_out_of_the_ring, quiet_room, received
+
 from uwsgi_ws import frames
 from uwsgi_ws.broadcast.history import History, HistoryFile, restore
 from uwsgi_ws.broadcast.ring import FLAG_EVENT, BroadcastRing
+
+from test_events import Client, emit, ring, start
 
 MODELS = ["threads", "gevent"]
 

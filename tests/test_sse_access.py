@@ -233,7 +233,7 @@ def test_stream_refusals_are_counted_and_logged_under_the_websocket_reasons(read
     request(ready, "/live?token=false", websocket=True)
     after = rejected(ready)
     delta = {reason: after.get(reason, 0) - before.get(reason, 0) for reason in after}
-    assert delta == {**{r: 0 for r in delta}, "origin": 1, "before_connect": 3, "join": 1}, (before, after)
+    assert delta == {**dict.fromkeys(delta, 0), "origin": 1, "before_connect": 3, "join": 1}, (before, after)
     ready.wait_for_log(r"rejected route=/live/sse status=403 reason=join: .*'secret'")
     ready.wait_for_log(r"rejected route=/live/sse status=403 reason=origin")
     ready.wait_for_log(r"rejected route=/live status=403 reason=before_connect")

@@ -188,7 +188,7 @@ class RawWebSocket:
         except OSError:
             pass
 
-    def __enter__(self) -> "RawWebSocket":
+    def __enter__(self) -> RawWebSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -52,7 +52,7 @@ def _commands(conn):
 @ws.route("/sub/<channel>")
 def sub(conn, channel=None):
     if "write_limit" in request.args:
-        conn.connected  # upgrade first: an attribute set before the first use is lost (see /set-write-limit)
+        _ = conn.connected  # upgrade first: an attribute set before the first use is lost (see /set-write-limit)
         conn.write_limit = int(request.args["write_limit"])
     if "sndbuf" in request.args:
         dup = socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM)

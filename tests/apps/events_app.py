@@ -22,8 +22,8 @@ import os
 from flask import Flask, jsonify, request
 
 from uwsgi_ws import WebSocket
-from uwsgi_ws.events import EventError
 from uwsgi_ws.broadcast.ring import BroadcastRing
+from uwsgi_ws.events import EventError
 
 app = Flask(__name__)
 ws = WebSocket(app, ping_interval=None, metrics_route="/metrics")

@@ -9,6 +9,7 @@ import os
 from threading import Lock
 
 from flask import Flask, render_template_string
+
 from uwsgi_ws.socketio import SocketIO, emit
 
 app = Flask(__name__)

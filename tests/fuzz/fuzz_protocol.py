@@ -30,7 +30,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), HERE]
 import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["uwsgi_ws", "wsproto"]):
-    from protocol_oracle import DEFLATES, check_any  # noqa: E402
+    from protocol_oracle import DEFLATES, check_any
 
 SIZES = (None, 0, 1, 16, 125, 126, 65535, 65536, 64 * 1024 + 1)
 
