@@ -76,14 +76,23 @@ class Cell:
 
 
 def oldest_flask() -> tuple[str, ...]:
-    """The oldest supported Flask: the one setup.py's `flask>=X.Y` floor names (so the
-    cell follows the claim), with the first Werkzeug of the same X.Y line (Flask and
-    Werkzeug release in step; pip would otherwise pair it with a Werkzeug it predates)."""
-    match = re.search(r"""["']flask\s*>=\s*(\d+)\.(\d+)(?:\.(\d+))?""", (ROOT / "setup.py").read_text(), re.I)
-    if not match:
-        raise SystemExit("tests/matrix/run.py: no `flask>=X.Y` in setup.py's install_requires")
-    major, minor, patch = match.group(1), match.group(2), match.group(3) or "0"
-    return (f"flask=={major}.{minor}.{patch}", f"werkzeug=={major}.{minor}.0")
+    """The oldest supported Flask: the one setup.py's `flask>=X.Y[.Z]` floor names (so the
+    cell follows the claim), with setup.py's `werkzeug>=` floor when it declares one, else
+    the first Werkzeug of the same X.Y line (Flask and Werkzeug release in step; pip
+    would otherwise pair it with a Werkzeug it predates). Werkzeug 2.0.0 itself fails
+    (400 on a browser's `Connection: keep-alive, Upgrade`): a 2.0 floor needs werkzeug>=2.0.3."""
+    setup = (ROOT / "setup.py").read_text()
+    pins = []
+    for name in ("flask", "werkzeug"):
+        match = re.search(rf"""["']{name}\s*>=\s*(\d+)\.(\d+)(?:\.(\d+))?""", setup, re.I)
+        if match:
+            pins.append((match.group(1), match.group(2), match.group(3) or "0"))
+        elif name == "flask":
+            raise SystemExit("tests/matrix/run.py: no `flask>=X.Y` in setup.py's install_requires")
+        else:
+            pins.append((pins[0][0], pins[0][1], "0"))
+    (fm, fn, fp), (wm, wn, wp) = pins
+    return (f"flask=={fm}.{fn}.{fp}", f"werkzeug=={wm}.{wn}.{wp}")
 
 
 OLDEST_FLASK = oldest_flask()
