@@ -27,6 +27,7 @@ EXTRAS      ?= gevent,test
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
+  .PHONY: autobahn-full
 .PHONY: help venv install ssl-headers redis-server proxies chromium debian-uwsgi run check test matrix lint bench clean
 
 help:
@@ -182,6 +183,11 @@ lint: $(STAMP)
 	echo "== ruff check uwsgi_ws tests"; $(VENV)/bin/ruff check uwsgi_ws tests || status=1; \
 	echo "== mypy uwsgi_ws (strict: mypy.ini)"; $(VENV)/bin/mypy uwsgi_ws || status=1; \
 	exit $$status
+
+# Autobahn|Testsuite's permessage-deflate sections in full (216 cases per model;
+# `make test` runs a cover of them: tests/test_autobahn.py says which).
+autobahn-full: $(STAMP)
+	UWSGI_WS_AUTOBAHN_FULL=1 $(PY) -m pytest -q tests/test_autobahn.py -k compression $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	bash bench/setup.sh && $(PY) bench/run.py
