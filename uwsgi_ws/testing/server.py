@@ -210,8 +210,10 @@ class UWSGI:
 
     def crashes(self) -> List[str]:
         """Log lines that mean a worker died abnormally (segfault, signal, respawn after death)."""
+        # "Segmentation fault" also matches uWSGI's own "!!! uWSGI process N got Segmentation Fault !!!"
         patterns = ("SIGSEGV", "Segmentation fault", "killed by signal", "DAMN ! worker", "uWSGI worker .* died")
-        return [line for line in self.log().splitlines() if any(re.search(p, line) for p in patterns)]
+        return [line for line in self.log().splitlines()
+                if any(re.search(p, line, re.IGNORECASE) for p in patterns)]
 
     @property
     def url(self) -> str:
