@@ -13,7 +13,9 @@ import math
 import queue
 from typing import Callable, NoReturn, Optional, Tuple
 
-import uwsgi
+from .. import _uwsgi
+
+uwsgi = _uwsgi.api()  # this adapter is loaded only inside uWSGI, for its async cores
 
 NAME = "async"
 HAS_TASKS = False

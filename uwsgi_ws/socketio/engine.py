@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 
 import engineio
 
-from .. import frames
+from .. import _uwsgi, frames
 from ..exceptions import ConnectionClosed
 from .outbox import TRY_AGAIN_LATER, Outbox
 
@@ -41,30 +41,14 @@ CONNECTION_FACTORY_KEY = "uwsgi_ws.socketio.connection_factory"
 def uwsgi_model() -> str:
     """The concurrency model of the running uWSGI ("threads", "gevent" or "async";
     "threads" outside uWSGI)."""
-    try:
-        import uwsgi
-    except ImportError:
-        return "threads"
-    opt = getattr(uwsgi, "opt", {}) or {}
-    loop = getattr(uwsgi, "loop", None)
-    if isinstance(loop, bytes):
-        loop = loop.decode()
-    if loop == "gevent" or "gevent" in opt:
-        return "gevent"
-    if "async" in opt or "ugreen" in opt:
-        return "async"
-    return "threads"
+    return _uwsgi.model()
 
 
 def worker_id() -> int:
     """This process's uWSGI worker id (1-based), 0 outside a uWSGI worker.
     Plain data: safe from any thread or greenlet."""
     try:
-        import uwsgi
-    except ImportError:
-        return 0
-    try:
-        return int(uwsgi.worker_id())
+        return _uwsgi.worker_id()
     except Exception:  # a mule or the master
         return 0
 

@@ -30,7 +30,7 @@ import flask_socketio
 import socketio
 from flask import Flask, Response, request
 
-from .. import handshake
+from .. import _uwsgi, handshake
 from ..connection import Connection
 from . import engine, handoff
 from .listener import ChannelListener, subscribe
@@ -318,9 +318,7 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
     def stop(self) -> None:
         """Stop the uWSGI instance serving the app (gracefully: the master reloads
         nothing and exits)."""
-        import uwsgi
-
-        uwsgi.stop()
+        _uwsgi.api().stop()
 
 
 class _HandOffMiddleware:
@@ -347,8 +345,6 @@ class _HandOffMiddleware:
 
     @staticmethod
     def _hand_off(environ: Dict[str, Any], forwarder: handoff.Forwarder, owner: int) -> bool:
-        import uwsgi
-
         upgrade = "websocket" in environ.get("HTTP_UPGRADE", "").lower()
         body = b""
         if not upgrade and environ.get("REQUEST_METHOD") == "POST":
@@ -358,7 +354,7 @@ class _HandOffMiddleware:
                 length = 0
             body = environ["wsgi.input"].read(length) if length > 0 else b""
         meta = handoff.describe(environ, "websocket" if upgrade else "http", body)
-        if forwarder.hand_off(owner, meta, body, uwsgi.connection_fd()):
+        if forwarder.hand_off(owner, meta, body, _uwsgi.api().connection_fd()):
             return True
         if body:  # the app reads it again (engineio answers "Invalid session")
             import io
@@ -368,21 +364,15 @@ class _HandOffMiddleware:
 
 
 def _under_uwsgi() -> bool:
-    try:
-        import uwsgi  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _uwsgi.available()
 
 
 def _uwsgi_ids() -> Tuple[int, int]:
     """(master pid, worker id), zeros outside a uWSGI worker with a master."""
-    try:
-        import uwsgi
-    except ImportError:
+    if not _uwsgi.available():
         return 0, 0
     try:
-        return int(uwsgi.masterpid()), engine.worker_id()
+        return _uwsgi.masterpid(), engine.worker_id()
     except Exception:
         return 0, 0
 
