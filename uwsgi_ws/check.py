@@ -26,7 +26,6 @@ Exit status (`main`): 0 clean or warnings only, 1 on errors, 2 on bad usage.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import functools
 import importlib.util
@@ -536,24 +535,3 @@ def check(paths: Sequence[Path], uwsgi: Optional[str] = None) -> List[Finding]:
             seen.add(key)
             unique.append(f)
     return sorted(unique, key=lambda f: (f.path, f.line))
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m uwsgi_ws check") -> int:
-    """The `check` command: print the findings, return the exit status (1 on errors)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Lint uWSGI configs and vassals for uwsgi_ws.")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="config files or directories")
-    parser.add_argument("--uwsgi", metavar="BINARY", help="the uwsgi whose options are valid "
-                        "(default: next to this Python, else on PATH)")
-    args = parser.parse_args(argv)
-    try:
-        findings = check(args.paths, args.uwsgi)
-    except (FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201  (CLI output)
-        return 2
-    for f in findings:
-        print(f)  # noqa: T201  (CLI output)
-    errors = sum(f.severity == "error" for f in findings)
-    warnings = len(findings) - errors
-    files = len(config_files(args.paths))
-    print(f"{files} file(s) checked: {errors} error(s), {warnings} warning(s)", file=sys.stderr)  # noqa: T201
-    return 1 if errors else 0

@@ -62,6 +62,30 @@ def _conf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(argv: Sequence[str], prog: str = "python -m uwsgi_ws check") -> int:
+    """The `check` command (`uwsgi_ws.check` finds, this prints): the findings on stdout,
+    the summary on stderr; the exit status is 1 on errors, 2 for a missing path."""
+    from .check import check, config_files
+
+    parser = argparse.ArgumentParser(prog=prog, description="Lint uWSGI configs and vassals for uwsgi_ws.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="config files or directories")
+    parser.add_argument("--uwsgi", metavar="BINARY", help="the uwsgi whose options are valid "
+                        "(default: next to this Python, else on PATH)")
+    args = parser.parse_args(argv)
+    try:
+        findings = check(args.paths, args.uwsgi)
+    except (FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201  (CLI output)
+        return 2
+    for f in findings:
+        print(f)  # noqa: T201  (CLI output)
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    files = len(config_files(args.paths))
+    print(f"{files} file(s) checked: {errors} error(s), {warnings} warning(s)", file=sys.stderr)  # noqa: T201
+    return 1 if errors else 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 failure or lint errors, 2 bad usage)."""
     parser = argparse.ArgumentParser(
@@ -79,9 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands.add_parser("emit", help="emit an event from outside uWSGI (--help: how)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "check":
-        from .check import main as check_main
-
-        return check_main(rest)
+        return _check(rest)
     if args.command in ("publish", "emit"):
         from .client import emit_main, publish_main
 
