@@ -75,9 +75,6 @@ class Broadcast:
         """
         if not _uwsgi.available() and local.wanted():
             return local.instance().publish(data, channel, event)
-        problem = mule_problem()
-        if problem:  # waiting out the publish timeout would only hide it
-            raise PublishError(problem)
         return _publish(data, channel, event, runtime=self._rt)
 
     # -- subscribing (workers) ---------------------------------------------------------

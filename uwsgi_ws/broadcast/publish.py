@@ -488,6 +488,11 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> i
         if seq is None:
             raise PublishError("the broadcast mule could not append the message (see its log)")
         return seq
+    from . import mule_problem  # the package's face; imported here: it imports this module
+
+    problem = mule_problem()
+    if problem:  # no mule can be serving: waiting out the publish timeout would only hide it
+        raise PublishError(problem)
     timeout = settings.get("publish-timeout")
     # A greenlet or async core waits through its runtime; a thread (any model), a
     # foreign thread of a gevent worker, a mule or a spooler blocks on the socket.
