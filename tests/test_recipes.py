@@ -199,6 +199,9 @@ def test_broadcast_under_lazy_apps(tmp_path, model):
     path = vassal(tmp_path, "lazy", port, model, ["lazy-apps: true"])
     server = UWSGI(["--yaml", str(path)], tmp_path, port=port)
     try:
+        # lazy-apps: each worker loads the app after the fork and accepts only then; connections
+        # opened before the second is ready would all reach the first
+        server.wait_for_log(r"WSGI app 0 \(mountpoint=''\) ready", count=2)
         broadcast_works(server.url, server.http)
         broadcast_works(server.url, server.http)
         log = server.log()

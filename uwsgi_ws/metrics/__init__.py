@@ -160,7 +160,7 @@ def rejected(reason: str, message: str = "", route: Optional[str] = None, status
         rec = local()
         rec.add(UPGRADES + rec.label(KIND_REASON, reason))
     except Exception:  # counting must never turn a refusal into a 500
-        log.exception("uwsgi_ws: could not count a rejected upgrade")
+        log.exception("could not count a rejected upgrade")
     if log.isEnabledFor(logging.INFO):
         log.info("websocket upgrade rejected route=%s status=%s reason=%s%s", route, status, reason,
                  f": {message}" if message else "",

@@ -237,7 +237,7 @@ def _create_table() -> Table:
     forked = uwsgi.worker_id() > 0 or uwsgi.mule_id() > 0
     if forked:
         log.warning(
-            "uwsgi_ws: metrics are counted per process: uwsgi_ws was first imported after the fork "
+            "metrics are counted per process: uwsgi_ws was first imported after the fork "
             "(lazy-apps?); set the placeholder uwsgi-ws-metrics-sharedarea to a sharedarea id for "
             "instance-wide totals"
         )
