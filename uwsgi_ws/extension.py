@@ -200,9 +200,9 @@ class WebSocket:
         __import__("uwsgi_ws.startup").startup.check()  # start-up traps (uwsgi_ws/startup.py), once per process
         from .run import run, wrap_debug
 
-        wrap_debug(app)
-
         app.wsgi_app = _MalformedRequestGuard(app.wsgi_app)  # type: ignore[method-assign]
+        wrap_debug(app)  # outermost: the debugger sees everything
+
         app.run = functools.partial(run, app)  # type: ignore[method-assign]
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
         for args in self._deferred:
