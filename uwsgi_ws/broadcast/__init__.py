@@ -24,7 +24,7 @@ from .. import _uwsgi
 from ..exceptions import PublishError, RingError
 from . import history, local
 from .hub import After, Batch, Done, Hub, Last, Recovered, Recovery, Subscriber
-from .publish import Data, channel_bytes
+from .publish import Data, channel_bytes, mule_problem  # noqa: F401  (part of the face)
 from .publish import publish as _publish
 from .ring import Entry
 
@@ -198,27 +198,6 @@ class Broadcast:
                 done(result)
 
         hub.recover(sub, list(plan.items()), finish, preface)
-
-
-def mule_problem() -> str:
-    """Why no broadcast mule can be serving this instance, from its options alone ("" when
-    one may be): no ``--mule`` at all, or the mule given as ``module:callable`` under
-    ``lazy-apps``, which uWSGI 2.0.31 crashes at every start (it respawns it for ever;
-    the mule *file* `uwsgi_ws/conf/broadcast_mule.py` works)."""
-    if not _uwsgi.available():
-        return ""
-    raw = (getattr(_uwsgi.api(), "opt", {}) or {})
-    mules = raw.get("mule") or raw.get("mules")
-    if mules is None:
-        return ("no broadcast mule: add --mule=uwsgi_ws.mule:run (YAML `mule: uwsgi_ws.mule:run`; "
-                "under lazy-apps the mule file, see `python -m uwsgi_ws conf`) and --master")
-    values = mules if isinstance(mules, (list, tuple)) else [mules]
-    names = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-    if _uwsgi.flag("lazy-apps") and any(n.endswith("uwsgi_ws.mule:run") for n in names):
-        return ("the broadcast mule cannot run: under lazy-apps uWSGI 2.0 crashes a mule given as "
-                "module:callable (uwsgi_ws.mule:run) at every start and respawns it for ever; give the mule "
-                "file instead: --mule=<python -m uwsgi_ws conf>/broadcast_mule.py (conf/broadcast.yaml does)")
-    return ""
 
 
 _instances: Dict[Tuple[int, int], Broadcast] = {}

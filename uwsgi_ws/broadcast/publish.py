@@ -467,6 +467,27 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
         raise
 
 
+def mule_problem() -> str:
+    """Why no broadcast mule can be serving this instance, from its options alone ("" when
+    one may be): no ``--mule`` at all, or the mule given as ``module:callable`` under
+    ``lazy-apps``, which uWSGI 2.0.31 crashes at every start (it respawns it for ever;
+    the mule *file* `uwsgi_ws/conf/broadcast_mule.py` works)."""
+    if not _uwsgi.available():
+        return ""
+    raw = (getattr(_uwsgi.api(), "opt", {}) or {})
+    mules = raw.get("mule") or raw.get("mules")
+    if mules is None:
+        return ("no broadcast mule: add --mule=uwsgi_ws.mule:run (YAML `mule: uwsgi_ws.mule:run`; "
+                "under lazy-apps the mule file, see `python -m uwsgi_ws conf`) and --master")
+    values = mules if isinstance(mules, (list, tuple)) else [mules]
+    names = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    if _uwsgi.flag("lazy-apps") and any(n.endswith("uwsgi_ws.mule:run") for n in names):
+        return ("the broadcast mule cannot run: under lazy-apps uWSGI 2.0 crashes a mule given as "
+                "module:callable (uwsgi_ws.mule:run) at every start and respawns it for ever; give the mule "
+                "file instead: --mule=<python -m uwsgi_ws conf>/broadcast_mule.py (conf/broadcast.yaml does)")
+    return ""
+
+
 def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> int:
     if not _uwsgi.available():
         raise PublishError(
@@ -488,8 +509,6 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> i
         if seq is None:
             raise PublishError("the broadcast mule could not append the message (see its log)")
         return seq
-    from . import mule_problem  # the package's face; imported here: it imports this module
-
     problem = mule_problem()
     if problem:  # no mule can be serving: waiting out the publish timeout would only hide it
         raise PublishError(problem)
