@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .. import _uwsgi
 
@@ -86,3 +86,17 @@ def reached(found: Limits, delta_requests: Optional[int], started: float) -> boo
 
 
 started_at = _started_at
+
+
+def watch(found: Limits, sleep: Callable[[float], None], callback: Callable[[], None]) -> None:
+    """Check `found` every CHECK seconds (waiting with the model's `sleep`) and call
+    `callback` once a limit is reached; returns then. Runs in a task of the worker:
+    ``uwsgi.workers()`` reads shared memory only, callable from a thread or greenlet of ours."""
+    index = _uwsgi.worker_id() - 1
+    started = _started_at()
+    while True:
+        sleep(CHECK)
+        delta = _uwsgi.api().workers()[index]["delta_requests"] if found.max_requests else None
+        if reached(found, delta, started):
+            callback()
+            return

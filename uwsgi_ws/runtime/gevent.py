@@ -74,9 +74,9 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
             callback()
 
     _watchers.append(gevent.signal_handler(signal.SIGHUP, once))
-    limits = _recycle_limits()
+    limits = _recycle.limits()
     if limits is not None:
-        gevent.spawn(_watch_recycle, limits, once)
+        gevent.spawn(_recycle.watch, limits, gevent.sleep, once)
     return True
 
 
@@ -88,24 +88,6 @@ def on_shutdown(callback: Callable[[], None]) -> bool:
     for signum in (signal.SIGINT, signal.SIGTERM):
         _watchers.append(gevent.signal_handler(signum, callback))
     return True
-
-
-def _recycle_limits() -> Optional[_recycle.Limits]:
-    return _recycle.limits()
-
-
-def _watch_recycle(limits: _recycle.Limits, callback: Callable[[], None]) -> None:
-    from .. import _uwsgi
-
-    index = _uwsgi.worker_id() - 1
-    started = _recycle.started_at()
-    while True:
-        gevent.sleep(_recycle.CHECK)
-        # uwsgi.workers() reads shared memory only: safe from this greenlet
-        delta = _uwsgi.api().workers()[index]["delta_requests"] if limits.max_requests else None
-        if _recycle.reached(limits, delta, started):
-            callback()
-            return
 
 
 def cooperate() -> None:

@@ -69,21 +69,7 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
     spawn(watch)
     limits = _recycle.limits()
     if limits is not None:
-
-        def watch_limits() -> None:
-            from .. import _uwsgi
-
-            index = _uwsgi.worker_id() - 1
-            started = _recycle.started_at()
-            while True:
-                # uwsgi.workers() reads shared memory only: callable from this thread
-                delta = _uwsgi.api().workers()[index]["delta_requests"] if limits.max_requests else None
-                if _recycle.reached(limits, delta, started):
-                    break
-                time.sleep(_recycle.CHECK)
-            once()
-
-        spawn(watch_limits)
+        spawn(_recycle.watch, limits, time.sleep, once)
     return True
 
 
