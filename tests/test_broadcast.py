@@ -479,22 +479,29 @@ def cpu_seconds(pid: int) -> float:
 
 def test_delivery_is_prompt_and_the_idle_mule_sleeps(bserver):
     """A publish reaches the clients at once (the mule wakes the workers; the hubs'
-    0.5 s re-check is only a fallback), and a mule with nothing to do uses no CPU."""
+    0.5 s re-check is only a fallback), and a mule with nothing to do uses no CPU:
+    measured over IDLE_WINDOW of doing nothing after the deliveries (CPU time is
+    counted in clock ticks of 10 ms, so a short window says nothing)."""
     with closing(connect_both_workers(bserver, "/sub", at_least=2)) as clients:
         mule = mule_pid(bserver)
-        cpu0, t0 = cpu_seconds(mule), time.monotonic()
         latencies = []
         for i in range(10):
             t = time.monotonic()
             publish(bserver, "t%d" % i)
             gather(clients, lambda c: len(c.messages) > i, 5)
             latencies.append(time.monotonic() - t)
-        wall, busy = time.monotonic() - t0, cpu_seconds(mule) - cpu0
         assert all(c.messages == ["t%d" % i for i in range(10)] for c in clients)
+        # A measurement window, not a wait for an event: nothing happens in it on purpose.
+        cpu0, t0 = cpu_seconds(mule), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        wall, busy = time.monotonic() - t0, cpu_seconds(mule) - cpu0
         print(f"\n[{bserver.model}] publish-to-delivery: median {sorted(latencies)[5] * 1000:.1f} ms, "
-              f"max {max(latencies) * 1000:.1f} ms; the mule used {busy:.2f}s CPU in {wall:.2f}s")
+              f"max {max(latencies) * 1000:.1f} ms; the idle mule used {busy:.2f}s CPU in {wall:.2f}s")
         assert sorted(latencies)[5] < 0.1, f"deliveries wait for the hubs' fallback poll: {latencies}"
-        assert busy < wall / 2, f"the broadcast mule spins: {busy:.2f}s of CPU in {wall:.2f}s"
+        assert busy < wall / 10, f"the idle broadcast mule spins: {busy:.2f}s of CPU in {wall:.2f}s"
+
+
+IDLE_WINDOW = 1.0  # seconds of doing nothing over which the idle mule's CPU is measured
 
 
 def test_concurrent_publishers_same_order_everywhere(bserver):
