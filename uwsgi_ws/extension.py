@@ -283,6 +283,30 @@ class WebSocket:
 
         self.app.add_url_rule(rule, endpoint, prometheus_metrics, methods=["GET"], **options)
 
+    def admin_route(self, rule: str = "/_admin", allow: Optional[Callable[[Any], bool]] = None,
+                    **options: Any) -> Any:
+        """The operator's page at `rule` (`uwsgi_ws.admin.Admin`, docs/admin.md): live
+        connections, rooms, deliveries, ring lag, the Redis bridge; emit a test event,
+        disconnect a connection. Opt-in, and refused to everyone (403 saying how to
+        allow) until `allow(request) -> bool` lets a request in.
+
+        Args:
+            rule: the page's URL; its feed and actions live under it.
+            allow: called with the Flask request for every admin request (page,
+                feed, actions); True lets it in. None: everyone is refused.
+            options: `Admin`'s keyword arguments (``events``, ``rooms``, ``interval``).
+
+        Returns:
+            The `uwsgi_ws.admin.Admin`.
+
+        Raises:
+            RuntimeError: called before the app is known.
+            TypeError: `allow` is not callable, or an unknown option.
+        """
+        from .admin import Admin
+
+        return Admin(self, rule, allow, **options)
+
     @staticmethod
     def _add_rule(target: Any, rule: str, view: Callable[..., Any], handler: Handler,
                   options: Dict[str, Any]) -> None:
