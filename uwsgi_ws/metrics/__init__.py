@@ -13,7 +13,7 @@ from __future__ import annotations
 # ruff: noqa: F405  (the slot constants come from .table)
 import logging
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 from .export import (
     CONTENT_TYPE,
@@ -76,6 +76,7 @@ __all__ = [
     "Recorder",
     "Snapshot",
     "Table",
+    "bridge_state",
     "close_code_index",
     "closed",
     "local",
@@ -112,6 +113,39 @@ def open_connections(exclude_worker: int) -> int:
             if kind == KIND_ROUTE:
                 total += values[UPGRADES + index] - values[CLOSED + index]
     return int(total)
+
+
+def bridge_state() -> Optional[Dict[str, Any]]:
+    """The Redis bridge of this instance as the broadcast mule reports it in the ring
+    header (`uwsgi_ws.broadcast.redis.stats`), or None when no ``redis-url`` is set.
+
+    Returns:
+        ``{"out_state", "in_state"}`` ("connected", "unreachable", "not started", "off"),
+        ``pending`` (local messages not pushed to Redis yet), ``inbound``/``missed``
+        (other instances' messages received / never read), ``late``, ``not_bridged``,
+        ``last_id`` (the last stream entry read), ``instance``; or ``{"error": str}``
+        when the ring cannot be read here.
+
+    Reads shared memory only (no Redis, no lock); any worker; never raises.
+    """
+    from .. import settings
+
+    try:
+        if not settings.get("redis-url"):
+            return None
+    except Exception:
+        return None
+    try:
+        from ..broadcast.redis import stats
+
+        raw = stats()
+    except Exception as exc:  # no ring in this process (outside uWSGI, no sharedarea)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    pending = int(raw["local_total"]) - int(raw["out"]) - int(raw["not_bridged"])
+    keep = ("out_state", "in_state", "inbound", "missed", "late", "not_bridged", "last_id", "instance")
+    state: Dict[str, Any] = {name: raw[name] for name in keep}
+    state["pending"] = max(0, pending)
+    return state
 
 
 # -- the events the package reports ------------------------------------------------
