@@ -4,6 +4,7 @@
     python -m uwsgi_ws conf --copy DIR      copy them into DIR (created; existing files replaced)
     python -m uwsgi_ws check PATH...        lint uWSGI configs and vassals (uwsgi_ws.check)
     python -m uwsgi_ws settings             the table of instance settings (uwsgi_ws.settings)
+    python -m uwsgi_ws settings --app       the table of per-application options (the same module)
     python -m uwsgi_ws publish|emit ...     publish from outside uWSGI (uwsgi_ws.client)
     python -m uwsgi_ws --version            the package version
 """
@@ -98,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                "(include them from vassals), or copy them with --copy DIR.")
     conf.add_argument("--copy", metavar="DIR", help="copy the configs into DIR")
     commands.add_parser("check", help="lint uWSGI configs and vassals", add_help=False)
-    commands.add_parser("settings", help="print the table of instance settings (Markdown)")
+    commands.add_parser("settings", help="print the table of instance settings (--app: per-app options; Markdown)")
     commands.add_parser("publish", help="publish a message from outside uWSGI (--help: how)", add_help=False)
     commands.add_parser("emit", help="emit an event from outside uWSGI (--help: how)", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -108,10 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .client import emit_main, publish_main
 
         return (publish_main if args.command == "publish" else emit_main)(rest)
-    if args.command == "settings" and not rest:
+    if args.command == "settings" and rest in ([], ["--app"]):
         from .settings import markdown_table
 
-        print(markdown_table())  # noqa: T201  (CLI output)
+        print(markdown_table("app" if rest else "instance"))  # noqa: T201  (CLI output)
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, got_request_exception
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, shutdown
+from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, settings, shutdown
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
@@ -25,32 +25,11 @@ from .deflate import DeflateOptions
 from .deflate import configure as configure_deflate
 from .protocol import INTERNAL_ERROR, NORMAL, Protocol
 
-#: Options and their defaults; each can also be set as Flask config key
-#: ``UWSGI_WS_<NAME>`` (e.g. ``UWSGI_WS_MAX_MESSAGE_SIZE``); keyword arguments win.
-DEFAULTS: Dict[str, Any] = {
-    "max_message_size": 1 << 20,  # bytes; a bigger message is closed with 1009
-    "ping_interval": 20.0,  # seconds between server pings; None turns keepalive off
-    "ping_timeout": 20.0,  # seconds to wait for the pong before closing with 1011
-    "close_timeout": 5.0,  # seconds to wait for the peer's close frame
-    "max_queue": 16,  # received messages buffered before reading pauses
-    "write_limit": 1 << 20,  # bytes buffered per connection before it counts as slow
-    "timeout": None,  # seconds: the default of conn.receive(); None waits for ever (Flask-uWSGI-WebSocket's name)
-    # Access control (uwsgi_ws.access), checked before the upgrade:
-    "allowed_origins": None,  # None: same-origin pages only; "*": any; or a list of origins (403 otherwise)
-    # open WebSockets per worker process (503 beyond); "auto": gevent keeps cores free for plain
-    # HTTP (admission.auto_worker_limit), no limit in the other models; None: no limit
-    "max_connections_per_worker": "auto",
-    "max_connections": None,  # open WebSockets of the whole instance (503 beyond; None: no limit)
-    "retry_after": 5,  # seconds, the Retry-After of a 503 for a connection limit
-    "metrics_route": None,  # e.g. "/metrics": the Prometheus text of uwsgi_ws.metrics there (opt-in)
-    # permessage-deflate (RFC 7692; uwsgi_ws/deflate.py), when the client offers it:
-    "compression": "deflate",  # or None: never (also per route: ws.route(..., compression=None))
-    "compression_min_size": 128,  # bytes: shorter messages are sent uncompressed
-    "compression_level": 6,  # zlib level 0-9
-    "compression_server_max_window_bits": 12,  # 8-15: the server's LZ77 window (2**bits bytes)
-    "compression_client_max_window_bits": 12,  # 8-15: asked of clients that allow it
-    "compression_mem_level": 5,  # zlib memLevel 1-9 (memory per compressor)
-}
+#: The extension's options and their defaults, declared in `uwsgi_ws.settings.APP_OPTIONS`
+#: (type, unit, meaning; the README's table is generated from there). Each can also be set
+#: as Flask config key ``UWSGI_WS_<NAME>`` (e.g. ``UWSGI_WS_MAX_MESSAGE_SIZE``); keyword
+#: arguments win.
+DEFAULTS: Dict[str, Any] = settings.app_defaults()
 
 Handler = Callable[..., Any]
 
@@ -217,14 +196,26 @@ class WebSocket:
             self.runtime()
 
     def option(self, name: str) -> Any:
-        """The effective value of an option (keyword, then Flask config, then default)."""
+        """The effective value of an extension option (`uwsgi_ws.settings.APP_OPTIONS`).
+
+        Args:
+            name: the option's name (``"ping_interval"``).
+
+        Returns:
+            The keyword argument given to the constructor, else the app's Flask
+            config ``UWSGI_WS_<NAME>`` (read at each call), else the default.
+
+        Raises:
+            KeyError: `name` is not an extension option.
+        """
+        declared = settings.app_option(name)
         if name in self._options:
             return self._options[name]
         app = self.app
-        key = "UWSGI_WS_" + name.upper()
+        key = declared.config_key
         if app is not None and key in app.config:
             return app.config[key]
-        return DEFAULTS[name]
+        return declared.default
 
     def before_connect(self, hook: Callable[[], Any]) -> Callable[[], Any]:
         """Register `hook` (a decorator): it runs before every upgrade of this

@@ -2,9 +2,11 @@
 
 Two kinds of settings configure uwsgi_ws:
 
-- **Per application** (the Flask extension's options: `max_message_size`,
-  `ping_interval`, ...): keyword arguments of `WebSocket(...)`, else Flask
-  config ``UWSGI_WS_<NAME>``. They live in `uwsgi_ws.extension.DEFAULTS`.
+- **Per application** (`APP_OPTIONS`): the Flask extension's options
+  (`max_message_size`, `ping_interval`, ...: keyword arguments of
+  `WebSocket(...)`, else Flask config ``UWSGI_WS_<NAME>``, else the default;
+  `uwsgi_ws.extension.WebSocket.option` reads them through `app_option`), and
+  the keyword arguments of ``ws.route(...)`` and ``ws.events(...)``.
 - **Per uWSGI instance** (this module): read by processes that have no Flask
   app (the broadcast mule, a publisher). Each is read, first match wins, from
 
@@ -19,7 +21,9 @@ Two kinds of settings configure uwsgi_ws:
   reload, and a ``strict: true`` config then refuses ``ws-redis-url`` and
   the instance exits (reproduced on 2.0.31). A placeholder survives reloads.
 
-`SETTINGS` lists them all; `markdown_table()` renders the README's table.
+`SETTINGS` lists the instance settings, `APP_OPTIONS` the per-application
+options; `markdown_table()` renders the README's tables (``python -m uwsgi_ws
+settings`` and ``settings --app`` print them).
 """
 
 from __future__ import annotations
@@ -179,11 +183,156 @@ def setting(name: str) -> Setting:
     return _BY_NAME[name]
 
 
-def markdown_table() -> str:
-    """The README's table of instance settings (generated: `python -m uwsgi_ws settings`)."""
+def markdown_table(kind: str = "instance") -> str:
+    """A README table, generated from the declarations.
+
+    Args:
+        kind: "instance" (`SETTINGS`: ``python -m uwsgi_ws settings``) or "app"
+            (`APP_OPTIONS`: ``python -m uwsgi_ws settings --app``).
+
+    Returns:
+        The Markdown table, without a trailing newline.
+
+    Raises:
+        ValueError: another `kind`.
+    """
+    if kind == "app":
+        return _app_table()
+    if kind != "instance":
+        raise ValueError(f"kind must be 'instance' or 'app', not {kind!r}")
     lines = ["| placeholder / environment variable | default | unit | read by | meaning |",
              "|---|---|---|---|---|"]
     for s in SETTINGS:
         default = "unset" if s.default in (None, "") else repr(s.default) if isinstance(s.default, str) else s.default
         lines.append(f"| `{s.placeholder}` / `{s.env}` | {default} | {s.unit} | {s.reader} | {s.doc} |")
+    return "\n".join(lines)
+
+
+# -- per-application options ------------------------------------------------------------------------
+
+#: Where a per-application option is given (`AppOption.scope`).
+EXTENSION, ROUTE, EVENTS = "extension", "route", "events"
+
+
+@dataclass(frozen=True)
+class AppOption:
+    """One per-application option, read in the app's processes (the workers).
+
+    `scope` says where it may come from: `EXTENSION` options are keyword
+    arguments of ``WebSocket(app, ...)``, else the Flask config key
+    `config_key` (read at each use, so ``init_app`` and a config set later
+    count), else `default`; `ROUTE` options are keyword arguments of
+    ``ws.route(rule, ...)`` and `EVENTS` options of ``ws.events(path, ...)``
+    (no config key). `kind` is the accepted type as the docs write it, `shown`
+    the default as the table shows it (empty: `default` itself).
+    """
+
+    name: str
+    scope: str
+    kind: str
+    default: Any
+    unit: str
+    doc: str
+    shown: str = ""
+
+    @property
+    def config_key(self) -> Optional[str]:
+        """The Flask config key (``UWSGI_WS_MAX_MESSAGE_SIZE``), None outside `EXTENSION`."""
+        return "UWSGI_WS_" + self.name.upper() if self.scope == EXTENSION else None
+
+    @property
+    def where(self) -> str:
+        """Where the option may come from, as the table says it."""
+        if self.scope == EXTENSION:
+            return f"`WebSocket(...)` keyword, Flask config `{self.config_key}`"
+        return "`ws.route(...)` keyword" if self.scope == ROUTE else "`ws.events(...)` keyword"
+
+
+_MIB = 1 << 20
+
+APP_OPTIONS: List[AppOption] = [
+    AppOption("max_message_size", EXTENSION, "int", _MIB, "bytes",
+              "a bigger incoming message is refused with close 1009, as soon as a frame header announces it "
+              "(fragments added up; the inflated size with compression)", "1 MiB"),
+    AppOption("ping_interval", EXTENSION, "float or None", 20.0, "seconds",
+              "the server pings each connection this often, even when the handler only sends (None: off)"),
+    AppOption("ping_timeout", EXTENSION, "float", 20.0, "seconds", "no pong in time: close 1011"),
+    AppOption("close_timeout", EXTENSION, "float", 5.0, "seconds",
+              "how long `close()` waits for the peer's close frame"),
+    AppOption("max_queue", EXTENSION, "int", 16, "messages",
+              "received messages buffered before reading pauses (back-pressure)"),
+    AppOption("write_limit", EXTENSION, "int", _MIB, "bytes",
+              "bytes buffered per connection; a broadcast subscriber past it is a slow consumer (close 1013)",
+              "1 MiB"),
+    AppOption("timeout", EXTENSION, "float or None", None, "seconds",
+              "the default timeout of `conn.receive()` (None: wait for ever; Flask-uWSGI-WebSocket's name)"),
+    AppOption("allowed_origins", EXTENSION, 'None, `"*"` or list of str', None, "origins",
+              'the Origin policy: None: same-origin pages only; `"*"`: any; or a list of origins '
+              '(`https://example.com`, `https://*.example.com`, `null`); 403 before the upgrade otherwise'),
+    AppOption("max_connections_per_worker", EXTENSION, 'int, "auto" or None', "auto", "connections",
+              "open WebSockets (and SSE streams) per worker process, 503 beyond; \"auto\": under gevent the "
+              "worker's cores less an eighth (at least 2 kept for plain HTTP), no limit in the other models; "
+              "None: no limit", '"auto"'),
+    AppOption("max_connections", EXTENSION, "int or None", None, "connections",
+              "open WebSockets of the whole instance, 503 beyond (None: no limit)"),
+    AppOption("retry_after", EXTENSION, "int", 5, "seconds", "the `Retry-After` of a 503 for a connection limit"),
+    AppOption("metrics_route", EXTENSION, "str or None", None, "URL rule",
+              'e.g. "/metrics": the Prometheus text of `uwsgi_ws.metrics` there (opt-in; keep it internal)'),
+    AppOption("compression", EXTENSION, '"deflate" or None', "deflate", "",
+              "permessage-deflate when the client offers it (every browser does); None: off", '"deflate"'),
+    AppOption("compression_min_size", EXTENSION, "int", 128, "bytes", "shorter messages go out uncompressed"),
+    AppOption("compression_level", EXTENSION, "int", 6, "zlib level", "0-9"),
+    AppOption("compression_server_max_window_bits", EXTENSION, "int", 12, "bits",
+              "the server's LZ77 window, 8-15 (2**bits bytes)"),
+    AppOption("compression_client_max_window_bits", EXTENSION, "int", 12, "bits",
+              "8-15: asked of clients that allow it (browsers do)"),
+    AppOption("compression_mem_level", EXTENSION, "int", 5, "zlib memLevel", "1-9: memory per compressor"),
+    AppOption("bp", ROUTE, "flask.Blueprint or None", None, "",
+              "register the route on this blueprint instead of the app (flask-sock style)"),
+    AppOption("subprotocols", ROUTE, "sequence of str", (), "",
+              "the `Sec-WebSocket-Protocol` values the route speaks (the connection's `subprotocol` is the "
+              "first of the client's offers that is listed)", "()"),
+    AppOption("compression", ROUTE, '"deflate" or None', "", "",
+              "overrides the extension's `compression` for this route (ValueError for another value)",
+              "the extension's"),
+    AppOption("**options", ROUTE, "keywords", None, "",
+              "passed to Flask's `add_url_rule` (`endpoint`, `defaults`, ...)", "none"),
+    AppOption("max_last", EVENTS, "int", 100, "messages",
+              "the most \"last messages\" a client may ask for when it joins a room"),
+    AppOption("presence", EVENTS, "bool", False, "",
+              "keep the instance's presence (`presence()`, `presence_count()`): each join, leave and close is "
+              "one more message in the broadcast ring"),
+    AppOption("join_leave", EVENTS, "bool", False, "",
+              "broadcast a `presence` frame (join/leave, with the identity) to a room's members"),
+    AppOption("user_key", EVENTS, "str", "user", "", "the identity's key that `emit(..., to_user=)` matches",
+              '"user"'),
+    AppOption("json_encoder", EVENTS, "json.JSONEncoder subclass or None", None, "",
+              "the encoder of every frame (e.g. `events_protocol.RichEncoder`: datetime, UUID, dataclasses)"),
+    AppOption("**route_options", EVENTS, "keywords", None, "",
+              "`ws.route`'s options for the endpoint's WebSocket (`subprotocols`, `compression`, `endpoint`)",
+              "none"),
+]
+_APP_BY_NAME: Dict[str, AppOption] = {o.name: o for o in APP_OPTIONS if o.scope == EXTENSION}
+
+
+def app_option(name: str) -> AppOption:
+    """The declaration of extension option `name` (e.g. "ping_interval").
+
+    Raises:
+        KeyError: not an extension option.
+    """
+    return _APP_BY_NAME[name]
+
+
+def app_defaults() -> Dict[str, Any]:
+    """{name: default} of the extension options (`uwsgi_ws.extension.DEFAULTS`)."""
+    return {o.name: o.default for o in APP_OPTIONS if o.scope == EXTENSION}
+
+
+def _app_table() -> str:
+    lines = ["| option | where | type | default | unit | meaning |", "|---|---|---|---|---|---|"]
+    for o in APP_OPTIONS:
+        default = o.shown or ("None" if o.default is None else repr(o.default) if isinstance(o.default, str)
+                              else str(o.default))
+        lines.append(f"| `{o.name}` | {o.where} | {o.kind} | {default} | {o.unit} | {o.doc} |")
     return "\n".join(lines)
