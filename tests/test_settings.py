@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from flask import Flask
 
 from uwsgi_ws import WebSocket, settings
@@ -99,7 +98,7 @@ def keywords(function):
 def test_the_extension_options_are_the_declared_ones():
     from uwsgi_ws import extension
 
-    assert extension.DEFAULTS == settings.app_defaults()
+    assert settings.app_defaults() == extension.DEFAULTS
     assert list(extension.DEFAULTS) == declared(settings.EXTENSION)
     with pytest.raises(TypeError, match="unknown option"):
         WebSocket(Flask(__name__), ping_intervall=3)
