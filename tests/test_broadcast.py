@@ -11,15 +11,10 @@ hundreds of them cost one thread. Each connection first receives
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import re
-import selectors
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -31,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT, UWSGI, free_port, wait_for
+from wsraw import TEXT, Client, closing, connect, gather, server_frame
 
 APP = "broadcast_test_app:app"
 MULE_FILE = "tests/apps/broadcast_test_mule.py"
@@ -46,8 +42,6 @@ SMALL_MODEL_ARGS = {
     "gevent": ["--processes", "2", "--gevent", "50"],
 }
 BROADCAST = ["--sharedarea", "4096", "--mule=uwsgi_ws.mule:run"]
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 # -- uWSGI instances --------------------------------------------------------------
@@ -170,152 +164,7 @@ def stats_of_every_worker(server) -> dict:
     return found
 
 
-# -- WebSocket clients: raw sockets, one selector loop ----------------------------------
-
-
-def server_frame(opcode: int, payload: bytes) -> bytes:
-    """A server (unmasked) frame, for byte-exact expectations."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 0x10000:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
-
-
-class Client:
-    """One WebSocket connection. `messages` collects str (text) and bytes (binary)
-    in arrival order; with `raw=True` the bytes after the ready message are kept
-    unparsed in `buf` instead (for byte-exact comparison of long streams)."""
-
-    def __init__(self, port: int, path: str, *, rcvbuf: int | None = None, raw: bool = False):
-        self.path = path
-        self.raw = raw
-        self.sock = socket.socket()
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(10)
-        self.sock.connect(("127.0.0.1", port))
-        self.key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        self.buf = bytearray()
-        self.messages: list = []
-        self.close_code: int | None = None
-        self.eof = False
-        self.pid: int | None = None
-
-    def handshake(self, expect_ready: bool = True) -> Client:
-        """Read the 101 and (unless told not to) the `ready:<pid>` message, blocking with
-        the socket's timeout."""
-        while b"\r\n\r\n" not in self.buf:
-            self._recv_blocking()
-        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        accept = base64.b64encode(hashlib.sha1((self.key + GUID).encode()).digest())
-        assert b"sec-websocket-accept: " + accept.lower() in head.lower(), head
-        self.buf = bytearray(rest)
-        if not expect_ready:
-            self.sock.setblocking(False)
-            return self
-        raw, self.raw = self.raw, False
-        while not self.messages:
-            self.parse()
-            if not self.messages:
-                self._recv_blocking()
-        self.raw = raw
-        ready = self.messages.pop(0)
-        assert isinstance(ready, str) and ready.startswith("ready:"), ready
-        self.pid = int(ready.split(":")[1])
-        self.sock.setblocking(False)
-        return self
-
-    def _recv_blocking(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"{self.path}: the server closed the connection during the handshake")
-        self.buf += chunk
-
-    def pump(self) -> None:
-        """Read what is there (non-blocking) and parse it."""
-        while True:
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                self.eof = True
-                break
-            self.buf += chunk
-        self.parse()
-
-    def parse(self) -> None:
-        if self.raw:
-            return
-        buf, pos = self.buf, 0
-        while len(buf) - pos >= 2:
-            b1, b2 = buf[pos], buf[pos + 1]
-            assert not b2 & 0x80, "the server masked a frame"
-            n, head = b2 & 0x7F, 2
-            if n == 126:
-                if len(buf) - pos < 4:
-                    break
-                n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
-            elif n == 127:
-                if len(buf) - pos < 10:
-                    break
-                n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-            if len(buf) - pos < head + n:
-                break
-            assert b1 & 0x80, "a fragmented broadcast"
-            opcode = b1 & 0x0F
-            payload = bytes(buf[pos + head:pos + head + n])
-            pos += head + n
-            if opcode == TEXT:
-                self.messages.append(payload.decode("utf-8"))
-            elif opcode == BINARY:
-                self.messages.append(payload)
-            elif opcode == CLOSE:
-                self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                self.messages.append(("close", self.close_code))
-            else:
-                assert opcode in (PING, PONG), opcode
-        del buf[:pos]
-
-    def send_text(self, text: str) -> None:
-        payload = text.encode()
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) < 126
-        self.sock.setblocking(True)
-        self.sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + masked)
-        self.sock.setblocking(False)
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-def connect(port: int, path: str, count: int, **kwargs) -> list:
-    """`count` connections to `port`, handshakes in flight together (batches of 50 for the listen backlog)."""
-    clients = []
-    try:
-        for i in range(0, count, 50):
-            batch = [Client(port, path, **kwargs) for _ in range(min(50, count - i))]
-            clients += batch
-            for c in batch:
-                c.handshake()
-    except BaseException:
-        for c in clients:
-            c.close()
-        raise
-    return clients
+# -- WebSocket clients: wsraw.Client (raw sockets, read by one selector loop) ---------------
 
 
 def connect_both_workers(server, path: str, at_least: int = 2, **kwargs) -> list:
@@ -339,53 +188,6 @@ def connect_to_worker(server, path: str, pid: int, **kwargs) -> Client:
     client = Client(port, path, **kwargs).handshake()
     assert client.pid == pid
     return client
-
-
-def gather(clients, done, timeout: float = 20.0, what: str = "messages") -> float:
-    """Read all clients in one loop until `done(client)` holds for each; returns the seconds taken."""
-    t0 = time.monotonic()
-    deadline = t0 + timeout
-    sel = selectors.DefaultSelector()
-    waiting = {}
-    for c in clients:
-        c.pump()
-        if not done(c):
-            sel.register(c.sock, selectors.EVENT_READ, c)
-            waiting[c.sock] = c
-    try:
-        while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                c = next(iter(waiting.values()))
-                summary = [(c.pid, len(c.messages), len(c.buf), c.eof) for c in waiting.values()]
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for {what}: {len(waiting)} of {len(clients)} "
-                    f"clients not done (pid, messages, raw bytes, eof): {summary[:5]}; "
-                    f"last messages of one: {[m if not isinstance(m, (str, bytes)) or len(m) < 40 else m[:40] for m in c.messages[-5:]]}"
-                )
-            for key, _ in sel.select(remaining):
-                c = key.data
-                c.pump()
-                if done(c) or c.eof:
-                    sel.unregister(c.sock)
-                    del waiting[c.sock]
-    finally:
-        sel.close()
-    return time.monotonic() - t0
-
-
-def closing(clients):
-    """Context manager closing every client at the end."""
-
-    class _Closing:
-        def __enter__(self):
-            return clients
-
-        def __exit__(self, *exc):
-            for c in clients:
-                c.close()
-
-    return _Closing()
 
 
 def mule_pid(server: UWSGI, mule: int = 1) -> int:

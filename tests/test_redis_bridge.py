@@ -10,15 +10,12 @@ by pid.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -28,14 +25,15 @@ from pathlib import Path
 
 import pytest
 
+import wsraw
 from harness import APPS, ROOT, UWSGI, free_port, wait_for
+from wsraw import CLOSE, TEXT, closing
 
 APP = "redis_bridge_app:app"
 MODEL_ARGS = {
     "threads": ["--processes", "2", "--threads", "24"],
     "gevent": ["--processes", "2", "--gevent", "100"],
 }
-TEXT, CLOSE = 0x1, 0x8
 
 
 # -- redis-server --------------------------------------------------------------------------------
@@ -159,79 +157,17 @@ def in_background(*calls) -> list:
 # -- WebSocket clients -------------------------------------------------------------------------------
 
 
-class Client:
-    """One receive-only WebSocket; `messages` collects the text messages in arrival order."""
+def Client(server: UWSGI, path: str) -> wsraw.Client:
+    """One receive-only WebSocket on `server` (text messages only), after its `ready:<pid>`."""
+    client = wsraw.Client(server.port, path, opcodes=(TEXT, CLOSE))
+    client.server = server  # type: ignore[attr-defined]
+    return client.handshake()
 
-    def __init__(self, server: UWSGI, path: str) -> None:
-        self.server, self.path = server, path
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        self.buf = bytearray()
-        self.messages: list = []
-        self.eof = False
-        while b"\r\n\r\n" not in self.buf:
-            self._recv()
-        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        self.buf = bytearray(rest)
-        while not self.messages:
-            self.parse()
-            if not self.messages:
-                self._recv()
-        ready = self.messages.pop(0)
-        assert ready.startswith("ready:"), ready
-        self.pid = int(ready[6:])
-        self.sock.setblocking(False)
 
-    def _recv(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"{self.path}: closed during the handshake")
-        self.buf += chunk
-
-    def pump(self) -> None:
-        while True:
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                self.eof = True
-                break
-            self.buf += chunk
-        self.parse()
-
-    def parse(self) -> None:
-        buf, pos = self.buf, 0
-        while len(buf) - pos >= 2:
-            n, head = buf[pos + 1] & 0x7F, 2
-            if n == 126:
-                if len(buf) - pos < 4:
-                    break
-                n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
-            elif n == 127:
-                if len(buf) - pos < 10:
-                    break
-                n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-            if len(buf) - pos < head + n:
-                break
-            opcode = buf[pos] & 0x0F
-            payload = bytes(buf[pos + head:pos + head + n])
-            pos += head + n
-            assert opcode in (TEXT, CLOSE), opcode
-            self.messages.append(payload.decode() if opcode == TEXT else ("close", payload[:2]))
-        del buf[:pos]
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for m in self.messages if isinstance(m, str) and PARSE.fullmatch(m) and PARSE.fullmatch(m)[1] == prefix)
-
-    def close(self) -> None:
-        self.sock.close()
+def count_of(client: wsraw.Client, prefix: str) -> int:
+    """How many messages of stream `prefix` ("p17": stream "p") `client` has."""
+    return sum(1 for m in client.messages if isinstance(m, str) and PARSE.fullmatch(m)
+               and PARSE.fullmatch(m)[1] == prefix)
 
 
 PARSE = re.compile(r"([a-z]+)(\d+)")
@@ -247,29 +183,8 @@ def connect_both_workers(server: UWSGI, path: str, at_least: int = 2, limit: int
 
 
 def gather(clients, done, timeout: float = 30.0, what: str = "messages") -> None:
-    """Read every client in one loop until `done(client)` holds for each."""
-    deadline = time.monotonic() + timeout
-    sel = selectors.DefaultSelector()
-    waiting = {}
-    for c in clients:
-        c.pump()
-        if not done(c):
-            sel.register(c.sock, selectors.EVENT_READ, c)
-            waiting[c.sock] = c
-    try:
-        while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                summary = [(c.server.port, c.path, c.pid, len(c.messages), c.messages[-1:]) for c in waiting.values()]
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}: {summary[:6]}")
-            for key, _ in sel.select(min(remaining, 0.5)):
-                c = key.data
-                c.pump()
-                if done(c) or c.eof:
-                    sel.unregister(c.sock)
-                    del waiting[c.sock]
-    finally:
-        sel.close()
+    """Read every client in one loop until `done(client)` holds for each (wsraw.gather)."""
+    wsraw.gather(clients, done, timeout, what)
 
 
 def streams(messages) -> dict:
@@ -294,18 +209,6 @@ def assert_exact(client: Client, expected: dict) -> None:
             disorder = sum(1 for a, b in zip(numbers, numbers[1:]) if b < a)
             raise AssertionError(f"{client.server.port}{client.path} stream {prefix!r}: {len(missing)} missing "
                                  f"(first {missing[:10]}), {dups} duplicates, {disorder} out of order")
-
-
-def closing(clients):
-    class _Closing:
-        def __enter__(self):
-            return clients
-
-        def __exit__(self, *exc):
-            for c in clients:
-                c.close()
-
-    return _Closing()
 
 
 # -- the cluster: one Redis, three instances -----------------------------------------------------------
@@ -388,7 +291,7 @@ def test_redis_outage_mid_stream(cluster):
         publishers = in_background((publish_many, a, count, "p", "x", interval),
                                    (publish_many, b, count, "q", "x", interval))
         # mid-stream: the third instance has received some of both streams through Redis
-        gather(groups[c.port], lambda cl: cl.count("p") >= 150 and cl.count("q") >= 150, 20, "the streams at C")
+        gather(groups[c.port], lambda cl: count_of(cl, "p") >= 150 and count_of(cl, "q") >= 150, 20, "the streams at C")
         cluster.redis.kill()
         for server in (a, b):
             wait_for(lambda: bridge_stats(server)["out_state"] == "unreachable", 10, f"{server.port} to see Redis down")
@@ -396,11 +299,11 @@ def test_redis_outage_mid_stream(cluster):
         inbound_at_kill = bridge_stats(c)["inbound"]
         for cl in groups[a.port] + groups[b.port]:
             cl.pump()
-        local_p = min(cl.count("p") for cl in groups[a.port])
-        local_q = min(cl.count("q") for cl in groups[b.port])
+        local_p = min(count_of(cl, "p") for cl in groups[a.port])
+        local_q = min(count_of(cl, "q") for cl in groups[b.port])
         # Redis stays down while each instance serves ~2 s of its own publishes
-        gather(groups[a.port], lambda cl: cl.count("p") >= local_p + 700, 20, "A's own stream while Redis is down")
-        gather(groups[b.port], lambda cl: cl.count("q") >= local_q + 700, 20, "B's own stream while Redis is down")
+        gather(groups[a.port], lambda cl: count_of(cl, "p") >= local_p + 700, 20, "A's own stream while Redis is down")
+        gather(groups[b.port], lambda cl: count_of(cl, "q") >= local_q + 700, 20, "B's own stream while Redis is down")
         assert bridge_stats(c)["inbound"] == inbound_at_kill, "C received through a dead Redis?"
         cluster.redis.start()
         for t in publishers:
@@ -443,12 +346,12 @@ def test_outage_longer_than_the_ring_is_counted(tmp_path):
         local, remote = Client(d, "/sub/x"), Client(e, "/sub/x")
         with closing([local, remote]):
             publish_many(d, 10, "w", "x")
-            gather([local, remote], lambda cl: cl.count("w") == 10, 10, "the warm-up on both")
+            gather([local, remote], lambda cl: count_of(cl, "w") == 10, 10, "the warm-up on both")
             redis.kill()
             wait_for(lambda: bridge_stats(d)["out_state"] == "unreachable", 10, "D to see Redis down")
             count = 1000  # paced: a worker more than a ring behind would close its clients (1013)
             publish_many(d, count, "o", "x", interval=0.002)
-            gather([local], lambda cl: cl.count("o") == count, 10, "D's own messages while Redis is down")
+            gather([local], lambda cl: count_of(cl, "o") == count, 10, "D's own messages while Redis is down")
             redis.start()
             gather([remote], lambda cl: "o%d" % (count - 1) in cl.messages, 20, "the last message at E")
             wait_for(lambda: "not bridged" in d.log(), 5, "the not-bridged log line")
@@ -486,13 +389,13 @@ def test_reader_frozen_past_maxlen_counts_what_it_missed(tmp_path):
         receiver, local = Client(f, "/sub/x"), Client(g, "/sub/x")
         with closing([receiver, local]):
             publish_many(g, 5, "w", "x")
-            gather([receiver, local], lambda cl: cl.count("w") == 5, 10, "the warm-up on both")
+            gather([receiver, local], lambda cl: count_of(cl, "w") == 5, 10, "the warm-up on both")
             mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)", f.log())[-1])
             os.kill(mule, signal.SIGSTOP)
             try:
                 count = 1000
                 publish_many(g, count, "o", "x")
-                gather([local], lambda cl: cl.count("o") == count, 10, "G's own clients")
+                gather([local], lambda cl: count_of(cl, "o") == count, 10, "G's own clients")
                 wait_for(lambda: (lambda st: st["pushed_seq"] == st["write_seq"])(bridge_stats(g)), 10,
                          "G to push everything")
             finally:
@@ -539,7 +442,7 @@ def test_instance_started_while_redis_is_down_reads_from_its_start(tmp_path):
                 assert bridge_stats(late)["in_state"] == "unreachable", "it must not have read anything yet"
             finally:
                 os.kill(mule, signal.SIGCONT)
-            gather([client], lambda cl: cl.count("e") == 20, 15, "what was published before it reached Redis")
+            gather([client], lambda cl: count_of(cl, "e") == 20, 15, "what was published before it reached Redis")
             assert_exact(client, {"e": 20})
         assert "redis bridge: reading again after" in late.log()
     finally:
@@ -608,7 +511,7 @@ def test_mule_killed_mid_stream_resumes_without_duplicates(cluster):
     with closing(everyone):
         count = 1500
         publisher = in_background((publish_many, a, count, "k", "k", 0.002))
-        gather(groups[b.port], lambda cl: cl.count("k") >= 300, 20, "the stream at B")
+        gather(groups[b.port], lambda cl: count_of(cl, "k") >= 300, 20, "the stream at B")
         mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)", a.log())[-1])
         os.kill(mule, signal.SIGKILL)
         a.wait_for_log(r"broadcast mule 1 serving ring", count=a.log().count("broadcast mule 1 serving ring") + 1)
