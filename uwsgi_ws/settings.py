@@ -164,6 +164,9 @@ SETTINGS: List[Setting] = [
             "after a reconnection, push again what was pushed this long before the outage"),
     Setting("metrics-sharedarea", _number(int, 0), None, "sharedarea id", "all",
             "a sharedarea for the metrics table (needed with lazy-apps)"),
+    Setting("fallback-poll", _number(float, 0.01), 0.5, "seconds", "workers",
+            "a worker's broadcast hub re-checks the ring this often even without a wake-up from the mule "
+            "(a safety net: the wake-up delivers; the tests lengthen it to prove that)"),
     Setting("pure", _flag, False, "flag", "workers",
             "1: never use the optional native fan-out helper (tests the pure-Python path)"),
     Setting("debug", _flag, False, "flag", "workers",

@@ -45,7 +45,7 @@ if not settings.get("pure"):
 #: worker was lapped by the ring): 1013 "try again later" (RFC 6455 section 7.4.1, IANA registry).
 SLOW_CONSUMER = 1013
 _CHUNK = 256  # subscribers written between yields to other greenlets
-_FALLBACK_POLL = 0.5  # seconds: re-check the ring even without a wake-up
+_FALLBACK_POLL: float = settings.get("fallback-poll")  # seconds: re-check the ring even without a wake-up
 LAST_SCAN = 65536  # ring entries looked through for "the last n messages" of a channel
 _BATCH_BYTES = 64 * 1024  # at most this much of consecutive frames in one write to a subscriber
 
