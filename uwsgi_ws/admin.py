@@ -8,7 +8,7 @@ works offline) fed by a WebSocket of the same extension, and two actions:
     WS   <rule>/feed            one JSON state per `interval` seconds (see `Admin.state`);
                                 the page sends ``{"watch": {"<endpoint path>": ["room", ...]}}``
                                 to name the rooms it shows (answered with a state at once)
-    POST <rule>/emit            {"endpoint": path, "event": str, "data": any, "to": room|""}
+    POST <rule>/emit            {"endpoint": path, "event": str, "data": any, "to": room|connection id|""}
     POST <rule>/disconnect      {"endpoint": path, "id": "<pid>-<n>", "code": int, "reason": str}
 
 Access: every request first goes through `allow(request) -> bool`, the app's
@@ -137,11 +137,11 @@ class Admin:
         try:
             allowed: Any = self.allow(request)
         except Exception:
-            log.exception("admin: the allow() check raised; refusing %s", request.path)
+            log.exception("admin page: the allow() check raised; refusing %s", request.path)
             return _text("403 Forbidden: the admin page's allow() check failed (see the app's log)\n", 403)
         if allowed is not True:
             if allowed is not False:
-                log.warning("admin: allow() returned %r, not True or False: refused", allowed)
+                log.warning("admin page: allow() returned %r, not True or False: refused", allowed)
             return _text("403 Forbidden: the app's admin check (allow) refused this request\n", 403)
         return None
 
@@ -162,7 +162,7 @@ class Admin:
         return None
 
     def _forged(self, why: str) -> Response:
-        log.warning("admin: refused %s from %s: %s", request.path, request.remote_addr, why)
+        log.warning("admin page: refused %s from %s: %s", request.path, request.remote_addr, why)
         return _text(f"403 Forbidden: admin actions are accepted from the admin page only: {why}\n", 403)
 
     # -- views -----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class Admin:
         if refused is not None:
             return refused  # before the upgrade: plain HTTP
         watch: Dict[str, List[str]] = {}
-        log.info("admin: feed opened by %s", request.remote_addr)
+        log.info("admin page: feed opened by %s", request.remote_addr)
         try:
             while True:
                 conn.send(json.dumps(self.state(watch), separators=(",", ":")))
@@ -209,15 +209,16 @@ class Admin:
         if not isinstance(event, str) or not event:
             return _text("400 Bad Request: 'event' must be a non-empty string\n", 400)
         if room is not None and not isinstance(room, str):
-            return _text("400 Bad Request: 'to' must be a room name (a string; empty: every connection)\n", 400)
+            return _text("400 Bad Request: 'to' must be a room name or a connection id (a string; "
+                         "empty: every connection)\n", 400)
         try:
             endpoint.emit(event, body.get("data"), to=room)
         except (ValueError, TypeError) as exc:
             return _text(f"400 Bad Request: {exc}\n", 400)
         except BroadcastError as exc:
-            log.warning("admin: emit %r to %r failed: %s", event, room, exc)
+            log.warning("admin page: emit %r to %r failed: %s", event, room, exc)
             return _text(f"503 Service Unavailable: {exc}\n", 503)
-        log.info("admin: %s emitted %r to %s on %s", request.remote_addr, event,
+        log.info("admin page: %s emitted %r to %s on %s", request.remote_addr, event,
                  repr(room) if room else "every connection", endpoint.path)
         return _json({"ok": True})
 
@@ -241,9 +242,9 @@ class Admin:
         except ValueError as exc:
             return _text(f"400 Bad Request: {exc}\n", 400)
         except BroadcastError as exc:
-            log.warning("admin: disconnect %r failed: %s", conn_id, exc)
+            log.warning("admin page: disconnect %r failed: %s", conn_id, exc)
             return _text(f"503 Service Unavailable: {exc}\n", 503)
-        log.info("admin: %s disconnected %s on %s with %d %r", request.remote_addr, conn_id, endpoint.path,
+        log.info("admin page: %s disconnected %s on %s with %d %r", request.remote_addr, conn_id, endpoint.path,
                  code, reason)
         return _json({"ok": True})
 
@@ -320,7 +321,7 @@ class Admin:
             try:
                 names.extend(str(r) for r in self.rooms())
             except Exception as exc:
-                log.exception("admin: the rooms() callable raised")
+                log.exception("admin page: the rooms() callable raised")
                 info["error"] = f"rooms() raised {type(exc).__name__}: {exc}"
         for room in watched:
             if room not in names:
@@ -348,7 +349,7 @@ def _parse_watch(message: Union[str, bytes]) -> Dict[str, List[str]]:
         return {str(path): [r for r in rooms if isinstance(r, str) and r][:MAX_WATCHED]
                 for path, rooms in watch.items() if isinstance(rooms, list)}
     except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("admin: the feed got %r, not {\"watch\": {path: [rooms]}}: watching nothing", message[:100])
+        log.warning("admin page: the feed got %r, not {\"watch\": {path: [rooms]}}: watching nothing", message[:100])
         return {}
 
 
