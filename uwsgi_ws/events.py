@@ -52,7 +52,7 @@ from flask import Response, current_app, request
 
 from . import events_protocol, frames
 from . import presence as _presence
-from .broadcast import After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
+from .broadcast import FLAG_GLOBAL, After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
 from .exceptions import ConnectionClosed, EventError
 
@@ -277,7 +277,8 @@ class EventConnection:
                     continue  # the connection's own channels: nothing to resume
                 room = names[channel]
                 if not outcome.ok:
-                    notices.append(events_protocol.not_recovered(room, _too_old(outcome.seq)))
+                    reason = broadcast.loss_reason(outcome.seq) or _too_old(outcome.seq)
+                    notices.append(events_protocol.not_recovered(room, reason))
                 elif room in wanted and epoch_ok:
                     recovered[room] = outcome.seq
             notices.append(events_protocol.resumed(recovered, broadcast.position().epoch))
@@ -676,7 +677,8 @@ class Events:
         def done(result: Dict[str, Recovered]) -> None:
             for channel, outcome in result.items():
                 if not outcome.ok:
-                    stream.notice({"type": "not_recovered", "room": channels[channel], "reason": _too_old(outcome.seq)})
+                    reason = broadcast.loss_reason(outcome.seq) or _too_old(outcome.seq)
+                    stream.notice({"type": "not_recovered", "room": channels[channel], "reason": reason})
 
         if notice:
             stream.notice(notice)
@@ -811,13 +813,13 @@ def _sse_event(epoch: int, entry: Any) -> Optional[bytes]:
     payload = frames.payload(entry.frame)
     if not payload.startswith(_EVENT_PREFIX):
         return None  # a plain publish on the channel: not an event of this protocol
-    if entry.flags & FLAG_EVENT:
+    if entry.flags & FLAG_EVENT and not entry.flags & FLAG_GLOBAL:
         event_id = f"{epoch}-{entry.seq}"
         try:
             name, _ = _DECODER.raw_decode(payload.decode("utf-8"), len(_EVENT_PREFIX))
         except ValueError:
             return None
-    elif entry.flags & FLAG_REMOTE:  # another instance's event: its own seq and epoch
+    elif entry.flags & (FLAG_REMOTE | FLAG_GLOBAL):  # numbered by Redis, or another instance's: its own
         try:
             message = json.loads(payload)
             event_id, name = f"{message['epoch']}-{message['seq']}", message.get("event")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Tuple
+import time
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .. import _uwsgi
 from ..exceptions import PublishError, RingError
@@ -26,15 +27,24 @@ from . import history, local
 from .hub import After, Batch, Done, Hub, Last, Recovered, Recovery, Subscriber
 from .publish import Data, channel_bytes, mule_problem  # noqa: F401  (part of the face)
 from .publish import publish as _publish
-from .ring import Entry
+from .redis import FLAG_GLOBAL, GlobalState, event_position, global_state
+from .ring import BroadcastRing, Entry, Lapped
 
-__all__ = ["After", "Batch", "Broadcast", "Entry", "Last", "Position", "Recovered", "Recovery", "Subscriber",
-           "channel_bytes", "for_process"]
+__all__ = ["FLAG_GLOBAL", "After", "Batch", "Broadcast", "Entry", "Last", "Position", "Recovered", "Recovery",
+           "Subscriber", "channel_bytes", "for_process"]
+
+
+#: Seconds `Broadcast.recover` waits for this instance to reach a global position a
+#: client saw on a faster instance (the Redis bridge's inbox lag).
+CATCH_UP_WAIT = 5.0
 
 
 class Position(NamedTuple):
     """A point of the instance's message stream: `epoch` names the ring (a new one
-    on each fresh start), `seq` the last message appended to it."""
+    on each fresh start), `seq` the last message appended to it. With the Redis
+    bridge, the point of the stream shared by every instance: `epoch` is the
+    stream's and `seq` the global number of the last event broadcast this instance
+    appended (the same message has the same (epoch, seq) on every instance)."""
 
     epoch: int
     seq: int
@@ -122,9 +132,24 @@ class Broadcast:
         return hub
 
     def position(self) -> Position:
-        """The current position of the instance's stream. Raises RingError when unavailable."""
+        """The current position of the instance's stream (of the stream shared through
+        Redis when the bridge numbers event broadcasts). Raises RingError when unavailable."""
         ring = self._hub_or_raise().ring
+        state = global_state(ring) if _uwsgi.available() else None
+        if state is not None:
+            return Position(state.epoch, state.seq)
         return Position(ring.epoch, ring.write_seq)
+
+    def loss_reason(self, oldest: int) -> Optional[str]:
+        """Why a recovery answered Recovered(False, `oldest`) when it is not simply that
+        the instance keeps messages from `oldest` on: with the Redis bridge, that Redis
+        trimmed the stream (MAXLEN) before this instance read them. None otherwise."""
+        hub = self._hub
+        state = global_state(hub.ring) if hub is not None and _uwsgi.available() else None
+        if state is not None and state.trimmed and oldest == state.floor + 1:
+            return (f"trimmed: Redis's stream (MAXLEN) dropped messages before seq {oldest} before this "
+                    "server read them; refetch the state")
+        return None
 
     def attach(self, sub: Subscriber) -> None:
         """Make `sub` a member: it receives channel-None broadcasts and may subscribe.
@@ -177,6 +202,10 @@ class Broadcast:
         Raises RingError when unavailable.
         """
         hub = self._hub_or_raise()
+        state = global_state(hub.ring) if _uwsgi.available() else None
+        if state is not None:
+            self._recover_global(hub, state, sub, plan, done)
+            return
         oldest = hub.ring.min_seq
         ask_after = {c: r.seq for c, r in plan.items() if isinstance(r, After) and r.seq + 1 < oldest}
         ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
@@ -198,6 +227,114 @@ class Broadcast:
                 done(result)
 
         hub.recover(sub, list(plan.items()), finish, preface)
+
+    # -- global positions (the Redis bridge numbers event broadcasts) ----------------------
+
+    def _recover_global(self, hub: Hub, state: GlobalState, sub: Subscriber, plan: Dict[str, Recovery],
+                        done: Optional[Done]) -> None:
+        """`recover` with positions of the stream shared through Redis: each `After(g)` is
+        translated to the ring seq after which this ring holds the event broadcasts
+        numbered above g (they are in the same order on every instance); a position the
+        ring cannot serve is answered Recovered(False, oldest global seq still here)."""
+        ring = hub.ring
+        wanted = max((r.seq for r in plan.values() if isinstance(r, After)), default=0)
+        if wanted > state.seq:  # seen on a faster instance: wait until this one has it too
+            deadline = time.monotonic() + CATCH_UP_WAIT
+            while wanted > state.seq and time.monotonic() < deadline:
+                self._rt.sleep(0.01)
+                state = global_state(ring) or state
+        starts: Dict[str, int] = {}
+        lost: Dict[str, int] = {}
+        cache: Dict[int, Optional[int]] = {}
+        for channel, recovery in list(plan.items()):
+            if not isinstance(recovery, After):
+                continue
+            g = recovery.seq
+            if g not in cache:
+                cache[g] = _ring_after(ring, g, state)
+            at = cache[g]
+            starts[channel] = g
+            if at is None:
+                lost[channel] = _oldest_global(ring, state)
+                plan[channel] = After(ring.write_seq)
+            else:
+                plan[channel] = After(at)
+        ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
+        preface: Sequence[Entry] = ()
+        if ask_last:  # the history keeps the events the bridge appended, by ring seq
+            reply = history.fetch(self._rt, {}, ask_last)
+            if reply is not None:
+                preface = reply.entries
+                for channel in ask_last:
+                    plan[channel] = After(reply.through)
+
+        def finish(result: Dict[str, Recovered]) -> None:
+            out: Dict[str, Recovered] = {}
+            for channel, outcome in result.items():
+                if channel in lost:
+                    out[channel] = Recovered(False, lost[channel])
+                elif not outcome.ok:
+                    out[channel] = Recovered(False, _oldest_global(ring, state))
+                else:
+                    out[channel] = Recovered(True, max(starts.get(channel, 0), _global_at(ring, outcome.seq)))
+            if done is not None:
+                done(out)
+
+        hub.recover(sub, list(plan.items()), finish, preface)
+
+
+def _global_entries(ring: BroadcastRing, top: int) -> Iterator[Tuple[int, int, int]]:
+    """(ring seq, global seq, epoch) of the ring's numbered event broadcasts at or
+    before ring seq `top`, newest first, until the ring's oldest (or a lap)."""
+    seq = top
+    while seq >= max(ring.min_seq, 1):
+        first = max(seq - 255, ring.min_seq, 1)
+        try:
+            batch = ring.read_range(first, seq)
+        except Lapped:
+            return
+        for entry in reversed(batch):
+            if entry.flags & FLAG_GLOBAL:
+                pos = event_position(entry.frame)
+                if pos is not None:
+                    yield entry.seq, pos[0], pos[1]
+        seq = first - 1
+
+
+def _ring_after(ring: BroadcastRing, g: int, state: GlobalState) -> Optional[int]:
+    """The ring seq R such that the ring's event broadcasts after R are exactly those
+    numbered above `g`; None when some of them are not in this ring."""
+    if g < state.floor:
+        return None  # never read here (started later, or Redis trimmed them first)
+    top = ring.write_seq
+    oldest: Optional[Tuple[int, int]] = None  # (ring seq, g) of the oldest one above g seen
+    for seq, number, epoch in _global_entries(ring, top):
+        if epoch != state.epoch:
+            break  # an older epoch: nothing of this one before it
+        if number <= g:
+            return seq
+        oldest = (seq, number)
+    if oldest is None:
+        # None above g in the ring: fine if the instance is not past g (the next come later).
+        return top if g >= state.seq else None
+    return oldest[0] - 1 if oldest[1] <= max(g, state.floor) + 1 else None
+
+
+def _global_at(ring: BroadcastRing, top: int) -> int:
+    """The global seq of the newest numbered event broadcast at or before ring seq `top` (0: none)."""
+    for _seq, number, _epoch in _global_entries(ring, top):
+        return number
+    return 0
+
+
+def _oldest_global(ring: BroadcastRing, state: GlobalState) -> int:
+    """The oldest global seq a resume can start from here (what a client is told it lost before)."""
+    oldest = state.seq + 1
+    for _seq, number, epoch in _global_entries(ring, ring.write_seq):
+        if epoch != state.epoch:
+            break
+        oldest = number
+    return max(oldest, state.floor + 1)
 
 
 _instances: Dict[Tuple[int, int], Broadcast] = {}

@@ -82,6 +82,16 @@ def _append_local(ring: BroadcastRing, request: bytes) -> Optional[int]:
 
 
 def _append_locked(ring: BroadcastRing, request: bytes) -> Optional[int]:
+    if _bridge is not None and len(request) > 5 and request[4] & FLAG_EVENT:
+        # With the Redis bridge an event broadcast is numbered by Redis and comes back
+        # through the stream, in stream order, as on every instance (`redis` docstring).
+        try:
+            channel, flags, payload = decode_request(request)
+        except ValueError:
+            return None
+        if flags & FLAG_EVENT:
+            seq: Optional[int] = _bridge.publish_event(channel, flags, payload)
+            return seq
     seq = _append(ring, request)
     if seq is not None and _bridge is not None:
         _bridge.count_local()
@@ -213,7 +223,8 @@ def _start_bridge(ring: BroadcastRing) -> None:
     from . import redis
 
     wakeup.wake_workers()  # creates the wake-up socket here, before the bridge's threads use it
-    _bridge = redis.start(ring, _ring_lock)
+    # The history keeps the event broadcasts the inbox appends (under the ring lock, as it wants).
+    _bridge = redis.start(ring, _ring_lock, _history.append if _history is not None else None)
 
 
 # -- the publish journal -----------------------------------------------------------------------
@@ -543,6 +554,8 @@ class PublishServer:
                             seq, problem = None, str(exc)
                         if seq is None:
                             journal.restore(client_id, old)
+                        elif seq != ring.write_seq:  # an event numbered by Redis (global seq)
+                            journal.record(client_id, number, seq)
                     if seq is None:
                         refused += 1
                         answers.append((peer, REFUSED, 0, problem or "malformed publish request"))

@@ -62,7 +62,29 @@ zeroed when the ring is formatted; each field has a single writer thread:
     88      8     replayed      outbox   messages pushed again after a Redis restart
     96      4     positioned    inbox    1 once last_id is valid (set at the first connection)
     100     4     dropped       inbox    entries that could not be appended (malformed, too big for this ring)
-    104     80    reserved (zero)
+    104     8     g_epoch       inbox    the stream's epoch (global positions; 0: not known yet)
+    112     8     g_seq         inbox    global seq of the last event broadcast appended to the ring
+    120     8     g_floor       inbox    every event broadcast after it has been appended (none at or before it
+                                          can be replayed from this ring)
+    128     4     g_trimmed     inbox    1: g_floor is a gap in the stream (MAXLEN trimmed events before this
+                                          instance read them); 0: this instance started reading there
+    132     4     reserved
+    136     8     g_missed      inbox    event broadcasts never read (gaps in the global numbering)
+    144     40    reserved (zero)
+
+Global positions (event broadcasts, FLAG_EVENT). With the bridge, an event
+broadcast is not appended locally first: the mule's publish path runs one Lua
+script (`GLOBAL_PUBLISH`) that takes the next number of the stream's counter
+``<stream>:seq`` (INCR), reads the stream's epoch ``<stream>:epoch`` (set once
+with a random 63-bit number, kept while Redis keeps its data), writes them into
+the event's JSON (``"seq":G,"epoch":"E"``) and XADDs it, all atomically: stream
+order is numbering order. Every instance, the publishing one included, appends
+the stream's event entries to its ring in stream order (inbox), flagged
+FLAG_EVENT | FLAG_GLOBAL, so a client sees the same (epoch, seq) for a message
+on every instance and its position means the same everywhere. Extra stream
+fields of such an entry: ``g`` the global seq, ``e`` the epoch. Redis
+unreachable: an event publish fails at once (RingError, a PublishError to the
+publisher: there is no number to give it); plain publishes stay local-first.
 """
 
 from __future__ import annotations
@@ -73,7 +95,7 @@ import struct
 import threading
 import time
 import traceback
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import frames
@@ -81,7 +103,7 @@ from .. import settings as _settings
 from ..exceptions import RingError
 from ..log import get as _logger
 from . import wakeup
-from .ring import FLAG_BINARY, FLAG_REMOTE, BroadcastRing, Lapped
+from .ring import FLAG_BINARY, FLAG_EVENT, FLAG_REMOTE, BroadcastRing, Lapped
 
 log = _logger(__name__)
 BATCH = 512  # stream entries per XADD pipeline or XREAD
@@ -106,7 +128,45 @@ _FIELDS: Dict[str, Tuple[int, str]] = {
     "replayed": (88, "<Q"),
     "positioned": (96, "<I"),
     "dropped": (100, "<I"),
+    "g_epoch": (104, "<Q"),
+    "g_seq": (112, "<Q"),
+    "g_floor": (120, "<Q"),
+    "g_trimmed": (128, "<I"),
+    "g_missed": (136, "<Q"),
 }
+
+#: Ring flag of an event broadcast numbered by Redis (global position): replayable on
+#: every instance, never pushed by the outbox (it came from the stream).
+FLAG_GLOBAL = 0x08
+
+#: KEYS: stream, counter, epoch key. ARGV: maxlen, origin, channel, flags, the event's
+#: JSON without its closing brace, an epoch to set if none. Returns {seq, epoch}.
+GLOBAL_PUBLISH = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[3], epoch)
+end
+local seq = redis.call('INCR', KEYS[2])
+local d = ARGV[5] .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'o', ARGV[2], 'g', seq, 'e', epoch,
+           'c', ARGV[3], 'f', ARGV[4], 'd', d)
+return {seq, epoch}
+"""
+
+
+def new_epoch() -> str:
+    """A random 63-bit epoch, as its decimal string."""
+    return str(random.SystemRandom().getrandbits(63) or 1)
+
+
+class GlobalState(NamedTuple):
+    """What a worker needs of the global numbering (`global_state`)."""
+
+    epoch: int
+    seq: int
+    floor: int
+    trimmed: bool
 
 
 class BridgeBlock:
@@ -142,6 +202,29 @@ def stats(ring: Optional[BroadcastRing] = None) -> Dict[str, Any]:
     out["instance"] = "%016x" % ring.epoch
     out["write_seq"] = ring.write_seq
     return out
+
+
+def global_state(ring: BroadcastRing) -> Optional[GlobalState]:
+    """The ring's global numbering (any process), None when event broadcasts are numbered
+    by this instance's ring (no bridge, or its epoch not read from Redis yet)."""
+    block = BridgeBlock(ring)
+    epoch = block.get("g_epoch")
+    if not epoch:
+        return None
+    return GlobalState(epoch, block.get("g_seq"), block.get("g_floor"), bool(block.get("g_trimmed")))
+
+
+def event_position(frame: bytes) -> Optional[Tuple[int, int]]:
+    """(seq, epoch) written at the end of an event frame's JSON (`GLOBAL_PUBLISH`), or None."""
+    tail = bytes(frame[-64:])
+    at = tail.rfind(b',"seq":')
+    if at < 0 or not tail.endswith(b'"}'):
+        return None
+    seq, _, epoch = tail[at + 7:-2].partition(b',"epoch":"')
+    try:
+        return int(seq), int(epoch)
+    except ValueError:
+        return None
 
 
 def redact(url: str) -> str:
@@ -226,6 +309,51 @@ class Bridge:
         self._seen: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         # A catch-up batch larger than the ring would lap this instance's own workers.
         self._read_batch = max(1, min(BATCH, ring.entries // 4))
+        self._keys = (settings.stream, settings.stream + ":seq", settings.stream + ":epoch")
+        self._pub: Any = None  # the publishing connection (`publish_event`), made at first use
+        self._pub_lock = threading.Lock()
+        self._script: Any = None
+        #: Called with (ring seq, channel, frame) under the ring lock for each event
+        #: broadcast the inbox appends (the mule's history keeps them).
+        self.on_event: Optional[Callable[[int, str, bytes], None]] = None
+
+    # -- global positions: event broadcasts numbered by Redis --------------------------
+
+    def publish_event(self, channel: str, flags: int, payload: bytes) -> int:
+        """Number an event broadcast in Redis and add it to the stream (`GLOBAL_PUBLISH`);
+        the inbox appends it to the ring, as every instance's does. Any thread; blocks on
+        one Redis round trip (at most 2 s).
+
+        Returns:
+            Its global seq.
+
+        Raises:
+            RingError: Redis is unreachable or refused (the message says so): the publish
+                is not accepted (the publisher gets a PublishError).
+        """
+        if not payload.endswith(b"}"):
+            raise RingError("malformed event broadcast: its JSON must end with '}'")
+        if self.block.get("in_state") == UNREACHABLE or self.block.get("out_state") == UNREACHABLE:
+            raise RingError("event broadcast refused: Redis is unreachable, and with the Redis bridge every "
+                            "event takes its position from Redis (so that clients resume on any instance); "
+                            "retry when Redis is back")
+        with self._pub_lock:
+            try:
+                if self._pub is None:
+                    self._pub = self._redis.Redis.from_url(
+                        self.settings.url, client_name=f"uwsgi_ws-{self.origin}-pub", socket_connect_timeout=2,
+                        socket_timeout=2, retry=self._client_options["retry"], health_check_interval=0)
+                    self._script = self._pub.register_script(GLOBAL_PUBLISH)
+                seq, _epoch = self._script(keys=self._keys, args=[
+                    self.settings.maxlen, self.origin, channel, flags & FLAG_BINARY, payload[:-1], new_epoch()])
+            except self._errors as exc:
+                if self._pub is not None:
+                    self._pub.close()
+                    self._pub = None
+                raise RingError(f"event broadcast refused: Redis did not take it ({type(exc).__name__}: {exc}); "
+                                "retry when Redis is back") from None
+        self._wake.set()
+        return int(seq)
 
     # -- called by the mule's main loop -------------------------------------------
 
@@ -326,7 +454,7 @@ class Bridge:
             late = 0
             commands = []
             for entry in entries:
-                if entry.flags & FLAG_REMOTE:
+                if entry.flags & (FLAG_REMOTE | FLAG_GLOBAL):
                     continue
                 n += 1
                 if late_range[0] < entry.seq <= late_range[1]:
@@ -426,6 +554,7 @@ class Bridge:
                         block.set("last_id_ms", ms)
                         block.set("last_id_seq", seq)
                         block.set("positioned", 1)
+                    self._read_epoch(client)
                     where = f"stream id {block.get('last_id_ms')}-{block.get('last_id_seq')}"
                     if down_since is not None:
                         _log(f"reading again after {time.monotonic() - down_since:.1f}s, from {where}")
@@ -453,11 +582,71 @@ class Bridge:
                 block.set("in_state", UNREACHABLE)
                 backoff.sleep()
 
+    def _read_epoch(self, client: Any) -> None:
+        """Learn the stream's epoch (creating it if none) before the first event, so that
+        workers give positions in it from now on."""
+        client.set(self._keys[2], new_epoch(), nx=True)
+        epoch = int(client.get(self._keys[2]))
+        with self.lock:
+            if epoch != self.block.get("g_epoch"):
+                self._new_epoch(epoch, int(client.get(self._keys[1]) or 0), "connected")
+
+    def _new_epoch(self, epoch: int, floor: int, why: str) -> None:
+        """Global positions are now of `epoch`; nothing at or before `floor` is here (lock held)."""
+        block = self.block
+        old = block.get("g_epoch")
+        block.set("g_floor", floor)
+        block.set("g_seq", floor)
+        block.set("g_trimmed", 0)
+        block.set("g_epoch", epoch)
+        if old:
+            _log(f"the stream's epoch changed ({why}: Redis lost its data?) from {old} to {epoch}: clients "
+                 "resuming with positions of the old one are told `epoch changed`")
+
+    def _take_global(self, entry_id: bytes, fields: Dict[bytes, bytes],
+                     rows: List[Tuple[bytes, str, int, bytes, int, int]]) -> None:
+        """An event broadcast numbered by Redis: keep it for the ring unless already had."""
+        try:
+            g, epoch = int(fields[b"g"]), int(fields[b"e"])
+            channel = fields.get(b"c", b"").decode("utf-8")
+            flags = int(fields.get(b"f", b"0")) & FLAG_BINARY
+            data = fields[b"d"]
+        except (KeyError, ValueError, UnicodeDecodeError):
+            _log(f"dropped stream entry {entry_id.decode()}: malformed event broadcast")
+            self.block.add("dropped", 1)
+            return
+        opcode = frames.OP_BINARY if flags else frames.OP_TEXT
+        rows.append((frames.encode(opcode, data), channel, flags | FLAG_EVENT | FLAG_GLOBAL, entry_id, g, epoch))
+
+    def _append_global(self, frame: bytes, channel: str, flags: int, entry_id: bytes, g: int, epoch: int) -> int:
+        """Append one numbered event broadcast in order (lock held); returns 1 if appended."""
+        block = self.block
+        if epoch != block.get("g_epoch"):
+            self._new_epoch(epoch, g - 1, f"stream entry {entry_id.decode()}")
+        last = block.get("g_seq")
+        if g <= last:
+            block.add("duplicates", 1)
+            return 0
+        if g > last + 1:
+            block.add("g_missed", g - last - 1)
+            block.set("g_floor", g - 1)
+            block.set("g_trimmed", 1)
+            _log(f"missed event broadcasts {last + 1}..{g - 1}: trimmed from the stream (MAXLEN) before this "
+                 f"instance read them; clients resuming from before {g} are told `trimmed`")
+        seq = self.ring.append(frame, channel, flags)
+        block.set("g_seq", g)
+        if self.on_event is not None:
+            self.on_event(seq, channel, frame)
+        return 1
+
     def _take(self, entries: List[Tuple[bytes, Dict[bytes, bytes]]]) -> None:
         block, seen = self.block, self._seen
-        rows = []
+        rows: List[Tuple[bytes, str, int, bytes, int, int]] = []
         missed = duplicates = dropped = 0
         for entry_id, fields in entries:
+            if b"g" in fields:
+                self._take_global(entry_id, fields, rows)
+                continue
             origin = fields.get(b"o")
             if origin == self._origin_b:
                 continue  # our own: already in the ring
@@ -487,14 +676,17 @@ class Bridge:
                 if len(seen) > MAX_ORIGINS:
                     seen.popitem(last=False)
             opcode = frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT
-            rows.append((frames.encode(opcode, data), channel, flags | FLAG_REMOTE, entry_id))
+            rows.append((frames.encode(opcode, data), channel, flags | FLAG_REMOTE, entry_id, 0, 0))
         appended = 0
         ms, seq = _parse_id(entries[-1][0])
         with self.lock:
-            for frame, channel, flags, entry_id in rows:
+            for frame, channel, flags, entry_id, g, epoch in rows:
                 try:
-                    self.ring.append(frame, channel, flags)
-                    appended += 1
+                    if flags & FLAG_GLOBAL:
+                        appended += self._append_global(frame, channel, flags, entry_id, g, epoch)
+                    else:
+                        self.ring.append(frame, channel, flags)
+                        appended += 1
                 except RingError as exc:
                     dropped += 1
                     _log(f"dropped stream entry {entry_id.decode()}: {exc}")
@@ -512,9 +704,11 @@ class Bridge:
             wakeup.wake_workers()
 
 
-def start(ring: BroadcastRing, lock: Any) -> Optional[Bridge]:
+def start(ring: BroadcastRing, lock: Any,
+          on_event: Optional[Callable[[int, str, bytes], None]] = None) -> Optional[Bridge]:
     """Start the bridge of this broadcast mule from the environment; None (logged, the
-    instance keeps broadcasting locally) when it is misconfigured."""
+    instance keeps broadcasting locally) when it is misconfigured. `on_event`: see
+    `Bridge.on_event`."""
     block = BridgeBlock(ring)
     try:
         settings = Settings()
@@ -526,6 +720,7 @@ def start(ring: BroadcastRing, lock: Any) -> Optional[Bridge]:
         name = where.rsplit(" ", 1)[-1]  # the placeholder or the variable it came from
         problem = f"{name}={redact(raw or '')!r}: {exc}"
     else:
+        bridge.on_event = on_event
         return bridge.start()
     block.set("out_state", OFF)
     block.set("in_state", OFF)
