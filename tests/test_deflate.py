@@ -302,6 +302,50 @@ def test_invalid_utf8_after_inflating_fails_with_1007():
     assert close_code(out) == 1007
 
 
+def _codes_per_cut(stream: bytes, p_args: dict) -> dict:
+    """The close code the engine ends with for `stream` fed whole, in 2- and 3-byte reads and byte by byte."""
+    codes = {}
+    for step in (None, 3, 2, 1):
+        p = engine(**p_args)
+        chunks = [stream] if step is None else [stream[i:i + step] for i in range(0, len(stream), step)]
+        for chunk in chunks:
+            feed(p, chunk)
+        p.receive_data(b"")
+        codes[step] = p.events_received()[-1].code
+    return codes
+
+
+def test_fuzz_finding_interleaved_compressed_text_is_1002_however_cut():
+    # atheris found it (tests/fuzz/corpus/regress-interleaved-compressed-text): a compressed
+    # TEXT frame without FIN, then a second compressed TEXT frame (not a continuation). The
+    # second frame's payload was inflated with the first message's context before wsproto's
+    # message decoder refused its opcode, so a read holding its whole payload failed with
+    # 1007 (invalid stored block lengths), a read holding part of it with 1002. The engine
+    # now judges the header first: 1002, and the payload is never inflated.
+    data = (Path(__file__).resolve().parent / "fuzz" / "corpus" / "regress-interleaved-compressed-text").read_bytes()
+    assert _codes_per_cut(data[2:], {"max_message_size": 65536}) == {None: 1002, 3: 1002, 2: 1002, 1: 1002}
+
+
+@pytest.mark.parametrize("second", [
+    frame(TEXT, b"\xff\xff\xff\xff\xff\xff", rsv=4),  # compressed, garbage DEFLATE data
+    frame(BINARY, b"\xff" * 200, rsv=4),
+    frame(TEXT, b"\xc3\x28 not utf-8"),  # plain, invalid UTF-8
+], ids=["compressed-text", "compressed-binary", "plain-invalid-utf8"])
+def test_a_new_message_inside_a_fragmented_one_fails_at_its_header(second):
+    c = Client()
+    first = frame(TEXT, c.compress(("fragment " * 40).encode()), fin=False, rsv=4)
+    assert _codes_per_cut(first + second, {}) == {None: 1002, 3: 1002, 2: 1002, 1: 1002}
+
+
+@pytest.mark.parametrize("stray", [
+    frame(CONT, b"\xff\xff\xff\xff\xff\xff"),
+    frame(CONT, b"\xc3\x28", fin=False),
+], ids=["final", "unfinished"])
+def test_a_continuation_without_a_message_fails_at_its_header(stray):
+    complete = Client().message(TEXT, b"a complete compressed message")
+    assert _codes_per_cut(complete + stray, {}) == {None: 1002, 3: 1002, 2: 1002, 1: 1002}
+
+
 @pytest.mark.parametrize("size, ok", [(4096, True), (4097, False)])
 def test_inflated_size_is_the_limit(size, ok):
     p = engine(max_message_size=4096)

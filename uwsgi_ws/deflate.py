@@ -201,7 +201,9 @@ class PerMessageDeflate(Extension):
                                   CloseReason.PROTOCOL_ERROR)
             return _NO_RSV
         # The first frame of a data message (a new one while another is in
-        # progress is refused by the message decoder right after this).
+        # progress is refused with 1002 by the engine's decoder right after
+        # this, protocol._LimitedDecoder, before any of its payload reaches
+        # the inflater).
         self._compressed_in = rsv.rsv1
         self._inflated = 0
         self._compressed_bytes = 0

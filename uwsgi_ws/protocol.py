@@ -98,24 +98,43 @@ Event = Union[Message, Ping, Pong, Close]
 
 
 class _LimitedDecoder(FrameDecoder):
-    """wsproto's frame decoder, refusing a message as soon as a header announces
-    more bytes than the limit allows (before any of the payload arrives).
+    """wsproto's frame decoder, judging each data frame by its header before any
+    of its payload is read:
 
-    A compressed message is bounded by its inflated size (deflate.py); its
-    wire size only by the limit plus DEFLATE's worst-case growth."""
+    - the fragment order (RFC 6455 section 5.4): a new data message while one
+      is in progress, or a continuation with none, fails with 1002 at the
+      header. wsproto's message decoder says the same, but only once the
+      frame's first payload bytes have gone through the extensions: with
+      permessage-deflate a later frame's payload would be inflated with the
+      unfinished message's context first, and its DEFLATE error (1007) seen or
+      not depending on how many of its bytes one read brought (fuzz finding,
+      tests/fuzz/corpus/regress-interleaved-compressed-text);
+    - the size: a message is refused as soon as a header announces more bytes
+      than the limit allows. A compressed message is bounded by its inflated
+      size (deflate.py); its wire size only by the limit plus DEFLATE's
+      worst-case growth."""
 
     def __init__(self, max_message_size: Optional[int], deflate: Optional[PerMessageDeflate] = None) -> None:
         super().__init__(client=False, extensions=[deflate] if deflate is not None else [])
         self.max_message_size = max_message_size
         self._deflate = deflate
         self._message_bytes = 0
+        self._in_message = False  # a data message's final frame has not been seen
 
     def parse_header(self) -> bool:
         if not super().parse_header():
             return False
         header = self.header
         assert header is not None
-        if self.max_message_size is not None and not header.opcode.iscontrol():
+        if header.opcode.iscontrol():
+            return True
+        if header.opcode is Opcode.CONTINUATION:
+            if not self._in_message:
+                raise ParseFailed("unexpected CONTINUATION", CloseReason.PROTOCOL_ERROR)
+        elif self._in_message:
+            raise ParseFailed(f"expected CONTINUATION, got {header.opcode!r}", CloseReason.PROTOCOL_ERROR)
+        self._in_message = not header.fin
+        if self.max_message_size is not None:
             if header.opcode is not Opcode.CONTINUATION:
                 self._message_bytes = 0
             self._message_bytes += header.payload_len

@@ -11,12 +11,19 @@ grow the checked-in corpus with them:
 
     python tests/fuzz/fuzz_protocol.py -merge=1 tests/fuzz/corpus /tmp/corpus
 
+`make fuzz` runs this for FUZZ_TIME seconds (default 600) with a random
+seed, new inputs under reports/fuzz/ (not in git); tests/test_fuzz_protocol.py
+runs a seeded, bounded and so deterministic run in CI. A finding becomes a
+corpus entry named regress-<what> (tests/fuzz/corpus, replayed by
+tests/test_fuzz_protocol.py and tests/test_deflate.py) with a test of its own
+that failed before the fix.
+
 Input layout: byte 0 picks max_message_size (SIZES), byte 1 how the stream is
 cut into reads (every (byte1 % 7) + 1 bytes, and whole) and, with its top five
 bits, whether permessage-deflate was negotiated and how (DEFLATES: the
 compressed path, inflate bounds, RSV1 placement, window bits), the rest is
-what the client sends. tests/test_fuzz_protocol.py runs this for a bounded
-time in CI; tests/test_deflate.py replays the corpus with its DEFLATES choice.
+what the client sends. tests/test_deflate.py replays the corpus with its
+DEFLATES choice.
 """
 
 from __future__ import annotations

@@ -152,7 +152,18 @@ _INVALID_OR_TOO_BIG = struct.pack("!H", 1007), struct.pack("!H", 1009)
 def _same_failure(items: list) -> list:
     """A compressed message both invalid (UTF-8, DEFLATE data) and too big once
     inflated is refused by whichever the inflated bytes show first, and that
-    depends on where the reads cut them: 1007 and 1009 count as one there."""
+    depends on where the reads cut them: 1007 and 1009 count as one there.
+
+    Nothing else is relaxed. In particular a framing error (1002) is never
+    traded for a 1007: RFC 6455 section 5.4 makes a data frame out of
+    sequence an error of its header, which the engine judges before any of
+    the frame's payload reaches the inflater (protocol._LimitedDecoder), and
+    the fragments before it were inflated in order, each as far as its bytes
+    go (RFC 7692 section 7.2.2: the DEFLATE stream of a message is the
+    fragments' payloads concatenated), so the first failure is the same
+    however the bytes are cut (the atheris finding
+    corpus/regress-interleaved-compressed-text was a later frame's payload
+    inflated before its opcode was judged)."""
     out = []
     for item in items:
         if item in (("close", 1007), ("close", 1009)):
