@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import websocket
 from test_presence import Client
+from test_redis_bridge import RedisServer
 
 from harness import UWSGI, free_port
 
@@ -35,7 +36,7 @@ MODELS = ["threads", "gevent"]
 ADMIN = {"X-Test-Admin": "letmein"}
 
 
-def start(tmp: Path, model: str) -> UWSGI:
+def start(tmp: Path, model: str, extra=()) -> UWSGI:
     """admin_app on 2 workers, each also on a port of its own (`worker_ports`), with the mule."""
     ports = [free_port(), free_port()]
     server = UWSGI([
@@ -46,7 +47,7 @@ def start(tmp: Path, model: str) -> UWSGI:
         "--map-socket", "1:1", "--map-socket", "2:2",
         "--module", "admin_app:app", "--die-on-term", "--need-app", "--disable-logging",
         "--sharedarea", "16", "--mule=uwsgi_ws.mule:run",
-        *MODEL_ARGS[model],
+        *MODEL_ARGS[model], *extra,
     ], tmp)
     server.worker_ports = ports  # type: ignore[attr-defined]
     server.wait_for_log(r"broadcast mule 1 serving ring", timeout=20)
@@ -323,3 +324,36 @@ def test_bad_actions_get_clear_errors(server):
         assert (got, message in text) == (status, True), (name, body, got, text)
     # one endpoint only: the page may leave "endpoint" out
     assert action(server, "emit", {"event": "x"})[0] == 200
+
+
+# -- the Redis bridge --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_feed_shows_the_redis_bridge_state(model, tmp_path):
+    redis = RedisServer(tmp_path)
+    instance = None
+    try:
+        instance = start(tmp_path, model, ["--env", f"UWSGI_WS_REDIS_URL={redis.url}",
+                                           "--env", "UWSGI_WS_REDIS_STREAM=admin-test",
+                                           "--env", "UWSGI_WS_REDIS_RETRY_MAX=0.2"])
+        instance.wait_for_log(r"redis bridge: connected for pushing", timeout=20)
+        feed = Feed(instance)
+        try:
+            state = feed.until(lambda s: s["redis"] and s["redis"]["out_state"] == "connected"
+                               and s["redis"]["in_state"] == "connected")
+            assert {"pending", "inbound", "missed", "last_id", "instance"} <= set(state["redis"])
+            assert action(instance, "emit", {"endpoint": "/live", "to": "x", "event": "e"})[0] == 200
+            feed.until(lambda s: s["redis"]["pending"] == 0 and s["totals"]["published"] >= 1)
+            redis.kill()  # an outage shows, and the recovery
+            feed.until(lambda s: "unreachable" in (s["redis"]["out_state"], s["redis"]["in_state"]))
+            redis.start()
+            feed.until(lambda s: s["redis"]["out_state"] == s["redis"]["in_state"] == "connected")
+        finally:
+            feed.close()
+    finally:
+        if instance is not None:
+            instance.stop()
+            assert not instance.crashes(), instance.log()
+            assert not instance.unexpected_tracebacks(()), instance.log()
+        redis.stop()

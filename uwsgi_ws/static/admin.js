@@ -109,7 +109,7 @@
     $("total").textContent = total;
     const routes = [...new Set(s.open.map((o) => o.route))].sort();
     const table = $("open");
-    const head = el("tr", {}, "route", ...s.workers.map((w) => "worker " + w), "total");
+    const head = el("tr", {}, ...["route", ...s.workers.map((w) => "worker " + w), "total"].map((h) => el("th", {}, h)));
     table.tHead.replaceChildren(head);
     const byKey = new Map(s.open.map((o) => [o.route + "\u0000" + o.worker, o.count]));
     const rows = routes.map((r) => {
