@@ -81,6 +81,17 @@ def test_uwsgi_reload_closes_with_1012(model, tmp_path):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_uwsgi_reload_closes_with_1012_under_lazy_apps(model, tmp_path):
+    """Under lazy-apps the app (and uwsgi_ws) is imported in the worker, after the fork:
+    the threads model still finds uWSGI's loop_stop_pipe (runtime/_stoppipe.py)."""
+    with start(tmp_path, model, "--lazy-apps") as server:
+        clients = open_clients(server)
+        os.kill(server.pid, signal.SIGHUP)
+        assert_all_closed(clients, 1012, "server restarting")
+        assert "cannot watch for a graceful stop" not in server.log(), server.log()
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_chain_reload_closes_with_1012(model, tmp_path):
     touch = tmp_path / "chain"
     touch.write_text("")

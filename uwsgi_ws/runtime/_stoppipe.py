@@ -7,9 +7,13 @@ polls the read end and sees the hang-up. A Python signal handler is no
 option: only the main thread may install one, uWSGI installs its own after
 the app's post-fork hooks, and it must keep running.
 
-The pipe is found by elimination: a pipe whose two ends this worker holds and
+The pipe is found by elimination: a pipe whose two ends this worker holds,
 that the master did not have when this module was imported (before the fork,
-lazy-apps off). When that is not exactly one pipe, nothing is found.
+lazy-apps off), and that was made by C's ``pipe()``: Python makes every pipe
+close-on-exec (PEP 446), uWSGI's ``uwsgi_ignition`` (core/uwsgi.c) does not.
+Under lazy-apps this module is imported in the worker, before the ignition
+makes the pipe, so the pipes made since (ours, the native helper's) are told
+apart only by that flag. When that is not exactly one pipe, nothing is found.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ _inherited = _pipe_inodes()  # at import: in the uWSGI master, before the fork (
 
 def loop_stop_fd() -> Optional[int]:
     """The read end of the worker's loop_stop_pipe, or None if it cannot be told apart."""
-    ends: Dict[str, List[Tuple[int, int]]] = {}
+    ends: Dict[str, List[Tuple[int, int, bool]]] = {}
     for name in os.listdir("/proc/self/fd"):
         try:
             link = os.readlink(f"/proc/self/fd/{name}")
@@ -49,9 +53,10 @@ def loop_stop_fd() -> Optional[int]:
         except (OSError, StopIteration, ValueError):
             continue
         if link.startswith("pipe:") and link not in _inherited:
-            ends.setdefault(link, []).append((int(name), flags & os.O_ACCMODE))
+            ends.setdefault(link, []).append((int(name), flags & os.O_ACCMODE, bool(flags & os.O_CLOEXEC)))
     candidates = [fds for fds in ends.values()
-                  if sorted(mode for _, mode in fds) == [os.O_RDONLY, os.O_WRONLY]]
+                  if sorted(mode for _, mode, _ in fds) == [os.O_RDONLY, os.O_WRONLY]
+                  and not any(cloexec for _, _, cloexec in fds)]
     if len(candidates) != 1:
         return None
-    return next(fd for fd, mode in candidates[0] if mode == os.O_RDONLY)
+    return next(fd for fd, mode, _ in candidates[0] if mode == os.O_RDONLY)
