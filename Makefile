@@ -10,6 +10,7 @@
 #   make matrix  the core tests on Python 3.9-3.13 and the oldest/newest Flask
 #                (tests/matrix/run.py; `make test` ends with it; MATRIX="py3.9 ..." picks cells)
 #   make lint    ruff check uwsgi_ws tests; mypy --strict uwsgi_ws (ruff.toml, mypy.ini)
+#   make docs    the documentation site (docs/, Sphinx) into docs/_build/html, warnings as errors
 #
 # The install compiles uWSGI from its sdist (pip's `uwsgi`, never `pyuwsgi`),
 # which needs gcc, the Python headers and the OpenSSL headers: without OpenSSL
@@ -28,10 +29,10 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
   .PHONY: autobahn-full
-.PHONY: help venv install ssl-headers redis-server proxies chromium debian-uwsgi run check test matrix lint bench clean
+.PHONY: help venv install ssl-headers redis-server proxies chromium debian-uwsgi run check test matrix lint bench clean docs
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 venv install: $(STAMP)
 
@@ -183,6 +184,16 @@ lint: $(STAMP)
 	echo "== ruff check uwsgi_ws tests"; $(VENV)/bin/ruff check uwsgi_ws tests || status=1; \
 	echo "== mypy uwsgi_ws (strict: mypy.ini)"; $(VENV)/bin/mypy uwsgi_ws || status=1; \
 	exit $$status
+
+# The documentation site: Sphinx (furo theme, MyST for the Markdown guides, autodoc for the API
+# reference) with warnings as errors, so a broken link, a page outside the table of contents or a
+# public name without a docstring fails; .ci/run's lint step runs it. The tools come with the
+# `test` extra (the `docs` extra alone: pip install -e '.[docs]').
+DOCS_TOOLS := 'sphinx>=7.2,<10' 'furo>=2024.1' 'myst-parser>=3,<6'
+docs: $(STAMP)
+	@$(PY) -c 'import sphinx, furo, myst_parser' 2>/dev/null || $(PIP) install -q $(DOCS_TOOLS)
+	$(PY) -m sphinx -b html -W --keep-going -q -E docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 # Autobahn|Testsuite's permessage-deflate sections in full (216 cases per model;
 # `make test` runs a cover of them: tests/test_autobahn.py says which).

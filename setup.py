@@ -27,6 +27,9 @@ GEVENT = ["gevent>=22"]
 REDIS = ["redis[hiredis]>=4.2"]
 # uwsgi_ws.socketio: Flask-SocketIO apps on the uwsgi_ws broadcast (python-socketio/engineio speak the protocol).
 SOCKETIO = ["flask-socketio>=5.3", "python-socketio>=5.8", "python-engineio>=4.8"]
+# The documentation site (docs/, `make docs`): Sphinx with the furo theme and MyST for the Markdown
+# guides (README, Dependencies, says why furo); tests/test_docs.py builds it, so `test` has them too.
+DOCS = ["sphinx>=7.2,<10", "furo>=2024.1", "myst-parser>=3,<6"]
 
 setup(
     name="uwsgi_ws",
@@ -61,7 +64,9 @@ setup(
         "gevent": GEVENT,
         "redis": REDIS,
         "socketio": SOCKETIO,
+        "docs": DOCS,
         "test": [
+            *DOCS,
             *GEVENT,
             *REDIS,
             *SOCKETIO,
