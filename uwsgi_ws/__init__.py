@@ -1,5 +1,7 @@
 """uwsgi_ws: WebSockets for Flask apps served by uWSGI, with cross-worker broadcast.
 
+An echo route::
+
     from uwsgi_ws import WebSocket
     ws = WebSocket(app)
 

@@ -355,28 +355,42 @@ class AckFrame:
 
 @dataclass(frozen=True)
 class ErrorFrame:
+    """An `error` frame: the server could not act on a frame of the client's (`message` says why;
+    the connection stays open)."""
+
     message: str
 
 
 @dataclass(frozen=True)
 class NotRecoveredFrame:
+    """`not_recovered`: the resume of `room` ("" endpoint-wide, None on SSE) is impossible, for
+    `reason` (the missed broadcasts are no longer kept, or the epoch changed): refetch."""
+
     room: Optional[str]
     reason: str
 
 
 @dataclass(frozen=True)
 class ResumedFrame:
+    """`resumed`: the end of a resume's replay; `rooms` maps each recovered room to the seq it
+    was replayed up to, in instance `epoch`."""
+
     rooms: Dict[str, int]
     epoch: str
 
 
 @dataclass(frozen=True)
 class ConnectedFrame:
+    """`connected`: the connection's `id` (``?id=1``), what ``skip`` and ``to=`` name."""
+
     id: str
 
 
 @dataclass(frozen=True)
 class CallFrame:
+    """A server call (``conn.call``): run the client's handler of `event` with `data` and reply
+    with call `id`."""
+
     id: Any
     event: str
     data: Any = None
@@ -384,6 +398,9 @@ class CallFrame:
 
 @dataclass(frozen=True)
 class PresenceFrame:
+    """`presence` (join_leave endpoints): connection `id` with `identity` joined (`op` "join") or
+    left ("leave") `room`."""
+
     op: str
     room: str
     id: str
@@ -392,6 +409,8 @@ class PresenceFrame:
 
 @dataclass(frozen=True)
 class LeftFrame:
+    """`left`: the server removed this connection from `room` (close_room); do not rejoin it."""
+
     room: str
 
 

@@ -175,6 +175,8 @@ class BroadcastManager(socketio.PubSubManager):  # type: ignore[misc]
         return super().disconnect(sid, namespace, **kwargs)
 
     def can_disconnect(self, sid: str, namespace: str) -> Any:
+        """Whether `sid` is connected and may be disconnected (python-socketio's hook):
+        the worker's own view when the broadcast is unavailable, else the pub/sub one."""
         if not self.bus.available():
             return socketio.Manager.can_disconnect(self, sid, namespace)
         return super().can_disconnect(sid, namespace)

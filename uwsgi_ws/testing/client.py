@@ -483,8 +483,9 @@ class EventsClient:
 
     @property
     def position(self) -> Tuple[Optional[str], Dict[str, int]]:
-        """(epoch, {room: seq}) of the last broadcast received per room ("" for the
-        endpoint-wide stream): what a client resumes from (`TestClient.events(resume=)`)."""
+        """What a client resumes from (`TestClient.events(resume=)`), as ``(epoch, rooms)``
+        of the last broadcast received, ``rooms`` mapping each room ("" for the endpoint-wide
+        stream) to the seq of its last broadcast."""
         epoch: Optional[str] = None
         rooms: Dict[str, int] = {}
         for frame in self.frames:
