@@ -34,6 +34,7 @@ MODEL_ARGS = {
 }
 MODELS = ["threads", "gevent"]
 ADMIN = {"X-Test-Admin": "letmein"}
+EXPECTED_TRACEBACKS = (r"RuntimeError: the admin check is broken",)  # /_broken's check, on purpose
 
 
 def start(tmp: Path, model: str, extra=()) -> UWSGI:
@@ -61,7 +62,7 @@ def server(request, tmp_path_factory):
     yield instance
     instance.stop()
     assert not instance.crashes(), instance.log()
-    assert not instance.unexpected_tracebacks(()), instance.log()
+    assert not instance.unexpected_tracebacks(EXPECTED_TRACEBACKS), instance.log()
 
 
 def request(server, path: str, method: str = "GET", body=None, headers=None, port=None):
@@ -179,6 +180,15 @@ def test_allow_lets_in_only_what_it_accepts(server):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         Feed(server, headers={})
     assert refused.value.status_code == 403
+
+
+def test_a_check_that_raises_or_is_not_true_refuses(server):
+    status, _, text = request(server, "/_broken", headers={"X-Mode": "raise"})
+    assert status == 403 and "allow() check failed" in text
+    server.wait_for_log(r"RuntimeError: the admin check is broken")
+    status, _, text = request(server, "/_broken")
+    assert status == 403 and "refused" in text
+    server.wait_for_log(r"allow\(\) returned 'yes', not True or False: refused")
 
 
 def test_the_feed_follows_the_app_origin_policy(server):

@@ -4,6 +4,7 @@ tests/test_admin_browser.py.
 - /_admin: allowed when the request carries the cookie ``admin=letmein`` or the header
   ``X-Test-Admin: letmein`` (the app's check); rooms() always lists "lobby".
 - /_closed: an admin route without a check: refuses everyone (the default).
+- /_broken: a check that raises (header X-Mode: raise) or answers "yes" (not True).
 - WebSocket /live (presence=True): on connect the identity is {"user": ?user} and the
   connection joins the rooms of ?rooms=a,b; event "whoami" answers {"id", "pid"}.
 - GET /evil: a page that posts to the admin's actions at the URL ?target= (a forged
@@ -44,6 +45,15 @@ def operator(req):
 
 ws.admin_route("/_admin", allow=operator, rooms=lambda: ["lobby"])
 ws.admin_route("/_closed", endpoint="closed_admin")
+
+
+def broken(req):
+    if req.headers.get("X-Mode") == "raise":
+        raise RuntimeError("the admin check is broken")
+    return "yes"  # truthy, but not True: refused
+
+
+ws.admin_route("/_broken", allow=broken, endpoint="broken_admin")
 
 EVIL = """<!doctype html><meta charset="utf-8"><title>evil</title>
 <form id="f" method="post" enctype="text/plain" target="sink"><input name='{"event":"forged","to":"' value='r1"}'></form>
