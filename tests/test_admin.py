@@ -367,3 +367,34 @@ def test_the_feed_shows_the_redis_bridge_state(model, tmp_path):
             assert not instance.crashes(), instance.log()
             assert not instance.unexpected_tracebacks(()), instance.log()
         redis.stop()
+
+
+# -- set-up errors (no server needed: they are raised where the app is declared) -----------------
+
+
+def test_admin_route_arguments_are_checked_where_declared():
+    from flask import Flask
+
+    from uwsgi_ws import WebSocket
+
+    with pytest.raises(RuntimeError, match="needs the app"):
+        WebSocket().admin_route("/_admin")
+    app = Flask(__name__)
+    ws = WebSocket(app)
+    with pytest.raises(TypeError, match=r"allow\(request\) -> bool"):
+        ws.admin_route("/_admin", allow="yes")
+    with pytest.raises(TypeError, match="rooms must be a function"):
+        ws.admin_route("/_admin", allow=bool, rooms=["lobby"])
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        ws.admin_route("/_admin", allow=bool, interval=0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ws.admin_route("/_admin", allow=bool, colour="red")
+    one = ws.events("/one", presence=True)
+    ws.events("/two")
+    assert [e.path for e in ws.admin_route("/_a", allow=bool, endpoint="a").endpoints()] == ["/one", "/two"]
+    assert ws.admin_route("/_b", allow=bool, events=one, endpoint="b").endpoints() == [one]
+    ws.admin_route("/_c", allow=lambda request: None, endpoint="c")
+    client = app.test_client()
+    page = client.get("/_a")  # (the Flask test client: the page is plain Flask)
+    assert page.status_code == 200 and b'data-base="/_a"' in page.data
+    assert client.get("/_c").status_code == 403  # None is not True
