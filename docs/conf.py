@@ -11,9 +11,10 @@ import importlib
 import re
 import sys
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Set
 
 from sphinx.application import Sphinx
+from sphinx.ext.napoleon.docstring import GoogleDocstring
 from sphinx.util import logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,16 @@ nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(?!uwsgi_ws\b).*"), (r"py:.*", r"uwsgi_ws\..*\.(_[A-Za-z]\w*)")]
 
 _log = logging.getLogger("uwsgi_ws.docs")
+
+
+def _attribute_docstring_as_written(self: GoogleDocstring) -> List[str]:
+    """Napoleon reads an attribute's first line as ``type: description`` when it has a colon;
+    the package's attribute docstrings are prose ("... in seconds (None: wait for ever)") and
+    their types are the annotations: keep the text as written."""
+    return list(self._dedent(self._consume_to_end()))
+
+
+GoogleDocstring._parse_attribute_docstring = _attribute_docstring_as_written  # type: ignore[method-assign]
 
 
 def _require_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: List[str]) -> None:
@@ -116,8 +127,14 @@ def _more_pages(app: Sphinx, docname: str, source: List[str]) -> None:
         source[0] += "\n```{toctree}\n:caption: More\n:maxdepth: 1\n\n" + "\n".join(more) + "\n```\n"
 
 
+def _reread_index(app: Sphinx, env: Any, added: Set[str], changed: Set[str], removed: Set[str]) -> List[str]:
+    """An incremental build reads the index again, so a page added since is in its "More"."""
+    return [root_doc]
+
+
 def setup(app: Sphinx) -> None:
     app.connect("source-read", _more_pages)
+    app.connect("env-get-outdated", _reread_index)
     app.connect("missing-reference", _canonical)
     app.connect("autodoc-process-docstring", _require_docstring)
     app.connect("autodoc-skip-member", _skip_inherited_noise)
