@@ -106,16 +106,20 @@ def test_the_api_reference_documents_the_public_names(site):
     assert "uwsgi_ws.socketio.SocketIO" in found and "uwsgi_ws.events.Events" in found
 
 
-def test_a_public_name_without_a_docstring_fails_the_build(tmp_path):
-    """The guard in docs/conf.py: autodoc alone would document an undocumented name in silence."""
+def test_a_public_name_without_a_docstring_or_a_broken_link_fails_the_build(tmp_path):
+    """docs/conf.py's settings on a small site: autodoc alone would document an undocumented name in
+    silence; a link to a page or a heading that does not exist fails too."""
     source = tmp_path / "docs"
     source.mkdir()
     shutil.copy(DOCS / "conf.py", source / "conf.py")
     (tmp_path / "uwsgi_ws_docs_probe.py").write_text(
         '"""A module for the test."""\n\n\ndef documented() -> int:\n    """Returns 1."""\n    return 1\n\n\n'
         "def undocumented() -> int:\n    return 2\n")
-    (source / "index.md").write_text("# Probe\n\n```{eval-rst}\n.. automodule:: uwsgi_ws_docs_probe\n```\n")
+    (source / "index.md").write_text("# Probe\n\n```{eval-rst}\n.. automodule:: uwsgi_ws_docs_probe\n```\n\n"
+                                     "## A heading\n\n[here](#a-heading), [gone](gone.md), [nowhere](#no-heading)\n")
     done = sphinx(source, tmp_path / "html")
     assert done.returncode != 0
     assert "function uwsgi_ws_docs_probe.undocumented has no docstring" in done.stderr, done.stderr
     assert "documented has no docstring" not in done.stderr.replace("undocumented has no docstring", "")
+    assert "'gone.md'" in done.stderr and "'no-heading'" in done.stderr, done.stderr
+    assert "'a-heading'" not in done.stderr
