@@ -1,7 +1,7 @@
 """The operator's page: ``ws.admin_route("/_admin", allow=...)``.
 
 One static page (uwsgi_ws/static/admin.html, .js, .css: no build step, no CDN,
-works offline) fed by a WebSocket of the same extension, and two actions:
+works offline) fed by a WebSocket of the same extension, and two actions::
 
     GET  <rule>                 the page
     GET  <rule>/admin.js|.css   its script and style
@@ -272,7 +272,7 @@ class Admin:
         return None, _text(f"404 Not Found: no event endpoint {path!r}; the endpoints are {known}\n", 404)
 
     def state(self, watch: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
-        """One state of the feed (a JSON object; the page computes rates from two of them):
+        """One state of the feed (a JSON object; the page computes rates from two of them)::
 
             t            server time (Unix seconds, float)
             pid          the worker answering
