@@ -92,7 +92,9 @@ def encode(opcode: int, payload: bytes = b"", fin: bool = True, *, mask: bool = 
     if not mask:
         return header + payload
     key = os.urandom(4) if key is None else key
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    mask = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+    masked = (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
     return header + key + masked
 
 
