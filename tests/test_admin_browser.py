@@ -3,7 +3,7 @@ tests/test_browser.py's fixture) against real uWSGI (threads, gevent; 2 workers,
 also on a port of its own, the broadcast mule). App: tests/apps/admin_app.py.
 
 - without the app's check passing (no cookie) the page is a 403;
-- the page updates live: the /live row of the connections table follows a client
+- the page loads nothing from elsewhere and raises no script error; it updates live: the /live row of the connections table follows a client
   connecting on worker 1, then on worker 2; a watched room lists its member;
 - the emit form sends a test event that reaches a client in the room;
 - a member's "disconnect" button closes that client with the code of the form;
@@ -60,8 +60,11 @@ def test_the_page_updates_live_emits_and_disconnects(browser, server):
     page = browser.new_page()
     clients = []
     try:
-        errors = []
+        errors, elsewhere = [], []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        own = (f"http://127.0.0.1:{server.port}/", f"ws://127.0.0.1:{server.port}/")
+        page.on("request", lambda r: r.url.startswith(own) or elsewhere.append(r.url))
+        page.on("websocket", lambda w: w.url.startswith(own) or elsewhere.append(w.url))
         response = page.goto(f"http://127.0.0.1:{server.port}/_admin")
         assert response.status == 200
         page.wait_for_function("() => window.uwsgiWsAdmin.states >= 2", polling=POLL)
@@ -110,6 +113,7 @@ def test_the_page_updates_live_emits_and_disconnects(browser, server):
         assert page.evaluate("() => window.uwsgiWsAdmin.state.totals.delivered") >= 1
         assert bob.call("whoami")["data"]["id"] == bob.id  # bob untouched
         assert not errors, errors
+        assert not elsewhere, elsewhere  # no CDN, nothing from another origin: works offline
     finally:
         for c in clients:
             c.close()

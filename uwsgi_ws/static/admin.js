@@ -108,18 +108,20 @@
     const total = s.open.reduce((a, o) => a + o.count, 0);
     $("total").textContent = total;
     const routes = [...new Set(s.open.map((o) => o.route))].sort();
+    // outside uWSGI (flask run) there are no worker ids: the process is "worker 0"
+    const workers = s.workers.length ? s.workers : [...new Set(s.open.map((o) => o.worker))].sort();
     const table = $("open");
-    const head = el("tr", {}, ...["route", ...s.workers.map((w) => "worker " + w), "total"].map((h) => el("th", {}, h)));
+    const head = el("tr", {}, ...["route", ...workers.map((w) => "worker " + w), "total"].map((h) => el("th", {}, h)));
     table.tHead.replaceChildren(head);
     const byKey = new Map(s.open.map((o) => [o.route + "\u0000" + o.worker, o.count]));
     const rows = routes.map((r) => {
-      const counts = s.workers.map((w) => byKey.get(r + "\u0000" + w) || 0);
+      const counts = workers.map((w) => byKey.get(r + "\u0000" + w) || 0);
       return el("tr", { "data-route": r }, el("td", {}, el("code", {}, r)), ...counts.map((c) => el("td", {}, c)),
         el("td", { class: "route-total" }, counts.reduce((a, b) => a + b, 0)));
     });
-    const perWorker = s.workers.map((w) => s.open.filter((o) => o.worker === w).reduce((a, o) => a + o.count, 0));
+    const perWorker = workers.map((w) => s.open.filter((o) => o.worker === w).reduce((a, o) => a + o.count, 0));
     rows.push(el("tr", { class: "totals" }, el("td", {}, "all routes"),
-      ...perWorker.map((c, i) => el("td", { "data-worker": s.workers[i] }, c)), el("td", {}, total)));
+      ...perWorker.map((c, i) => el("td", { "data-worker": workers[i] }, c)), el("td", {}, total)));
     table.tBodies[0].replaceChildren(...rows);
     const rej = Object.entries(s.rejected);
     $("rejected").textContent = rej.length ? "Refused upgrades: " + rej.map(([k, v]) => `${k} ${v}`).join(", ") : "";
