@@ -281,11 +281,11 @@ class EventConnection:
                     notices.append(events_protocol.not_recovered(room, reason))
                 elif room in wanted and epoch_ok:
                     recovered[room] = outcome.seq
-            notices.append(events_protocol.resumed(recovered, broadcast.position().epoch))
+            notices.append(events_protocol.resumed(recovered, broadcast.event_position().epoch))
             for notice in notices:
                 ws.send_frame_nowait(_text_frame(notice))
 
-        broadcast.recover(ws, plan, done if wanted or not_recovered else None)
+        broadcast.resume(ws, plan, done if wanted or not_recovered else None)
 
 
 _too_old = events_protocol.too_old
@@ -515,7 +515,7 @@ class Events:
         if not broadcast.available:  # answered before the upgrade
             return _unavailable(broadcast)
         conn = EventConnection(self, ws_conn)
-        conn._start_seq = broadcast.position().seq
+        conn._start_seq = broadcast.event_position().seq
         resume_expected = request.args.get("resume") == "1"
         conn._deferred = []
         connect = self.handlers.get("connect")
@@ -620,7 +620,7 @@ class Events:
             return
         assert isinstance(action, events_protocol.Resume)
         before = set(conn.rooms)
-        conn._subscribe(dict(action.rooms), action.epoch == str(self.broadcast.position().epoch))
+        conn._subscribe(dict(action.rooms), action.epoch == str(self.broadcast.event_position().epoch))
         self._announce(conn, set(conn.rooms) - before)
 
     # -- SSE -------------------------------------------------------------------------
@@ -663,7 +663,7 @@ class Events:
         stream = SSEStream(self.ws.runtime())
         notice = None
         count = min(int(last), self.max_last)
-        position = broadcast.position()
+        position = broadcast.event_position()
         plan: Dict[str, Recovery] = {c: (Last(count) if count and room is not None else After(position.seq))
                                      for c, room in channels.items()}
         if last_id:
@@ -683,7 +683,7 @@ class Events:
         if notice:
             stream.notice(notice)
         broadcast.attach(stream)
-        broadcast.recover(stream, plan, done)
+        broadcast.resume(stream, plan, done)
 
         def body() -> Iterator[bytes]:
             yield b": uwsgi_ws event stream\nretry: 2000\n\n"

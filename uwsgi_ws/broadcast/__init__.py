@@ -132,8 +132,16 @@ class Broadcast:
         return hub
 
     def position(self) -> Position:
-        """The current position of the instance's stream (of the stream shared through
-        Redis when the bridge numbers event broadcasts). Raises RingError when unavailable."""
+        """The current position of the instance's ring (every message, plain or event).
+        Raises RingError when unavailable."""
+        ring = self._hub_or_raise().ring
+        return Position(ring.epoch, ring.write_seq)
+
+    def event_position(self) -> Position:
+        """The current position in the numbering of event broadcasts, what clients hold
+        and `resume` takes: the ring's (`position`), or with the Redis bridge the stream's
+        shared by every instance (epoch and global seq of the last event appended here).
+        Raises RingError when unavailable."""
         ring = self._hub_or_raise().ring
         state = global_state(ring) if _uwsgi.available() else None
         if state is not None:
@@ -202,10 +210,6 @@ class Broadcast:
         Raises RingError when unavailable.
         """
         hub = self._hub_or_raise()
-        state = global_state(hub.ring) if _uwsgi.available() else None
-        if state is not None:
-            self._recover_global(hub, state, sub, plan, done)
-            return
         oldest = hub.ring.min_seq
         ask_after = {c: r.seq for c, r in plan.items() if isinstance(r, After) and r.seq + 1 < oldest}
         ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
@@ -227,6 +231,19 @@ class Broadcast:
                 done(result)
 
         hub.recover(sub, list(plan.items()), finish, preface)
+
+    def resume(self, sub: Subscriber, plan: Dict[str, Recovery], done: Optional[Done] = None) -> None:
+        """`recover` with positions in the numbering of `event_position` (what clients
+        hold): the ring's, or with the Redis bridge the stream's, valid on every
+        instance. `done`'s seqs are in that numbering too. Same blocking and errors as
+        `recover`; with the bridge it may also wait (at most CATCH_UP_WAIT seconds) for
+        a position a client saw on a faster instance."""
+        hub = self._hub_or_raise()
+        state = global_state(hub.ring) if _uwsgi.available() else None
+        if state is None:
+            self.recover(sub, plan, done)
+        else:
+            self._recover_global(hub, state, sub, plan, done)
 
     # -- global positions (the Redis bridge numbers event broadcasts) ----------------------
 
@@ -303,21 +320,22 @@ def _global_entries(ring: BroadcastRing, top: int) -> Iterator[Tuple[int, int, i
 
 def _ring_after(ring: BroadcastRing, g: int, state: GlobalState) -> Optional[int]:
     """The ring seq R such that the ring's event broadcasts after R are exactly those
-    numbered above `g`; None when some of them are not in this ring."""
+    numbered above `g` (R is just before the first of them, so plain messages older than
+    it are not replayed); None when some of them are not in this ring."""
     if g < state.floor:
         return None  # never read here (started later, or Redis trimmed them first)
     top = ring.write_seq
-    oldest: Optional[Tuple[int, int]] = None  # (ring seq, g) of the oldest one above g seen
+    above: Optional[Tuple[int, int]] = None  # (ring seq, number) of the oldest one above g seen
     for seq, number, epoch in _global_entries(ring, top):
         if epoch != state.epoch:
             break  # an older epoch: nothing of this one before it
         if number <= g:
-            return seq
-        oldest = (seq, number)
-    if oldest is None:
+            return top if above is None else above[0] - 1
+        above = (seq, number)
+    if above is None:
         # None above g in the ring: fine if the instance is not past g (the next come later).
         return top if g >= state.seq else None
-    return oldest[0] - 1 if oldest[1] <= max(g, state.floor) + 1 else None
+    return above[0] - 1 if above[1] == g + 1 else None
 
 
 def _global_at(ring: BroadcastRing, top: int) -> int:
