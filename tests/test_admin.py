@@ -398,3 +398,38 @@ def test_admin_route_arguments_are_checked_where_declared():
     page = client.get("/_a")  # (the Flask test client: the page is plain Flask)
     assert page.status_code == 200 and b'data-base="/_a"' in page.data
     assert client.get("/_c").status_code == 403  # None is not True
+
+
+def test_the_feed_and_actions_work_in_the_test_client():
+    """Without uWSGI (an app's own tests: ws.test_client(), one process, "worker 0")."""
+    from flask import Flask
+
+    from uwsgi_ws import WebSocket
+
+    app = Flask(__name__)
+    ws = WebSocket(app, ping_interval=None)
+    live = ws.events("/live", presence=True)
+    live.on("connect")(lambda conn: conn.join("lobby"))
+    ws.admin_route("/_admin", allow=lambda r: True, rooms=lambda: ["lobby"])
+    client = ws.test_client(app.test_client())
+    feed = client.connect("/_admin/feed")
+    member = None
+    try:
+        assert {"route": "/_admin/feed", "worker": 0, "count": 1} in json.loads(feed.receive())["open"]
+        member = client.events("/live")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            state = json.loads(feed.receive())
+            if room(state, "lobby").get("count") == 1:
+                break
+        assert {"route": "/live", "worker": 0, "count": 1} in state["open"]
+        http = app.test_client()
+        sent = {"Origin": "http://localhost", "X-Uwsgi-Ws-Admin": "1"}
+        assert http.post("/_admin/emit", json={"event": "x", "to": "lobby", "data": 1}, headers=sent).json == {"ok": True}
+        member.sync()
+        assert ("x", 1) in member.get_received()
+        assert http.post("/_admin/emit", json={"event": "x"}, headers={**sent, "Origin": "http://evil"}).status_code == 403
+    finally:
+        feed.close()
+        if member is not None:
+            member.close()
