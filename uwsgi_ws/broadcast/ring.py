@@ -102,6 +102,10 @@ class Lapped(Exception):
 
 
 class Entry(NamedTuple):
+    """One message read from the ring: its instance-wide `seq`, its `channel` ("" for every
+    connection), its `flags` (FLAG_BINARY, FLAG_REMOTE, FLAG_EVENT) and the complete server
+    WebSocket `frame` (header and payload), framed once by the writer."""
+
     seq: int
     channel: str
     flags: int
