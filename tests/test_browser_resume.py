@@ -61,7 +61,8 @@ def test_the_page_resumes_across_a_reload_with_every_message_once(browser, model
     try:
         page.goto(f"http://127.0.0.1:{server.port}/page?name=ann")
         # subscribed: the page saw its own join (join_leave), so the room is live for it
-        page.wait_for_function("() => live.id !== null && members[live.id] === 'ann'", polling=POLL)
+        page.wait_for_function("() => live.id !== null && members[live.id] === 'ann' && refreshed === 1",
+                               polling=POLL)
         old_id = page.evaluate("() => live.id")
         assert emit_many(server, 10, "a") == 200
         page.wait_for_function("() => got.length >= 10", polling=POLL)
@@ -82,8 +83,9 @@ def test_the_page_resumes_across_a_reload_with_every_message_once(browser, model
         wait_for(lambda: [m["id"] for m in presence(server)] == [new_id], 10,
                  f"presence of r to be the page's new connection only: {presence(server)}")
         assert presence(server) == [{"id": new_id, "identity": {"user": "ann"}}]
-        # ... and in the page (its join seen; the old connection's leave seen or never there)
-        page.wait_for_function("id => members[id] === 'ann'", arg=new_id, polling=POLL)
+        # ... and in the page, which refetched it when it was open again (presence frames sent
+        # while it was away are not replayed), then followed join/leave
+        page.wait_for_function("id => refreshed === 2 && members[id] === 'ann'", arg=new_id, polling=POLL)
         members = page.evaluate("() => members")
         assert members == {new_id: "ann"}, members
     finally:

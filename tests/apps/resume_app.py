@@ -95,6 +95,7 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>resume</title>
   window.lost = [];         // not_recovered (room, reason)
   window.statuses = [];
   window.members = {};      // the room's presence as the page sees it: id -> user
+  window.refreshed = 0;     // presence refetches done
   // presence frames are not replayed on resume: at each (re)open, refetch the room's presence,
   // then follow join/leave
   const live = uwsgiWs.connect("/live", {auth: {name: q.get("name")}, onStatus: s => {
@@ -103,6 +104,7 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>resume</title>
       const now = {};
       for (const m of list) now[m.id] = m.identity && m.identity.user;
       window.members = now;
+      window.refreshed += 1;
     });
   }});
   window.live = live;
