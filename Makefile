@@ -10,7 +10,7 @@
 #   make matrix  the core tests on Python 3.9-3.13 and the oldest/newest Flask
 #                (tests/matrix/run.py; `make test` ends with it; MATRIX="py3.9 ..." picks cells)
 #   make lint    ruff check uwsgi_ws tests; mypy --strict uwsgi_ws (ruff.toml, mypy.ini)
-#   make docs    the documentation site (docs/, Sphinx) into docs/_build/html, warnings as errors
+#   make docs    the documentation site (docs/, Sphinx) into build/docs/html, warnings as errors
 #
 # The install compiles uWSGI from its sdist (pip's `uwsgi`, never `pyuwsgi`),
 # which needs gcc, the Python headers and the OpenSSL headers: without OpenSSL
@@ -192,8 +192,8 @@ lint: $(STAMP)
 DOCS_TOOLS := 'sphinx>=7.2,<10' 'furo>=2024.1' 'myst-parser>=3,<6'
 docs: $(STAMP)
 	@$(PY) -c 'import sphinx, furo, myst_parser' 2>/dev/null || $(PIP) install -q $(DOCS_TOOLS)
-	$(PY) -m sphinx -b html -W --keep-going -q -E docs docs/_build/html
-	@echo "docs: docs/_build/html/index.html"
+	$(PY) -m sphinx -b html -W --keep-going -q -E docs build/docs/html
+	@echo "docs: build/docs/html/index.html"
 
 # Autobahn|Testsuite's permessage-deflate sections in full (216 cases per model;
 # `make test` runs a cover of them: tests/test_autobahn.py says which).
