@@ -15,6 +15,7 @@ tests/apps/admin_app.py; event clients: tests/test_presence.py's `Client`.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -186,6 +187,17 @@ def test_a_check_that_raises_or_is_not_true_refuses(server):
     status, _, text = request(server, "/_broken", headers={"X-Mode": "raise"})
     assert status == 403 and "allow() check failed" in text
     server.wait_for_log(r"RuntimeError: the admin check is broken")
+    status, headers, _ = request(server, "/_broken", headers={"X-Mode": "login"})  # (urllib follows it)
+    assert status == 404 and headers.get("Content-Type", "").startswith("text/html")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # the feed's handshake
+    try:
+        conn.request("GET", "/_broken/feed", headers={
+            "X-Mode": "login", "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        answer = conn.getresponse()
+        assert answer.status == 302 and answer.getheader("Location").endswith("/login")
+    finally:
+        conn.close()
     status, _, text = request(server, "/_broken")
     assert status == 403 and "refused" in text
     server.wait_for_log(r"allow\(\) returned 'yes', not True or False: refused")
@@ -385,6 +397,8 @@ def test_admin_route_arguments_are_checked_where_declared():
         ws.admin_route("/_admin", allow="yes")
     with pytest.raises(TypeError, match="rooms must be a function"):
         ws.admin_route("/_admin", allow=bool, rooms=["lobby"])
+    with pytest.raises(ValueError, match="without URL variables"):
+        ws.admin_route("/_admin/<tenant>", allow=bool)
     with pytest.raises(ValueError, match="positive number of seconds"):
         ws.admin_route("/_admin", allow=bool, interval=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
@@ -423,12 +437,12 @@ def test_the_feed_and_actions_work_in_the_test_client():
             if room(state, "lobby").get("count") == 1:
                 break
         assert {"route": "/live", "worker": 0, "count": 1} in state["open"]
-        http = app.test_client()
+        web = app.test_client()
         sent = {"Origin": "http://localhost", "X-Uwsgi-Ws-Admin": "1"}
-        assert http.post("/_admin/emit", json={"event": "x", "to": "lobby", "data": 1}, headers=sent).json == {"ok": True}
+        assert web.post("/_admin/emit", json={"event": "x", "to": "lobby", "data": 1}, headers=sent).json == {"ok": True}
         member.sync()
         assert ("x", 1) in member.get_received()
-        assert http.post("/_admin/emit", json={"event": "x"}, headers={**sent, "Origin": "http://evil"}).status_code == 403
+        assert web.post("/_admin/emit", json={"event": "x"}, headers={**sent, "Origin": "http://evil"}).status_code == 403
     finally:
         feed.close()
         if member is not None:

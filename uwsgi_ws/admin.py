@@ -40,6 +40,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from flask import Response, request
+from werkzeug.exceptions import HTTPException
 
 from . import access, metrics
 from .exceptions import BroadcastError, ConnectionClosed
@@ -77,7 +78,8 @@ class Admin:
         ws: the `uwsgi_ws.WebSocket` extension (its app must be known).
         rule: the page's URL rule, e.g. "/_admin"; the feed and actions live under it.
         allow: ``allow(request) -> bool``, called with the Flask request for every
-            admin request; None refuses everyone (403).
+            admin request; None refuses everyone (403). It may raise an HTTPException
+            (``abort(401)``, a redirect to a login page): Flask answers it.
         events: the event endpoints (`uwsgi_ws.events.Events`, one or several) the page
             shows and acts on; None: every event endpoint of the app, found at each request.
         rooms: ``rooms() -> iterable of room names`` always listed for each endpoint
@@ -88,7 +90,7 @@ class Admin:
     Raises:
         RuntimeError: the extension has no app yet.
         TypeError: `allow` or `rooms` is not callable.
-        ValueError: `interval` is not a positive number.
+        ValueError: `interval` is not a positive number; `rule` has URL variables.
 
     Thread-safety: the views run in any worker, thread or greenlet; the object only
     reads its settings after construction.
@@ -104,6 +106,8 @@ class Admin:
             raise TypeError(f"allow must be a function allow(request) -> bool, not {type(allow).__name__}")
         if rooms is not None and not callable(rooms):
             raise TypeError(f"rooms must be a function rooms() -> iterable of room names, not {type(rooms).__name__}")
+        if "<" in rule:
+            raise ValueError(f"admin rule {rule!r}: a fixed path, without URL variables (e.g. '/_admin')")
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
         self.ws = ws
@@ -136,6 +140,8 @@ class Admin:
             return _text(HOW_TO_ALLOW, 403)
         try:
             allowed: Any = self.allow(request)
+        except HTTPException:  # abort(401), a redirect to the login page: Flask answers it
+            raise
         except Exception:
             log.exception("admin page: the allow() check raised; refusing %s", request.path)
             return _text("403 Forbidden: the admin page's allow() check failed (see the app's log)\n", 403)

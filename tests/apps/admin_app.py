@@ -4,7 +4,8 @@ tests/test_admin_browser.py.
 - /_admin: allowed when the request carries the cookie ``admin=letmein`` or the header
   ``X-Test-Admin: letmein`` (the app's check); rooms() always lists "lobby".
 - /_closed: an admin route without a check: refuses everyone (the default).
-- /_broken: a check that raises (header X-Mode: raise) or answers "yes" (not True).
+- /_broken: a check that raises (header X-Mode: raise), redirects to /login (X-Mode: login)
+  or answers "yes" (not True).
 - WebSocket /live (presence=True): on connect the identity is {"user": ?user} and the
   connection joins the rooms of ?rooms=a,b; event "whoami" answers {"id", "pid"}.
 - GET /evil: a page that posts to the admin's actions at the URL ?target= (a forged
@@ -15,7 +16,7 @@ Logging is configured (INFO), so the admin's action lines reach the uWSGI log.
 import logging
 import os
 
-from flask import Flask, request
+from flask import Flask, abort, redirect, request
 
 from uwsgi_ws import WebSocket
 
@@ -50,6 +51,8 @@ ws.admin_route("/_closed", endpoint="closed_admin")
 def broken(req):
     if req.headers.get("X-Mode") == "raise":
         raise RuntimeError("the admin check is broken")
+    if req.headers.get("X-Mode") == "login":
+        abort(redirect("/login"))  # an HTTPException: Flask answers it
     return "yes"  # truthy, but not True: refused
 
 
