@@ -309,3 +309,142 @@ def test_the_metrics_view_is_only_for_the_scraper(front):
     finally:
         conn.close()
     assert status == 403, name
+
+
+# -- idle WebSockets and the proxies' timeouts ------------------------------------------------------
+#
+# README: nginx cuts a tunnel after `proxy_read_timeout` / `uwsgi_read_timeout` without a byte
+# from uWSGI (default 60 s), HAProxy after `timeout tunnel`; the shipped configs say 1 h, and
+# uwsgi_ws's keepalive pings (every ping_interval, 20 s) keep an idle WebSocket open through
+# them. The shipped values are read from the files; the behaviour runs on a test copy of each
+# config whose timeouts are SHORT seconds (the wall time stays small): an idle WebSocket to an
+# app that pings every 0.5 s outlives 3 x SHORT, one to an app whose pings are 20 s apart is cut.
+
+SHORT = 1  # seconds: the test copies' idle timeouts
+PROXY_DEFAULT = 60  # seconds: nginx's proxy/uwsgi_read_timeout default; HAProxy's tunnel falls back to client/server
+NGINX_TIMEOUTS = re.compile(r"^\s*((?:uwsgi|proxy)_(?:read|send)_timeout)\s+(\d+)(s|m|h)?;", re.M)
+HAPROXY_TUNNEL = re.compile(r"^\s*timeout tunnel\s+(\d+)(s|m|h)?\b", re.M)
+UNIT = {None: 1, "s": 1, "m": 60, "h": 3600}
+
+
+def test_the_shipped_idle_timeouts_outlast_the_proxy_defaults_and_the_pings():
+    from uwsgi_ws import WebSocket
+
+    ping = WebSocket().option("ping_interval")
+    nginx = {(name, int(n) * UNIT[unit]) for name, n, unit in NGINX_TIMEOUTS.findall((CONF / "nginx.conf").read_text())}
+    names = sorted(name for name, _ in nginx)
+    # each WebSocket location sets both directions: uwsgi_pass (server A) and proxy_pass (server B)
+    assert {"uwsgi_read_timeout", "uwsgi_send_timeout", "proxy_read_timeout", "proxy_send_timeout"} <= set(names), nginx
+    for name, seconds in nginx:
+        assert seconds > PROXY_DEFAULT and seconds >= 3 * ping, (name, seconds)
+    tunnel = [int(n) * UNIT[unit] for n, unit in HAPROXY_TUNNEL.findall((CONF / "haproxy.cfg").read_text())]
+    assert len(tunnel) == 1, tunnel
+    assert tunnel[0] > PROXY_DEFAULT and tunnel[0] >= 3 * ping, tunnel
+
+
+def shortened(text: str, pattern: re.Pattern, replace: str, count: int) -> str:
+    out, n = pattern.subn(replace, text)
+    assert n == count, f"the config's idle timeouts changed ({n} found, {count} expected): update this test"
+    return out
+
+
+@pytest.fixture(scope="module", params=["pings", "silent"])
+def idle_setup(request, tmp_path_factory):
+    """(kind, {front name: port}): short-timeout copies of both proxy configs in front of an
+    app that pings every 0.5 s (keepalive_app) or every 20 s (echo_app, the default)."""
+    from harness import serve
+
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"idle-{kind}")
+    socket_port = free_port()
+    backend = serve("keepalive_app:app" if kind == "pings" else "echo_app:app", tmp, model="threads",
+                    extra=["--socket", f"127.0.0.1:{socket_port}", "--processes", "1"])
+    started = []
+    try:
+        # the worker's first WebSocket takes over a second (imports on first use): not through
+        # a proxy that gives up on an answer after SHORT
+        RawWebSocket(backend.port, "/echo", timeout=10).close()
+        # nginx: the committed file with its four timeouts at SHORT
+        nginx_bin, haproxy_bin = proxy_binary("nginx", "nginx"), proxy_binary("haproxy", "haproxy")
+        ntmp = tmp / "nginx"
+        ntmp.mkdir()
+        uwsgi_front, http_front, haproxy_front = free_port(), free_port(), free_port()
+        site = render(CONF / "nginx.conf", {8000: socket_port, 8001: backend.port, 8080: uwsgi_front,
+                                            8081: http_front})
+        site = shortened(site, re.compile(r"((?:uwsgi|proxy)_(?:read|send)_timeout)\s+3600s;"), rf"\1 {SHORT}s;", 4)
+        (ntmp / "uwsgi_ws.conf").write_text(site)
+        for d in ("body", "proxy", "uwsgi", "fastcgi", "scgi"):
+            (ntmp / d).mkdir()
+        (ntmp / "nginx.conf").write_text(f"""
+daemon off;
+master_process off;
+pid {ntmp}/nginx.pid;
+error_log {ntmp}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {ntmp}/access.log;
+    client_body_temp_path {ntmp}/body;
+    proxy_temp_path {ntmp}/proxy;
+    uwsgi_temp_path {ntmp}/uwsgi;
+    fastcgi_temp_path {ntmp}/fastcgi;
+    scgi_temp_path {ntmp}/scgi;
+    include {ntmp}/uwsgi_ws.conf;
+}}
+""")
+        started.append(Proxy([nginx_bin, "-p", str(ntmp), "-c", str(ntmp / "nginx.conf"), "-e",
+                              str(ntmp / "error.log")], ntmp / "nginx.out", [uwsgi_front, http_front]))
+        # HAProxy: the committed file with `timeout tunnel` at SHORT
+        cfg = render(CONF / "haproxy.cfg", {8082: haproxy_front, 8001: backend.port})
+        cfg = shortened(cfg, re.compile(r"timeout tunnel 1h"), f"timeout tunnel {SHORT}s", 1)
+        (tmp / "haproxy.cfg").write_text(cfg)
+        started.append(Proxy([haproxy_bin, "-db", "-f", str(tmp / "haproxy.cfg")], tmp / "haproxy.out",
+                             [haproxy_front]))
+        yield kind, {"nginx-uwsgi_pass": uwsgi_front, "nginx-proxy_pass": http_front, "haproxy": haproxy_front}
+    finally:
+        for proxy in started:
+            proxy.stop()
+        backend.stop()
+    assert not backend.crashes(), backend.log()
+
+
+def idle(ws: RawWebSocket, seconds: float) -> str:
+    """Send nothing for `seconds`, answering the server's pings: "open" if the connection
+    lasted, else how it ended (a close code or "eof")."""
+    import time
+
+    from wsraw import CLOSE, PING, PONG
+
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "open"
+        try:
+            frame = ws.recv_frame(remaining)
+        except TimeoutError:
+            return "open"
+        except (EOFError, ConnectionResetError):
+            return "eof"
+        if frame.opcode == PING:
+            ws.send_frame(PONG, frame.payload)
+        elif frame.opcode == CLOSE:
+            return f"close {frame.close_code}"
+
+
+@pytest.mark.parametrize("name", FRONTS)
+def test_an_idle_websocket_and_the_proxy_timeout(idle_setup, name):
+    """pings: an idle WebSocket outlives 3 x the proxy's idle timeout, then still echoes;
+    silent (pings 20 s apart): the same proxy cuts it (the shortened timeout is in force)."""
+    kind, fronts = idle_setup
+    with RawWebSocket(fronts[name], "/echo", timeout=10) as ws:
+        ws.send_frame(TEXT, b"before")
+        assert ws.recv_frame().payload == b"before"
+        if kind == "pings":
+            assert idle(ws, 3 * SHORT) == "open", name
+            ws.send_frame(TEXT, b"after")
+            frame = ws.recv_frame()
+            while frame.opcode != TEXT:  # a ping in between
+                frame = ws.recv_frame()
+            assert frame.payload == b"after", name
+        else:
+            assert idle(ws, 10 * SHORT) in ("eof", "close 1006"), f"{name}: not cut by the proxy's {SHORT}s timeout"
