@@ -227,11 +227,12 @@ def wait_position(server, seq, timeout=30):
 
 
 def test_a_position_redis_trimmed_is_not_recovered_with_the_reason(tmp_path):
-    """An instance whose mule was frozen while the stream was trimmed past what it had
-    read (MAXLEN 50): a position before the gap is `not_recovered` with reason
+    """A position from before an instance started is read back from Redis's stream
+    there. An instance whose mule was frozen while the stream was trimmed past what
+    it had read (MAXLEN 50): a position before the gap is `not_recovered` with reason
     `trimmed` there; after the gap it resumes; the instance that read everything
-    resumes the old position in full. A position from before an instance started is
-    `too old` there."""
+    resumes the old position in full; a fresh instance resumes what the stream still
+    has and says `trimmed` for the rest."""
     redis = RedisServer(tmp_path)
     stream = f"test:{uuid.uuid4().hex[:8]}"
     servers: list = []
@@ -251,9 +252,10 @@ def test_a_position_redis_trimmed_is_not_recovered_with_the_reason(tmp_path):
         # its position is where the second instance started: nothing missed
         answer, replay = resume(second, early["epoch"], "t", early["seq"])
         assert answer["type"] == "resumed" and replay == [], (answer, replay)
-        # one before: that message is older than the instance
-        answer, _ = resume(second, early["epoch"], "t", early["seq"] - 1)
-        assert answer["type"] == "not_recovered" and answer["reason"].startswith("too old"), answer
+        # one before: that message is older than the instance, read back from Redis's stream
+        answer, replay = resume(second, early["epoch"], "t", early["seq"] - 2)
+        assert answer["type"] == "resumed", answer
+        assert [(m["data"]["src"], m["data"]["i"], m["seq"]) for m in replay] == [("a", 1, 2), ("a", 2, 3)]
         assert emit_many(first, "t", 5, "w")[0] == 200
         wait_position(second, get(first, "/position")["seq"])
         before = get(first, "/position")["seq"]  # the second instance has everything up to here
@@ -280,6 +282,16 @@ def test_a_position_redis_trimmed_is_not_recovered_with_the_reason(tmp_path):
         assert answer["type"] == "resumed", answer
         assert [(m["data"]["src"], m["data"]["i"]) for m in replay] == (
             [("w", i) for i in range(5)] + [("b", i) for i in range(1000)])
+        # a third instance, started now: what Redis still has comes from the stream, then live
+        third = start_instance(tmp_path, "threads", redis.url, stream, maxlen=50)
+        servers.append(third)
+        answer, replay = resume(third, early["epoch"], "t", top - 30)
+        assert answer["type"] == "resumed", answer
+        assert [m["data"]["i"] for m in replay] == list(range(970, 1000))
+        assert [m["seq"] for m in replay] == list(range(top - 29, top + 1))
+        # and what it does not: trimmed
+        answer, replay = resume(third, early["epoch"], "t", before)
+        assert answer["type"] == "not_recovered" and answer["reason"].startswith("trimmed"), answer
     finally:
         for server in servers:
             server.stop()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .. import _uwsgi
 from ..exceptions import PublishError, RingError
@@ -63,6 +63,7 @@ class Broadcast:
         self._hub: Optional[Hub] = None
         self._problem: Optional[str] = None
         self._lock = threading.Lock()  # never held across a yield: fine in every model
+        self._trimmed: Dict[int, bool] = {}  # oldest seqs Redis still had when a resume asked (`loss_reason`)
 
     # -- publishing (any process, any thread) -----------------------------------------
 
@@ -149,14 +150,14 @@ class Broadcast:
         return Position(ring.epoch, ring.write_seq)
 
     def loss_reason(self, oldest: int) -> Optional[str]:
-        """Why a recovery answered Recovered(False, `oldest`) when it is not simply that
-        the instance keeps messages from `oldest` on: with the Redis bridge, that Redis
-        trimmed the stream (MAXLEN) before this instance read them. None otherwise."""
+        """Why a `resume` answered Recovered(False, `oldest`) when it is not simply that
+        the instance keeps messages from `oldest` on: with the Redis bridge, that Redis's
+        stream no longer has the earlier ones (MAXLEN trimmed them). None otherwise."""
         hub = self._hub
         state = global_state(hub.ring) if hub is not None and _uwsgi.available() else None
-        if state is not None and state.trimmed and oldest == state.floor + 1:
-            return (f"trimmed: Redis's stream (MAXLEN) dropped messages before seq {oldest} before this "
-                    "server read them; refetch the state")
+        if state is not None and (oldest in self._trimmed or (state.trimmed and oldest == state.floor + 1)):
+            return (f"trimmed: Redis's stream (MAXLEN) no longer holds the messages before seq {oldest}; "
+                    "refetch the state")
         return None
 
     def attach(self, sub: Subscriber) -> None:
@@ -276,12 +277,27 @@ class Broadcast:
                 plan[channel] = After(ring.write_seq)
             else:
                 plan[channel] = After(at)
+        preface: List[Entry] = []
+        if lost:  # not (all) in this ring: the mule reads them back from Redis's stream
+            reply = history.fetch_stream(self._rt, {c: starts[c] for c in lost}, state.epoch)
+            now = global_state(ring) or state
+            at = _ring_after(ring, reply.through, now) if reply is not None else None
+            if reply is not None and at is not None:
+                preface.extend(_as_global(reply.entries))
+                for channel in list(lost):
+                    if channel in reply.gone:
+                        lost[channel] = reply.gone[channel]
+                        self._trimmed[reply.gone[channel]] = True
+                        while len(self._trimmed) > 1024:
+                            del self._trimmed[next(iter(self._trimmed))]
+                    else:
+                        del lost[channel]
+                        plan[channel] = After(at)
         ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
-        preface: Sequence[Entry] = ()
         if ask_last:  # the history keeps the events the bridge appended, by ring seq
             reply = history.fetch(self._rt, {}, ask_last)
             if reply is not None:
-                preface = reply.entries
+                preface.extend(_as_global(reply.entries))
                 for channel in ask_last:
                     plan[channel] = After(reply.through)
 
@@ -298,6 +314,13 @@ class Broadcast:
                 done(out)
 
         hub.recover(sub, list(plan.items()), finish, preface)
+
+
+def _as_global(entries: Sequence[Entry]) -> List[Entry]:
+    """`entries` (from the history or the stream) flagged as numbered by Redis when they
+    carry a global position (an SSE stream takes its ids from the frame then)."""
+    return [Entry(e.seq, e.channel, e.flags | FLAG_GLOBAL, e.frame) if event_position(e.frame) else e
+            for e in entries]
 
 
 def _global_entries(ring: BroadcastRing, top: int) -> Iterator[Tuple[int, int, int]]:

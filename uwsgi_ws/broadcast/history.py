@@ -49,6 +49,15 @@ the Unix stream socket ``\\0uwsgi_ws-history-<master pid>``):
     response:  u32 length | JSON {"through": H, "gone": {channel: oldest_kept_seq}}
                then records back to back until EOF:  seq u64 | frame_len u32 | frame
 
+With the Redis bridge the same socket also reads Redis's stream back for a
+resume the ring cannot serve (`fetch_stream`; the mule serves it even with the
+history off):
+
+    request:   u32 length | JSON {"stream_after": {channel: global seq}, "epoch": E}
+    response:  as above, `through` and the records' seqs being global seqs (the
+               bridge's `read_back`); `gone`: channels Redis trimmed, with the oldest
+               global seq it still has; {"error": M} and no records when it cannot
+
 The mule answers processes of its own user (or root) only (SO_PEERCRED): an
 abstract socket has no file permissions. All integers little-endian. `after`: every kept broadcast of the channel with a
 greater seq; `last`: its n most recent ones. `through`: the ring's write_seq
@@ -67,7 +76,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import _uwsgi, metrics, settings
 from ..log import get as _logger
@@ -299,6 +308,11 @@ class Server:
         """Binds the socket (OSError when another process holds it after 5 s).
         `store`: the history file to keep up to date (`restore` made it)."""
         self.history, self._ring, self._lock, self._store = history, ring, lock, store
+        #: With the Redis bridge: (after, epoch, through) -> (gone, [(global seq, frame)]),
+        #: `Bridge.read_back`; `through` is read here, under the ring lock.
+        self.stream_reader: Optional[Callable[[Dict[str, int], int, int],
+                                              Tuple[Dict[str, int], List[Tuple[int, bytes]]]]] = None
+        self.global_seq: Optional[Callable[[], int]] = None
         self._metrics = metrics.local()
         self._gauges()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -345,6 +359,9 @@ class Server:
         if size > MAX_REQUEST:
             raise ValueError(f"request of {size} bytes")
         request = json.loads(_recv_exactly(client, size))
+        if "stream_after" in request:
+            self._answer_stream(client, request)
+            return
         after = {str(c): int(s) for c, s in (request.get("after") or {}).items()}
         last = {str(c): int(n) for c, n in (request.get("last") or {}).items()}
         with self._lock:  # the ring writer holds it while it appends (ring, then history)
@@ -352,6 +369,29 @@ class Server:
             gone, records = self.history.query(after, last)
         head = json.dumps({"through": through, "gone": gone}).encode()
         parts = [_LEN.pack(len(head)), head]
+        for seq, frame in records:
+            parts.append(_RECORD.pack(seq, len(frame)))
+            parts.append(frame)
+        client.sendall(b"".join(parts))
+        self._metrics.add2(metrics.HISTORY_QUERIES, 1, metrics.HISTORY_REPLAYED, len(records))
+
+
+    def _answer_stream(self, client: socket.socket, request: Dict[str, Any]) -> None:
+        after = {str(c): int(s) for c, s in (request.get("stream_after") or {}).items()}
+        reader, position = self.stream_reader, self.global_seq
+        records: List[Tuple[int, bytes]] = []
+        if reader is None or position is None or not after:
+            head: Dict[str, Any] = {"error": "no Redis bridge in this instance"}
+        else:
+            with self._lock:  # no append meanwhile: the ring has every event up to `through`
+                through = position()
+            try:
+                gone, records = reader(after, int(request.get("epoch") or 0), through)
+                head = {"through": through, "gone": gone}
+            except Exception as exc:  # Redis unreachable: the worker answers not recovered
+                head = {"error": str(exc)}
+        body = json.dumps(head).encode()
+        parts = [_LEN.pack(len(body)), body]
         for seq, frame in records:
             parts.append(_RECORD.pack(seq, len(frame)))
             parts.append(frame)
@@ -444,13 +484,27 @@ def fetch(runtime: Any, after: Dict[str, int], last: Dict[str, int],
     restarting): callers fall back to the ring."""
     if not enabled():
         return None
+    return _ask(runtime, {"after": after, "last": last}, timeout)
+
+
+def fetch_stream(runtime: Any, after: Dict[str, int], epoch: int,
+                 timeout: float = FETCH_TIMEOUT) -> Optional[Reply]:
+    """With the Redis bridge: the event broadcasts of each channel numbered after
+    `after[channel]` (global seqs of `epoch`) up to the reply's `through`, read back
+    from Redis's stream by the mule; `gone`: channels whose messages Redis trimmed.
+    Blocks this thread or greenlet only (at most `timeout` seconds). None when the
+    mule cannot answer (no bridge, Redis unreachable, mule restarting)."""
+    return _ask(runtime, {"stream_after": after, "epoch": epoch}, timeout)
+
+
+def _ask(runtime: Any, request: Dict[str, Any], timeout: float) -> Optional[Reply]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     waiter = runtime.Waiter(sock.fileno())
     deadline = time.monotonic() + timeout
     try:
         sock.connect(address())  # a Unix socket connects at once or fails
-        body = json.dumps({"after": after, "last": last}).encode()
+        body = json.dumps(request).encode()
         out = memoryview(_LEN.pack(len(body)) + body)
         while out:
             try:
@@ -477,6 +531,9 @@ def fetch(runtime: Any, after: Dict[str, int], last: Dict[str, int],
     data = b"".join(chunks)
     size = _LEN.unpack_from(data, 0)[0]
     head = json.loads(data[4:4 + size])
+    if "error" in head:
+        log.warning("the broadcast mule cannot read the stream back: %s", head["error"])
+        return None
     pos, entries = 4 + size, []
     while pos < len(data):
         seq, length = _RECORD.unpack_from(data, pos)

@@ -217,7 +217,7 @@ def _start_history(ring: BroadcastRing) -> None:
 
 def _start_bridge(ring: BroadcastRing) -> None:
     """Start the Redis bridge when a Redis URL is set (nothing imported otherwise)."""
-    global _bridge
+    global _bridge, _history
     if not settings.get("redis-url"):
         return
     from . import redis
@@ -225,6 +225,19 @@ def _start_bridge(ring: BroadcastRing) -> None:
     wakeup.wake_workers()  # creates the wake-up socket here, before the bridge's threads use it
     # The history keeps the event broadcasts the inbox appends (under the ring lock, as it wants).
     _bridge = redis.start(ring, _ring_lock, _history.append if _history is not None else None)
+    if _bridge is None:
+        return
+    from . import history
+
+    if _history is None:  # the history's socket also serves resumes read back from Redis
+        try:
+            _history = history.Server(history.History(0, 0, ring.write_seq), ring, _ring_lock)
+        except OSError as exc:
+            log.error("resume from Redis's stream is off: cannot listen on %r: %s", history.address(), exc)
+            return
+    block = redis.BridgeBlock(ring)
+    _history.global_seq = lambda: block.get("g_seq")
+    _history.stream_reader = _bridge.read_back
 
 
 # -- the publish journal -----------------------------------------------------------------------

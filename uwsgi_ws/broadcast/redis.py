@@ -107,6 +107,8 @@ from .ring import FLAG_BINARY, FLAG_EVENT, FLAG_REMOTE, BroadcastRing, Lapped
 
 log = _logger(__name__)
 BATCH = 512  # stream entries per XADD pipeline or XREAD
+READ_BACK_BATCH = 1000  # stream entries per XREVRANGE when a resume reads the stream
+READ_BACK_LIMIT = 1_000_000  # stream entries a resume may scan at most (then: not recovered)
 MAX_ORIGINS = 4096  # instances whose last counter the inbox remembers
 
 NOT_STARTED, CONNECTED, UNREACHABLE, OFF = 0, 1, 2, 3
@@ -273,6 +275,12 @@ class _Backoff:
         self.delay = min(self.delay * 2, self.maximum)
 
 
+def _before(entry_id: bytes) -> str:
+    """The stream id just before `entry_id` (an inclusive XREVRANGE bound)."""
+    ms, seq = _parse_id(entry_id)
+    return "%d-%d" % (ms, seq - 1) if seq else "%d-%d" % (ms - 1, 2 ** 64 - 1)
+
+
 def _parse_id(entry_id: bytes) -> Tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
@@ -319,6 +327,74 @@ class Bridge:
 
     # -- global positions: event broadcasts numbered by Redis --------------------------
 
+    def read_back(self, after: Dict[str, int], epoch: int, through: int
+                  ) -> Tuple[Dict[str, int], List[Tuple[int, bytes]]]:
+        """The event broadcasts of the channels of `after` numbered in (after[c], through]
+        (epoch `epoch`) still in the stream, for a resume this instance's ring cannot
+        serve (it started later, or its ring overwrote them). Reads the stream from its
+        newest entry back (XREVRANGE, READ_BACK_BATCH at a time) until one numbered at
+        most min(after): the cost is the distance, as for the replay itself.
+
+        Returns:
+            ({channel: oldest global seq the stream still has} for channels whose
+            messages are no longer all there (trimmed), [(global seq, frame)] in order).
+
+        Raises:
+            RingError: Redis is unreachable (the caller answers not recovered).
+        """
+        lowest = min(after.values())
+        found: List[Tuple[int, bytes]] = []
+        oldest: Optional[int] = None  # the oldest number of `epoch` seen
+        cursor, scanned, done = "+", 0, False
+        with self._pub_lock:
+            try:
+                client = self._publishing_client()
+                while not done and scanned < READ_BACK_LIMIT:
+                    batch = client.xrevrange(self.settings.stream, max=cursor, min="-", count=READ_BACK_BATCH)
+                    if not batch:
+                        break
+                    scanned += len(batch)
+                    for _entry_id, fields in batch:
+                        if b"g" not in fields:
+                            continue
+                        try:
+                            g, e = int(fields[b"g"]), int(fields[b"e"])
+                            channel = fields.get(b"c", b"").decode("utf-8")
+                        except (KeyError, ValueError, UnicodeDecodeError):
+                            continue
+                        if e != epoch:
+                            done = True  # an older epoch: nothing of this one before it
+                            break
+                        if g > through:
+                            continue  # the ring has it (or will): live delivery's
+                        oldest = g
+                        if g <= lowest:
+                            done = True
+                            break
+                        start = after.get(channel)
+                        if start is not None and g > start:
+                            opcode = frames.OP_BINARY if int(fields.get(b"f", b"0")) & FLAG_BINARY else frames.OP_TEXT
+                            found.append((g, frames.encode(opcode, fields[b"d"])))
+                    cursor = _before(batch[-1][0])
+            except self._errors as exc:
+                if self._pub is not None:
+                    self._pub.close()
+                    self._pub = None
+                raise RingError(f"cannot read the stream back from Redis ({type(exc).__name__}: {exc})") from None
+        found.reverse()
+        floor = through + 1 if oldest is None else oldest
+        gone = {c: floor for c, g in after.items() if g < through and floor > g + 1}
+        return gone, found
+
+    def _publishing_client(self) -> Any:
+        """The connection of `publish_event` and `read_back` (caller holds _pub_lock)."""
+        if self._pub is None:
+            self._pub = self._redis.Redis.from_url(
+                self.settings.url, client_name=f"uwsgi_ws-{self.origin}-pub", socket_connect_timeout=2,
+                socket_timeout=2, retry=self._client_options["retry"], health_check_interval=0)
+            self._script = self._pub.register_script(GLOBAL_PUBLISH)
+        return self._pub
+
     def publish_event(self, channel: str, flags: int, payload: bytes) -> int:
         """Number an event broadcast in Redis and add it to the stream (`GLOBAL_PUBLISH`);
         the inbox appends it to the ring, as every instance's does. Any thread; blocks on
@@ -339,11 +415,7 @@ class Bridge:
                             "retry when Redis is back")
         with self._pub_lock:
             try:
-                if self._pub is None:
-                    self._pub = self._redis.Redis.from_url(
-                        self.settings.url, client_name=f"uwsgi_ws-{self.origin}-pub", socket_connect_timeout=2,
-                        socket_timeout=2, retry=self._client_options["retry"], health_check_interval=0)
-                    self._script = self._pub.register_script(GLOBAL_PUBLISH)
+                self._publishing_client()
                 seq, _epoch = self._script(keys=self._keys, args=[
                     self.settings.maxlen, self.origin, channel, flags & FLAG_BINARY, payload[:-1], new_epoch()])
             except self._errors as exc:
