@@ -130,7 +130,7 @@ class Admin:
         def uwsgi_ws_admin_feed(conn: Any) -> Optional[Response]:
             return self._feed(conn)
 
-        ws.route(base + "/feed", endpoint=endpoint + "_feed", compression=None)(uwsgi_ws_admin_feed)
+        ws.route(base + "/feed", endpoint=endpoint + "_feed")(uwsgi_ws_admin_feed)
 
     # -- access --------------------------------------------------------------------------
 
