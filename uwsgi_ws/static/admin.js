@@ -15,7 +15,7 @@
   let watch = {};
   try { watch = JSON.parse(localStorage.getItem(WATCH_KEY) || "{}") || {}; } catch (e) { watch = {}; }
 
-  window.uwsgiWsAdmin = { state: null, states: 0 }; // read by tests and the curious
+  window.uwsgiWsAdmin = { state: null, states: 0, series }; // read by tests and the curious
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
