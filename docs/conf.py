@@ -38,7 +38,8 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 html_theme = "furo"
 html_title = f"uwsgi_ws {version}"
-html_static_path: List[str] = []
+html_static_path = ["_static"]
+html_css_files = ["uwsgi_ws.css"]
 # uWSGI's YAML dialect (`%d` magic variables, repeated keys) is not YAML to Pygments: shown plain.
 suppress_warnings = ["misc.highlighting_failure"]
 

@@ -333,9 +333,25 @@ def app_defaults() -> Dict[str, Any]:
 
 
 def _app_table() -> str:
-    lines = ["| option | where | type | default | unit | meaning |", "|---|---|---|---|---|---|"]
-    for o in APP_OPTIONS:
-        default = o.shown or ("None" if o.default is None else repr(o.default) if isinstance(o.default, str)
-                              else str(o.default))
-        lines.append(f"| `{o.name}` | {o.where} | {o.kind} | {default} | {o.unit} | {o.doc} |")
+    """Three tables, one per `scope`, each headed by where its options are given."""
+
+    def shown(o: AppOption) -> str:
+        if o.shown:
+            return o.shown
+        return "None" if o.default is None else repr(o.default) if isinstance(o.default, str) else str(o.default)
+
+    def rows(scope: str) -> List[AppOption]:
+        return [o for o in APP_OPTIONS if o.scope == scope]
+
+    lines = ["**`WebSocket(app, ...)`** keyword arguments, else the app's Flask config key, else the default "
+             "(read at each use):", "",
+             "| option | Flask config | type | default | unit | meaning |", "|---|---|---|---|---|---|"]
+    lines += [f"| `{o.name}` | `{o.config_key}` | {o.kind} | {shown(o)} | {o.unit} | {o.doc} |"
+              for o in rows(EXTENSION)]
+    lines += ["", "**`ws.route(rule, ...)`** keyword arguments:", "",
+              "| option | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{o.name}` | {o.kind} | {shown(o)} | {o.doc} |" for o in rows(ROUTE)]
+    lines += ["", "**`ws.events(path, ...)`** keyword arguments:", "",
+              "| option | type | default | unit | meaning |", "|---|---|---|---|---|"]
+    lines += [f"| `{o.name}` | {o.kind} | {shown(o)} | {o.unit} | {o.doc} |" for o in rows(EVENTS)]
     return "\n".join(lines)
