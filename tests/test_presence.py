@@ -167,12 +167,16 @@ def test_presence_is_exact_on_every_worker(server):
         # join and leave from a frame: seen on both workers as soon as the ack came
         assert bob.call("join_room", "p2")["data"] is True
         assert [ids(presence(server, "p2", w)) for w in (0, 1)] == [[bob.id], [bob.id]]
+        for port in server.worker_ports:  # every occupied room with its count, on either worker
+            status, rooms = http(server, "/rooms", port=port)
+            assert status == 200 and {r: rooms.get(r) for r in ("p1", "p2")} == {"p1": 2, "p2": 1}, rooms
         assert bob.call("leave_room", "p1")["data"] is True
         assert [ids(presence(server, "p1", w)) for w in (0, 1)] == [[ann.id], [ann.id]]
         # a closed connection leaves at once
         bob.close()
         wait_for(lambda: presence(server, "p2", 0)["count"] == 0, 10, "bob gone from p2")
         assert presence(server, "p2", 1)["count"] == 0
+        assert "p2" not in http(server, "/rooms", port=server.worker_ports[1])[1]  # an empty room is not listed
     finally:
         ann.close()
         bob.close()

@@ -27,8 +27,9 @@ Numbers come from `uwsgi_ws.metrics` (instance-wide: every worker's row of the
 shared table), rooms and their members from each event endpoint's presence
 (`Events.presence`: endpoints made with ``presence=True``), the actions go
 through `Events.emit` and `Events.disconnect`, so they reach whichever worker
-holds the connection. Which rooms the page lists: those the app's ``rooms()``
-callable names plus those the operator watches (typed in the page).
+holds the connection. Which rooms the page lists: every room with a member
+(`Events.rooms`, the busiest MAX_ROOMS first), then those the app's ``rooms()``
+callable names and those the operator watches (typed in the page), even empty.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ CSP = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
 ACTION_HEADER = "X-Uwsgi-Ws-Admin"
 MAX_WATCHED = 50  # rooms per endpoint the page may watch
 MAX_MEMBERS = 100  # members listed per room (the count is exact)
+MAX_ROOMS = 50  # occupied rooms listed per endpoint, the busiest first (the app's and the watched ones come on top)
 
 HOW_TO_ALLOW = (
     "403 Forbidden: the uwsgi_ws admin page refuses everyone until the app allows a check, e.g.\n"
@@ -290,8 +292,9 @@ class Admin:
                          messages), lag_max, lag_p99
             rejected     {reason: upgrades refused}
             redis        None (no bridge) or the bridge's state (`metrics.bridge_state`)
-            endpoints    [{"path", "presence", "rooms": [{"room", "count", "members",
-                         "error"}]}]; members: [{"id", "identity"}] (at most MAX_MEMBERS)
+            endpoints    [{"path", "presence", "rooms_total", "rooms": [{"room", "count",
+                         "members", "error"}]}]; rooms_total: rooms with a member;
+                         members: [{"id", "identity"}] (at most MAX_MEMBERS)
 
         Blocks while presence catches up with the ring (`Events.presence`); never raises
         for a room or endpoint (its "error" says what went wrong)."""
@@ -323,6 +326,12 @@ class Admin:
         if not endpoint.presence_on:
             return info
         names: List[str] = []
+        try:
+            occupied = endpoint.rooms()
+            info["rooms_total"] = len(occupied)
+            names.extend(sorted(occupied, key=lambda r: (-occupied[r], r))[:MAX_ROOMS])
+        except (RuntimeError, BroadcastError) as exc:
+            info["error"] = str(exc)
         if self.rooms is not None:
             try:
                 names.extend(str(r) for r in self.rooms())
@@ -332,6 +341,7 @@ class Admin:
         for room in watched:
             if room not in names:
                 names.append(room)
+        names = list(dict.fromkeys(names))
         for room in names:
             entry: Dict[str, Any] = {"room": room}
             try:

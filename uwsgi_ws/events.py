@@ -463,6 +463,12 @@ class Events:
         self.channel(room)
         return self._tracked().count(room)
 
+    def rooms(self) -> Dict[str, int]:
+        """Every room of this endpoint with at least one connection, in every worker
+        (and, with the Redis bridge, every instance): ``{room: connection count}``,
+        sorted by name. Blocks and raises as `presence`."""
+        return self._tracked().rooms()
+
     def _tracked(self) -> _presence.Registry:
         if not self.presence_on:
             raise RuntimeError(f"presence is off for the events endpoint {self.path}: "

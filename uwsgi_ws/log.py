@@ -10,7 +10,8 @@ its own on the root logger, a fallback handler writes to stderr, as
 - WARNING and above from every ``uwsgi_ws.*`` logger;
 - INFO from the process-level loggers (``uwsgi_ws.broadcast.*``,
   ``uwsgi_ws.shutdown``, ``uwsgi_ws.startup``, ``uwsgi_ws.runtime``): one line per
-  event of a process, never one per connection.
+  event of a process, never one per connection; and ``uwsgi_ws.admin``, the
+  operator page's actions (an audit trail: who emitted, who disconnected whom).
 
 Per-connection lines (``uwsgi_ws.metrics``: one per close and per refused
 upgrade, INFO) appear once the application configures logging. Once the root
@@ -24,7 +25,8 @@ import logging
 import sys
 
 ROOT = "uwsgi_ws"
-_PROCESS_LEVEL = ("uwsgi_ws.broadcast", "uwsgi_ws.shutdown", "uwsgi_ws.startup", "uwsgi_ws.runtime")
+_PROCESS_LEVEL = ("uwsgi_ws.broadcast", "uwsgi_ws.shutdown", "uwsgi_ws.startup", "uwsgi_ws.runtime",
+                  "uwsgi_ws.admin")  # the operator's actions are an audit trail
 
 
 class _Fallback(logging.StreamHandler):  # type: ignore[type-arg]

@@ -266,6 +266,18 @@ class Registry:
         alive = self._alive(set(by_pid))
         return sum(n for key, n in by_pid.items() if alive[key])
 
+    def rooms(self) -> Dict[str, int]:
+        """Every room with at least one connection, all workers: ``{room: count}``
+        (Centrifugo's "channels" query). Blocks as `members`; one liveness check per
+        worker, never per connection."""
+        self._catch_up()
+        with self._lock:
+            by_room = {room: collections.Counter((self._members[k].inst, self._members[k].pid) for k in keys)
+                       for room, keys in self._rooms.items() if keys}
+        alive = self._alive({key for counter in by_room.values() for key in counter})
+        counts = {room: sum(n for key, n in counter.items() if alive[key]) for room, counter in by_room.items()}
+        return {room: n for room, n in sorted(counts.items()) if n}
+
     def user_connections(self, key: str, value: Any) -> List[str]:
         """Ids of the connections whose identity has `key` == `value` (all workers)."""
         self._catch_up()

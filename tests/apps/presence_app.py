@@ -105,6 +105,11 @@ def presence(room):
     return jsonify(pid=os.getpid(), members=live.presence(room), count=live.presence_count(room))
 
 
+@app.get("/rooms")
+def rooms():
+    return jsonify(live.rooms())
+
+
 @app.post("/emit")
 def emit():
     data = json.loads(request.get_data() or b"null")
