@@ -200,6 +200,54 @@ docs: $(STAMP)
 autobahn-full: $(STAMP)
 	UWSGI_WS_AUTOBAHN_FULL=1 $(PY) -m pytest -q tests/test_autobahn.py -k compression $(PYTEST_ARGS)
 
+# Coverage-guided fuzzing of the frame decoder, exploring (tests/fuzz/fuzz_protocol.py): atheris
+# with a random seed for FUZZ_TIME seconds, new inputs kept in reports/fuzz/corpus (not in git), a
+# finding saved as reports/fuzz/crash-<sha1> and the run stopped. CI runs a seeded, bounded and so
+# deterministic run instead (tests/test_fuzz_protocol.py::test_atheris_bounded_run).
+FUZZ_TIME ?= 600
+.PHONY: fuzz mutation mutation-group
+fuzz: $(STAMP)
+	@mkdir -p reports/fuzz/corpus
+	$(PY) tests/fuzz/fuzz_protocol.py -max_total_time=$(FUZZ_TIME) -max_len=4096 -timeout=60 \
+	  -print_final_stats=1 -artifact_prefix=reports/fuzz/ reports/fuzz/corpus tests/fuzz/corpus
+
+# Mutation testing with mutmut (pinned; docs/mutation.md has the scores and the survivors looked
+# at). Not in CI: over an hour on 2 busy cores. Each group is mutated in a copy of the tree at
+# MUTATION_REV (git archive: files being edited count as committed) under reports/mutation/<group>,
+# with its pure tests; `mutmut results` / `mutmut show <mutant>` there. MUTATION_GROUPS picks groups.
+MUTMUT          := mutmut==3.8.1
+MUTATION_REV    ?= HEAD
+MUTATION_GROUPS ?= engine ring hub mule
+MUTATION_DIR    := reports/mutation
+MUT_SRC_engine  := uwsgi_ws/protocol.py uwsgi_ws/frames.py
+MUT_TEST_engine := tests/test_protocol.py tests/test_deflate.py tests/test_fuzz_protocol.py
+MUT_SRC_ring    := uwsgi_ws/broadcast/ring.py
+MUT_TEST_ring   := tests/test_broadcast_ring.py tests/test_devserver_local.py
+MUT_SRC_hub     := uwsgi_ws/broadcast/hub.py
+MUT_TEST_hub    := tests/test_testclient.py tests/test_devserver_local.py
+MUT_SRC_mule    := uwsgi_ws/broadcast/mule.py
+MUT_TEST_mule   := tests/test_mutation_mule.py
+mutation: $(STAMP)
+	@$(PY) -c 'import importlib.metadata as m, sys; sys.exit(m.version("mutmut") != "3.8.1")' 2>/dev/null || \
+	  $(PIP) install -q '$(MUTMUT)'
+	@mkdir -p $(MUTATION_DIR) && : > $(MUTATION_DIR)/summary.txt
+	@for group in $(MUTATION_GROUPS); do $(MAKE) --no-print-directory mutation-group GROUP=$$group || exit 1; done
+	@cat $(MUTATION_DIR)/summary.txt
+
+mutation-group:
+	@test -n "$(MUT_SRC_$(GROUP))" || { echo "error: unknown mutation group '$(GROUP)' (engine ring hub mule)" >&2; exit 1; }
+	@dir=$(MUTATION_DIR)/$(GROUP); rm -rf $$dir && mkdir -p $$dir && git archive $(MUTATION_REV) | tar -x -C $$dir && \
+	{ echo '[mutmut]'; echo 'source_paths = uwsgi_ws'; echo 'only_mutate ='; \
+	  for f in $(MUT_SRC_$(GROUP)); do echo "    $$f"; done; \
+	  echo 'pytest_add_cli_args_test_selection ='; for t in $(MUT_TEST_$(GROUP)); do echo "    $$t"; done; \
+	  printf 'pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -k\n    not atheris\n    --hypothesis-seed=0\n'; \
+	} > $$dir/setup.cfg && \
+	echo "mutation $(GROUP): $(MUT_SRC_$(GROUP)) at $$(git rev-parse --short $(MUTATION_REV)), tests $(MUT_TEST_$(GROUP))" && \
+	(cd $$dir && FUZZ_EXAMPLES=50 $(abspath $(VENV))/bin/mutmut run --max-children 1 > mutmut.log 2>&1; \
+	 $(abspath $(VENV))/bin/mutmut results --all true > results.txt; \
+	 tr '\r' '\n' < mutmut.log | grep -a '🎉' | tail -1 | sed "s|^|$(GROUP) ($(MUT_SRC_$(GROUP))): |") \
+	  | tee -a $(MUTATION_DIR)/summary.txt
+
 bench: $(STAMP)
 	bash bench/setup.sh && $(PY) bench/run.py
 

@@ -1,0 +1,165 @@
+"""The broadcast mule's pure parts, without uWSGI: the publish journal, the append
+of a publish request to the ring, the malformed-request check and the removal of
+stale journal files. Written for the mutation run (docs/mutation.md): its first
+run over uwsgi_ws/broadcast/mule.py found these reachable only through real
+uWSGI tests (tests/test_broadcast.py, tests/test_publish_*.py), which mutmut
+cannot attribute to the mule's functions, so every mutant of them was left
+without a test. The mule's serving loop stays covered by those real-uWSGI tests.
+
+The ring is a `BroadcastRing` over a bytearray (as tests/test_broadcast_ring.py);
+journals are files in a temporary directory; processes are real (a child that
+has exited is a dead pid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from uwsgi_ws.broadcast import mule
+from uwsgi_ws.broadcast.mule import Journal, _append, _append_locked, _malformed, _remove_stale
+from uwsgi_ws.broadcast.publish import encode_request
+from uwsgi_ws.broadcast.ring import FLAG_BINARY, FLAG_EVENT, MIN_AREA, BroadcastRing
+
+
+def new_ring() -> BroadcastRing:
+    ring = BroadcastRing(memoryview(bytearray(MIN_AREA)))
+    ring.format(1)
+    return ring
+
+
+def payload_of(frame: bytes) -> tuple:
+    """(opcode, payload) of an unmasked short server frame (the ring stores them so)."""
+    assert frame[0] & 0x80 and not frame[1] & 0x80
+    n, start = frame[1] & 0x7F, 2
+    if n == 126:
+        (n,), start = struct.unpack_from("!H", frame, 2), 4
+    return frame[0] & 0x0F, frame[start:start + n]
+
+
+# -- the journal ----------------------------------------------------------------------
+
+
+def journal() -> Journal:
+    return Journal(bytearray(Journal.SLOTS * Journal.SLOT.size), None)
+
+
+def test_a_recorded_publish_is_found_and_nothing_else():
+    j = journal()
+    assert j.find(12345, 1) is None
+    assert j.record(12345, 1, 7) == (0, 0, 0)
+    assert j.find(12345, 1) == 7
+    assert j.find(12345, 2) is None  # the same publisher's next request
+    assert j.find(12345 + Journal.SLOTS, 1) is None  # another publisher in the same slot
+    assert j.record(12345, 2, 8) == (12345, 1, 7)  # the slot's previous content, for restore
+    assert j.find(12345, 2) == 8 and j.find(12345, 1) is None
+
+
+def test_a_slot_with_seq_0_is_empty():
+    j = journal()
+    j.record(99, 3, 0)
+    assert j.find(99, 3) is None
+
+
+def test_restore_puts_back_what_record_replaced():
+    j = journal()
+    j.record(5, 1, 10)
+    old = j.record(5, 2, 11)
+    j.restore(5, old)
+    assert j.find(5, 1) == 10 and j.find(5, 2) is None
+    # The slot is the client id's, modulo SLOTS: a restore does not touch the others.
+    j.record(6, 1, 12)
+    j.restore(5, (0, 0, 0))
+    assert j.find(5, 1) is None and j.find(6, 1) == 12
+
+
+def test_forget_after_clears_the_uncommitted_slots_only():
+    j = journal()
+    for cid, seq in ((1, 5), (2, 6), (3, 7), (Journal.SLOTS - 1, 9)):
+        j.record(cid, 1, seq)
+    j._forget_after(6)
+    assert [j.find(cid, 1) for cid in (1, 2, 3, Journal.SLOTS - 1)] == [5, 6, None, None]
+    assert bytes(j.buf[3 * Journal.SLOT.size:4 * Journal.SLOT.size]) == bytes(Journal.SLOT.size)
+
+
+# -- appending a publish request ----------------------------------------------------------
+
+
+def test_append_frames_text_and_binary_on_their_channel():
+    ring = new_ring()
+    assert _append(ring, encode_request("hello", "room")) == 1
+    assert _append(ring, encode_request(b"\x00\x01", None)) == 2
+    first, second = ring.read_range(1, 2)
+    assert (first.seq, first.channel, first.flags) == (1, "room", 0)
+    assert payload_of(first.frame) == (0x1, b"hello")
+    assert (second.seq, second.channel, second.flags) == (2, "", FLAG_BINARY)
+    assert payload_of(second.frame) == (0x2, b"\x00\x01")
+
+
+def test_append_numbers_an_event_with_its_seq_and_the_ring_epoch():
+    ring = new_ring()
+    _append(ring, encode_request("before", None))
+    seq = _append(ring, encode_request('{"event":"said"}', "lobby", event=True))
+    assert seq == 2
+    entry = ring.read(2)
+    assert entry.flags == FLAG_EVENT
+    opcode, payload = payload_of(entry.frame)
+    assert opcode == 0x1
+    assert json.loads(payload) == {"event": "said", "seq": 2, "epoch": str(ring.epoch)}
+
+
+def test_append_refuses_what_is_not_a_publish_request():
+    ring = new_ring()
+    assert _append(ring, b"GET / HTTP/1.1\r\n\r\n") is None
+    assert _append_locked(ring, b"junk") is None
+    assert ring.write_seq == 0
+
+
+def test_append_locked_without_a_bridge_appends_events_itself():
+    assert mule._bridge is None
+    ring = new_ring()
+    assert _append_locked(ring, encode_request('{"a":1}', None, event=True)) == 1
+    assert json.loads(payload_of(ring.read(1).frame)[1])["seq"] == 1
+
+
+def test_malformed_names_the_problem():
+    assert _malformed(encode_request("fine", "room")) is None
+    assert _malformed(b"") == "malformed publish request: not a uwsgi_ws publish request"
+    good = encode_request("x", "room")
+    short = good[:good.index(b"room") + 2]  # the channel name cut short
+    assert _malformed(short) == "malformed publish request: a publish request shorter than its channel name"
+    assert _malformed(good.replace(b"room", b"r\xffom")).startswith("malformed publish request: ")
+
+
+# -- stale journal files ----------------------------------------------------------------
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid):
+    prefix = str(tmp_path / "uwsgi_ws-publish-0-")
+    master, alive = 999_999_999, os.getpid()
+    names = {
+        "dead": f"{prefix}{dead_pid}-1a",
+        "alive": f"{prefix}{alive}-2b",
+        "master": f"{prefix}{master}-3c",
+        "odd": f"{prefix}notapid-4d",
+    }
+    for path in names.values():
+        open(path, "wb").close()
+    other = tmp_path / "unrelated-1-2"
+    other.write_bytes(b"")
+    _remove_stale(prefix, master)
+    left = {name for name, path in names.items() if os.path.exists(path)}
+    assert left == {"alive", "master", "odd"}
+    assert other.exists()
