@@ -1,10 +1,11 @@
 """One WebSocket connection on a socket the package owns after the handshake.
 
 The protocol engine (`protocol.Protocol`) decides what the bytes mean; this
-module moves them. Reading happens in one place per connection, chosen by the
-concurrency model (`_BackgroundReader`: a thread or greenlet beside the
-handler in the threads and gevent models; `_InlineReader`: the handler
-itself while it waits in `receive`, in the async model). Everything written
+module moves them. A connection has no task of its own: the task waiting in
+`receive` (or `close`) reads, and between those waits the worker's one fd
+watcher (`runtime.fd_watcher()`) reads, answers pings, keeps the timers and
+flushes queued output in its own task (`_Reader`). So an idle connection costs
+its handler's task and nothing more. Everything written
 (the handler's messages, the reader's pongs and close frames, the broadcast
 fan-out) goes through one `outbound.Outbound`, so frames never interleave and
 no data frame follows our close frame.
@@ -18,11 +19,12 @@ different threads/greenlets at once; one consumer should call `receive`.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Set, Union
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, Optional, Set, Union
 
 from . import _uwsgi, metrics
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
@@ -74,10 +76,10 @@ class Connection:
         self._protocol = protocol if protocol is not None else Protocol(max_message_size)
         self._plock = runtime.Lock()  # the protocol engine
         self._outbound = Outbound(sock, runtime, write_limit, self._broken)
-        self._inbox = runtime.Queue()
-        self._done = runtime.Event()  # set once the reader has seen the end
-        self._resume = runtime.Event()  # inbox drained below max_queue
-        self.ping_interval = ping_interval
+        # Messages read and not yet returned by `receive` (no task ever blocks on it:
+        # the receiving task reads itself), then _CLOSED.
+        self._inbox: Deque[object] = collections.deque()
+        self._ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
         self.max_queue = max_queue
@@ -89,7 +91,8 @@ class Connection:
         self._slow = False
         self._metrics = metrics.local()
         self._broadcast = broadcast
-        self._reader = _BackgroundReader(self) if runtime.HAS_TASKS else _InlineReader(self)
+        self._reader = _Reader(self)
+        self._ended = False
         #: Data messages received from this connection.
         self.messages_received = 0
         #: The default `receive()` timeout in seconds (None: wait for ever); the
@@ -98,6 +101,16 @@ class Connection:
         #: This connection's id, unique in the uWSGI instance while it is open:
         #: "<worker pid>-<number>" (Flask-uWSGI-WebSocket's `ws.id`).
         self.id = _next_id()
+
+    @property
+    def ping_interval(self) -> Optional[float]:
+        """Seconds between keepalive pings (None: none); setting it restarts the interval."""
+        return self._ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, value: Optional[float]) -> None:
+        self._ping_interval = value
+        self._next_ping = time.monotonic() + value if value else None
 
     @property
     def write_limit(self) -> int:
@@ -179,10 +192,8 @@ class Connection:
 
     def _unwrap(self, item: object) -> Union[str, bytes]:
         if item is _CLOSED:
-            self._inbox.put(_CLOSED)  # later calls raise too
+            self._inbox.append(_CLOSED)  # later calls raise too
             raise ConnectionClosed(self.close_code, self.close_reason)
-        if self.max_queue and not self._resume.is_set() and self._inbox.qsize() < self.max_queue:
-            self._resume.set()
         return item  # type: ignore[return-value]
 
     # -- sending -----------------------------------------------------------
@@ -517,7 +528,7 @@ class Connection:
         for event in events:
             if type(event) is Message:
                 received += 1
-                self._inbox.put(event.data)
+                self._inbox.append(event.data)
             elif type(event) is Pong:
                 if self._ping_payload is not None and event.payload == self._ping_payload:
                     self._ping_payload = self._pong_deadline = None
@@ -533,6 +544,12 @@ class Connection:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def _resumed(self) -> None:
+        """Reading resumes after a `max_queue` pause: a pong may wait behind what was not
+        read, so the peer gets a full `ping_timeout` again (the delay was ours)."""
+        if self._pong_deadline is not None and self.ping_timeout:
+            self._pong_deadline = max(self._pong_deadline, time.monotonic() + self.ping_timeout)
 
     def _next_deadline(self) -> Optional[float]:
         candidates = [t for t in (self._next_ping, self._pong_deadline, self._close_deadline) if t is not None]
@@ -572,112 +589,182 @@ class Connection:
         self._closing_handshake_done()
 
     def _end(self) -> None:
-        """The reader is done: wake the consumer and whoever waits in `close`."""
-        if not self._done.is_set():
-            self._done.set()
-            self._inbox.put(_CLOSED)
-            self._resume.set()
-            self._leave_broadcast()
+        """Reading is over: wake the consumer and whoever waits in `close`."""
+        with self._plock:
+            if self._ended:
+                return
+            self._ended = True
+        self._inbox.append(_CLOSED)
+        self._leave_broadcast()
 
 
-class _BackgroundReader:
-    """The threads and gevent models: a task of its own reads beside the handler."""
+class _Reader:
+    """Who reads the socket, one task at a time (the read lock says which):
+
+    - the task waiting in `receive`, `close` or `finish` reads itself (the handler's
+      own task: a connection needs no task of its own);
+    - between those waits, the worker's fd watcher (`runtime.fd_watcher()`: a
+      libev watcher on the gevent hub, one epoll thread for the threads model, none
+      in the async model) watches the fd, the output still queued and the timers
+      (keepalive, close deadline), and does the same work in its own task.
+
+    Every holder of the read lock arms the watcher again after releasing it (the
+    watcher skips a connection whose lock is held), so exactly one of them watches.
+    While `max_queue` messages wait in the inbox nothing reads (back-pressure); the
+    next `receive` reads again.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._task: Any = None
+        self._lock = conn._rt.Lock()
+        self._watcher = conn._rt.fd_watcher()
+        self._finished = False
+        self._paused = False
+
+    def fileno(self) -> int:
+        return self._conn.fd
+
+    def __repr__(self) -> str:
+        return f"<uwsgi_ws connection {self._conn.id}>"
 
     def start(self) -> None:
-        self._task = self._conn._rt.spawn(self._run)
+        self._rearm()
 
-    def _run(self) -> None:
-        """Feed the engine, answer pings, keep alive, queue messages."""
+    # -- the lock and the watcher ------------------------------------------------
+
+    def _acquire(self, timeout: Optional[float]) -> bool:
+        if timeout is None:
+            return bool(self._lock.acquire())
+        return bool(self._lock.acquire(True, max(0.0, timeout)))
+
+    def _release(self) -> None:
+        self._lock.release()
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Let the watcher read (and flush, and keep the timers) until a task takes over."""
+        conn = self._conn
+        if self._finished or conn._ended:
+            self._watcher.unwatch(self)
+            return
+        read = not (conn.max_queue and len(conn._inbox) >= conn.max_queue)
+        if self._paused and read:
+            conn._resumed()
+        self._paused = not read
+        write = bool(conn._outbound.pending)
+        deadline = conn._next_deadline() if read else conn._close_deadline
+        if read or write or deadline is not None:
+            self._watcher.watch(self, read, write, deadline)
+        else:
+            self._watcher.unwatch(self)
+
+    def on_ready(self, readable: bool, writable: bool) -> None:
+        """The watcher's callback (in its task): do what the fd or a timer asks, never block."""
+        if not self._lock.acquire(False):
+            return  # a task reads now; it arms the watcher again when done
         conn = self._conn
         try:
-            while conn._protocol.state is not State.CLOSED:
-                conn._pump(None, want_write=True)
-                if conn.max_queue and conn._inbox.qsize() >= conn.max_queue:
-                    conn._resume.clear()
-                    while conn._inbox.qsize() >= conn.max_queue and not conn._is_closed():
-                        conn._resume.wait(1.0)
-        except Exception:  # never let a reader die silently with the socket open
+            if writable:
+                conn.flush()
+            if readable and not self._paused:
+                conn._read_available()
+            conn._on_timers(time.monotonic())
+            if conn._is_closed():
+                conn._end()
+        except Exception:  # never leave a connection open that nothing reads
             with conn._plock:
                 conn._protocol.fail(INTERNAL_ERROR, "internal error")
                 conn._protocol.abort()
-            raise
-        finally:
+            self._lock.release()
             conn._end()
+            raise
+        self._release()
+
+    # -- the tasks that wait --------------------------------------------------------
 
     def receive(self, timeout: Optional[float]) -> Union[str, bytes, None]:
         conn = self._conn
-        try:
-            if timeout is not None and timeout <= 0:
-                item = conn._inbox.get_nowait()
-            else:
-                item = conn._inbox.get(timeout=timeout)
-        except conn._rt.Empty:
-            return None
-        return conn._unwrap(item)
-
-    def wait_closed(self, deadline: float) -> None:
-        if not self._conn._done.wait(max(0.0, deadline - time.monotonic())):
-            self._conn._abort("no close frame from the peer in time")
-
-    def wait_done(self, timeout: float) -> None:
-        self._conn._done.wait(timeout)
-
-    def join(self, timeout: float) -> None:
-        if self._task is not None:
-            self._task.join(timeout)
-
-    def aborted(self) -> None:
-        """The reader sees the shut socket and ends by itself."""
-
-
-class _InlineReader:
-    """The async (ugreen) model: no background tasks; the handler reads while it
-    waits in `receive` (and in `close`)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def start(self) -> None:
-        """Nothing runs until the handler receives."""
-
-    def receive(self, timeout: Optional[float]) -> Union[str, bytes, None]:
-        conn = self._conn
+        inbox = conn._inbox
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return conn._unwrap(conn._inbox.get_nowait())
-            except conn._rt.Empty:
+                item = inbox.popleft()
+            except IndexError:
                 pass
-            if conn._protocol.state is State.CLOSED:
-                conn._end()
-                continue
+            else:
+                if self._paused:
+                    self._rearm()
+                return conn._unwrap(item)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                if conn._read_available():  # recv_nb and expired timeouts still see what arrived
+                # recv_nb and expired timeouts still see what arrived
+                if self._lock.acquire(False):
+                    try:
+                        self._watcher.unwatch(self)
+                        conn._read_available()
+                        if conn._is_closed():
+                            conn._end()
+                    finally:
+                        self._release()
+                    if len(inbox):
+                        continue
+                return None
+            if not self._acquire(remaining):
+                continue  # held until our deadline: the loop returns None
+            try:
+                self._watcher.unwatch(self)
+                if self._paused:
+                    self._paused = False
+                    conn._resumed()
+                while not len(inbox):
                     if conn._is_closed():
                         conn._end()
-                    continue
-                return None
-            conn._pump(remaining, want_write=False)
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    conn._pump(remaining, want_write=True)
+                    if conn._is_closed():
+                        conn._end()
+            finally:
+                self._release()
+
+    def read_until_closed(self, deadline: float, abort: bool) -> None:
+        """Read (or let the reading task read) until the engine is CLOSED or `deadline`;
+        with `abort`, give up on the peer then. Takes the read lock even when already
+        CLOSED, so whoever read the close has also written its answer."""
+        conn = self._conn
+        while True:
+            got = self._acquire(deadline - time.monotonic())
+            if got:
+                try:
+                    self._watcher.unwatch(self)
+                    while not conn._is_closed() and time.monotonic() < deadline:
+                        conn._pump(deadline - time.monotonic(), want_write=True)
+                    if conn._is_closed():
+                        conn._end()
+                finally:
+                    self._release()
             if conn._is_closed():
-                conn._end()
+                return
+            if time.monotonic() >= deadline:
+                if abort:
+                    conn._abort("no close frame from the peer in time")
+                return
 
     def wait_closed(self, deadline: float) -> None:
-        conn = self._conn
-        while conn._protocol.state is not State.CLOSED:
-            conn._pump(deadline - time.monotonic(), want_write=False)
-            if time.monotonic() >= deadline:
-                conn._abort("no close frame from the peer in time")
+        self.read_until_closed(deadline, abort=True)
 
     def wait_done(self, timeout: float) -> None:
-        """Nothing reads in the background: nothing to wait for."""
+        self.read_until_closed(time.monotonic() + timeout, abort=False)
 
     def join(self, timeout: float) -> None:
-        """No task to join."""
+        """The end: nothing reads or watches from now on (the fd goes back to uWSGI)."""
+        got = self._acquire(timeout)
+        self._finished = True
+        self._watcher.forget(self)
+        if got:
+            self._lock.release()
 
     def aborted(self) -> None:
         self._conn._end()

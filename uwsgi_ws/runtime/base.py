@@ -18,6 +18,27 @@ class Waiter(Protocol):
         writable, or `timeout` seconds pass (None: forever). Returns (readable, writable)."""
 
 
+class FdWatcher(Protocol):
+    """The worker's one watcher of connections whose handler is busy elsewhere
+    (`_watch`): one-shot watches, callbacks in the watcher's own task."""
+
+    @property
+    def watched(self) -> int:
+        """Clients armed now."""
+
+    def watch(self, client: Any, read: bool, write: bool, deadline: Optional[float]) -> None:
+        """Arm one watch of `client.fileno()` for reading and/or writing, and a timer
+        at `deadline` (`time.monotonic()`; None: none), replacing any armed one.
+        Once ready or due it is disarmed and ``client.on_ready(readable, writable)``
+        runs in the watcher's task. Never blocks; any thread or greenlet."""
+
+    def unwatch(self, client: Any) -> None:
+        """Disarm `client` (a no-op when not armed). Never blocks."""
+
+    def forget(self, client: Any) -> None:
+        """Disarm `client` and drop its timer: it is gone. Never blocks."""
+
+
 class Task(Protocol):
     def join(self, timeout: Optional[float] = None) -> None:
         """Wait (at most `timeout` seconds) for the task to end."""
@@ -48,6 +69,9 @@ class Runtime(Protocol):
 
     def Waiter(self, fd: int) -> Waiter:
         """A waiter for `fd`."""
+
+    def fd_watcher(self) -> FdWatcher:
+        """This worker's fd watcher (the same object for every call in a process)."""
 
     def cooperate(self) -> None:
         """Let other tasks run (long loops call it now and then)."""

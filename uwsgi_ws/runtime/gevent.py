@@ -6,16 +6,18 @@ a wait blocks one greenlet, never the worker.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import collections
+import os
+from typing import Any, Callable, Deque, Optional, Tuple
 
 import gevent
 import gevent.event
+import gevent.hub
 import gevent.lock
 import gevent.queue
 import gevent.select
 
-from . import _recycle
-from ._poll import PollWaiter
+from . import _recycle, _watch
 
 NAME = "gevent"
 HAS_TASKS = True
@@ -38,10 +40,35 @@ def spawn(fn: Callable[..., object], *args: object) -> Task:
     return Task(fn, *args)
 
 
-def Waiter(fd: int) -> PollWaiter:
-    """Waits for one fd (one per connection; not shared). gevent's poll uses libev
-    watchers: no select() and its 1024-fd ceiling."""
-    return PollWaiter(fd, gevent.select.poll())
+class Waiter:
+    """Waits for one fd on the hub with one libev io watcher (and a timer when a
+    timeout is given) made for the wait: nothing kept between waits, nothing
+    like gevent.select.poll's per-call result set, event and Timeout. One user
+    at a time; blocks the calling greenlet only."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def wait(self, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
+        """Block until ready or `timeout` seconds (None: forever); returns (readable, writable)."""
+        hub = gevent.get_hub()
+        loop = hub.loop
+        waiter = gevent.hub.Waiter(hub)
+        io = loop.io(self._fd, (1 if read else 0) | (2 if write else 0))
+        io.start(waiter.switch, pass_events=True)
+        timer = None
+        if timeout is not None:
+            timer = loop.timer(max(0.0, timeout))
+            timer.start(waiter.switch, 0)
+        try:
+            events = waiter.get()
+        finally:
+            io.stop()
+            if timer is not None:
+                timer.stop()
+        return bool(events & 1), bool(events & 2)
 
 
 def sleep(seconds: float) -> None:
@@ -97,3 +124,55 @@ def cooperate() -> None:
 
 def poller() -> gevent.select.poll:
     return gevent.select.poll()
+
+
+class FdWatcher(_watch.WatcherBase):
+    """The worker's fd watcher on the gevent hub: one libev io watcher per armed
+    fd (no greenlet), and one greenlet that runs the clients' callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loop = gevent.get_hub().loop
+        self._ready: Deque[Tuple[Any, bool, bool]] = collections.deque()
+        self._event = gevent.event.Event()
+        self._task = gevent.spawn(self._run)
+
+    def _arm(self, client: Any, read: bool, write: bool) -> Any:
+        io = self._loop.io(client.fileno(), (1 if read else 0) | (2 if write else 0))
+        io.start(self._on_io, client, io, pass_events=True)
+        return io
+
+    def _disarm(self, client: Any, registration: Any) -> None:
+        registration.stop()
+
+    def _wake(self) -> None:
+        self._event.set()
+
+    def _on_io(self, events: int, client: Any, io: Any) -> None:
+        # In the hub: nothing that blocks; hand the client to the watcher's greenlet.
+        if self._fired(client, io, bool(events & 1), bool(events & 2)):
+            self._ready.append((client, bool(events & 1), bool(events & 2)))
+            self._event.set()
+
+    def _run(self) -> None:
+        ready = self._ready
+        while True:
+            self._event.wait(self._timeout())
+            self._event.clear()
+            while ready:
+                client, readable, writable = ready.popleft()
+                self._call(client, readable, writable)
+            for client in self._expired():
+                self._call(client, False, False)
+
+
+_fd_watcher: Optional[FdWatcher] = None
+_fd_watcher_pid = 0
+
+
+def fd_watcher() -> FdWatcher:
+    """This worker's fd watcher (started at the first call in each process)."""
+    global _fd_watcher, _fd_watcher_pid
+    if _fd_watcher is None or _fd_watcher_pid != os.getpid():
+        _fd_watcher, _fd_watcher_pid = FdWatcher(), os.getpid()
+    return _fd_watcher

@@ -8,9 +8,9 @@ import select
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from . import _recycle
+from . import _recycle, _watch
 from ._poll import PollWaiter
 from ._stoppipe import loop_stop_fd
 
@@ -103,3 +103,76 @@ def cooperate() -> None:
 
 def poller() -> select.poll:
     return select.poll()
+
+
+class FdWatcher(_watch.WatcherBase):
+    """The worker's fd watcher: one thread waiting in epoll (one-shot registrations)
+    and running the clients' callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoll = select.epoll()
+        self._fds: Dict[int, Tuple[Any, object]] = {}  # fd -> (client, registration)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        spawn(self._run)
+
+    def _arm(self, client: Any, read: bool, write: bool) -> Any:
+        fd = client.fileno()
+        mask = (select.EPOLLIN if read else 0) | (select.EPOLLOUT if write else 0) | select.EPOLLONESHOT
+        registration = object()
+        self._epoll.register(fd, mask)
+        self._fds[fd] = (client, registration)
+        return registration
+
+    def _disarm(self, client: Any, registration: Any) -> None:
+        fd = client.fileno()
+        self._fds.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # closed under us: the kernel dropped it already
+            pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:  # a wake-up is pending already
+            pass
+
+    def _run(self) -> None:
+        rmask = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+        wmask = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+        while True:
+            timeout = self._timeout()
+            for fd, ev in self._epoll.poll(-1 if timeout is None else timeout):
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                entry = self._fds.get(fd)
+                if entry is None:
+                    continue
+                client, registration = entry
+                readable, writable = bool(ev & rmask), bool(ev & wmask)
+                if self._fired(client, registration, readable, writable):
+                    self._call(client, readable, writable)
+            for client in self._expired():
+                self._call(client, False, False)
+
+
+_fd_watcher: Optional[FdWatcher] = None
+_fd_watcher_pid = 0
+_fd_watcher_lock = threading.Lock()
+
+
+def fd_watcher() -> FdWatcher:
+    """This worker's fd watcher (started at the first call in each process)."""
+    global _fd_watcher, _fd_watcher_pid
+    with _fd_watcher_lock:
+        if _fd_watcher is None or _fd_watcher_pid != os.getpid():
+            _fd_watcher, _fd_watcher_pid = FdWatcher(), os.getpid()
+        return _fd_watcher

@@ -118,3 +118,27 @@ def cooperate() -> None:
 
 def poller() -> NoReturn:
     raise RuntimeError("uWSGI async cores cannot run the broadcast waker")
+
+
+class FdWatcher:
+    """Async cores: nothing runs between a handler's waits, so nothing watches; a
+    connection is read only while its handler waits in `receive` (or `close`)."""
+
+    watched = 0
+
+    def watch(self, client: object, read: bool, write: bool, deadline: Optional[float]) -> None:
+        return None
+
+    def unwatch(self, client: object) -> None:
+        return None
+
+    def forget(self, client: object) -> None:
+        return None
+
+
+_fd_watcher = FdWatcher()
+
+
+def fd_watcher() -> FdWatcher:
+    """The no-op watcher of async cores."""
+    return _fd_watcher
