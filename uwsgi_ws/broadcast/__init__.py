@@ -323,12 +323,13 @@ def _as_global(entries: Sequence[Entry]) -> List[Entry]:
             for e in entries]
 
 
-def _global_entries(ring: BroadcastRing, top: int) -> Iterator[Tuple[int, int, int]]:
+def _global_entries(ring: BroadcastRing, top: int, bottom: int = 0) -> Iterator[Tuple[int, int, int]]:
     """(ring seq, global seq, epoch) of the ring's numbered event broadcasts at or
-    before ring seq `top`, newest first, until the ring's oldest (or a lap)."""
+    before ring seq `top` (and from `bottom` on), newest first, until the ring's oldest
+    (or a lap)."""
     seq = top
-    while seq >= max(ring.min_seq, 1):
-        first = max(seq - 255, ring.min_seq, 1)
+    while seq >= max(ring.min_seq, bottom, 1):
+        first = max(seq - 255, ring.min_seq, bottom, 1)
         try:
             batch = ring.read_range(first, seq)
         except Lapped:
@@ -347,14 +348,22 @@ def _ring_after(ring: BroadcastRing, g: int, state: GlobalState) -> Optional[int
     it are not replayed); None when some of them are not in this ring."""
     if g < state.floor:
         return None  # never read here (started later, or Redis trimmed them first)
+    # The inbox appends an event, then records its number: read the ring's top first, and
+    # then the number; if `g` is at least that number, every event above g is after the
+    # top minus one (a new connection's start: no scan down the ring).
+    early = ring.write_seq
+    now = global_state(ring)
+    bottom = early if now is not None and now.epoch == state.epoch and g >= now.seq else 0
     top = ring.write_seq
     above: Optional[Tuple[int, int]] = None  # (ring seq, number) of the oldest one above g seen
-    for seq, number, epoch in _global_entries(ring, top):
+    for seq, number, epoch in _global_entries(ring, top, bottom):
         if epoch != state.epoch:
             break  # an older epoch: nothing of this one before it
         if number <= g:
             return top if above is None else above[0] - 1
         above = (seq, number)
+    if bottom:
+        return top if above is None else above[0] - 1
     if above is None:
         # None above g in the ring: fine if the instance is not past g (the next come later).
         return top if g >= state.seq else None

@@ -157,6 +157,27 @@ return {seq, epoch}
 """
 
 
+def add_event(client: Any, stream: str, maxlen: int, origin: str, channel: str, flags: int, payload: bytes) -> int:
+    """Number an event broadcast in Redis and add it to `stream`, as the broadcast mule
+    does (`GLOBAL_PUBLISH`), for a program outside the instances that publishes events
+    straight to the stream (`uwsgi_ws.client.Publisher(redis_url=...)`): the event then
+    gets the position every instance gives it. `client`: a redis-py client; `payload`
+    the event's JSON (ending with ``}``). Blocks on one round trip.
+
+    Returns:
+        Its global seq.
+
+    Raises:
+        ValueError: `payload` is not an event's JSON object.
+        redis.RedisError, OSError: from the client.
+    """
+    if not payload.endswith(b"}"):
+        raise ValueError("an event broadcast's JSON must end with '}'")
+    seq, _epoch = client.eval(GLOBAL_PUBLISH, 3, stream, stream + ":seq", stream + ":epoch", maxlen, origin,
+                              channel, flags & FLAG_BINARY, payload[:-1], new_epoch())
+    return int(seq)
+
+
 def new_epoch() -> str:
     """A random 63-bit epoch, as its decimal string."""
     return str(random.SystemRandom().getrandbits(63) or 1)
