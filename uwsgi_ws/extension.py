@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, got_request_exception
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, settings, shutdown
+from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, settings, shutdown, startup
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
@@ -325,6 +325,7 @@ class WebSocket:
             environ = request.environ
             try:
                 key = handshake.check_request(environ)
+                startup.check_upgrade(environ)  # uWSGI's http router without http-websockets: 501
             except handshake.HandshakeError as exc:
                 return _refusal(exc)
             answer = self.admission.check()  # Origin, before_connect (the limits: _Upgraded)

@@ -14,10 +14,18 @@ safe from any thread) and:
 - warns when the worker has no concurrency (no ``threads``, ``gevent`` or
   ``async``): one WebSocket holds the worker for its whole life and every
   other request, plain HTTP included, queues behind it.
+- warns when uWSGI's ``http`` router runs without ``http-websockets``: the
+  router (plugins/http/http.c, uWSGI 2.0) forwards the 101 but then drops
+  every byte the client sends after its request headers (a request with no
+  body, not switched to raw mode), so each WebSocket opens and hangs.
 - says once that the optional C fan-out helper is not built (no compiler at
   install time) and the pure-Python path is used.
 
-Outside uWSGI (the development server, tests importing the app) it does
+`check_upgrade(environ)` runs at each WebSocket handshake (the extension's
+view, before the upgrade): a handshake that came through that router is
+refused with HTTP 501 and the fix, logged once per worker.
+
+Outside uWSGI (the development server, tests importing the app) both do
 nothing. Log lines go to the ``uwsgi_ws.startup`` logger.
 """
 
@@ -27,8 +35,10 @@ import importlib.util
 import logging
 import os
 import signal
+from typing import Any, Mapping
 
 from . import _uwsgi
+from .exceptions import HandshakeRefused
 
 logger = logging.getLogger("uwsgi_ws.startup")
 
@@ -47,11 +57,23 @@ NO_CONCURRENCY = (
     "uwsgi_ws[gevent]), or include conf/threads.yaml or conf/gevent.yaml "
     "(`python -m uwsgi_ws conf` prints their directory)."
 )
+#: The router options of uWSGI's http plugin (each starts the same router, plugins/http).
+ROUTER_OPTIONS = ("http", "https", "https2")
+#: What the router sets in the environ of every request it forwards (plugins/http/http.c).
+ROUTER_MARK = ("UWSGI_ROUTER", "http")
+#: The fix for the http router without http-websockets, said at start, at the handshake and by `check`.
+ROUTER_WITHOUT_WEBSOCKETS = (
+    "uWSGI's `http` router runs without `http-websockets`: it forwards the 101 to the client, then drops "
+    "every frame the client sends, so each WebSocket opens and hangs. Add `http-websockets: true` next to "
+    "`http:` (--http-websockets on the command line; ini: `http-websockets = true`), or serve with "
+    "`http-socket:` (directly or behind nginx/HAProxy)."
+)
 #: Said once when the optional native helper is not there.
 PURE_PATH = ("the C fan-out helper (uwsgi_ws._speedups) is not built (no compiler at install time): "
              "broadcasts use the pure-Python path")
 
 _checked = False
+_router_logged = False
 
 
 def _gevent_configured() -> bool:
@@ -66,6 +88,11 @@ def _concurrent() -> bool:
         return threads is not None and int(threads) > 1
     except ValueError:
         return True  # a placeholder uWSGI expanded oddly: not ours to judge
+
+
+def _router_without_websockets() -> bool:
+    """The instance runs the http router and has not told it to pass WebSockets through."""
+    return any(_uwsgi.has_option(name) for name in ROUTER_OPTIONS) and not _uwsgi.flag("http-websockets")
 
 
 def _stop(message: str) -> None:
@@ -95,5 +122,34 @@ def check() -> None:
         _stop(GEVENT_MISSING)
     if not _concurrent():
         logger.warning(NO_CONCURRENCY)
+    if _router_without_websockets():
+        logger.warning(ROUTER_WITHOUT_WEBSOCKETS)
     if os.environ.get("UWSGI_WS_PURE") != "1" and importlib.util.find_spec("uwsgi_ws._speedups") is None:
         logger.info(PURE_PATH)
+
+
+def check_upgrade(environ: Mapping[str, Any]) -> None:
+    """Refuse a WebSocket handshake that uWSGI's http router forwarded without
+    ``http-websockets`` (it would open and hang); a no-op otherwise.
+
+    The request is the router's when its environ carries ``UWSGI_ROUTER=http``
+    and this instance runs the router (``http``/``https`` options): a request
+    on the same instance's ``http-socket`` is served, and so is one from a
+    router of another instance (whose options are not known here). Logs the
+    fix once per process (worker).
+
+    Args:
+        environ: the handshake request's WSGI environ.
+    Raises:
+        HandshakeRefused: 501 with the fix (`ROUTER_WITHOUT_WEBSOCKETS`), reason "http_router".
+    Blocking: no. Thread-safe: yes (the once-only log may, in a race, be said twice).
+    """
+    global _router_logged
+    if environ.get(ROUTER_MARK[0]) != ROUTER_MARK[1] or not _router_without_websockets():
+        return
+    if not _router_logged:
+        _router_logged = True
+        logger.error("a WebSocket handshake came through the http router and was refused (501): "
+                     + ROUTER_WITHOUT_WEBSOCKETS)
+    raise HandshakeRefused(501, "this server cannot open WebSockets: " + ROUTER_WITHOUT_WEBSOCKETS,
+                           reason="http_router")
