@@ -319,3 +319,75 @@ def test_event_publishes_fail_while_redis_is_down(tmp_path):
         if server is not None:
             server.stop()
         redis.stop()
+
+
+def test_mule_killed_mid_stream_numbers_each_event_once(cluster):
+    """kill -9 the broadcast mule of an instance while it publishes events: a publisher
+    sends its request again to the respawned mule, and Redis, which remembers each
+    publisher's last request, answers it with the seq it had: no event is numbered
+    (or delivered) twice, none is lost, and a client elsewhere gets them in order."""
+    redis, stream, instances = cluster
+    a, b = instances[0], instances[1]
+    room = "killed"
+    c = Client(b)
+    c.until(lambda m: m.get("event") == "hello")
+    c.send({"type": "join", "room": room})
+    c.send({"type": "event", "event": "echo", "data": 1, "id": 1})
+    c.until(lambda m: m.get("type") == "ack")
+    n = 600
+    result: dict = {}
+    publisher = threading.Thread(target=lambda: result.update(r=emit_many(a, room, n, "k", interval=0.005)),
+                                 daemon=True)
+    publisher.start()
+    got = []
+    while len(got) < 150:
+        m = c.next()
+        if m.get("event") == "n":
+            got.append(m)
+    before = a.log().count("broadcast mule 1 serving ring")
+    mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)", a.log())[-1])
+    os.kill(mule, signal.SIGKILL)
+    a.wait_for_log(r"broadcast mule 1 serving ring", count=before + 1, timeout=30)
+    publisher.join(120)
+    assert result["r"][0] == 200, result
+    while len(got) < n:
+        m = c.next()
+        if m.get("event") == "n":
+            got.append(m)
+    c.close()
+    assert [m["data"]["i"] for m in got] == list(range(n))
+    _epochs, seqs, items = stream_order(redis.url, stream, room)
+    assert items == [("k", i) for i in range(n)], "the stream holds an event twice (or lost one)"
+    assert [m["seq"] for m in got] == seqs
+
+
+def test_numbering_script_is_atomic_and_idempotent_per_publisher(tmp_path):
+    """GLOBAL_PUBLISH on a real redis-server: numbers follow stream order, the epoch is
+    made once, a request sent again (same publisher, same number) gets its seq back
+    without a second entry, and add_event (programs outside the instances) numbers alike."""
+    from uwsgi_ws.broadcast.redis import GLOBAL_PUBLISH, add_event, event_position
+
+    redis = RedisServer(tmp_path)
+    try:
+        r = redis_client.Redis.from_url(redis.url)
+        script = r.register_script(GLOBAL_PUBLISH)
+        keys = ("s", "s:seq", "s:epoch")
+
+        def publish(i, publisher=None, number=""):
+            return script(keys=(*keys, publisher or "s:seq"), args=[
+                1000, "o", "events:/live:r", 0, b'{"type":"event","event":"n","data":%d,"room":"r"' % i, "77",
+                str(number)])
+
+        assert publish(0) == [1, b"77"]
+        assert publish(1, "s:pub:1", 5) == [2, b"77"]
+        assert publish(1, "s:pub:1", 5) == [2, b"77"]  # the same request again: its seq, no new entry
+        assert publish(2, "s:pub:1", 6) == [3, b"77"]
+        assert add_event(r, "s", 1000, "ext", "events:/live:r", 0, b'{"type":"event","event":"n","data":3}') == 4
+        entries = r.xrange("s")
+        assert [int(f[b"g"]) for _id, f in entries] == [1, 2, 3, 4]
+        assert [event_position(f[b"d"]) for _id, f in entries] == [(g, 77) for g in (1, 2, 3, 4)]
+        assert json.loads(entries[1][1][b"d"]) == {"type": "event", "event": "n", "data": 1, "room": "r",
+                                                   "seq": 2, "epoch": "77"}
+        r.close()
+    finally:
+        redis.stop()

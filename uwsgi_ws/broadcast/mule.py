@@ -81,7 +81,9 @@ def _append_local(ring: BroadcastRing, request: bytes) -> Optional[int]:
         return _append_locked(ring, request)
 
 
-def _append_locked(ring: BroadcastRing, request: bytes) -> Optional[int]:
+def _append_locked(ring: BroadcastRing, request: bytes, ident: Optional[Tuple[int, int]] = None) -> Optional[int]:
+    """Append a publish request (ring lock held); `ident`: (publisher id, request number)
+    when it came through the publish socket."""
     if _bridge is not None and len(request) > 5 and request[4] & FLAG_EVENT:
         # With the Redis bridge an event broadcast is numbered by Redis and comes back
         # through the stream, in stream order, as on every instance (`redis` docstring).
@@ -90,7 +92,7 @@ def _append_locked(ring: BroadcastRing, request: bytes) -> Optional[int]:
         except ValueError:
             return None
         if flags & FLAG_EVENT:
-            seq: Optional[int] = _bridge.publish_event(channel, flags, payload)
+            seq: Optional[int] = _bridge.publish_event(channel, flags, payload, ident)
             return seq
     seq = _append(ring, request)
     if seq is not None and _bridge is not None:
@@ -562,7 +564,7 @@ class PublishServer:
                     if problem is None:
                         old = journal.record(client_id, number, ring.write_seq + 1)
                         try:
-                            seq = _append_locked(ring, request)
+                            seq = _append_locked(ring, request, (client_id, number))
                         except RingError as exc:
                             seq, problem = None, str(exc)
                         if seq is None:

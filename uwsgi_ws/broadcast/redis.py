@@ -141,10 +141,22 @@ _FIELDS: Dict[str, Tuple[int, str]] = {
 #: every instance, never pushed by the outbox (it came from the stream).
 FLAG_GLOBAL = 0x08
 
-#: KEYS: stream, counter, epoch key. ARGV: maxlen, origin, channel, flags, the event's
-#: JSON without its closing brace, an epoch to set if none. Returns {seq, epoch}.
+#: KEYS: stream, counter, epoch key, the publisher's last-request key (any key when none).
+#: ARGV: maxlen, origin, channel, flags, the event's JSON without its closing brace, an
+#: epoch to set if none, the publisher's request number ('' for none). Returns {seq, epoch}.
+#: A request number already recorded for that publisher (sent again after the mule was
+#: killed before answering) returns the seq it got without adding it again.
 GLOBAL_PUBLISH = """
 local epoch = redis.call('GET', KEYS[3])
+if ARGV[7] ~= '' and epoch then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then
+    local n, s = string.match(prev, '^(%d+):(%d+)$')
+    if n == ARGV[7] then
+      return {tonumber(s), epoch}
+    end
+  end
+end
 if not epoch then
   epoch = ARGV[6]
   redis.call('SET', KEYS[3], epoch)
@@ -153,6 +165,9 @@ local seq = redis.call('INCR', KEYS[2])
 local d = ARGV[5] .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'o', ARGV[2], 'g', seq, 'e', epoch,
            'c', ARGV[3], 'f', ARGV[4], 'd', d)
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[7] .. ':' .. seq, 'EX', 600)
+end
 return {seq, epoch}
 """
 
@@ -173,8 +188,8 @@ def add_event(client: Any, stream: str, maxlen: int, origin: str, channel: str, 
     """
     if not payload.endswith(b"}"):
         raise ValueError("an event broadcast's JSON must end with '}'")
-    seq, _epoch = client.eval(GLOBAL_PUBLISH, 3, stream, stream + ":seq", stream + ":epoch", maxlen, origin,
-                              channel, flags & FLAG_BINARY, payload[:-1], new_epoch())
+    seq, _epoch = client.eval(GLOBAL_PUBLISH, 4, stream, stream + ":seq", stream + ":epoch", stream + ":seq",
+                              maxlen, origin, channel, flags & FLAG_BINARY, payload[:-1], new_epoch(), "")
     return int(seq)
 
 
@@ -416,10 +431,13 @@ class Bridge:
             self._script = self._pub.register_script(GLOBAL_PUBLISH)
         return self._pub
 
-    def publish_event(self, channel: str, flags: int, payload: bytes) -> int:
+    def publish_event(self, channel: str, flags: int, payload: bytes, request: Optional[Tuple[int, int]] = None
+                      ) -> int:
         """Number an event broadcast in Redis and add it to the stream (`GLOBAL_PUBLISH`);
         the inbox appends it to the ring, as every instance's does. Any thread; blocks on
-        one Redis round trip (at most 2 s).
+        one Redis round trip (at most 2 s). `request`: (publisher id, request number) of
+        the publish socket: sent again after a mule kill, it gets the seq it had (Redis
+        remembers each publisher's last request for 10 minutes).
 
         Returns:
             Its global seq.
@@ -437,8 +455,10 @@ class Bridge:
         with self._pub_lock:
             try:
                 self._publishing_client()
-                seq, _epoch = self._script(keys=self._keys, args=[
-                    self.settings.maxlen, self.origin, channel, flags & FLAG_BINARY, payload[:-1], new_epoch()])
+                last_key = f"{self.settings.stream}:pub:{request[0]:x}" if request else self._keys[1]
+                seq, _epoch = self._script(keys=(*self._keys, last_key), args=[
+                    self.settings.maxlen, self.origin, channel, flags & FLAG_BINARY, payload[:-1], new_epoch(),
+                    str(request[1]) if request else ""])
             except self._errors as exc:
                 if self._pub is not None:
                     self._pub.close()
