@@ -391,3 +391,26 @@ def test_numbering_script_is_atomic_and_idempotent_per_publisher(tmp_path):
         r.close()
     finally:
         redis.stop()
+
+
+def test_sse_resumes_on_another_instance_with_last_event_id(cluster):
+    """The SSE fallback: ids are the shared numbering (epoch-seq), so Last-Event-ID
+    seen on one instance resumes on another."""
+    from test_events import SSE
+
+    _redis, _stream, instances = cluster
+    a, b = instances[0], instances[2]
+    s = SSE(a.port, "/live/sse?rooms=sse")
+    assert emit_many(b, "sse", 1, "f")[0] == 200
+    first = s.event()
+    data = json.loads(first["data"])
+    assert first["id"] == f"{data['epoch']}-{data['seq']}" and data["data"] == {"src": "f", "i": 0}
+    s.close()
+    assert emit_many(a, "sse", 5, "g")[0] == 200
+    s2 = SSE(b.port, "/live/sse?rooms=sse", last_id=first["id"])
+    events = [s2.event() for _ in range(5)]
+    s2.close()
+    replay = [json.loads(e["data"]) for e in events]
+    assert [e["id"] for e in events] == [f"{m['epoch']}-{m['seq']}" for m in replay]
+    assert [m["data"] for m in replay] == [{"src": "g", "i": i} for i in range(5)]
+    assert [m["seq"] for m in replay] == sorted(m["seq"] for m in replay) and replay[0]["seq"] > data["seq"]

@@ -18,7 +18,15 @@ bridge (`redis`: two threads that push local messages to a Redis Stream and
 append other instances' messages to the ring). The ring's writers (the
 publish server, the main loop, the bridge's inbox) are threads of this one
 process, serialised by `_ring_lock`. Without the setting, the bridge and the
-``redis`` package are never imported.
+``redis`` package are never imported. With the bridge, an *event* broadcast
+(flag FLAG_EVENT) is not appended here: the mule has Redis number it and add
+it to the stream (`redis.Bridge.publish_event`, idempotent per publisher
+request), answers the publisher with that global seq, and the bridge's inbox
+appends it to the ring from the stream, in stream order, as every instance
+does (flags FLAG_EVENT | redis.FLAG_GLOBAL; the history keeps it then). With
+Redis unreachable such a publish is refused at once. The history's socket
+also serves resumes read back from the stream (`history.fetch_stream`), and is
+opened for that even with the history off.
 
 Delivery: a publisher returns once its message is in the ring. While the mule
 is down (the master respawns it) publishers retry until
