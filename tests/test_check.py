@@ -224,10 +224,104 @@ def test_http_router_harakiri_threads_below_the_limit(tmp_path):
         threads: 8
         set-placeholder: uwsgi-ws-max-connections-per-worker=32
         """)
-    assert ":3: warning: the `http` router in front of WebSockets" in out, out
+    # without http-websockets the router hangs every WebSocket (tests/test_http_router.py): an error
+    assert ":3: error: the `http` router without `http-websockets`" in out, out
+    assert "fix: add `http-websockets: true` next to `http: :8080`" in out, out
     assert ":4: error: harakiri 30" in out, out
     assert ":5: error: threads 8 but max_connections_per_worker 32" in out, out
     assert "(exit 1)" in out
+
+
+def test_http_router_with_http_websockets_is_a_warning(tmp_path):
+    out = mistakes(tmp_path, f"""
+        include: {CONF}/threads.yaml
+        http: :8080
+        http-websockets: true
+        module: app:app
+        """)
+    assert ":3: warning: the `http` router in front of WebSockets" in out, out
+    assert "without `http-websockets`" not in out and "(exit 0)" in out, out
+
+
+def test_router_fix_in_ini_syntax(tmp_path):
+    path = write(tmp_path, "vassal.ini", f"""
+        [uwsgi]
+        include = {CONF}/threads.ini
+        http = :8080
+        module = app:app
+        """)
+    out = run_cli("check", str(path)).stdout
+    assert f"{path}:3: error: the `http` router without `http-websockets`" in out, out
+    assert "fix: add `http-websockets = true` next to `http = :8080`, or serve with `http-socket = :8080`" in out
+    assert ": " not in out.split("fix:")[1].split("(directly")[0].replace("fix: ", ""), out
+
+
+# -- per-application options given to uWSGI, a config with no concurrency, fixes in ini syntax ----
+
+
+def test_per_application_option_in_env_suggests_the_app_not_a_placeholder(tmp_path):
+    """ping_interval is read from WebSocket(...) and the Flask config: a placeholder sets nothing too."""
+    out = mistakes(tmp_path, """
+        threads: 16
+        module: app:app
+        env: UWSGI_WS_PING_INTERVAL=5
+        """)
+    assert ":4: warning: env: UWSGI_WS_PING_INTERVAL sets nothing: ping_interval is a per-application option" \
+        in out, out
+    assert "fix: give it to the app: `WebSocket(app, ping_interval=5)`, or the Flask config " \
+        '`app.config["UWSGI_WS_PING_INTERVAL"] = 5`' in out, out
+    assert "set-placeholder" not in out, out
+    # the strict base config: also an error (the reload kills the instance), still no placeholder as the fix
+    out = mistakes(tmp_path, f"""
+        include: {CONF}/gevent.yaml
+        module: app:app
+        env: UWSGI_WS_PING_INTERVAL=5
+        set-placeholder: uwsgi-ws-allowed-origins=*
+        """)
+    assert ":4: error: env: UWSGI_WS_PING_INTERVAL sets nothing" in out and "strict mode refuses" in out, out
+    assert "`WebSocket(app, ping_interval=5)`" in out and "set-placeholder: uwsgi-ws-ping" not in out, out
+    assert ":5: warning: placeholder uwsgi-ws-allowed-origins sets nothing" in out, out
+    assert "`WebSocket(app, allowed_origins='*')`" in out, out
+
+
+def test_per_application_option_as_an_unknown_option(tmp_path):
+    out = mistakes(tmp_path, """
+        strict: true
+        uwsgi-ws-max-message-size: 65536
+        uwsgi-ws-history: 100
+        """)
+    assert ":3: error: uWSGI does not know the option `uwsgi-ws-max-message-size`" in out, out
+    assert "max_message_size is a per-application option: give it to the app: " \
+        "`WebSocket(app, max_message_size=65536)`" in out, out
+    assert "set-placeholder: uwsgi-ws-history=100" in out, out  # an instance setting: the placeholder is right
+
+
+def test_no_concurrency_model_is_warned_about(tmp_path):
+    out = mistakes(tmp_path, "http-socket: :8000\nmodule: app:app")
+    assert ":3: warning: no concurrency model" in out and "(exit 0)" in out, out
+    assert "fix: add `threads: 16` (or `gevent: 1000` with uwsgi_ws[gevent]), or include conf/threads.yaml" in out
+    out = mistakes(tmp_path, "http-socket: :8000\nmodule: app:app\nthreads: 1")
+    assert ":4: warning: no concurrency model" in out, out
+    for model in ("threads: 4", "gevent: 100", "async: 10\nugreen: true", f"include: {CONF}/threads.yaml"):
+        out = mistakes(tmp_path, f"http-socket: :8000\nmodule: app:app\n{model}")
+        assert "no concurrency model" not in out, (model, out)
+    out = mistakes(tmp_path, "sharedarea: 4096\nmule: uwsgi_ws.mule:run")  # a fragment serving no app
+    assert "no concurrency model" not in out, out
+
+
+def test_fixes_in_ini_syntax(tmp_path):
+    path = write(tmp_path, "vassal.ini", """
+        [uwsgi]
+        strict = true
+        module = app:app
+        threads = 8
+        mule = uwsgi_ws.mule:run
+        env = UWSGI_WS_REDIS_URL=redis://127.0.0.1:6379/0
+        """)
+    out = run_cli("check", str(path)).stdout
+    assert "fix: add `sharedarea = 4096` (include conf/broadcast.ini: it has both)" in out, out
+    assert "fix: set-placeholder = uwsgi-ws-redis-url=redis://127.0.0.1:6379/0" in out, out
+    assert "sharedarea: 4096" not in out and "set-placeholder:" not in out, out
 
 
 def test_env_uwsgi_ws_setting_in_a_strict_config(tmp_path):

@@ -14,10 +14,17 @@ the way uWSGI does, follows ``include:``/``inherit:`` (``%d``, ``%p``, ``%s``,
 - options the installed ``uwsgi`` does not know (``uwsgi --help``);
 - the mistakes specific to uwsgi_ws: the broadcast mule without a
   sharedarea and the reverse, ``mule`` without a value, ``lazy-apps`` with the
-  module:callable broadcast mule, the ``http`` router in front of WebSockets,
+  module:callable broadcast mule, the ``http`` router in front of WebSockets
+  (an error without ``http-websockets``: every WebSocket would hang),
   ``harakiri``, gevent configured but not importable, a threads model with
-  fewer threads than ``max_connections_per_worker``, ``UWSGI_WS_*`` set with
-  ``env:`` in a strict config (the instance dies on its first reload).
+  fewer threads than ``max_connections_per_worker``, an app served with no
+  concurrency model (one request at a time per worker), ``UWSGI_WS_*`` set with
+  ``env:`` in a strict config (the instance dies on its first reload), and a
+  per-application option (``ping_interval``...) given to uWSGI, where it sets
+  nothing (it belongs to ``WebSocket(app, ...)`` or the Flask config).
+
+Fixes are written in the syntax of the file they are about (``key: value`` in
+YAML, ``key = value`` in ini).
 
 Files: ``*.yaml``/``*.yml`` (YAML, checked with pyyaml too) and ``*.ini``;
 a directory means the files of those kinds directly in it.
@@ -40,6 +47,8 @@ from typing import FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
+from . import settings
+
 #: Options that name another config file read in place (uWSGI 2.0).
 INCLUDE_KEYS = ("include", "inherit", "yaml", "yml", "ini", "config")
 #: Mule values that are the uwsgi_ws broadcast mule.
@@ -49,6 +58,10 @@ MULE_FILE = "broadcast_mule.py"
 FALSE_VALUES = ("false", "off", "no", "0")
 YAML_SUFFIXES = (".yaml", ".yml")
 INI_SUFFIXES = (".ini",)
+#: Options that load a WSGI app: an instance with one serves requests (a fragment such as conf/broadcast.yaml does not).
+APP_KEYS = ("module", "wsgi", "w", "wsgi-file", "file", "mount")
+#: The http router's options (uWSGI's http plugin).
+ROUTER_KEYS = ("http", "https", "https2")
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,55 @@ def _finding(option_or_path: Option | Path, severity: str, message: str, fix: st
     if isinstance(option_or_path, Option):
         return Finding(str(option_or_path.path), option_or_path.line, severity, message, fix)
     return Finding(str(option_or_path), line, severity, message, fix)
+
+
+def _ini(path: Path) -> bool:
+    return path.suffix in INI_SUFFIXES
+
+
+def _kv(path: Path, key: str, value: str) -> str:
+    """``key: value`` (YAML) or ``key = value`` (ini), in backquotes, as file `path` writes it."""
+    return f"`{key} = {value}`" if _ini(path) else f"`{key}: {value}`"
+
+
+def _conf(path: Path, name: str) -> str:
+    """The shipped base config `name` ("broadcast") of the kind of file `path`."""
+    return f"conf/{name}.ini" if _ini(path) else f"conf/{name}.yaml"
+
+
+def _python_value(text: str) -> str:
+    """`text` as a Python literal in a fix: numbers, None/True/False as they are, anything else quoted."""
+    value = text.strip()
+    if value in ("None", "True", "False"):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return repr(value)
+
+
+def _app_option_fix(name: str, value: str) -> str:
+    """Where per-application option `name` is given: the extension's keyword or the Flask config key."""
+    declared = settings.app_option(name)
+    literal = _python_value(value)
+    return (f"give it to the app: `WebSocket(app, {name}={literal})`, or the Flask config "
+            f"`app.config[\"{declared.config_key}\"] = {literal}` (read at each use), and remove it here")
+
+
+def _app_option_named(text: str) -> Optional[str]:
+    """The per-application (extension) option that `text` (``UWSGI_WS_PING_INTERVAL``,
+    ``uwsgi-ws-ping-interval``) names, or None."""
+    lowered = text.strip().lower().replace("-", "_")
+    for prefix in ("uwsgi_ws_",):
+        if lowered.startswith(prefix):
+            name = lowered[len(prefix):]
+            try:
+                settings.app_option(name)
+            except KeyError:
+                return None
+            return name
+    return None
 
 
 # -- reading files as uWSGI does ------------------------------------------------------------
@@ -381,8 +443,12 @@ def check_instance(instance: Instance, known: Optional[FrozenSet[str]]) -> List[
         for o in instance.options:
             if o.key in known or o.key.startswith("%"):
                 continue
-            if o.key.startswith("uwsgi-ws-") or o.key.startswith("uwsgi_ws"):
-                fix = f"uwsgi_ws settings are placeholders: `set-placeholder: {o.key.replace('_', '-')}={o.value}`"
+            app_option = _app_option_named(o.key)
+            if app_option is not None:
+                fix = f"{app_option} is a per-application option: " + _app_option_fix(app_option, o.value)
+            elif o.key.startswith("uwsgi-ws-") or o.key.startswith("uwsgi_ws"):
+                fix = ("uwsgi_ws settings are placeholders: "
+                       + _kv(o.path, "set-placeholder", f"{o.key.replace('_', '-')}={o.value}"))
             else:
                 close = difflib.get_close_matches(o.key.replace("_", "-"), sorted(known), n=1)
                 fix = f"did you mean `{close[0]}`?" if close else "check the spelling (`uwsgi --help` lists them)"
@@ -397,53 +463,79 @@ def check_instance(instance: Instance, known: Optional[FrozenSet[str]]) -> List[
         if o.value.strip().lower() in ("", "true", "1", "yes", "on"):
             found.append(_finding(o, "error", "`mule` without a value starts a mule that runs no code "
                                   "(the broadcast never starts)",
-                                  f"name what it runs: `mule: {MODULE_MULE}`, or include conf/broadcast.yaml"))
+                                  f"name what it runs: {_kv(o.path, 'mule', MODULE_MULE)}, or include "
+                                  f"{_conf(o.path, 'broadcast')}"))
     broadcast = [o for o in mules if o.value.strip() == MODULE_MULE or o.value.strip().endswith(MULE_FILE)]
     sharedarea = instance.last("sharedarea")
     if broadcast and sharedarea is None:
+        where = broadcast[0].path
         found.append(_finding(broadcast[0], "error", "the broadcast mule without a sharedarea: it has no ring "
                               "to write (publish and subscribe fail)",
-                              "add `sharedarea: 4096` (include conf/broadcast.yaml: it has both)"))
+                              f"add {_kv(where, 'sharedarea', '4096')} (include {_conf(where, 'broadcast')}: "
+                              "it has both)"))
     if sharedarea is not None and not broadcast and not mules:
+        where = sharedarea.path
         found.append(_finding(sharedarea, "warning", "a sharedarea without the broadcast mule: ws.publish "
                               "has no mule to send to (PublishError)",
-                              f"add `mule: {MODULE_MULE}` (or include conf/broadcast.yaml); ignore this if "
-                              "the sharedarea is your own"))
+                              f"add {_kv(where, 'mule', MODULE_MULE)} (or include {_conf(where, 'broadcast')}); "
+                              "ignore this if the sharedarea is your own"))
     lazy = instance.flag("lazy-apps", "lazy")
     module_mules = [o for o in broadcast if o.value.strip() == MODULE_MULE]
     if lazy is not None and module_mules:
+        where = module_mules[0].path
         found.append(_finding(module_mules[0], "error", "lazy-apps with the broadcast mule as module:callable: "
                               "uWSGI 2.0.31 segfaults such a mule about once a second under lazy-apps "
                               f"({lazy.path}:{lazy.line}) and every publish fails",
-                              f"run the mule file: include conf/broadcast.yaml (`mule: %d{MULE_FILE}`), "
-                              "or turn lazy-apps off"))
+                              f"run the mule file: include {_conf(where, 'broadcast')} "
+                              f"({_kv(where, 'mule', '%d' + MULE_FILE)}), or turn lazy-apps off"))
 
-    for o in instance.values("http") + instance.values("https"):
-        found.append(_finding(o, "warning", f"the `{o.key}` router in front of WebSockets: it cuts a WebSocket "
-                              "idle for http-timeout (60 s) with no close frame, and is one more hop "
-                              "for every frame",
-                              "serve with `http-socket:` (directly, or behind nginx/HAProxy: "
-                              "conf/nginx.conf, conf/haproxy.cfg)"))
+    passes_websockets = instance.flag("http-websockets") is not None
+    for o in [o for o in instance.options if o.key in ROUTER_KEYS]:
+        if not passes_websockets:
+            found.append(_finding(o, "error", f"the `{o.key}` router without `http-websockets`: it forwards the "
+                                  "101, then drops every frame the client sends, so each WebSocket opens and "
+                                  "hangs (uwsgi_ws refuses such handshakes with HTTP 501)",
+                                  f"add {_kv(o.path, 'http-websockets', 'true')} next to "
+                                  f"{_kv(o.path, o.key, o.value)}, or serve with "
+                                  f"{_kv(o.path, 'http-socket', o.value)} (directly, or behind nginx/HAProxy: "
+                                  "conf/nginx.conf, conf/haproxy.cfg)"))
+        else:
+            found.append(_finding(o, "warning", f"the `{o.key}` router in front of WebSockets: it cuts a "
+                                  "WebSocket idle for http-timeout (60 s) with no close frame (uwsgi_ws's pings "
+                                  "keep an open one busy), and is one more hop for every frame",
+                                  f"serve with {_kv(o.path, 'http-socket', o.value)} (directly, or behind "
+                                  "nginx/HAProxy: conf/nginx.conf, conf/haproxy.cfg)"))
 
     harakiri = instance.last("harakiri")
     if harakiri is not None and (_int(harakiri.value) or 0) > 0:
         found.append(_finding(harakiri, "error", f"harakiri {harakiri.value}: a WebSocket request lasts as long "
                               "as its connection, so harakiri kills the worker and every WebSocket on it",
-                              "remove harakiri (or 0); bound plain HTTP views in the app or the proxy"))
+                              f"remove harakiri (or {_kv(harakiri.path, 'harakiri', '0')}); bound plain HTTP "
+                              "views in the app or the proxy"))
 
     gevent = instance.last("gevent")
     loop = instance.last("loop")
     uses_gevent = gevent is not None or (loop is not None and loop.value.strip() == "gevent")
     if uses_gevent:
-        where = gevent or loop
-        assert where is not None
+        configured = gevent or loop
+        assert configured is not None
         ok, python = _gevent_importable(instance)
         if not ok:
-            found.append(_finding(where, "error", f"gevent configured but not installed for {python}: every "
+            found.append(_finding(configured, "error", f"gevent configured but not installed for {python}: every "
                                   "worker dies at start (No module named 'gevent') and respawns for ever",
                                   "pip install \"uwsgi_ws[gevent]\""))
 
     threads = instance.last("threads")
+    app = instance.last(*APP_KEYS)
+    if app is not None and not uses_gevent and instance.last("async", "ugreen") is None \
+            and (threads is None or (_int(threads.value) or 2) <= 1):
+        serving = threads or app
+        found.append(_finding(serving, "warning", "no concurrency model (no threads above 1, no gevent, no async): "
+                              "each worker serves one request at a time; a WebSocket holds it for its whole "
+                              "life and every other request, plain HTTP included, waits behind it (uwsgi_ws "
+                              "warns at start too)",
+                              f"add {_kv(serving.path, 'threads', '16')} (or {_kv(serving.path, 'gevent', '1000')} "
+                              f"with uwsgi_ws[gevent]), or include {_conf(serving.path, 'threads')}"))
     limit = _max_connections(instance)
     if threads is not None and not uses_gevent and limit is not None:
         count = _int(threads.value)
@@ -455,15 +547,32 @@ def check_instance(instance: Instance, known: Optional[FrozenSet[str]]) -> List[
                                   f"raise threads above {limit[0]} or lower max_connections_per_worker "
                                   f"below {count}"))
 
-    if strict is not None:
-        for o in instance.values("env"):
-            name = o.value.partition("=")[0].strip()
-            if name.startswith("UWSGI_WS_"):
-                placeholder = name[len("UWSGI_"):].lower().replace("_", "-")
-                found.append(_finding(o, "error", f"env: {name} in a strict config: after a reload uWSGI reads "
-                                      f"every UWSGI_* environment variable as its own option, strict mode "
-                                      f"refuses `{placeholder}` and the instance exits",
-                                      f"set-placeholder: uwsgi-{placeholder}={o.value.partition('=')[2]}"))
+    for o in instance.values("env"):
+        name, _, value = o.value.partition("=")
+        name = name.strip()
+        if not name.startswith("UWSGI_WS_"):
+            continue
+        placeholder = name[len("UWSGI_"):].lower().replace("_", "-")
+        app_option = _app_option_named(name)
+        dies = (f"; and in this strict config, after a reload uWSGI reads every UWSGI_* environment variable "
+                f"as its own option, strict mode refuses `{placeholder}` and the instance exits") if strict else ""
+        if app_option is not None:
+            found.append(_finding(o, "error" if strict else "warning",
+                                  f"env: {name} sets nothing: {app_option} is a per-application option, read "
+                                  f"from the app's `WebSocket(...)` keywords and Flask config, not from the "
+                                  f"environment{dies}", _app_option_fix(app_option, value)))
+        elif strict is not None:
+            found.append(_finding(o, "error", f"env: {name} in a strict config: after a reload uWSGI reads "
+                                  f"every UWSGI_* environment variable as its own option, strict mode "
+                                  f"refuses `{placeholder}` and the instance exits",
+                                  _kv(o.path, "set-placeholder", f"uwsgi-{placeholder}={value}").strip("`")))
+    for o in instance.values("set-placeholder") + instance.values("set-ph"):
+        key, sep, value = o.value.partition("=")
+        app_option = _app_option_named(key) if sep else None
+        if app_option is not None:
+            found.append(_finding(o, "warning", f"placeholder {key.strip()} sets nothing: {app_option} is a "
+                                  "per-application option, read from the app's `WebSocket(...)` keywords and "
+                                  "Flask config, not from uWSGI", _app_option_fix(app_option, value)))
     return found
 
 
