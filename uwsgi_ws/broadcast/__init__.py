@@ -261,7 +261,8 @@ class Broadcast:
             while wanted > state.seq and time.monotonic() < deadline:
                 self._rt.sleep(0.01)
                 state = global_state(ring) or state
-        starts: Dict[str, int] = {}
+        starts: Dict[str, int] = {}  # the client's global seq per channel
+        bottoms: Dict[str, int] = {}  # the ring seq each replay starts after
         lost: Dict[str, int] = {}
         cache: Dict[int, Optional[int]] = {}
         for channel, recovery in list(plan.items()):
@@ -272,6 +273,8 @@ class Broadcast:
                 cache[g] = _ring_after(ring, g, state)
             at = cache[g]
             starts[channel] = g
+            if at is not None:
+                bottoms[channel] = at
             if at is None:
                 lost[channel] = _oldest_global(ring, state)
                 plan[channel] = After(ring.write_seq)
@@ -293,6 +296,7 @@ class Broadcast:
                     else:
                         del lost[channel]
                         plan[channel] = After(at)
+                        bottoms[channel] = at
         ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
         if ask_last:  # the history keeps the events the bridge appended, by ring seq
             reply = history.fetch(self._rt, {}, ask_last)
@@ -301,15 +305,16 @@ class Broadcast:
                 for channel in ask_last:
                     plan[channel] = After(reply.through)
 
-        def finish(result: Dict[str, Recovered]) -> None:
+        def finish(result: Dict[str, Recovered]) -> None:  # in the hub's task: scans stay short
             out: Dict[str, Recovered] = {}
             for channel, outcome in result.items():
                 if channel in lost:
                     out[channel] = Recovered(False, lost[channel])
-                elif not outcome.ok:
-                    out[channel] = Recovered(False, _oldest_global(ring, state))
-                else:
-                    out[channel] = Recovered(True, max(starts.get(channel, 0), _global_at(ring, outcome.seq)))
+                elif not outcome.ok:  # lapped during the replay: the oldest event from the ring's oldest on
+                    out[channel] = Recovered(False, _first_global_from(ring, outcome.seq) or state.seq + 1)
+                else:  # the newest event the replay reached (none after the start: the client's own)
+                    out[channel] = Recovered(True, max(starts.get(channel, 0), _global_at(
+                        ring, outcome.seq, bottoms.get(channel, max(outcome.seq - 4096, 0)) + 1)))
             if done is not None:
                 done(out)
 
@@ -370,10 +375,24 @@ def _ring_after(ring: BroadcastRing, g: int, state: GlobalState) -> Optional[int
     return above[0] - 1 if above[1] == g + 1 else None
 
 
-def _global_at(ring: BroadcastRing, top: int) -> int:
-    """The global seq of the newest numbered event broadcast at or before ring seq `top` (0: none)."""
-    for _seq, number, _epoch in _global_entries(ring, top):
+def _global_at(ring: BroadcastRing, top: int, bottom: int) -> int:
+    """The global seq of the newest numbered event broadcast in ring seqs bottom..top (0: none)."""
+    for _seq, number, _epoch in _global_entries(ring, top, bottom):
         return number
+    return 0
+
+
+def _first_global_from(ring: BroadcastRing, first: int) -> int:
+    """The global seq of the oldest numbered event broadcast at ring seq `first` or after,
+    looking at most 4096 entries on (0: none)."""
+    try:
+        for entry in ring.scan(max(first, ring.min_seq), min(ring.write_seq, first + 4095)):
+            if entry.flags & FLAG_GLOBAL:
+                pos = event_position(entry.frame)
+                if pos is not None:
+                    return pos[0]
+    except Lapped:
+        pass
     return 0
 
 
