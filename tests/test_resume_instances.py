@@ -414,3 +414,41 @@ def test_sse_resumes_on_another_instance_with_last_event_id(cluster):
     assert [e["id"] for e in events] == [f"{m['epoch']}-{m['seq']}" for m in replay]
     assert [m["data"] for m in replay] == [{"src": "g", "i": i} for i in range(5)]
     assert [m["seq"] for m in replay] == sorted(m["seq"] for m in replay) and replay[0]["seq"] > data["seq"]
+
+
+@pytest.mark.parametrize("model", ["threads", "gevent"])
+def test_resume_across_a_reload_without_a_ring_file_comes_from_redis(model, tmp_path):
+    """With the bridge the numbering is Redis's: after `uwsgi --reload` (the sharedarea
+    ring starts empty) a client resumes at once, with the same epoch, what it missed
+    before the reload read back from the stream, then what came after."""
+    from test_resume_reload import reload_and_wait
+
+    redis = RedisServer(tmp_path)
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    server = None
+    try:
+        server = start_instance(tmp_path, model, redis.url, stream, extra=["--worker-reload-mercy", "30"])
+        c = Client(server)
+        c.until(lambda m: m.get("event") == "hello")
+        c.send({"type": "join", "room": "z"})
+        c.send({"type": "event", "event": "echo", "data": 1, "id": 1})
+        c.until(lambda m: m.get("type") == "ack")
+        assert emit_many(server, "z", 10, "a")[0] == 200
+        got = [c.until(lambda m: m.get("event") == "n") for _ in range(10)]
+        c.close()
+        seen = got[4]  # the client had only seen a0..a4 when it lost the connection
+        reload_and_wait(server, "sighup", None)
+        status, body = emit_many(server, "z", 5, "b")
+        assert status == 200, body
+        answer, replay = resume(server, seen["epoch"], "z", seen["seq"])
+        assert answer["type"] == "resumed" and answer["epoch"] == seen["epoch"], answer
+        assert [(m["data"]["src"], m["data"]["i"]) for m in replay] == (
+            [("a", i) for i in range(5, 10)] + [("b", i) for i in range(5)])
+        seqs = [m["seq"] for m in replay]
+        assert seqs == sorted(set(seqs)) and seqs[0] == seen["seq"] + 1
+    finally:
+        if server is not None:
+            server.stop()
+        redis.stop()
+    assert not server.crashes(), server.log()
+    assert "Traceback" not in server.log(), server.log()

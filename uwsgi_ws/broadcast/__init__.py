@@ -21,13 +21,13 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from .. import _uwsgi
+from .. import _uwsgi, settings
 from ..exceptions import PublishError, RingError
 from . import history, local
 from .hub import After, Batch, Done, Hub, Last, Recovered, Recovery, Subscriber
 from .publish import Data, channel_bytes, mule_problem  # noqa: F401  (part of the face)
 from .publish import publish as _publish
-from .redis import FLAG_GLOBAL, GlobalState, event_position, global_state
+from .redis import FLAG_GLOBAL, GlobalState, event_position, global_state, starting
 from .ring import BroadcastRing, Entry, Lapped
 
 __all__ = ["FLAG_GLOBAL", "After", "Batch", "Broadcast", "Entry", "Last", "Position", "Recovered", "Recovery",
@@ -37,6 +37,9 @@ __all__ = ["FLAG_GLOBAL", "After", "Batch", "Broadcast", "Entry", "Last", "Posit
 #: Seconds `Broadcast.recover` waits for this instance to reach a global position a
 #: client saw on a faster instance (the Redis bridge's inbox lag).
 CATCH_UP_WAIT = 5.0
+#: Seconds a worker waits, right after a start, for the Redis bridge to learn the
+#: stream's numbering (`event_position`, `resume`) before using its ring's.
+STARTUP_WAIT = 5.0
 
 
 class Position(NamedTuple):
@@ -63,6 +66,7 @@ class Broadcast:
         self._hub: Optional[Hub] = None
         self._problem: Optional[str] = None
         self._lock = threading.Lock()  # never held across a yield: fine in every model
+        self._startup_deadline: Optional[float] = None  # `_global_state`'s wait window
         self._trimmed: Dict[int, bool] = {}  # oldest seqs Redis still had when a resume asked (`loss_reason`)
 
     # -- publishing (any process, any thread) -----------------------------------------
@@ -144,10 +148,25 @@ class Broadcast:
         shared by every instance (epoch and global seq of the last event appended here).
         Raises RingError when unavailable."""
         ring = self._hub_or_raise().ring
-        state = global_state(ring) if _uwsgi.available() else None
+        state = self._global_state(ring)
         if state is not None:
             return Position(state.epoch, state.seq)
         return Position(ring.epoch, ring.write_seq)
+
+    def _global_state(self, ring: BroadcastRing) -> Optional[GlobalState]:
+        """The bridge's numbering; right after a start (a reload) with the bridge configured,
+        waits up to STARTUP_WAIT seconds for the bridge's first answer from Redis, so that
+        the first clients back get positions (and resumes) in the shared numbering."""
+        if not _uwsgi.available():
+            return None
+        state = global_state(ring)
+        if state is None and settings.get("redis-url"):
+            if self._startup_deadline is None:  # one window per process, whatever the callers
+                self._startup_deadline = time.monotonic() + STARTUP_WAIT
+            while state is None and starting(ring) and time.monotonic() < self._startup_deadline:
+                self._rt.sleep(0.02)
+                state = global_state(ring)
+        return state
 
     def loss_reason(self, oldest: int) -> Optional[str]:
         """Why a `resume` answered Recovered(False, `oldest`) when it is not simply that
@@ -240,7 +259,7 @@ class Broadcast:
         `recover`; with the bridge it may also wait (at most CATCH_UP_WAIT seconds) for
         a position a client saw on a faster instance."""
         hub = self._hub_or_raise()
-        state = global_state(hub.ring) if _uwsgi.available() else None
+        state = self._global_state(hub.ring)
         if state is None:
             self.recover(sub, plan, done)
         else:

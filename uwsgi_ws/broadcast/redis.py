@@ -252,6 +252,12 @@ def global_state(ring: BroadcastRing) -> Optional[GlobalState]:
     return GlobalState(epoch, block.get("g_seq"), block.get("g_floor"), bool(block.get("g_trimmed")))
 
 
+def starting(ring: BroadcastRing) -> bool:
+    """True while the bridge of a (re)started mule has not yet tried Redis for reading
+    (its numbering may come any moment)."""
+    return BridgeBlock(ring).get("in_state") == NOT_STARTED
+
+
 def event_position(frame: bytes) -> Optional[Tuple[int, int]]:
     """(seq, epoch) written at the end of an event frame's JSON (`GLOBAL_PUBLISH`), or None."""
     tail = bytes(frame[-64:])
