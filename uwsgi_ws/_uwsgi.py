@@ -15,6 +15,7 @@ functions here that call into the request API say so.
 
 from __future__ import annotations
 
+import os
 import threading
 from types import ModuleType
 from typing import Optional
@@ -106,6 +107,24 @@ def worker_id() -> int:
 def mule_id() -> int:
     """This mule's id; 0 outside a mule."""
     return int(_api.mule_id()) if _api is not None else 0
+
+
+def process() -> str:
+    """Which process of the instance this is: "master", "worker", "mule", "spooler"
+    (any other process uWSGI forked: a spooler, a gateway, an external daemon), or
+    "outside" (no uWSGI). Plain data, safe from any thread. The master is the process
+    whose pid is `masterpid()` (with --master), or, without --master, the process
+    loading the app before it becomes worker 1 (worker id 0, no mule id)."""
+    if _api is None:
+        return "outside"
+    if worker_id() > 0:
+        return "worker"
+    if mule_id() > 0:
+        return "mule"
+    master = masterpid()
+    if master == os.getpid() or (not master and not flag("master")):
+        return "master"
+    return "spooler"
 
 
 def numproc() -> int:

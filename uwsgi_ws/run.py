@@ -29,7 +29,7 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
                            "interactive session or `python -c`")
     callable_name = next((k for k, v in vars(main).items() if v is app), "app")
     args = ["--http-socket", f"{host}:{port}", "--master", "--wsgi-file", os.path.abspath(path),
-            "--callable", callable_name, "--die-on-term", "--need-app"]
+            "--callable", callable_name, "--die-on-term", "--need-app", "--py-call-osafterfork"]
     if debug:
         # One worker: the debugger's state lives in one process. The concurrency
         # model stays (`gevent=100`, `threads=8`): without it the worker would

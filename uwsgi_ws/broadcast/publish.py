@@ -49,12 +49,50 @@ the kill is acknowledged with its seq instead of being appended twice.
 Inside the broadcast mule itself a publish goes straight to the ring: the mule
 registers its appender with `set_local_sink` at start, so this module never
 imports the mule.
+
+Publishing from the master (a thread started at import). uWSGI imports the app
+in its master, so a ``threading.Thread`` started at import runs there while the
+master forks the workers and the mule, and again whenever it respawns one. uWSGI
+2.0 forks with plain fork() after releasing the GIL (uwsgi_python_master_fixup);
+each child then takes the GIL first. If another thread held it at the fork, the
+child waits for ever for a thread that does not exist in it (seen with gdb:
+``take_gil`` under ``uwsgi_python_master_fixup``, from ``uwsgi_respawn_worker``
+and from ``uwsgi_mule``; unbit/uwsgi#1149). Nothing in Python can hold the master's
+forks off, so the publish client keeps its threads off the GIL whenever a fork
+may come:
+
+- `MuleGate`: the master makes a pipe when this module is imported there (while
+  it loads the app, before any fork); every mule inherits it and writes a byte
+  to it when it runs Python (`set_local_sink`), i.e. once it is past its fork.
+- A publish in the master before any mule has started parks in ``select()`` on
+  that pipe *before* any other call that releases the GIL (os.urandom, socket(),
+  connect()): when uWSGI releases the GIL and forks, the thread is blocked in the
+  kernel, not runnable. Publishes made before the workers exist are not lost:
+  they wait (GIL released) for the mule and are then sent, in order.
+- After a failure (refused, or the mule closed the socket: killed, being
+  respawned), the master's client does not retry on a timer, as a worker's does:
+  it waits in ``select()`` until a mule started after the last one that answered
+  (or at most `MuleGate.SLICE` s once a mule has ever started, for a mule forked
+  before the gate existed), then retries quickly (that mule is past its fork).
+- At a reload uWSGI closes every other fd before exec'ing itself; a publisher
+  that finds the pipe closed then waits quietly for the exec.
+
+What this cannot cover: the user's own Python running in the master at the moment
+of a fork (the loop around the publish). uWSGI's remedy, ``--py-call-uwsgi-fork-hooks``
+(take the GIL around forks), covers only the workers' forks, and in uWSGI 2.0.31
+with a mule it crashes every mule at start (uwsgi_python_post_fork calls Python
+without the GIL: a segfault in PyList_New), so it is not used. A non-daemon thread
+in the master also copied its running state into every child: without
+``--py-call-osafterfork`` (CPython's after-fork reset, run in each child after it
+took the GIL) a worker's exit waits for that thread for ever (a reload then takes
+the whole worker mercy); the configs and the tests set it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import threading
@@ -208,7 +246,7 @@ class Link:
             self._waiter = None
 
     def call(self, request: bytes, timeout: float, runtime: Any = None,
-             on_wait: Optional[Callable[[], None]] = None) -> int:
+             on_wait: Optional[Callable[[], None]] = None, gate: Optional[MuleGate] = None) -> int:
         """Send `request` and return its ring seq once the mule appended it.
 
         Args:
@@ -219,6 +257,9 @@ class Link:
                 (any thread, any process).
             on_wait: called once if the publish has to wait for the mule (a retry,
                 or no answer within half a second).
+            gate: in the uWSGI master, its `MuleGate`: while no mule has started since
+                the last one that answered, wait on it (no Python runs) instead of
+                retrying (see "Publishing from the master" above).
 
         Returns:
             The message's sequence number in the ring.
@@ -240,6 +281,8 @@ class Link:
                     self._connect(runtime)
                 self._send(envelope, deadline, runtime)
                 status, seq, text = self._receive(deadline, runtime, None if waited or on_wait is None else on_wait)
+                if gate is not None:
+                    gate.answered()
                 if status == OK:
                     return seq
                 raise Refused(text)
@@ -265,6 +308,9 @@ class Link:
             if not waited and on_wait is not None:
                 waited = True
                 on_wait()
+            if gate is not None and not gate.started_since_answer():
+                gate.wait(deadline)  # the mule is dead or being forked: no Python may run now
+                continue
             (runtime.sleep if runtime is not None else time.sleep)(delay)
             delay = min(delay * 2, 0.1)
 
@@ -375,6 +421,99 @@ class Link:
         return status, seq, text
 
 
+class MuleGate:
+    """The uWSGI master's wait for a broadcast mule to start ("Publishing from the
+    master" above): a pipe created in the master, which every mule forked later
+    inherits; a mule writes one byte to it once it runs Python (`set_local_sink`).
+
+    Thread-safe. `wait` blocks in ``select()`` with the GIL released."""
+
+    SLICE = 1.0  # seconds: a waiter tries the socket again at least this often
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        # Made by the master's main thread: while it loads the app, before any fork, so
+        # every mule inherits it (made later, by a thread, the running mule may not have it).
+        self.early = threading.current_thread() is threading.main_thread()
+        self._read, self._write = os.pipe()  # inherited by forks, closed at exec (a reload)
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self.starts = 0  # mule starts read from the pipe
+        self._answered = 0  # `starts` when a mule last answered
+
+    def signal(self) -> None:
+        """In a forked child (the mule): tell the master a mule runs. Never raises."""
+        try:
+            os.write(self._write, b"!")
+        except OSError:
+            pass
+
+    def _drain(self) -> int:
+        with self._lock:
+            while True:
+                try:
+                    data = os.read(self._read, 256)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # closed under us: uWSGI closes every other fd before a reload's exec
+                    self._closed()
+                if not data:
+                    break
+                self.starts += len(data)
+            return self.starts
+
+    def _closed(self) -> None:
+        """The pipe is gone: uWSGI is about to exec itself (a reload), which ends this
+        thread; wait for that quietly (the GIL released), then say what happened."""
+        time.sleep(30)
+        raise PublishError("publish failed: the instance closed the master's mule gate (a reload that did "
+                           "not happen?); publishing from the master stops here")
+
+    def answered(self) -> None:
+        """A mule answered: the starts seen so far are behind us."""
+        self._answered = self._drain()
+
+    def started_since_answer(self) -> bool:
+        """True when a mule started after the last answer (it runs Python, so it is past
+        its fork: retrying quickly is safe)."""
+        return self._drain() > self._answered
+
+    def wait(self, deadline: float) -> None:
+        """Block until a mule starts after the last answer, never past `deadline`
+        (time.monotonic()), and for at most `SLICE` seconds once a mule has started
+        (then the caller tries the socket again: a mule forked before this gate
+        existed never signals); the GIL is released throughout."""
+        end = deadline if not self.starts else min(deadline, time.monotonic() + self.SLICE)
+        while True:
+            # select() first: the first call here that releases the GIL is the one that blocks
+            remaining = end - time.monotonic()
+            if remaining > 0:
+                try:
+                    _select([self._read], [], [], remaining)
+                except InterruptedError:
+                    pass
+                except (OSError, ValueError):
+                    self._closed()
+            if self.started_since_answer() or time.monotonic() >= end:
+                return
+
+
+def _original_select() -> Callable[..., Any]:
+    """select.select, gevent's monkey-patching undone (the master's threads are OS threads)."""
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "select")  # type: ignore[no-any-return]
+    return select.select
+
+
+_select = _original_select()
+#: In the uWSGI master only (None elsewhere): see "Publishing from the master".
+_gate: Optional[MuleGate] = MuleGate() if _uwsgi.process() == "master" else None
+
+
 class _Pool:
     """This process's links to its instance's mule, handed out one per publish (a
     link is used by one thread or greenlet at a time). The lock is never held
@@ -423,6 +562,8 @@ def set_local_sink(sink: Callable[[bytes], Optional[int]]) -> None:
     """Called once by the broadcast mule: publishes in its own process go to `sink`."""
     global _local_sink
     _local_sink = sink
+    if _gate is not None and _gate.pid != os.getpid():
+        _gate.signal()  # this mule runs Python: the master's publishers may retry now
 
 
 def _count(slot: int) -> None:
@@ -513,6 +654,12 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> i
     if problem:  # no mule can be serving: waiting out the publish timeout would only hide it
         raise PublishError(problem)
     timeout = settings.get("publish-timeout")
+    gate = _gate if _gate is not None and _gate.pid == os.getpid() else None
+    if gate is not None and gate.early and not gate.starts:  # (no syscall before the wait's select)
+        # The master before its first mule ran: park before any call that releases the
+        # GIL (os.urandom, socket(), connect()), so this thread is blocked, not runnable,
+        # when uWSGI releases the GIL and forks the workers and the mule.
+        gate.wait(time.monotonic() + timeout)
     # A greenlet or async core waits through its runtime; a thread (any model), a
     # foreign thread of a gevent worker, a mule or a spooler blocks on the socket.
     waiting_rt = runtime if (uwsgi_thread and runtime is not None and runtime.NAME != "threads"
@@ -520,7 +667,7 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> i
     link = _pool.take()
     ok = False
     try:
-        seq = link.call(request, timeout, waiting_rt, on_wait=lambda: _count(metrics.QUEUE_FULL))
+        seq = link.call(request, timeout, waiting_rt, on_wait=lambda: _count(metrics.QUEUE_FULL), gate=gate)
         ok = True
         return seq
     except Refused:
