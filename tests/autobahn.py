@@ -109,6 +109,31 @@ def case_passes(case_id: str, behavior: str, behavior_close: str) -> bool:
     return behavior in PASS_BEHAVIOR and behavior_close in PASS_BEHAVIOR_CLOSE
 
 
+def selects(pattern: str, case_id: str) -> bool:
+    """Whether kosoku's `-i`/`-x` `pattern` selects `case_id`: as kosoku does, a regular
+    expression match at the start of the id (`*`: any run of characters), so "12.*.1"
+    selects 12.1.1 and also 12.1.10-12.1.18 (checked against a kosoku report)."""
+    return re.match(re.escape(pattern).replace(r"\*", ".*"), case_id) is not None
+
+
+def expected_cases(patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
+    """Every case id of kosoku's suite that `patterns` select and `exclude` does not
+    (`selects`), in case order: what a run must report, one entry each. Read from
+    kosoku's own case index in a child interpreter (importing it puts the py2-era
+    case modules on sys.path)."""
+    code = "import json; from kosoku.cases import CASES; print(json.dumps(list(CASES)))"
+    python = Path(kosoku_binary()).read_text().splitlines()[0].removeprefix("#!").strip()
+    if not Path(python).exists():
+        python = sys.executable
+    proc = subprocess.run([python, "-c", code], capture_output=True, timeout=60)
+    if proc.returncode:
+        raise RuntimeError(f"cannot read kosoku's case index: {proc.stderr.decode(errors='replace')[-2000:]}")
+    every: list[str] = json.loads(proc.stdout)
+    selected = [c for c in every if any(selects(p, c) for p in patterns)
+                and not any(selects(x, c) for x in exclude)]
+    return sorted(selected, key=case_sort_key)
+
+
 def split_cases(spec: str | Sequence[str] | None) -> list[str]:
     """'1.*,2.*' or ['1.*', '9.1.1'] -> ['1.*', '2.*', '9.1.1']."""
     if spec is None:
@@ -140,6 +165,9 @@ class RunResult:
     errors: list[str] = field(default_factory=list)  # the run itself broke (no report, timeout...)
     tracebacks: list[str] = field(default_factory=list)  # Python tracebacks in the uWSGI log (reported, not fatal)
     log_path: Path | None = None
+    #: selected cases the report lacks (each selected case must have run and be judged)
+    missing: list[str] = field(default_factory=list)
+    expected: int = 0  # how many cases the selection holds
 
     @property
     def respawned(self) -> bool:
@@ -155,6 +183,8 @@ class RunResult:
             and not self.workers_gone
             and self.server_alive
             and bool(self.cases)
+            and not self.missing
+            and len(self.cases) == self.expected
         )
 
     def counts_by_section(self) -> dict[str, collections.Counter]:
@@ -250,6 +280,9 @@ def run(
     a directory added with `extra=["--pythonpath", DIR]`).
     """
     patterns = split_cases(cases)
+    expected = expected_cases(patterns, exclude)
+    if not expected:
+        raise ValueError(f"no kosoku case matches {patterns} (less {list(exclude)})")
     outdir = Path(outdir) if outdir else ROOT / "reports" / "autobahn" / model
     if outdir.exists():
         # Only ever remove a previous kosoku report, never an arbitrary directory.
@@ -313,6 +346,10 @@ def run(
         cases_found = _read_report(outdir)
     elif not errors:
         errors.append(f"kosoku wrote no report (exit {returncode}):\n{output}")
+    missing = [cid for cid in expected if cid not in cases_found]
+    unasked = [cid for cid in cases_found if cid not in expected]
+    if unasked:
+        errors.append(f"kosoku ran {len(unasked)} case(s) outside the selection: {unasked[:10]}")
     failures = [
         cid for cid, e in cases_found.items()
         if not case_passes(cid, e["behavior"], e["behaviorClose"])
@@ -341,6 +378,8 @@ def run(
         errors=errors,
         tracebacks=_tracebacks(log),
         log_path=server.log_path,
+        missing=missing,
+        expected=len(expected),
     )
     if own_workdir and result.ok and not result.tracebacks:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -387,7 +426,8 @@ def describe_failure(case_id: str, entry: dict[str, Any]) -> str:
 
 def summarize(result: RunResult, verbose: bool = False) -> str:
     out = [f"Autobahn fuzzingclient vs uwsgi_ws, model={result.model}: "
-           f"{len(result.cases)} cases in {result.wall_time:.1f}s (report: {result.outdir}/index.html)"]
+           f"{len(result.cases)} of {result.expected} selected cases reported in {result.wall_time:.1f}s "
+           f"(report: {result.outdir}/index.html)"]
     header = f"{'section':>7} {'cases':>5} " + " ".join(f"{b:>13}" for b in BEHAVIORS) + f" {'close-fail':>10} {'case-ms':>8}"
     out.append(header)
     for section, c in result.counts_by_section().items():
@@ -396,6 +436,9 @@ def summarize(result: RunResult, verbose: bool = False) -> str:
             f"{section:>7} {c['cases']:>5} " + " ".join(f"{c[b]:>13}" for b in BEHAVIORS)
             + f" {close_fail:>10} {c['ms']:>8}"
         )
+    if result.missing:
+        out.append(f"\n{len(result.missing)} selected case(s) missing from the report (not run, or not "
+                   f"judged): {', '.join(result.missing[:30])}")
     if result.failures:
         out.append(f"\n{len(result.failures)} failing case(s):")
         for cid in result.failures:
