@@ -19,7 +19,9 @@ import websocket
 from harness import serve
 from wsraw import RawWebSocket
 
-EXTRA = ["--sharedarea", "4096", "--mule=uwsgi_ws.mule:run"]
+# As conf/broadcast.* ships: --py-call-osafterfork, so that a worker's exit does not wait for
+# its copy of the master's publisher thread (flask-websockets' non-daemon thread started at import).
+EXTRA = ["--sharedarea", "4096", "--mule=uwsgi_ws.mule:run", "--py-call-osafterfork"]
 
 
 @pytest.fixture(params=["threads", "gevent"])

@@ -110,11 +110,12 @@ def mule_id() -> int:
 
 
 def process() -> str:
-    """Which process of the instance this is: "master", "worker", "mule", "spooler"
-    (any other process uWSGI forked: a spooler, a gateway, an external daemon), or
-    "outside" (no uWSGI). Plain data, safe from any thread. The master is the process
-    whose pid is `masterpid()` (with --master), or, without --master, the process
-    loading the app before it becomes worker 1 (worker id 0, no mule id)."""
+    """Which process of the instance this is: "master" (the process whose pid is
+    `masterpid()`: it loads the app, unless lazy-apps, then forks the others),
+    "worker" (also the single process of an instance without --master, which loads
+    the app as worker 1), "mule", "spooler" (any other process uWSGI forked: a
+    spooler, a gateway, an external daemon), or "outside" (no uWSGI).
+    Plain data, safe from any thread."""
     if _api is None:
         return "outside"
     if worker_id() > 0:
@@ -122,9 +123,9 @@ def process() -> str:
     if mule_id() > 0:
         return "mule"
     master = masterpid()
-    if master == os.getpid() or (not master and not flag("master")):
+    if master and master == os.getpid() and flag("master"):
         return "master"
-    return "spooler"
+    return "spooler" if master else "worker"
 
 
 def numproc() -> int:
