@@ -348,16 +348,18 @@ def shortened(text: str, pattern: re.Pattern, replace: str, count: int) -> str:
     return out
 
 
-@pytest.fixture(scope="module", params=["pings", "silent"])
+@pytest.fixture(scope="module", params=[("pings", "threads"), ("pings", "gevent"), ("silent", "threads")],
+                ids=["pings-threads", "pings-gevent", "silent"])
 def idle_setup(request, tmp_path_factory):
     """(kind, {front name: port}): short-timeout copies of both proxy configs in front of an
-    app that pings every 0.5 s (keepalive_app) or every 20 s (echo_app, the default)."""
+    app that pings every 0.5 s (keepalive_app, in both models) or every 20 s (echo_app, the
+    default)."""
     from harness import serve
 
-    kind = request.param
-    tmp = tmp_path_factory.mktemp(f"idle-{kind}")
+    kind, model = request.param
+    tmp = tmp_path_factory.mktemp(f"idle-{kind}-{model}")
     socket_port = free_port()
-    backend = serve("keepalive_app:app" if kind == "pings" else "echo_app:app", tmp, model="threads",
+    backend = serve("keepalive_app:app" if kind == "pings" else "echo_app:app", tmp, model=model,
                     extra=["--socket", f"127.0.0.1:{socket_port}", "--processes", "1"])
     started = []
     try:
