@@ -481,10 +481,11 @@ class MuleGate:
 
     def wait(self, deadline: float) -> None:
         """Block until a mule starts after the last answer, never past `deadline`
-        (time.monotonic()), and for at most `SLICE` seconds once a mule has started
-        (then the caller tries the socket again: a mule forked before this gate
-        existed never signals); the GIL is released throughout."""
-        end = deadline if not self.starts else min(deadline, time.monotonic() + self.SLICE)
+        (time.monotonic()), and for at most `SLICE` seconds once a mule has started or
+        when this gate was made after the forks (then the caller tries the socket
+        again: a mule forked before this gate existed never signals); the GIL is
+        released throughout."""
+        end = deadline if self.early and not self.starts else min(deadline, time.monotonic() + self.SLICE)
         while True:
             # select() first: the first call here that releases the GIL is the one that blocks
             remaining = end - time.monotonic()
@@ -599,7 +600,10 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
         TypeError: `data` is not str or bytes-like.
 
     Thread-safety: any thread, greenlet or process; blocks the caller (only) until
-    the mule appended the message.
+    the mule appended the message. In uWSGI's master (a thread the app started at
+    import) it first waits, the GIL released, for the broadcast mule to run, so
+    that the master's forks never copy a GIL this thread holds ("Publishing from
+    the master" in the module docstring).
     """
     try:
         return _publish(data, channel, event, runtime)
