@@ -24,6 +24,13 @@ size limits, UTF-8 checks, keepalive), and the in-process broadcast
 A refused upgrade (Origin, ``before_connect``, a connection limit, 404, a bad
 handshake) raises `UpgradeRefused` carrying the HTTP status, headers and body.
 
+A handler subscribes after the upgrade, so `connect` may return before it has:
+a publish right then reaches nobody. `TestClient.wait_subscribed` waits for it:
+
+    conn = client.connect("/ticker/ACME")
+    client.wait_subscribed("ACME")       # the handler's ws.subscribe(conn, "ACME") has run
+    ws.publish("42.0", channel="ACME"); assert conn.receive(timeout=1) == "42.0"
+
 Thread-safety: one test thread per client connection (the test's); the server
 side runs in threads of its own.
 """
@@ -158,6 +165,43 @@ class TestClient:
             deflate.finalize(accepted)
             extensions.append(deflate)
         return TestConnection(client_end, rest, response_headers, thread, extensions)
+
+    def wait_subscribed(self, channel: str, count: int = 1, timeout: float = 5.0) -> int:
+        """Block until at least `count` connections of this process are subscribed to
+        `channel` (a handler's ``ws.subscribe(conn, channel)`` has run): a publish on
+        `channel` after this reaches them.
+
+        Handlers subscribe after the upgrade, so `connect` can return first; a test
+        that publishes at once races the handler (the message reaches nobody). The
+        count is the process's: every test client shares the in-process broadcast, so
+        close the connections of earlier tests (``with client.connect(...)``) or
+        pass the `count` expected in all.
+
+        Args:
+            channel: the channel name.
+            count: how many subscribers to wait for (at least 1).
+            timeout: seconds.
+        Returns:
+            The number of subscribers of `channel` now (at least `count`).
+        Raises:
+            ValueError: `count` below 1.
+            TimeoutError: fewer subscribers after `timeout` seconds (the message says
+                how many there were).
+        Blocks the calling thread (polls every few milliseconds); thread-safe.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        broadcast = self.ws.broadcast()
+        deadline = time.monotonic() + timeout
+        while True:
+            found: int = broadcast.subscriber_count(channel)
+            if found >= count:
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{found} connection(s) subscribed to {channel!r} after {timeout}s, "
+                                   f"waiting for {count}: does the handler call ws.subscribe(conn, "
+                                   f"{channel!r})?")
+            time.sleep(0.002)
 
     def events(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
                timeout: float = 5.0, resume: Optional[Tuple[str, Dict[str, int]]] = None) -> EventsClient:

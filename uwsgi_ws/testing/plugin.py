@@ -17,7 +17,9 @@ Enable it in your top-level ``conftest.py``:
 
 The fixture starts uWSGI once per test module and model (``--master``, 2
 processes of the model, the broadcast on: ``--sharedarea 4096
---mule=uwsgi_ws.mule:run``, a free port, ``--http-socket``), yields the running
+--mule=uwsgi_ws.mule:run``, a free port, ``--http-socket``), waits until every
+worker has started (``worker_pids()`` lists them all; under ``lazy-apps`` each
+has loaded the app) and the instance answers HTTP, yields the running
 `server.UWSGI` (``url``, ``http``, ``port``, ``log()``, ``worker_pids()``) and
 stops it by pid (SIGINT, then SIGKILL of its process group). The test fails if
 a worker crashed meanwhile (its log is in the message). Without
@@ -32,11 +34,18 @@ keyword options: ``extra=[...]`` more uWSGI options, ``broadcast=False``,
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Dict, Iterator, Sequence
 
 import pytest
 
 from .server import MODELS, UWSGI, serve
+
+#: Seconds the fixture waits for the workers to start and the instance to answer.
+READY_TIMEOUT = 60.0
 
 __all__ = ["uwsgi_server"]
 
@@ -76,8 +85,62 @@ def uwsgi_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         **options,
     )
     try:
+        wait_ready(server, READY_TIMEOUT)
         yield server
     finally:
         crashes, log = server.crashes(), server.log()
         server.stop()
     assert not crashes, f"a uWSGI worker crashed while the tests ran:\n{log}"
+
+
+def expected_workers(args: Sequence[str]) -> int:
+    """The number of workers uWSGI's arguments ask for (the last ``--processes``/``--workers``/``-p``; 1 if none)."""
+    count = 1
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--processes", "--workers", "-p"):
+            text = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if text.isdigit():
+                count = int(text)
+    return count
+
+
+def wait_ready(server: UWSGI, timeout: float = READY_TIMEOUT) -> None:
+    """Block until `server`'s workers have all started (``worker_pids()`` lists
+    `expected_workers` of them; under ``lazy-apps`` each logged its app ready) and
+    a plain HTTP request is answered (any status).
+
+    Raises:
+        RuntimeError: uWSGI exited, or was not ready within `timeout` seconds (with its log).
+    Blocking; polls the log every 20 ms.
+    """
+    wanted = expected_workers(server.args)
+    lazy = any(a in ("--lazy-apps", "--lazy") or a.startswith(("--lazy-apps=", "--lazy=")) for a in server.args)
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"uwsgi exited with {server.proc.returncode}:\n{server.log()}")
+        pids = server.worker_pids()
+        if len(pids) >= wanted and (not lazy or _apps_ready(server.log(), pids)) and _answers(server):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"uwsgi's {wanted} worker(s) were not serving after {timeout}s "
+                               f"(started: {pids}):\n{server.log()}")
+        time.sleep(0.02)
+
+
+def _apps_ready(log: str, pids: Sequence[int]) -> bool:
+    """Every worker in `pids` logged its app ready (``WSGI app 0 (...) ready ... pid: N``)."""
+    ready = {int(pid) for pid in re.findall(r"WSGI app \d+ \(mountpoint='[^']*'\) ready .*? pid: (\d+)", log)}
+    return all(pid in ready for pid in pids)
+
+
+def _answers(server: UWSGI) -> bool:
+    """A worker answers a plain HTTP request (any status) within 2 s."""
+    try:
+        with urllib.request.urlopen(server.http + "/", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # a 404 is an answer
+    except OSError:
+        return False
