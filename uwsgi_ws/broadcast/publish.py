@@ -299,6 +299,8 @@ class Link:
             except (ConnectionError, EOFError, OSError) as exc:
                 if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN,
                                                                   None, errno.EAGAIN):
+                    if gate is not None and exc.errno == errno.EBADF:
+                        gate.closed()  # uWSGI closed our fds for a reload's exec
                     self.close()
                     raise PublishError(f"cannot publish through {self._where()}: {exc}") from None
                 problem = f"the broadcast mule closed {self._where()} before answering (being respawned?)"
@@ -457,13 +459,13 @@ class MuleGate:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:  # closed under us: uWSGI closes every other fd before a reload's exec
-                    self._closed()
+                    self.closed()
                 if not data:
                     break
                 self.starts += len(data)
             return self.starts
 
-    def _closed(self) -> None:
+    def closed(self) -> None:
         """The pipe is gone: uWSGI is about to exec itself (a reload), which ends this
         thread; wait for that quietly (the GIL released), then say what happened."""
         time.sleep(30)
@@ -495,7 +497,7 @@ class MuleGate:
                 except InterruptedError:
                     pass
                 except (OSError, ValueError):
-                    self._closed()
+                    self.closed()
             if self.started_since_answer() or time.monotonic() >= end:
                 return
 
