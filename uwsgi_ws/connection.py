@@ -76,6 +76,10 @@ class Connection:
         self._protocol = protocol if protocol is not None else Protocol(max_message_size)
         self._plock = runtime.Lock()  # the protocol engine
         self._outbound = Outbound(sock, runtime, write_limit, self._broken)
+        self._outbound.shared_sent = self._protocol.shared_frame_sent
+        # The hub's per-delivery calls go straight to the outbound stream.
+        self.begin_direct = self._outbound.begin_direct  # type: ignore[method-assign]
+        self.end_direct = self._outbound.end_batch  # type: ignore[method-assign]
         # Messages read and not yet returned by `receive` (no task ever blocks on it:
         # the receiving task reads itself), then _CLOSED.
         self._inbox: Deque[object] = collections.deque()
@@ -370,13 +374,14 @@ class Connection:
         return codec.shared_options if codec is not None else None
 
     def begin_direct(self) -> int:
-        """The fd for the hub's direct batch write, or -1 (see `Outbound.begin_direct`)."""
+        """The fd for the hub's direct batch write, or -1 (see `Outbound.begin_direct`).
+        Replaced in `__init__` by the outbound's own method (one call per delivery)."""
         return self._outbound.begin_direct()
 
     def end_direct(self, batch: Batch, result: int) -> None:
-        if batch.compressed:  # still under the outbound lock begin_direct took
-            self._protocol.shared_frame_sent()
-        self._outbound.end_direct(batch.data, result, len(batch.entries))
+        """After the hub's direct write (see `Outbound.end_batch`, which replaces this in
+        `__init__`: one call per delivery)."""
+        self._outbound.end_batch(batch, result)
 
     def send_frame_nowait(self, frame: bytes) -> bool:
         """Queue one ready-made data frame without blocking (past `write_limit` too);

@@ -49,6 +49,8 @@ class Outbound:
         self._broken = False
         #: Data messages handed to this stream (broadcasts included).
         self.messages = 0
+        #: Called under the lock when a compressed broadcast batch is written (`end_batch`).
+        self.shared_sent: Optional[Callable[[], None]] = None
 
     # -- state ----------------------------------------------------------------
 
@@ -150,6 +152,28 @@ class Outbound:
             elif result == -errno.EAGAIN or result == -errno.EWOULDBLOCK:
                 self._out += data
                 self.messages += messages
+            else:
+                self._fail()
+        finally:
+            self._lock.release()
+        if self._broken:
+            self._report_broken()
+
+    def end_batch(self, batch: Any, result: int) -> None:
+        """`end_direct` for a broadcast batch (`uwsgi_ws.broadcast.Batch`: its `data`,
+        `entries`, `compressed`), in one call per delivery (the hub's hot loop); a
+        compressed batch is reported to `shared_sent` first, still under the lock."""
+        data = batch.data
+        try:
+            if batch.compressed and self.shared_sent is not None:
+                self.shared_sent()
+            if result >= 0:
+                if result < len(data):
+                    self._out += memoryview(data)[result:]
+                self.messages += len(batch.entries)
+            elif result == -errno.EAGAIN or result == -errno.EWOULDBLOCK:
+                self._out += data
+                self.messages += len(batch.entries)
             else:
                 self._fail()
         finally:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Callable, Deque, Optional, Tuple
+import select
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import gevent
 import gevent.event
 import gevent.hub
 import gevent.lock
 import gevent.queue
-import gevent.select
 
 from . import _recycle, _watch
 
@@ -122,8 +122,64 @@ def cooperate() -> None:
     gevent.sleep(0)
 
 
-def poller() -> gevent.select.poll:
-    return gevent.select.poll()
+class Poller:
+    """`select.poll`'s interface (register, modify, unregister, poll) on libev io
+    watchers kept while registered, for one waiting greenlet (the broadcast hub).
+    gevent.select.poll makes a watcher per fd, a result set, an Event and a
+    Timeout on every call; this makes a Waiter (and a timer with a timeout)."""
+
+    def __init__(self) -> None:
+        self._loop = gevent.get_hub().loop
+        self._io: Dict[int, Any] = {}
+        self._ready: Dict[int, int] = {}
+        self._waiter: Any = None
+
+    def register(self, fd: Any, eventmask: int = select.POLLIN | select.POLLPRI | select.POLLOUT) -> None:
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        old = self._io.pop(fd, None)
+        if old is not None:
+            old.stop()
+        flags = (1 if eventmask & (select.POLLIN | select.POLLPRI) else 0) | (2 if eventmask & select.POLLOUT else 0)
+        io = self._loop.io(fd, flags)
+        io.start(self._on_io, fd, pass_events=True)
+        self._io[fd] = io
+
+    modify = register
+
+    def unregister(self, fd: Any) -> None:
+        """Raises KeyError when `fd` is not registered (as select.poll does)."""
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        self._io.pop(fd).stop()
+        self._ready.pop(fd, None)
+
+    def _on_io(self, events: int, fd: int) -> None:  # in the hub
+        self._ready[fd] = self._ready.get(fd, 0) | (select.POLLIN if events & 1 else 0) | (
+            select.POLLOUT if events & 2 else 0)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.switch(None)
+
+    def poll(self, timeout: Optional[float] = None) -> List[Tuple[int, int]]:
+        """Ready (fd, events) pairs; waits up to `timeout` milliseconds (None or < 0: forever)."""
+        if not self._ready and timeout != 0:
+            waiter = self._waiter = gevent.hub.Waiter()
+            timer = None
+            if timeout is not None and timeout >= 0:
+                timer = self._loop.timer(timeout / 1000.0)
+                timer.start(waiter.switch, None)
+            try:
+                waiter.get()
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.stop()
+        ready = list(self._ready.items())
+        self._ready.clear()
+        return ready
+
+
+def poller() -> Poller:
+    return Poller()
 
 
 class FdWatcher(_watch.WatcherBase):
