@@ -12,6 +12,7 @@ gevent, a real client on a raw socket (the refusal) and websocket-client (the ec
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Tuple
 
 import pytest
@@ -95,3 +96,24 @@ def test_with_http_websockets_the_echo_works_through_the_router(tmp_path, model)
     finally:
         server.stop()
     assert not server.crashes(), server.log()
+
+
+# -- what the docs and the shipped configs say about the router ----------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_CONFIGS = sorted(p for p in (ROOT / "uwsgi_ws" / "conf").iterdir()
+                      if p.stem in ("threads", "gevent", "async") and p.suffix in (".yaml", ".ini"))
+
+
+def test_the_migration_guide_asks_for_http_websockets_behind_the_router():
+    text = (ROOT / "docs" / "migration.md").read_text()
+    assert "No `--http-websockets`" not in text
+    assert "--http-websockets" in text and "501" in text
+
+
+@pytest.mark.parametrize("path", BASE_CONFIGS, ids=lambda p: p.name)
+def test_the_base_configs_state_the_measured_router_cost(path):
+    text = path.read_text()
+    assert "88 ms" not in text, path  # re-measured by bench/http_router.py: +0.17 ms (docs/deployment.md)
+    assert "+0.17 ms" in text and "bench/http_router.py" in text, path
+    assert "http-websockets" in text, path

@@ -5,6 +5,7 @@ that has everything the app needs except gevent."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -224,3 +225,38 @@ def test_missing_mule_fails_at_once_naming_the_option(tmp_path):
         wait_for(lambda: "--mule=" in server.log(), 10, "the message naming --mule")
     finally:
         server.stop()
+
+
+# -- what a new user copies from the docs ----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def command_lines(text: str) -> list:
+    """The shell commands in `text`'s fenced code blocks, continuation lines joined."""
+    found = []
+    for block in re.findall(r"```(?:sh|bash|console|shell)?\n(.*?)```", text, re.S):
+        for command in re.sub(r"\\\n\s*", " ", block).splitlines():
+            found.append(command.strip())
+    return found
+
+
+@pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
+def test_documented_uwsgi_command_lines_stop_on_sigterm(path):
+    """Without --die-on-term, uWSGI 2.0 reloads on SIGTERM: `kill PID` restarts instead of stopping."""
+    for command in command_lines(path.read_text()):
+        words = command.split()
+        if not words or not words[0].endswith("uwsgi") or "--emperor" in words:
+            continue
+        assert "--die-on-term" in words, f"{path.name}: {command}"
+
+
+def test_the_migration_guide_points_to_pages_and_installs_as_the_readme_does():
+    text = (ROOT / "docs" / "migration.md").read_text()
+    assert not re.search(r"\(README[,:]", text), "README sections moved to docs/ pages: link those"
+    for target in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", text):
+        assert (ROOT / "docs" / target).is_file(), target
+    readme_install = re.search(r'pip install "([^"]+)"', (ROOT / "README.md").read_text())
+    assert readme_install is not None
+    assert f'pip install "{readme_install.group(1)}"' in text, readme_install.group(0)
