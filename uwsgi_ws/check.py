@@ -491,19 +491,21 @@ def check_instance(instance: Instance, known: Optional[FrozenSet[str]]) -> List[
 
     passes_websockets = instance.flag("http-websockets") is not None
     for o in [o for o in instance.options if o.key in ROUTER_KEYS]:
+        # the workers speaking HTTP themselves: http-socket for http, https-socket (addr,cert,key) for https
+        direct = _kv(o.path, "http-socket", o.value) if o.key == "http" else "`https-socket` (addr,cert,key)"
         if not passes_websockets:
             found.append(_finding(o, "error", f"the `{o.key}` router without `http-websockets`: it forwards the "
                                   "101, then drops every frame the client sends, so each WebSocket opens and "
                                   "hangs (uwsgi_ws refuses such handshakes with HTTP 501)",
                                   f"add {_kv(o.path, 'http-websockets', 'true')} next to "
                                   f"{_kv(o.path, o.key, o.value)}, or serve with "
-                                  f"{_kv(o.path, 'http-socket', o.value)} (directly, or behind nginx/HAProxy: "
+                                  f"{direct} (directly, or behind nginx/HAProxy: "
                                   "conf/nginx.conf, conf/haproxy.cfg)"))
         else:
             found.append(_finding(o, "warning", f"the `{o.key}` router in front of WebSockets: it cuts a "
                                   "WebSocket idle for http-timeout (60 s) with no close frame (uwsgi_ws's pings "
                                   "keep an open one busy), and is one more hop for every frame",
-                                  f"serve with {_kv(o.path, 'http-socket', o.value)} (directly, or behind "
+                                  f"serve with {direct} (directly, or behind "
                                   "nginx/HAProxy: conf/nginx.conf, conf/haproxy.cfg)"))
 
     harakiri = instance.last("harakiri")
