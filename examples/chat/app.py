@@ -21,7 +21,7 @@ with the package installed (`make venv`, then use .venv/bin/python):
 
 or with uWSGI directly, from the repository root:
 
-    uwsgi --master --http-socket 127.0.0.1:8002 --processes 2 --threads 16 \
+    uwsgi --master --die-on-term --http-socket 127.0.0.1:8002 --processes 2 --threads 16 \
           --sharedarea 4096 --mule=uwsgi_ws.mule:run --mule-msg-size=262144 \
           --set-placeholder uwsgi-ws-history=200 --pythonpath . --wsgi-file examples/chat/app.py --callable app
 

@@ -7,7 +7,7 @@ package installed (`make venv`, then use .venv/bin/python):
 
 or with uWSGI directly, from the repository root:
 
-    uwsgi --master --http-socket 127.0.0.1:8001 --processes 1 --threads 16 \
+    uwsgi --master --die-on-term --http-socket 127.0.0.1:8001 --processes 1 --threads 16 \
           --pythonpath . --wsgi-file examples/echo/app.py --callable app
 
 or through the Emperor with the other examples: `make run` (vassals/echo.yaml).

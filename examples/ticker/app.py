@@ -10,7 +10,7 @@ the price mule, http://127.0.0.1:8003/), with the package installed
 
 or with uWSGI directly, from the repository root:
 
-    uwsgi --master --http-socket 127.0.0.1:8003 --processes 2 --threads 16 \
+    uwsgi --master --die-on-term --http-socket 127.0.0.1:8003 --processes 2 --threads 16 \
           --sharedarea 4096 --mule=uwsgi_ws.mule:run --mule-msg-size=262144 \
           --mule=examples/ticker/mule.py \
           --pythonpath . --wsgi-file examples/ticker/app.py --callable app
