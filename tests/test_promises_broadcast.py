@@ -7,6 +7,10 @@ two workers, each also reachable on a port of its own):
 - "A worker lapped by the ring (it fell a whole ring behind) closes its connections
   with 1013 too, and logs it": a worker stopped (SIGSTOP) while more than a ring is
   published, then continued; the other worker's clients keep everything.
+
+One-line mutants of hub.py each test was seen to fail on (both models): the wake-up
+fd not registered with the poller; Hub._lapped without its fail_slow(1013), or
+logging at debug instead of warning.
 """
 
 from __future__ import annotations

@@ -10,6 +10,13 @@
 - `record.uwsgi_ws`: each close record carries its fields as a dict;
 - the native fan-out helper (`uwsgi_ws._speedups.send_many`) is the path the hub
   uses in a normal install, and `uwsgi-ws-pure` turns it off.
+
+One-line mutants of the package each test was seen to fail on (both models):
+config keys: settings' config_key -> "UWSGIWS_..."; back-pressure: the reader's
+max_queue pause -> always read; close_timeout: close()'s deadline -> now;
+got_request_exception: its send() removed; record.uwsgi_ws: the close record's
+extra={} ; native path: hub's `if not settings.get("pure")` -> False (and -> True
+for the pure test).
 """
 
 from __future__ import annotations
