@@ -10,18 +10,50 @@
 
 How a worker learns it must stop depends on the model: each runtime adapter
 provides `on_graceful_stop` and `on_shutdown` (`uwsgi_ws.runtime`, which says
-how per model). This module only keeps the set of open connections (`track`,
-`untrack`: any thread or greenlet) and installs the hooks at the worker's
-first connection. When the model cannot tell, one line is logged:
-connections then end as uWSGI ends them.
+how per model). This module keeps the set of open connections (`track`,
+`untrack`: any thread or greenlet) and installs the hooks once per worker
+(`prepare`), early enough that no stop goes unseen, at whatever point of the
+worker's life it comes:
+
+- gevent: uWSGI's loop answers SIGHUP with its own graceful path (it stops
+  accepting, then waits for the running requests: our WebSockets) whether or
+  not a watcher of ours exists yet. Installed at the first connection, the
+  watcher missed a SIGHUP that came while that connection was in its
+  handshake: the worker then waited for it until worker-reload-mercy (NO
+  MERCY, a reset, issue 12). So the hooks are installed when the worker's
+  loop starts, before it accepts anything: a greenlet spawned from uWSGI's
+  post-fork hook (`arm`, lazy-apps off), or at import in the worker (lazy-apps
+  on), runs in the loop's first iteration, after uWSGI mapped SIGHUP to the
+  loop and before any request is read.
+- threads: uWSGI's C handler closes the write end of its loop_stop_pipe, which
+  stays closed: a watcher installed later still sees the hang-up
+  (`runtime._stoppipe`), so the first connection is early enough.
+- Under lazy-apps the worker imports the app before uWSGI installs its own
+  SIGHUP handler (core/uwsgi.c, uwsgi_worker_run: uwsgi_init_all_apps() comes
+  before ``uwsgi_unix_signal(SIGHUP, gracefully_kill)``); until then SIGHUP is
+  ignored (inherited from uwsgi_setup's ``signal(SIGHUP, SIG_IGN)``), so a
+  reload during the app's import was lost and the master killed the worker
+  at worker-reload-mercy. While our import runs in such a worker, a handler of
+  ours notes the SIGHUP; once uWSGI's handler is in place the worker sends
+  itself SIGHUP again (`_redeliver`), and uWSGI's graceful path runs.
+
+A connection that opens after the stop was seen is closed at once (1012).
+What uWSGI alone loses (a SIGHUP before any Python code of ours runs in the
+worker, or one the master ignores while it starts) is bounded by
+worker-reload-mercy: see the README's Failures section.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
-from typing import Any, Set
+import time
+from types import FrameType
+from typing import Any, Callable, Optional, Set
 
+from . import _uwsgi
 from .log import get as _logger
 from .protocol import GOING_AWAY, SERVICE_RESTART
 
@@ -30,23 +62,52 @@ _lock = threading.Lock()  # never held across a yield: safe in every model
 _open: Set[Any] = set()
 _installed_pid = 0
 _stopping = False
+_asked_pid = 0  # the pid in which a SIGHUP came before uWSGI's handler was installed
+
+#: Seconds a threaded worker's start waits for uWSGI's own signal handlers (an app's import
+#: under lazy-apps included) before leaving the hooks to its first connection.
+READY_WAIT = 120.0
+
+
+def prepare(runtime: Any) -> None:
+    """Install this worker's stop hooks (once per process; later calls return at once).
+
+    Args:
+        runtime: the model's adapter (`uwsgi_ws.runtime`).
+
+    Never blocks; any thread or greenlet. Logs one warning per hook the model
+    cannot provide (connections then end as uWSGI ends them).
+    """
+    global _installed_pid
+    pid = os.getpid()
+    if _installed_pid == pid:
+        return
+    with _lock:
+        if _installed_pid == pid:
+            return
+        _open.clear()  # the master's (never any) or a parent's
+        _installed_pid = pid
+        if runtime.HAS_TASKS and not runtime.on_graceful_stop(lambda: _going_away(runtime)):
+            log.warning("worker %d cannot watch for a graceful stop (uWSGI's loop_stop_pipe not "
+                        "found): its WebSockets will not get close 1012 on reload", pid)
+        if runtime.HAS_TASKS and not runtime.on_shutdown(_shutting_down):
+            log.warning("worker %d cannot see a full shutdown coming (the optional native helper "
+                        "uwsgi_ws._speedups is not built): its WebSockets will not get close 1001", pid)
+    if _asked_pid == pid:
+        _redeliver()
 
 
 def track(conn: Any, runtime: Any) -> None:
-    """`conn` is open in this worker; installs the stop hook at the first call per process."""
-    global _installed_pid
-    pid = os.getpid()
-    if _installed_pid != pid:
-        with _lock:
-            if _installed_pid != pid:
-                _open.clear()  # the master's (never any) or a parent's
-                _installed_pid = pid
-                if runtime.HAS_TASKS and not runtime.on_graceful_stop(lambda: _going_away(runtime)):
-                    log.warning("worker %d cannot watch for a graceful stop (uWSGI's loop_stop_pipe not "
-                                "found): its WebSockets will not get close 1012 on reload", pid)
-                if runtime.HAS_TASKS and not runtime.on_shutdown(_shutting_down):
-                    log.warning("worker %d cannot see a full shutdown coming (the optional native helper "
-                                "uwsgi_ws._speedups is not built): its WebSockets will not get close 1001", pid)
+    """`conn` is open in this worker: it gets a close frame when the worker stops.
+
+    Args:
+        conn: the open connection (`close`, `close_nowait`).
+        runtime: the model's adapter; the stop hooks are installed if not yet (`prepare`).
+
+    Never blocks; any thread or greenlet. A connection tracked after the stop
+    was seen is closed at once (1012), in a task of its own.
+    """
+    prepare(runtime)
     with _lock:
         _open.add(conn)
     if _stopping:  # the worker was already told to stop: this one goes too
@@ -54,8 +115,14 @@ def track(conn: Any, runtime: Any) -> None:
 
 
 def untrack(conn: Any) -> None:
+    """`conn` is closed: forget it. Never blocks; any thread or greenlet."""
     with _lock:
         _open.discard(conn)
+
+
+def stopping() -> bool:
+    """True once this worker was told to stop (its WebSockets are being closed)."""
+    return _stopping
 
 
 def _going_away(runtime: Any) -> None:
@@ -86,3 +153,111 @@ def _close(conn: Any) -> None:
         conn.close(SERVICE_RESTART, "server restarting")
     except Exception:  # already closed, socket gone: nothing to say goodbye to
         pass
+
+
+# -- from the worker's start -------------------------------------------------------------
+
+
+def _worker_runtime() -> Any:
+    from . import runtime
+
+    return runtime.load(runtime.detect())
+
+
+def _at_worker_start() -> None:
+    """In a worker, before its loop runs (uWSGI's post-fork hook, or the app's import
+    under lazy-apps): a SIGHUP from now until uWSGI installs its handler is noted
+    (`_note_sighup`) instead of ignored; under gevent, a greenlet installs the hooks in
+    the loop's first iteration, before any request is read."""
+    if _uwsgi.worker_id() <= 0:  # a mule or a spooler: no WebSockets there
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, _note_sighup)  # until uWSGI installs its own (core/uwsgi.c:3481)
+    try:
+        rt = _worker_runtime()
+        if rt.NAME == "gevent":
+            rt.spawn(prepare, rt)
+        elif rt.NAME == "threads":
+            threading.Thread(target=_prepare_when_ready, args=(rt,), name="uwsgi_ws-stop-hooks", daemon=True).start()
+    except Exception:  # never stop a worker from starting: the first connection installs them
+        log.exception("uwsgi_ws: worker %d could not prepare its stop hooks at start", os.getpid())
+
+
+def _chain_post_fork(fn: Callable[[], None]) -> None:
+    """Run `fn` from uWSGI's post-fork hook (in each worker, mule and spooler, after the
+    fork), keeping the hook already there (uwsgidecorators' chain when it is loaded)."""
+    api = _uwsgi.api()
+    decorators = sys.modules.get("uwsgidecorators")
+    current = getattr(api, "post_fork_hook", None)
+    if decorators is not None and current is getattr(decorators, "postfork_chain_hook", None):
+        decorators.postfork_chain.append(fn)
+        return
+
+    def hook() -> None:
+        fn()
+        if current is not None:
+            current()
+
+    setattr(api, "post_fork_hook", hook)  # noqa: B010  (uWSGI reads it from its module)
+
+
+def _note_sighup(signum: int, frame: Optional[FrameType]) -> None:
+    """SIGHUP before uWSGI's handler is installed (after the fork, while a lazy-apps
+    worker imports the app: uWSGI ignores it there): deliver it again once uWSGI's own
+    handler is in place. Python runs it in the main thread at its next bytecode."""
+    global _asked_pid
+    if _asked_pid == os.getpid():
+        return
+    _asked_pid = os.getpid()
+    log.warning("worker %d was asked to stop while starting (loading the app): it stops once it is ready",
+                os.getpid())
+
+
+def _prepare_when_ready(rt: Any) -> None:
+    """Threads model, in a thread of ours from the worker's start: uWSGI's SIGHUP,
+    SIGINT and SIGTERM handlers are in place once the worker's loop_stop_pipe exists
+    (core/uwsgi.c: uwsgi_ignition makes it after uwsgi_unix_signal(...)), and our
+    hooks must come after them (the SIGINT relay replaces uWSGI's handler for a while).
+    Then `prepare`: a full shutdown right after the worker's first handshake no longer
+    finds the relay missing (the worker exited at once, its connections reset)."""
+    from .runtime._stoppipe import loop_stop_fd
+
+    deadline = time.monotonic() + READY_WAIT
+    while loop_stop_fd() is None:
+        if time.monotonic() > deadline:
+            return  # the first connection installs them (and says what it cannot find)
+        time.sleep(0.02)  # a one-off wait at a worker's start: nothing to wake us
+    prepare(rt)
+
+
+_redelivered = 0
+
+
+def _redeliver() -> None:
+    """Send this worker the SIGHUP it received before uWSGI could handle it (once)."""
+    global _redelivered
+    if _redelivered != os.getpid():
+        _redelivered = os.getpid()
+        os.kill(os.getpid(), signal.SIGHUP)
+
+
+def arm() -> None:
+    """Arrange for the stop hooks to be installed when each worker starts (idempotent).
+
+    In the uWSGI master (lazy-apps off) it chains uWSGI's post-fork hook; in a worker
+    (lazy-apps on: the app is imported there, before uWSGI installs its SIGHUP handler)
+    it notes a SIGHUP that comes during the import and prepares at once. Outside
+    uWSGI it does nothing. Main thread only for the SIGHUP note (skipped elsewhere).
+    """
+    global _armed
+    if _armed or not _uwsgi.available():
+        return
+    _armed = True
+    if _uwsgi.worker_id() > 0:
+        _at_worker_start()
+    elif _uwsgi.mule_id() <= 0:
+        _chain_post_fork(_at_worker_start)
+
+
+_armed = False
+arm()

@@ -14,11 +14,17 @@ close-on-exec (PEP 446), uWSGI's ``uwsgi_ignition`` (core/uwsgi.c) does not.
 Under lazy-apps this module is imported in the worker, before the ignition
 makes the pipe, so the pipes made since (ours, the native helper's) are told
 apart only by that flag. When that is not exactly one pipe, nothing is found.
+
+A stop that came before we looked (the worker's first connection was still
+in its handshake when SIGHUP arrived) has closed the write end already: the
+pipe is then a lone read end that polls as hung up, and it is returned as is
+(a watcher of it fires at once). Found only when no whole candidate is there.
 """
 
 from __future__ import annotations
 
 import os
+import select
 from typing import Dict, List, Optional, Set, Tuple
 
 
@@ -54,9 +60,18 @@ def loop_stop_fd() -> Optional[int]:
             continue
         if link.startswith("pipe:") and link not in _inherited:
             ends.setdefault(link, []).append((int(name), flags & os.O_ACCMODE, bool(flags & os.O_CLOEXEC)))
-    candidates = [fds for fds in ends.values()
-                  if sorted(mode for _, mode, _ in fds) == [os.O_RDONLY, os.O_WRONLY]
-                  and not any(cloexec for _, _, cloexec in fds)]
-    if len(candidates) != 1:
+    ours = [fds for fds in ends.values() if not any(cloexec for _, _, cloexec in fds)]
+    candidates = [fds for fds in ours if sorted(mode for _, mode, _ in fds) == [os.O_RDONLY, os.O_WRONLY]]
+    if len(candidates) == 1:
+        return next(fd for fd, mode, _ in candidates[0] if mode == os.O_RDONLY)
+    if candidates:
         return None
-    return next(fd for fd, mode, _ in candidates[0] if mode == os.O_RDONLY)
+    hung_up = [fds[0][0] for fds in ours if len(fds) == 1 and fds[0][1] == os.O_RDONLY and _hung_up(fds[0][0])]
+    return hung_up[0] if len(hung_up) == 1 else None
+
+
+def _hung_up(fd: int) -> bool:
+    """True when `fd` (a pipe's read end) has no writer left: POLLHUP, now."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    return any(event & select.POLLHUP for _, event in poller.poll(0))
