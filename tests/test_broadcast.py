@@ -636,6 +636,8 @@ def test_publish_without_mule_fails_at_once_naming_the_option(model, tmp_path):
                    ["--sharedarea", "64", f"--mule-msg-size={MULE_MSG_SIZE}", "--env", "UWSGI_WS_PUBLISH_TIMEOUT=1"],
                    small=True, wait_mule=False)
     try:
+        for port in server.worker_ports:  # a worker's first request takes a second or more under load
+            assert http(server, "GET", "/stats", port=port)[0] == 200
         t0 = time.monotonic()
         body = publish(server, "hello", expect=503)
         waited = time.monotonic() - t0
