@@ -132,6 +132,7 @@ class Poller:
         self._loop = gevent.get_hub().loop
         self._io: Dict[int, Any] = {}
         self._ready: Dict[int, int] = {}
+        self._stopped: List[int] = []  # reported since the last poll(): restarted by it
         self._waiter: Any = None
 
     def register(self, fd: Any, eventmask: int = select.POLLIN | select.POLLPRI | select.POLLOUT) -> None:
@@ -153,6 +154,13 @@ class Poller:
         self._ready.pop(fd, None)
 
     def _on_io(self, events: int, fd: int) -> None:  # in the hub
+        # One report per fd and poll() call: a writable socket would otherwise call
+        # back at every loop iteration until the next poll() (the hub's fan-out
+        # cooperates between chunks); poll() starts it again.
+        io = self._io.get(fd)
+        if io is not None:
+            io.stop()
+            self._stopped.append(fd)
         self._ready[fd] = self._ready.get(fd, 0) | (select.POLLIN if events & 1 else 0) | (
             select.POLLOUT if events & 2 else 0)
         waiter, self._waiter = self._waiter, None
@@ -161,6 +169,12 @@ class Poller:
 
     def poll(self, timeout: Optional[float] = None) -> List[Tuple[int, int]]:
         """Ready (fd, events) pairs; waits up to `timeout` milliseconds (None or < 0: forever)."""
+        if self._stopped:
+            for fd in self._stopped:
+                io = self._io.get(fd)
+                if io is not None and not io.active:
+                    io.start(self._on_io, fd, pass_events=True)
+            self._stopped.clear()
         if not self._ready and timeout != 0:
             waiter = self._waiter = gevent.hub.Waiter()
             timer = None
