@@ -9,9 +9,9 @@ frame at once (issue 12 item 4, the races): on real uWSGI, threads and gevent mo
   workers are spawned, while clients reconnect; the same with a vassal touched
   twice under the Emperor: every connection ends with 1012, never a reset, never
   "NO MERCY".
-- lazy-apps: a SIGHUP that lands while the worker imports the app (after uwsgi_ws
-  is imported, before uWSGI installs its SIGHUP handler) is delivered once the
-  worker is ready: "Gracefully killing worker", then 1012 for its connections.
+- lazy-apps: a reload that lands while the worker imports the app (after uwsgi_ws
+  is imported, before uWSGI installs its SIGHUP handler, which ignores it there)
+  is delivered once the worker is ready: "Gracefully killing worker", no NO MERCY.
 
 worker-reload-mercy is far above every wait here: a close never comes from the kill.
 """
@@ -26,7 +26,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import websocket
@@ -296,44 +295,59 @@ def test_vassal_touched_twice(model, tmp_path):
     double_reload(server, touch)
 
 
-# -- lazy-apps: a stop while the worker imports the app -----------------------------------------
+# -- lazy-apps: a reload while the worker imports the app -----------------------------------------
 
 SLOW_APP = '''
 import os
 import uwsgi_ws  # noqa: F401  (its stop hooks are armed from here on)
 from echo_app import app  # noqa: F401
-open(os.environ["SLOW_APP_LOADING"] + "-%d" % os.getpid(), "w").close()
-with open(os.environ["SLOW_APP_GO"]) as go:  # a FIFO: the test sends SIGHUP now, then writes to it
-    go.read()
+gate = os.environ["SLOW_APP_GATE"]
+if os.path.exists(gate):  # a FIFO: the test reloads now, then writes to it
+    open(os.environ["SLOW_APP_LOADING"] + "-%d" % os.getpid(), "w").close()
+    with open(gate) as fifo:
+        fifo.read()
+    os.unlink(gate)
 '''
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_stop_while_a_lazy_worker_loads_the_app(model, tmp_path):
+def test_reload_while_a_lazy_worker_loads_the_app(model, tmp_path):
+    """`uwsgi --reload`, then again while the reloaded worker imports the app (after
+    uwsgi_ws, before uWSGI installs its SIGHUP handler: uWSGI ignores it there, and the
+    master waited for the worker until worker-reload-mercy). The worker now stops as
+    soon as it is ready ("Gracefully killing worker"), the instance reloads again, and
+    its WebSocket got 1012 at the first reload."""
     (tmp_path / "slow_app.py").write_text(SLOW_APP)
-    go, loading = tmp_path / "go", tmp_path / "loading"
-    os.mkfifo(go)
-    server = serve("slow_app:app", tmp_path, model=model, ready="none",
-                   pythonpath=(str(ROOT), str(APPS), str(tmp_path)),
-                   env={"SLOW_APP_GO": str(go), "SLOW_APP_LOADING": str(loading)},
+    gate = tmp_path / "gate"
+    server = serve("slow_app:app", tmp_path, model=model, pythonpath=(str(ROOT), str(APPS), str(tmp_path)),
+                   env={"SLOW_APP_GATE": str(gate), "SLOW_APP_LOADING": str(tmp_path / "loading")},
                    extra=["--processes", "1", "--lazy-apps", "--worker-reload-mercy", str(MERCY)])
     try:
-        marker = wait_for(lambda: list(tmp_path.glob("loading-*")), 30, "the worker importing the app")[0]
+        wait_for(lambda: _echo(server), 30, "the app")
+        ws = websocket.create_connection(server.url + "/echo", timeout=QUICK + 10)
+        os.mkfifo(gate)
+        os.kill(server.pid, signal.SIGHUP)
+        assert recv_close_code(ws) == 1012
+        ws.close()
+        marker = wait_for(lambda: list(tmp_path.glob("loading-*")), 60, "the reloaded worker importing the app")[0]
         pid = int(marker.name.split("-")[1])
-        os.kill(pid, signal.SIGHUP)  # uWSGI ignores it here (its handler comes after the import)
-        server.wait_for_log(rf"worker {pid} was asked to stop while starting", QUICK)
-        with open(go, "w") as fifo:
+        wait_for(lambda: _hears_sighup(server.pid), 30, "the reloaded master's SIGHUP handler")
+        spawns = spawned(server.log())
+        os.kill(server.pid, signal.SIGHUP)  # the master curses the worker: SIGHUP, ignored by uWSGI here
+        server.wait_for_log(r"\.\.\.gracefully killing workers\.\.\.", QUICK, count=2)
+        with open(gate, "w") as fifo:
             fifo.write("go")
         server.wait_for_log(rf"Gracefully killing worker 1 \(pid: {pid}\)", QUICK + 10)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), QUICK + 10, "the worker's exit")
+        wait_for(lambda: spawned(server.log()) > spawns, 30, "the instance reloaded again")
+        wait_for(lambda: _echo(server), 30, "the app after the second reload")
         assert "NO MERCY" not in server.log()
     finally:
         server.stop()
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+def recv_close_code(ws: websocket.WebSocket) -> int:
+    ws.settimeout(QUICK + 10)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big")

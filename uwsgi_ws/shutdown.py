@@ -27,7 +27,10 @@ worker's life it comes:
   loop and before any request is read.
 - threads: uWSGI's C handler closes the write end of its loop_stop_pipe, which
   stays closed: a watcher installed later still sees the hang-up
-  (`runtime._stoppipe`), so the first connection is early enough.
+  (`runtime._stoppipe`). The SIGINT/SIGTERM relay, though, must be in place
+  before a full shutdown comes, or the worker exits at once and a connection
+  whose handshake just ended is reset: a thread of ours installs the hooks as
+  soon as uWSGI's own handlers are (`_prepare_when_ready`).
 - Under lazy-apps the worker imports the app before uWSGI installs its own
   SIGHUP handler (core/uwsgi.c, uwsgi_worker_run: uwsgi_init_all_apps() comes
   before ``uwsgi_unix_signal(SIGHUP, gracefully_kill)``); until then SIGHUP is
@@ -171,13 +174,15 @@ def _at_worker_start() -> None:
     the loop's first iteration, before any request is read."""
     if _uwsgi.worker_id() <= 0:  # a mule or a spooler: no WebSockets there
         return
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, _note_sighup)  # until uWSGI installs its own (core/uwsgi.c:3481)
     try:
         rt = _worker_runtime()
+        if rt.NAME not in ("gevent", "threads"):  # async: uWSGI's graceful path exits at once anyway
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, _note_sighup)  # until uWSGI installs its own (core/uwsgi.c:3481)
         if rt.NAME == "gevent":
             rt.spawn(prepare, rt)
-        elif rt.NAME == "threads":
+        else:
             threading.Thread(target=_prepare_when_ready, args=(rt,), name="uwsgi_ws-stop-hooks", daemon=True).start()
     except Exception:  # never stop a worker from starting: the first connection installs them
         log.exception("uwsgi_ws: worker %d could not prepare its stop hooks at start", os.getpid())
@@ -211,6 +216,8 @@ def _note_sighup(signum: int, frame: Optional[FrameType]) -> None:
     _asked_pid = os.getpid()
     log.warning("worker %d was asked to stop while starting (loading the app): it stops once it is ready",
                 os.getpid())
+    if _installed_pid == os.getpid():  # ready already (Python ran this late, at its next bytecode)
+        _redeliver()
 
 
 def _prepare_when_ready(rt: Any) -> None:
@@ -242,12 +249,14 @@ def _redeliver() -> None:
 
 
 def arm() -> None:
-    """Arrange for the stop hooks to be installed when each worker starts (idempotent).
+    """Arrange for the stop hooks to be installed when each worker starts (idempotent;
+    called once at import).
 
-    In the uWSGI master (lazy-apps off) it chains uWSGI's post-fork hook; in a worker
-    (lazy-apps on: the app is imported there, before uWSGI installs its SIGHUP handler)
-    it notes a SIGHUP that comes during the import and prepares at once. Outside
-    uWSGI it does nothing. Main thread only for the SIGHUP note (skipped elsewhere).
+    In the uWSGI master (lazy-apps off) it chains uWSGI's post-fork hook
+    (``uwsgi.post_fork_hook``, keeping one already set; uwsgidecorators' chain when it
+    is loaded: imported later, uwsgidecorators replaces the hook, and the first
+    connection installs the hooks as before); in a worker (lazy-apps on) it starts at
+    once (`_at_worker_start`). Outside uWSGI it does nothing. Never raises.
     """
     global _armed
     if _armed or not _uwsgi.available():
