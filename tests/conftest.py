@@ -24,7 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import serve
+from uwsgi_ws.testing.plugin import expected_workers
+
+from harness import serve, wait_for
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,6 +59,10 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     extra = getattr(request.module, "EXTRA", [])
     instance = serve(app, tmp_path_factory.mktemp(f"uwsgi-{model}"), model=model, extra=extra)
     instance.model = model  # type: ignore[attr-defined]
+    # serve() returns once the socket listens, before the master has loaded the app and forked
+    # (a second or more under load): a module's first request would time that too.
+    wanted = expected_workers(instance.args)
+    wait_for(lambda: len(instance.worker_pids()) >= wanted, 60, f"{wanted} worker spawn line(s) in {instance.log_path}")
     yield instance
     crashes, log = instance.crashes(), instance.log()
     # A Python traceback in the log is a failure unless the module expects it: list the
