@@ -243,6 +243,8 @@ class Broadcast:
                     if channel not in gone:
                         plan[channel] = After(reply.through)
 
+        self._wait_hub(hub, plan)
+
         def finish(result: Dict[str, Recovered]) -> None:
             for channel, oldest_kept in gone.items():  # the oldest the history still has
                 if channel in result and not result[channel].ok:
@@ -251,6 +253,17 @@ class Broadcast:
                 done(result)
 
         hub.recover(sub, list(plan.items()), finish, preface)
+
+    def _wait_hub(self, hub: Hub, plan: Dict[str, Recovery]) -> None:
+        """Wait (at most CATCH_UP_WAIT seconds) until this worker's hub has handed out the
+        ring up to the highest `After` seq of `plan`: the hub subscribes at the point it
+        reached and delivers live what follows, so a position beyond that point (a
+        client coming from another worker or instance, the history's `through`) would
+        have those messages sent twice."""
+        target = max((r.seq for r in plan.values() if isinstance(r, After)), default=0)
+        deadline = time.monotonic() + CATCH_UP_WAIT
+        while getattr(hub, "_last", target) < target <= hub.ring.write_seq and time.monotonic() < deadline:
+            self._rt.sleep(0.002)
 
     def resume(self, sub: Subscriber, plan: Dict[str, Recovery], done: Optional[Done] = None) -> None:
         """`recover` with positions in the numbering of `event_position` (what clients
@@ -323,6 +336,8 @@ class Broadcast:
                 preface.extend(_as_global(reply.entries))
                 for channel in ask_last:
                     plan[channel] = After(reply.through)
+
+        self._wait_hub(hub, plan)
 
         def finish(result: Dict[str, Recovered]) -> None:  # in the hub's task: scans stay short
             out: Dict[str, Recovered] = {}
