@@ -146,15 +146,31 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid):
+@pytest.fixture
+def alive_pid():
+    # SIGHUP back to its default (a job runner may ignore it): a probe that sent a real
+    # signal instead of 0 would end this process.
+    code = "import signal, sys, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print(flush=True); time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    child.stdout.readline()
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid, alive_pid):
     prefix = str(tmp_path / "uwsgi_ws-publish-0-")
-    master, alive = 999_999_999, os.getpid()
-    names = {
-        "dead": f"{prefix}{dead_pid}-1a",
-        "alive": f"{prefix}{alive}-2b",
-        "master": f"{prefix}{master}-3c",
-        "odd": f"{prefix}notapid-4d",
-    }
+    master = 999_999_999
+    # Files of the gone master made before and after each kept one: whatever order glob
+    # lists them in (creation order, its reverse, hashed), some come after each kept one
+    # (a `break` where the loop must go on leaves them behind).
+    names = {f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(8)}
+    names["alive"] = f"{prefix}{alive_pid}-2b"
+    names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(8, 16)})
+    names["master"] = f"{prefix}{master}-3c"
+    names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(16, 24)})
+    names["odd"] = f"{prefix}notapid-4d"
+    names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(24, 32)})
     for path in names.values():
         open(path, "wb").close()
     other = tmp_path / "unrelated-1-2"
@@ -163,3 +179,6 @@ def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid):
     left = {name for name, path in names.items() if os.path.exists(path)}
     assert left == {"alive", "master", "odd"}
     assert other.exists()
+    # The liveness probe is signal 0: the live process was not signalled.
+    os.kill(alive_pid, 0)
+    assert os.waitpid(alive_pid, os.WNOHANG) == (0, 0)
