@@ -9,6 +9,9 @@ import json
 import socket
 import struct
 import threading
+import time
+
+import pytest
 
 from harness import read_reports
 from wsraw import BINARY, CLOSE, PING, PONG, RawWebSocket
@@ -160,3 +163,62 @@ def test_max_queue_stops_reading_while_the_handler_is_busy(server, tmp_path):
     assert line["order"] == ["%08d" % i for i in range(count)]
     assert line["close_code"] == 1000
 
+
+
+class _Client:
+    """A watcher client on one end of a socket pair, recording its callbacks."""
+
+    def __init__(self, rt, sock):
+        self.sock = sock
+        self.calls = []
+        self.fired = rt.Event()
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def on_ready(self, readable, writable):
+        self.calls.append((readable, writable))
+        self.fired.set()
+
+
+@pytest.mark.parametrize("model", ["threads", "gevent"])
+def test_the_fd_watcher_is_one_shot_and_keeps_deadlines(model):
+    # The worker's watcher itself (runtime.fd_watcher), on real sockets, outside uWSGI.
+    from uwsgi_ws import runtime
+
+    rt = runtime.load(model)
+    watcher = rt.fd_watcher()
+    a, b = socket.socketpair()
+    client, other = _Client(rt, a), _Client(rt, b)
+    try:
+        watcher.watch(client, True, False, None)
+        b.send(b"x")
+        assert client.fired.wait(5) and client.calls == [(True, False)]
+        assert watcher.watched == 0  # disarmed by the report
+        client.fired.clear()
+        watcher.watch(client, True, False, None)  # still unread: reported again once re-armed
+        assert client.fired.wait(5) and client.calls[-1] == (True, False)
+        client.fired.clear()
+        a.recv(10)
+        watcher.watch(client, True, True, None)
+        assert client.fired.wait(5) and client.calls[-1] == (False, True)
+        client.fired.clear()
+        # a deadline alone; the read watch is replaced, so the pending byte is not reported
+        b.send(b"y")
+        watcher.watch(client, False, False, time.monotonic() + 0.05)
+        assert client.fired.wait(5) and client.calls[-1] == (False, False)
+        client.fired.clear()
+        # unwatch disarms: data arriving after it is not reported (another client's
+        # timer, due later than any report of the data would be, says when to look)
+        a.recv(10)
+        watcher.watch(client, True, False, None)
+        watcher.unwatch(client)
+        b.send(b"z")
+        watcher.watch(other, False, False, time.monotonic() + 0.05)
+        assert other.fired.wait(5) and other.calls == [(False, False)]
+        assert len(client.calls) == 4, client.calls
+    finally:
+        watcher.forget(client)
+        watcher.forget(other)
+        a.close()
+        b.close()

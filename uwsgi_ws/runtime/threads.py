@@ -123,8 +123,8 @@ class FdWatcher(_watch.WatcherBase):
         fd = client.fileno()
         mask = (select.EPOLLIN if read else 0) | (select.EPOLLOUT if write else 0) | select.EPOLLONESHOT
         registration = object()
+        self._fds[fd] = (client, registration)  # before the kernel can report it to _run
         self._epoll.register(fd, mask)
-        self._fds[fd] = (client, registration)
         return registration
 
     def _disarm(self, client: Any, registration: Any) -> None:
