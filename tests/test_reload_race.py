@@ -26,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import websocket
@@ -351,3 +352,48 @@ def recv_close_code(ws: websocket.WebSocket) -> int:
         opcode, data = ws.recv_data(control_frame=True)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             return int.from_bytes(data[:2], "big")
+
+
+# -- the rate, measured (not a test): python tests/test_reload_race.py MODEL [TRIES] ---------------
+
+
+def measure(model: str, tries: int) -> int:
+    """`tries` double reloads, the second SIGHUP as soon as the reloaded workers are
+    spawned (no wait for their handlers: what uWSGI alone loses counts too), clients
+    reconnecting, worker-reload-mercy 15 s. Prints each try; returns the tries that went
+    wrong (a connection without a close frame or closed QUICK late, or NO MERCY)."""
+    import tempfile
+
+    wrong = 0
+    for i in range(tries):
+        tmp = Path(tempfile.mkdtemp(prefix=f"reload-race-{model}-"))
+        server = serve("echo_app:app", tmp, model=model, extra=["--processes", "2", "--worker-reload-mercy", "15"])
+        clients = Reconnecting(server.url)
+        stops: list = []
+        try:
+            wait_for(lambda: _echo(server), 30, "the app")
+            for _ in range(2):
+                seen = spawned(server.log())
+                stops.append(time.monotonic())
+                os.kill(server.pid, signal.SIGHUP)
+                wait_for(lambda: spawned(server.log()) >= seen + 2, 60, "the reloaded workers")
+            wait_for(lambda: _echo(server), 60, "the app after the reloads")
+        finally:
+            clients.finish()
+            stops.append(time.monotonic())
+            server.stop()
+        try:
+            check(clients.ended(), stops, server.log())
+            outcome = "ok"
+        except AssertionError as exc:
+            wrong += 1
+            outcome = str(exc).splitlines()[0][:160]
+        print(f"try {i + 1}/{tries}: {outcome}", flush=True)
+    print(f"{model}: {wrong} of {tries} double reloads went wrong")
+    return wrong
+
+
+if __name__ == "__main__":
+    import sys
+
+    measure(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 5)

@@ -174,15 +174,15 @@ def _at_worker_start() -> None:
     the loop's first iteration, before any request is read."""
     if _uwsgi.worker_id() <= 0:  # a mule or a spooler: no WebSockets there
         return
+    if _uwsgi.model() not in ("gevent", "threads"):  # async: uWSGI's graceful path exits at once anyway
+        return
     try:
-        rt = _worker_runtime()
-        if rt.NAME not in ("gevent", "threads"):  # async: uWSGI's graceful path exits at once anyway
-            return
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, _note_sighup)  # until uWSGI installs its own (core/uwsgi.c:3481)
+            signal.signal(signal.SIGHUP, _note_sighup)  # first: until uWSGI installs its own (core/uwsgi.c:3481)
+        rt = _worker_runtime()
         if rt.NAME == "gevent":
             rt.spawn(prepare, rt)
-        else:
+        elif rt.NAME == "threads":
             threading.Thread(target=_prepare_when_ready, args=(rt,), name="uwsgi_ws-stop-hooks", daemon=True).start()
     except Exception:  # never stop a worker from starting: the first connection installs them
         log.exception("uwsgi_ws: worker %d could not prepare its stop hooks at start", os.getpid())
