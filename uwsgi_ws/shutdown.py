@@ -31,19 +31,21 @@ worker's life it comes:
   before a full shutdown comes, or the worker exits at once and a connection
   whose handshake just ended is reset: a thread of ours installs the hooks as
   soon as uWSGI's own handlers are (`_prepare_when_ready`).
-- Under lazy-apps the worker imports the app before uWSGI installs its own
-  SIGHUP handler (core/uwsgi.c, uwsgi_worker_run: uwsgi_init_all_apps() comes
-  before ``uwsgi_unix_signal(SIGHUP, gracefully_kill)``); until then SIGHUP is
-  ignored (inherited from uwsgi_setup's ``signal(SIGHUP, SIG_IGN)``), so a
-  reload during the app's import was lost and the master killed the worker
-  at worker-reload-mercy. While our import runs in such a worker, a handler of
-  ours notes the SIGHUP; once uWSGI's handler is in place the worker sends
-  itself SIGHUP again (`_redeliver`), and uWSGI's graceful path runs.
+- A new worker ignores SIGHUP from the fork until uWSGI installs its handler
+  (it inherits ``signal(SIGHUP, SIG_IGN)`` from the master's start, core/uwsgi.c
+  uwsgi_setup; uwsgi_worker_run installs ``gracefully_kill`` only after
+  uwsgi_init_all_apps, i.e. after the whole app import under lazy-apps): a
+  reload landing there was lost and the master killed the worker at
+  worker-reload-mercy ("NO MERCY", its connections reset). From uWSGI's
+  post-fork hook (or our import, under lazy-apps) a handler of ours notes such
+  a SIGHUP; once uWSGI's handler is in place the worker sends itself SIGHUP
+  again (`_redeliver`) and uWSGI's graceful path runs.
 
 A connection that opens after the stop was seen is closed at once (1012).
-What uWSGI alone loses (a SIGHUP before any Python code of ours runs in the
-worker, or one the master ignores while it starts) is bounded by
-worker-reload-mercy: see the README's Failures section.
+What uWSGI alone loses (a SIGHUP between the fork and uWSGI's post-fork hook,
+or before a lazy-apps import reaches uwsgi_ws; a master still starting ignores
+SIGHUP too, core/master.c installs grace_them_all in master_loop) is bounded by
+worker-reload-mercy: 10 s in the shipped configs.
 """
 
 from __future__ import annotations
@@ -121,11 +123,6 @@ def untrack(conn: Any) -> None:
     """`conn` is closed: forget it. Never blocks; any thread or greenlet."""
     with _lock:
         _open.discard(conn)
-
-
-def stopping() -> bool:
-    """True once this worker was told to stop (its WebSockets are being closed)."""
-    return _stopping
 
 
 def _going_away(runtime: Any) -> None:
