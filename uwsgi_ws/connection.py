@@ -394,6 +394,7 @@ class Connection:
         return self._outbound.pending
 
     def fileno(self) -> int:
+        """The connection's socket file descriptor (for `select`-style waits; never close it)."""
         return self.fd
 
     def flush(self) -> bool:
