@@ -1,5 +1,7 @@
 """Named events, rooms, acks, resume and an SSE fallback over the broadcast ring.
 
+An endpoint with two handlers::
+
     live = ws.events("/live")
 
     @live.on("connect")
