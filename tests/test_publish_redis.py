@@ -48,9 +48,14 @@ def test_redis_publisher_reaches_every_bridged_instance(model, redis_server, tmp
         with Publisher(redis_url=redis_server.url, stream=stream) as pub:
             assert pub.publish("to all") == 1
             assert pub.publish(b"\x00bin") == 2
-            assert pub.emit("/live", "tick", {"n": 1}, to="r1") == 3
-            assert pub.emit("/live", "all", {"n": 2}) == 4
-            epoch = str(pub._redis.epoch)  # the publisher's own stream id, as an instance's epoch
+            # events are numbered in Redis, as the instances number theirs: the stream's
+            # one seq and epoch, so a browser's position stays valid on any instance
+            assert pub.emit("/live", "tick", {"n": 1}, to="r1") == 1
+            assert pub.emit("/live", "all", {"n": 2}) == 2
+        import redis as redis_py
+        r = redis_py.Redis.from_url(redis_server.url)
+        epoch = r.get(stream + ":epoch").decode()
+        assert int(r.get(stream + ":seq")) == 2
         for conn in clients:
             assert conn.recv() == "to all"
             assert conn.recv() == b"\x00bin"
@@ -58,8 +63,14 @@ def test_redis_publisher_reaches_every_bridged_instance(model, redis_server, tmp
             events = read()
             assert [(e[1], e[2]["data"], e[2]["room"]) for e in events] == [(b"tick", {"n": 1}, "r1"),
                                                                             (b"all", {"n": 2}, None)]
-            assert [e[0].decode() for e in events] == [f"{epoch}-3", f"{epoch}-4"]
-            assert [e[2]["seq"] for e in events] == [3, 4] and {e[2]["epoch"] for e in events} == {epoch}
+            assert [e[0].decode() for e in events] == [f"{epoch}-1", f"{epoch}-2"]
+            assert [e[2]["seq"] for e in events] == [1, 2] and {e[2]["epoch"] for e in events} == {epoch}
+        # a retry of the same request (its first try got through) gets the first seq, no second event
+        from uwsgi_ws.broadcast.redis import add_event
+        first = add_event(r, stream, 1000, "feedbeef", "x", 4, b'{"t":"event"}', number=7)
+        assert add_event(r, stream, 1000, "feedbeef", "x", 4, b'{"t":"event"}', number=7) == first
+        assert add_event(r, stream, 1000, "feedbeef", "x", 4, b'{"t":"event"}', number=8) == first + 1
+        r.close()
     finally:
         for conn in clients:
             conn.close()

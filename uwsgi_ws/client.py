@@ -18,10 +18,12 @@ adds them): clients can resume past them, and SSE delivers them.
 With the Redis bridge (``uwsgi-ws-redis-url`` on every instance),
 ``Publisher(redis_url="redis://...", stream="uwsgi_ws:broadcast")`` writes
 the same messages to the stream the bridges read, so every bridged instance
-delivers them. Such a publisher numbers its messages itself, as an instance
-does (fields ``o`` its random id, ``n`` 1, 2, 3...; `uwsgi_ws.broadcast.redis`):
-an event carries that number as its seq and the id as its epoch, and a retry
-after a lost connection is dropped by the readers as a duplicate.
+delivers them. Plain messages carry this publisher's own numbering (fields
+``o`` its random id, ``n`` 1, 2, 3...; `uwsgi_ws.broadcast.redis`): a retry
+after a lost connection is dropped by the readers as a duplicate. Events are
+numbered in Redis exactly as the instances number theirs (the stream's one
+seq and epoch, docs/protocol.md), so browsers resume past them on any
+instance; a retry of the same request gets the seq of the first.
 
 Command line (exit status 0 on success; 1 with the reason on stderr when the
 publish fails; 2 for bad usage)::
@@ -135,7 +137,8 @@ class Publisher:
         ("<pid>-<n>"), every connection of user `to_user`, or None: every
         connection of the endpoint; `skip`: a connection id that does not get it.
         The same message as the app's `live.emit(event, data, to=to, ...)` (a room's
-        with the instance's seq and epoch).
+        with the seq and epoch clients resume with: the instance's, or with
+        ``redis_url`` the stream's shared numbering).
 
         Returns:
             As `publish`.
@@ -226,7 +229,9 @@ class _Sink:
 
 class _RedisStream:
     """XADD publish requests to the bridge's stream as an origin of its own (fields o,
-    n, c, f, d of `uwsgi_ws.broadcast.redis`); an event gets seq n and epoch o."""
+    n, c, f, d of `uwsgi_ws.broadcast.redis`); an event is numbered in Redis as the
+    instances number theirs (`redis.add_event`: the stream's one numbering and epoch,
+    so a client's position stays valid), idempotent per request number."""
 
     def __init__(self, url: str, stream: str, maxlen: int, timeout: float) -> None:
         try:
@@ -246,18 +251,20 @@ class _RedisStream:
 
     def add(self, request: bytes) -> int:
         from .broadcast.publish import decode_request
+        from .broadcast.redis import add_event
         from .broadcast.ring import FLAG_BINARY, FLAG_EVENT
 
         channel, flags, payload = decode_request(request)
         self.n += 1
-        if flags & FLAG_EVENT:
-            payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (self.n, self.epoch)
         fields: Dict[Any, Any] = {"o": self.origin, "n": self.n, "c": channel.encode("utf-8"), "f": flags & FLAG_BINARY,
                   "d": payload}
         deadline = time.monotonic() + self.timeout
         delay = 0.05
         while True:
             try:
+                if flags & FLAG_EVENT:  # the same number again on a retry: Redis answers the first seq
+                    return add_event(self._client, self.stream, self.maxlen, self.origin, channel, flags, payload,
+                                     number=self.n)
                 self._client.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
                 return self.n
             except (self._redis.RedisError, OSError) as exc:

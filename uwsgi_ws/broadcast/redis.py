@@ -172,12 +172,16 @@ return {seq, epoch}
 """
 
 
-def add_event(client: Any, stream: str, maxlen: int, origin: str, channel: str, flags: int, payload: bytes) -> int:
+def add_event(client: Any, stream: str, maxlen: int, origin: str, channel: str, flags: int, payload: bytes,
+              number: int = 0) -> int:
     """Number an event broadcast in Redis and add it to `stream`, as the broadcast mule
     does (`GLOBAL_PUBLISH`), for a program outside the instances that publishes events
     straight to the stream (`uwsgi_ws.client.Publisher(redis_url=...)`): the event then
     gets the position every instance gives it. `client`: a redis-py client; `payload`
-    the event's JSON (ending with ``}``). Blocks on one round trip.
+    the event's JSON (ending with ``}``); `number` (> 0): this publisher's request
+    number, so that the same request sent again (a retry after a timeout whose first
+    try got through) returns the seq it got instead of adding the event twice (the
+    publisher is `origin`; remembered 10 minutes). Blocks on one round trip.
 
     Returns:
         Its global seq.
@@ -188,8 +192,9 @@ def add_event(client: Any, stream: str, maxlen: int, origin: str, channel: str, 
     """
     if not payload.endswith(b"}"):
         raise ValueError("an event broadcast's JSON must end with '}'")
-    seq, _epoch = client.eval(GLOBAL_PUBLISH, 4, stream, stream + ":seq", stream + ":epoch", stream + ":seq",
-                              maxlen, origin, channel, flags & FLAG_BINARY, payload[:-1], new_epoch(), "")
+    seq, _epoch = client.eval(GLOBAL_PUBLISH, 4, stream, stream + ":seq", stream + ":epoch",
+                              f"{stream}:publisher:{origin}", maxlen, origin, channel, flags & FLAG_BINARY,
+                              payload[:-1], new_epoch(), str(number) if number > 0 else "")
     return int(seq)
 
 
