@@ -220,11 +220,11 @@ MUTATION_REV    ?= HEAD
 MUTATION_GROUPS ?= engine ring hub mule
 MUTATION_DIR    := reports/mutation
 MUT_SRC_engine  := uwsgi_ws/protocol.py uwsgi_ws/frames.py
-MUT_TEST_engine := tests/test_protocol.py tests/test_deflate.py tests/test_fuzz_protocol.py
+MUT_TEST_engine := tests/test_protocol.py tests/test_deflate.py tests/test_fuzz_protocol.py tests/test_mutation_engine.py
 MUT_SRC_ring    := uwsgi_ws/broadcast/ring.py
 MUT_TEST_ring   := tests/test_broadcast_ring.py tests/test_devserver_local.py
 MUT_SRC_hub     := uwsgi_ws/broadcast/hub.py
-MUT_TEST_hub    := tests/test_testclient.py tests/test_devserver_local.py
+MUT_TEST_hub    := tests/test_testclient_examples.py tests/test_devserver_local.py
 MUT_SRC_mule    := uwsgi_ws/broadcast/mule.py
 MUT_TEST_mule   := tests/test_mutation_mule.py
 mutation: $(STAMP)

@@ -483,3 +483,43 @@ else:
         assert [e.seq for e in seen] == sorted({e.seq for e in seen})
         for e in seen:
             assert (e.channel, e.flags, e.frame) == written[e.seq]
+
+
+# -- found by the mutation run (docs/mutation.md) ----------------------------------------
+
+
+def filled(n: int):
+    writer, reader, _ = new_ring()
+    for i in range(1, n + 1):
+        writer.append(frame(b"m%d" % i), "c%d" % (i % 3))
+    return writer, reader
+
+
+def test_read_range_returns_exactly_first_to_last():
+    # `range(first, last + 2)` survived: every test read up to write_seq, where the range is clipped.
+    _, reader = filled(10)
+    assert [e.seq for e in reader.read_range(3, 5)] == [3, 4, 5]
+    assert [e.seq for e in reader.read_range(7, 7)] == [7]
+    assert [e.channel for e in reader.read_range(1, 3)] == ["c1", "c2", "c0"]
+    assert reader.read_range(11, 20) == [] and reader.read_range(5, 4) == []
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 1024])
+def test_scan_yields_each_message_once_in_order_whatever_the_chunk(chunk):
+    # scan's loop bounds and chunk arithmetic (`first < last`, `chunk + 1`, `chunk - 2`,
+    # `seq - 1`, `seq + 2`) survived: nothing scanned in chunks smaller than the range.
+    _, reader = filled(10)
+    assert [e.seq for e in reader.scan(1, 10, chunk)] == list(range(1, 11))
+    assert [e.seq for e in reader.scan(4, 4, chunk)] == [4]
+    assert [e.seq for e in reader.scan(2, 9, chunk)] == list(range(2, 10))
+    assert [bytes(e.frame) for e in reader.scan(9, 99, chunk)] == [frame(b"m9"), frame(b"m10")]
+    assert list(reader.scan(11, 20, chunk)) == []
+
+
+def test_iterating_a_lapped_ring_starts_at_its_oldest_message():
+    writer, reader, _ = new_ring()
+    big = b"x" * 4000
+    for _ in range(40):  # about 160 KB through a 61 KB data area: the first ones are gone
+        writer.append(frame(big))
+    seqs = [e.seq for e in reader]
+    assert seqs == list(range(reader.min_seq, 41)) and seqs[0] > 1
