@@ -240,6 +240,7 @@ mutation-group:
 	{ echo '[mutmut]'; echo 'source_paths = uwsgi_ws'; echo 'only_mutate ='; \
 	  for f in $(MUT_SRC_$(GROUP)); do echo "    $$f"; done; \
 	  echo 'pytest_add_cli_args_test_selection ='; for t in $(MUT_TEST_$(GROUP)); do echo "    $$t"; done; \
+	  printf 'also_copy =\n    examples\n'; \
 	  printf 'pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -k\n    not atheris\n    --hypothesis-seed=0\n'; \
 	} > $$dir/setup.cfg && \
 	echo "mutation $(GROUP): $(MUT_SRC_$(GROUP)) at $$(git rev-parse --short $(MUTATION_REV)), tests $(MUT_TEST_$(GROUP))" && \
