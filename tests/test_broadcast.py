@@ -498,9 +498,13 @@ PAD = "." * 1000
 
 @pytest.fixture(scope="module")
 def slow_server(model, tmp_path_factory):
-    """An instance whose connections may buffer WRITE_LIMIT bytes (the app reads $WRITE_LIMIT)."""
+    """An instance whose connections may buffer WRITE_LIMIT bytes (the app reads $WRITE_LIMIT).
+    A slow consumer's 1013 waits up to CLOSE_TIMEOUT for the client to read: the tests read
+    it only after the whole stream, which a loaded machine may stretch past the default 5 s
+    (the server then cuts TCP mid-stream, as designed, and the close frame never comes)."""
     server = start(tmp_path_factory.mktemp(f"slow-{model}"), model,
-                   [*BROADCAST, f"--mule-msg-size={MULE_MSG_SIZE}"], env={"WRITE_LIMIT": str(WRITE_LIMIT)})
+                   [*BROADCAST, f"--mule-msg-size={MULE_MSG_SIZE}"],
+                   env={"WRITE_LIMIT": str(WRITE_LIMIT), "CLOSE_TIMEOUT": "60"})
     yield server
     stop_and_check(server)
 

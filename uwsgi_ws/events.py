@@ -52,11 +52,12 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tu
 
 from flask import Response, current_app, request
 
-from . import events_protocol, frames
+from . import events_protocol, frames, shutdown
 from . import presence as _presence
 from .broadcast import FLAG_GLOBAL, After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
-from .exceptions import ConnectionClosed, EventError
+from .exceptions import ConnectionClosed, EventError, PublishError
+from .log import get as _logger
 
 #: What a connection id looks like (`Connection.id`, "<worker pid>-<n>"): a str `to=`
 #: of this form names a connection, so no room may have it.
@@ -65,6 +66,9 @@ CONNECTION_ID = re.compile(r"[0-9]+-[0-9]+")
 ALL = ""  # the resume key (and SSE room) of the endpoint-wide stream
 SSE_HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
 SSE_MAX_QUEUE = 10000  # events buffered for one SSE stream before it is dropped as slow
+STOPPING_PUBLISH_TIMEOUT = 1.0  # seconds a stopping worker waits for the mule per leave message
+
+log = _logger(__name__)
 
 
 #: Where the browser client is served: CLIENT_URL + "uwsgi_ws.js" (script tag) or
@@ -548,12 +552,23 @@ class Events:
         except ConnectionClosed:
             pass
         finally:
+            # A stopping worker (a reload) may outlive the mule: its leave messages get
+            # a short wait, and a failure is one line, not a traceback. Its connections
+            # leave presence anyway when it exits (the others check its pid).
+            stopping = shutdown.stopping()
+            timeout = STOPPING_PUBLISH_TIMEOUT if stopping else None
             try:
-                registry.remove(local)
+                registry.remove(local, timeout)
                 if self.join_leave:
                     for room in sorted(conn.rooms):
                         self.broadcast.publish(self._dumps(events_protocol.presence(
-                            "leave", room, conn.id, conn.identity)), self.channel(room))
+                            "leave", room, conn.id, conn.identity)), self.channel(room), timeout=timeout)
+            except PublishError as exc:
+                if not (stopping or shutdown.stopping()):  # (told to stop while it waited)
+                    current_app.log_exception(sys.exc_info())
+                else:
+                    log.warning("connection %s: its leave messages were not published while the worker "
+                                "stops (%s); it leaves presence when the worker exits", conn.id, exc)
             except Exception:
                 current_app.log_exception(sys.exc_info())
             disconnect = self.handlers.get("disconnect")

@@ -205,14 +205,15 @@ class Registry:
         if self.tracked:
             self.publish(message)
 
-    def remove(self, local: Local) -> None:
-        """The connection closed: it leaves presence everywhere. Raises PublishError."""
+    def remove(self, local: Local, timeout: Optional[float] = None) -> None:
+        """The connection closed: it leaves presence everywhere (waiting for the mule at
+        most `timeout` s; None: the publish timeout). Raises PublishError."""
         with self._lock:
             self._local.pop(local.id, None)
             local.v += 1
             version = local.v
         if self.tracked and (local.rooms or local.v > 1):
-            self.publish({"op": "gone", "pid": self._pid, "inst": self._inst, "id": local.id, "v": version})
+            self.publish({"op": "gone", "pid": self._pid, "inst": self._inst, "id": local.id, "v": version}, timeout)
 
     def local_members(self, room: str) -> List[Local]:
         """This worker's connections in `room` now."""
@@ -223,8 +224,8 @@ class Registry:
         with self._lock:
             return self._local.get(conn_id)
 
-    def publish(self, message: Dict[str, Any]) -> None:
-        self._bc.publish(json.dumps(message, separators=(",", ":")), self.channel)
+    def publish(self, message: Dict[str, Any], timeout: Optional[float] = None) -> None:
+        self._bc.publish(json.dumps(message, separators=(",", ":")), self.channel, timeout=timeout)
 
     def _member_message(self, local: Local) -> Dict[str, Any]:
         return {"op": "member", "pid": self._pid, "inst": self._inst, "id": local.id, "v": local.v,

@@ -119,6 +119,12 @@ def track(conn: Any, runtime: Any) -> None:
         runtime.spawn(_close, conn)
 
 
+def stopping() -> bool:
+    """True once this worker was told to stop (a reload's SIGHUP, a shutdown): its
+    connections are closing and the broadcast mule may be gone already."""
+    return _stopping
+
+
 def untrack(conn: Any) -> None:
     """`conn` is closed: forget it. Never blocks; any thread or greenlet."""
     with _lock:

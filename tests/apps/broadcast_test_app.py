@@ -35,7 +35,8 @@ from uwsgi_ws import WebSocket
 from uwsgi_ws.exceptions import BroadcastError as RingError  # PublishError and RingError
 
 app = Flask(__name__)
-ws = WebSocket(app, ping_interval=None, write_limit=int(os.environ.get("WRITE_LIMIT", 1 << 20)))
+ws = WebSocket(app, ping_interval=None, write_limit=int(os.environ.get("WRITE_LIMIT", 1 << 20)),
+               close_timeout=float(os.environ.get("CLOSE_TIMEOUT", "5")))
 
 
 def _commands(conn):

@@ -71,7 +71,8 @@ class Broadcast:
 
     # -- publishing (any process, any thread) -----------------------------------------
 
-    def publish(self, data: Data, channel: Optional[str] = None, event: bool = False) -> int:
+    def publish(self, data: Data, channel: Optional[str] = None, event: bool = False,
+                timeout: Optional[float] = None) -> int:
         """Broadcast `data` to every subscriber of `channel` (None: every connection of
         the instance), in every worker.
 
@@ -84,13 +85,14 @@ class Broadcast:
 
         Any thread (uWSGI's or your own), greenlet or process of the instance: it
         goes through the broadcast mule's publish socket. Blocks the calling thread
-        or greenlet (never the worker) until the mule appended the message.
+        or greenlet (never the worker) until the mule appended the message, at most
+        `timeout` seconds (None: ``uwsgi-ws-publish-timeout``).
         Outside uWSGI, in a process serving the app (``flask run``, the test
         client), the in-process broadcast takes it (`local`).
         """
         if not _uwsgi.available() and local.wanted():
             return local.instance().publish(data, channel, event)
-        return _publish(data, channel, event, runtime=self._rt)
+        return _publish(data, channel, event, runtime=self._rt, timeout=timeout)
 
     # -- subscribing (workers) ---------------------------------------------------------
 

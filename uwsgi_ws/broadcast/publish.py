@@ -574,7 +574,8 @@ def _count(slot: int) -> None:
         metrics.local().add(slot)
 
 
-def publish(data: Data, channel: Optional[str] = None, event: bool = False, runtime: Any = None) -> int:
+def publish(data: Data, channel: Optional[str] = None, event: bool = False, runtime: Any = None,
+            timeout: Optional[float] = None) -> int:
     """Broadcast `data` (str: text frame, bytes: binary) on `channel` (None: to every
     WebSocket of the instance), from any thread or greenlet of any process of the
     instance.
@@ -588,6 +589,7 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
             greenlet or async core, the wait goes through its Waiter (the worker
             keeps running). Ignored in threads uWSGI did not start (plain blocking
             sockets) and in mules and spoolers.
+        timeout: seconds to wait for the mule; None: ``uwsgi-ws-publish-timeout``.
 
     Returns:
         The message's sequence number in the ring: it is in the ring when this returns.
@@ -608,7 +610,7 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
     the master" in the module docstring).
     """
     try:
-        return _publish(data, channel, event, runtime)
+        return _publish(data, channel, event, runtime, timeout)
     except PublishError:
         _count(metrics.PUBLISH_FAILED)
         raise
@@ -635,7 +637,7 @@ def mule_problem() -> str:
     return ""
 
 
-def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> int:
+def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, timeout: Optional[float] = None) -> int:
     if not _uwsgi.available():
         raise PublishError(
             "publish() needs uWSGI: run the app under uwsgi with --master, --sharedarea 4096 "
@@ -659,7 +661,8 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any) -> i
     problem = mule_problem()
     if problem:  # no mule can be serving: waiting out the publish timeout would only hide it
         raise PublishError(problem)
-    timeout = settings.get("publish-timeout")
+    if timeout is None:
+        timeout = settings.get("publish-timeout")
     gate = _gate if _gate is not None and _gate.pid == os.getpid() else None
     if gate is not None and gate.early and not gate.starts:  # (no syscall before the wait's select)
         # The master before its first mule ran: park before any call that releases the
