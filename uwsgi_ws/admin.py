@@ -203,14 +203,20 @@ class Admin:
         except ConnectionClosed:
             return None
 
-    def _emit(self) -> Response:
+    def _action(self) -> Tuple[Dict[str, Any], Any, Optional[Response]]:
+        """An action's request: (its JSON body, its events endpoint, None), or the
+        refusal to answer instead (CSRF checks, `allow`, a bad body or endpoint)."""
         refused = self._action_refused()
         if refused is not None:
-            return refused
+            return {}, None, refused
         body, error = _json_body()
         if error is not None:
-            return error
+            return body, None, error
         endpoint, error = self._endpoint(body.get("endpoint"))
+        return body, endpoint, error
+
+    def _emit(self) -> Response:
+        body, endpoint, error = self._action()
         if error is not None:
             return error
         event, room = body.get("event"), body.get("to") or None
@@ -231,13 +237,7 @@ class Admin:
         return _json({"ok": True})
 
     def _disconnect(self) -> Response:
-        refused = self._action_refused()
-        if refused is not None:
-            return refused
-        body, error = _json_body()
-        if error is not None:
-            return error
-        endpoint, error = self._endpoint(body.get("endpoint"))
+        body, endpoint, error = self._action()
         if error is not None:
             return error
         conn_id, code, reason = body.get("id"), body.get("code", 1000), body.get("reason", "")
