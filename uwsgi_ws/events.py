@@ -54,7 +54,7 @@ from flask import Response, current_app, request
 
 from . import events_protocol, frames, shutdown
 from . import presence as _presence
-from .broadcast import FLAG_GLOBAL, After, Batch, Broadcast, Last, Recovered, Recovery, channel_bytes
+from .broadcast import FLAG_GLOBAL, After, Batch, Broadcast, Last, QueueSubscriber, Recovered, Recovery, channel_bytes
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
 from .exceptions import ConnectionClosed, EventError, PublishError
 from .log import get as _logger
@@ -760,7 +760,7 @@ class _Closing:
             self._on_close()
 
 
-class SSEStream:
+class SSEStream(QueueSubscriber):
     """An SSE response as a broadcast subscriber (`uwsgi_ws.broadcast.Subscriber`): the
     hub hands it batches of event entries; it turns each into one Server-Sent Event
     (``id: <epoch>-<seq>``, ``event: <name>``, ``data: <the event's JSON>``) for the
@@ -781,22 +781,6 @@ class SSEStream:
         for entry in batch.entries:
             self._queue.put((batch.epoch, entry))
         return True
-
-    def begin_direct(self) -> int:
-        return -1  # no socket of its own: always `deliver`
-
-    def end_direct(self, batch: Batch, result: int) -> None:
-        """Never called (begin_direct is always -1)."""
-
-    def flush(self) -> bool:
-        return True
-
-    @property
-    def pending_output(self) -> int:
-        return 0
-
-    def fileno(self) -> int:
-        return -1
 
     def fail_slow(self, code: int, reason: str) -> None:
         self.connected = False

@@ -56,7 +56,7 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import _uwsgi, frames, settings
-from .broadcast import Batch, Broadcast, channel_bytes
+from .broadcast import Batch, Broadcast, QueueSubscriber, channel_bytes
 from .broadcast.ring import FLAG_REMOTE
 from .log import get as _logger
 
@@ -137,7 +137,7 @@ class Local:
         self.v = 0
 
 
-class Registry:
+class Registry(QueueSubscriber):
     """This worker's presence view of one events endpoint (see the module doc).
 
     Args:
@@ -428,20 +428,6 @@ class Registry:
                 log.warning("presence of %s: an unreadable control message (ignored)", self.path)
         return True
 
-    def begin_direct(self) -> int:
-        return -1
-
-    def end_direct(self, batch: Batch, result: int) -> None:
-        """Never called (begin_direct is always -1)."""
-
-    def flush(self) -> bool:
-        return True
-
-    def fail_slow(self, code: int, reason: str) -> None:
-        """Never slow: `deliver` takes everything."""
-
-    def fileno(self) -> int:
-        return -1
 
 
 def _bridged() -> bool:

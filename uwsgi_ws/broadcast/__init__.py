@@ -24,14 +24,14 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Se
 from .. import _uwsgi, settings
 from ..exceptions import PublishError, RingError
 from . import history, local
-from .hub import After, Batch, Done, Hub, Last, Recovered, Recovery, Subscriber
+from .hub import After, Batch, Done, Hub, Last, QueueSubscriber, Recovered, Recovery, Subscriber
 from .publish import Data, channel_bytes, mule_problem  # noqa: F401  (part of the face)
 from .publish import publish as _publish
 from .redis import FLAG_GLOBAL, GlobalState, event_position, global_state, starting
 from .ring import BroadcastRing, Entry, Lapped
 
-__all__ = ["FLAG_GLOBAL", "After", "Batch", "Broadcast", "Entry", "Last", "Position", "Recovered", "Recovery",
-           "Subscriber", "channel_bytes", "for_process"]
+__all__ = ["FLAG_GLOBAL", "After", "Batch", "Broadcast", "Entry", "Last", "Position", "QueueSubscriber", "Recovered",
+           "Recovery", "Subscriber", "channel_bytes", "for_process"]
 
 
 #: Seconds `Broadcast.recover` waits for this instance to reach a global position a

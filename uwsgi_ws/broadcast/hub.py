@@ -102,6 +102,35 @@ class Subscriber(Protocol):
     # they are, or None (plain frames). Subscribers without it get plain frames.
 
 
+class QueueSubscriber:
+    """A base for subscribers without a socket of their own, which take every batch
+    through `deliver` (SSE streams, presence, Socket.IO's listener, the test client's
+    cursor): no direct path, nothing pending, nothing to flush or watch. A subclass
+    defines `deliver` and `connected`; it overrides `fail_slow` when losing messages
+    means something to it (by default, nothing to close)."""
+
+    #: Nothing is ever queued on the hub's side.
+    pending_output = 0
+
+    def begin_direct(self) -> int:
+        """-1: no direct path, the hub calls `deliver`."""
+        return -1
+
+    def end_direct(self, batch: Batch, result: int) -> None:
+        """Never called: `begin_direct` is always -1."""
+
+    def flush(self) -> bool:
+        """True: nothing is pending."""
+        return True
+
+    def fail_slow(self, code: int, reason: str) -> None:
+        """Nothing to close."""
+
+    def fileno(self) -> int:
+        """-1: no fd to watch."""
+        return -1
+
+
 class After(NamedTuple):
     """Recover every message of the channel after `seq` (resume), then live."""
 

@@ -13,14 +13,14 @@ import logging
 from typing import Any, Iterator, List, Union
 
 from .. import frames
-from ..broadcast import Batch
+from ..broadcast import Batch, QueueSubscriber
 
 log = logging.getLogger("uwsgi_ws.socketio.listener")
 
 _OP_TEXT = 0x1
 
 
-class ChannelListener:
+class ChannelListener(QueueSubscriber):
     """Receives the broadcasts of `channel` in this worker.
 
     `queue` is a queue of the worker's model (engineio's ``create_queue()``);
@@ -43,29 +43,13 @@ class ChannelListener:
             self.queue.put(bytes(payload).decode("utf-8") if opcode == _OP_TEXT else bytes(payload))
         return True
 
-    def begin_direct(self) -> int:
-        return -1  # no socket: the hub calls deliver
-
-    def end_direct(self, batch: Batch, result: int) -> None:  # pragma: no cover - never begun
-        pass
-
-    def flush(self) -> bool:
-        return True
-
     def fail_slow(self, code: int, reason: str) -> None:
         # The worker fell a whole ring behind: messages were lost for every subscriber.
         log.error("uwsgi_ws.socketio: broadcasts on %r were lost in this worker (%s %s)", self.channel, code, reason)
 
     @property
-    def pending_output(self) -> int:
-        return 0
-
-    @property
     def connected(self) -> bool:
         return True
-
-    def fileno(self) -> int:
-        return -1
 
     # -- the consumer's side ---------------------------------------------------
 

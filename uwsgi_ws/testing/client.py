@@ -55,7 +55,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from .. import events_protocol
-from ..broadcast import Batch, Broadcast, local
+from ..broadcast import Batch, Broadcast, QueueSubscriber, local
 from ..exceptions import ConnectionClosed, EventError, UwsgiWsError
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -573,7 +573,7 @@ class EventsClient:
 # -- the broadcast: wait for the in-process fan-out ------------------------------------------
 
 
-class _Probe:
+class _Probe(QueueSubscriber):
     """A subscriber that is never attached: recovering it subscribes nothing, and the
     hub's answer tells how far its fan-out has gone (`Recovered.seq`)."""
 
@@ -583,20 +583,6 @@ class _Probe:
     def deliver(self, batch: Batch) -> bool:
         return False
 
-    def begin_direct(self) -> int:
-        return -1
-
-    def end_direct(self, batch: Batch, result: int) -> None:
-        """Never called."""
-
-    def flush(self) -> bool:
-        return True
-
-    def fail_slow(self, code: int, reason: str) -> None:
-        """Nothing to close."""
-
-    def fileno(self) -> int:
-        return -1
 
 
 _PROBE = _Probe()
