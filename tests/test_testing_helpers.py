@@ -22,6 +22,7 @@ import pytest
 from flask import Flask, request
 
 from uwsgi_ws import WebSocket
+from uwsgi_ws.testing import wait_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "testing.md"
@@ -62,6 +63,7 @@ def test_a_publish_before_the_subscribe_is_lost_and_wait_subscribed_closes_the_r
     with client.connect("/late/ACME") as conn:
         assert conn.receive(timeout=5) == "open"
         ws.publish("lost", channel="ACME")  # the handler has not subscribed yet: reaches nobody
+        wait_delivered(ws.broadcast())  # (the fan-out is the hub task's: let it pass "lost" first)
         gate.set()
         assert client.wait_subscribed("ACME", timeout=10) == 1
         ws.publish("42.0", channel="ACME")
