@@ -139,11 +139,10 @@ class Reconnecting:
             try:
                 ws = websocket.create_connection(self.url + "/echo", timeout=MERCY)
             except (OSError, websocket.WebSocketException):
-                time.sleep(0.02)  # the port is the master's across reloads: only a refused connect lands here
-                continue
-            finally:
                 with self.lock:
                     self.connecting -= 1
+                time.sleep(0.02)  # the port is the master's across reloads: only a refused connect lands here
+                continue
             opened = time.monotonic()
             outcome = self._until_closed(ws)
             with self.lock:
@@ -151,6 +150,10 @@ class Reconnecting:
             ws.close()
 
     def _until_closed(self, ws: websocket.WebSocket) -> object:
+        """The connection's outcome; it counts as "connecting" until its echo came back
+        (the server's handler runs it: the connection is the server's, not a handshake
+        in flight), or until it ended first."""
+        echoed = False
         try:
             ws.send("hello")
             while True:
@@ -159,8 +162,16 @@ class Reconnecting:
                     return int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
                 if opcode == websocket.ABNF.OPCODE_TEXT:
                     assert data == b"hello", data
+                    if not echoed:
+                        echoed = True
+                        with self.lock:
+                            self.connecting -= 1
         except (OSError, websocket.WebSocketException):
             return "reset"
+        finally:
+            if not echoed:
+                with self.lock:
+                    self.connecting -= 1
 
     def opened(self) -> int:
         """Connections ended so far."""
@@ -168,9 +179,12 @@ class Reconnecting:
             return len(self.connections)
 
     def finish(self) -> None:
-        """No more reconnecting; returns once no handshake is under way (call before
-        stopping the server, then `ended`): the final stop then meets only open
-        connections (a handshake under way when the worker exits at once is not a reload)."""
+        """No more reconnecting; returns once no handshake is under way and every open
+        connection had its echo (call before stopping the server, then `ended`): the
+        final stop then meets only connections its handlers run (a handshake under way
+        when a worker exits at once on a full shutdown is not a reload: a connection
+        whose handler has not started yet may then be reset; tests/test_worker_stops.py
+        holds the shutdown's 1001 for open connections)."""
         with self.lock:
             self.stop.set()
 
