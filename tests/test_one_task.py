@@ -21,17 +21,21 @@ MODELS = ["threads", "gevent"]
 
 
 def _stats(conns):
-    """Per worker pid: (open connections, tasks, watched), asked on every connection."""
+    """Per worker pid: (open connections, tasks, watched), asked on every connection
+    (again while the worker's one-off stop-hooks thread is still ending: tasks None)."""
     seen = {}
     for raw in conns:
-        raw.send_text("stats")
-        while True:
-            frame = raw.recv_frame()
-            if frame.opcode == PING:
-                raw.send_frame(PONG, frame.payload)
-                continue
-            break
-        s = json.loads(frame.payload)
+        for _ in range(100):
+            raw.send_text("stats")
+            while True:
+                frame = raw.recv_frame()
+                if frame.opcode == PING:
+                    raw.send_frame(PONG, frame.payload)
+                    continue
+                break
+            s = json.loads(frame.payload)
+            if s["tasks"] is not None:
+                break
         seen[s["pid"]] = s
     return seen
 

@@ -166,3 +166,51 @@ def test_full_shutdown_closes_with_1001(model, how, tmp_path):
         server.proc.wait(QUICK + 10)
     finally:
         server.stop()
+
+
+def _children(pid):
+    """Pids whose parent is `pid` (from /proc)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def _threads_taking(pid, signum):
+    """The tids of `pid`'s threads that do not block `signum` (/proc/<pid>/task/*/status SigBlk)."""
+    taking = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        if not blocked & (1 << (signum - 1)):
+            taking.append(int(tid))
+    return taking
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_only_the_main_thread_takes_the_stop_signals(model, tmp_path):
+    """uWSGI's SIGINT/SIGTERM handler (end_me) exits through Py_Finalize in an idle worker
+    or a mule: run in any thread but the main one, Python waits there for the main thread
+    to end and the process hangs until worker-reload-mercy (a full shutdown stalled in CI).
+    So every thread uwsgi_ws starts blocks every signal, as uWSGI's own core threads do:
+    in the workers (the stop hooks, the fd watcher) and the mule (the publisher socket)."""
+    server = start(tmp_path, model, "--sharedarea", "4096", "--mule=uwsgi_ws.mule:run")
+    try:
+        server.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
+        clients = open_clients(server)  # the workers' threads of ours are running by now
+        processes = _children(server.pid)
+        assert len(processes) == 3, processes  # 2 workers and the mule
+        for pid in processes:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                assert _threads_taking(pid, signum) == [pid], (pid, signum, os.listdir(f"/proc/{pid}/task"))
+        for ws in clients:
+            ws.close()
+    finally:
+        server.stop()

@@ -58,7 +58,7 @@ import time
 from types import FrameType
 from typing import Any, Callable, Optional, Set
 
-from . import _uwsgi
+from . import _threadstart, _uwsgi
 from .log import get as _logger
 from .protocol import GOING_AWAY, SERVICE_RESTART
 
@@ -186,7 +186,7 @@ def _at_worker_start() -> None:
         if rt.NAME == "gevent":
             rt.spawn(prepare, rt)
         elif rt.NAME == "threads":
-            threading.Thread(target=_prepare_when_ready, args=(rt,), name="uwsgi_ws-stop-hooks", daemon=True).start()
+            _threadstart.start(_prepare_when_ready, rt, name="uwsgi_ws-stop-hooks")
     except Exception:  # never stop a worker from starting: the first connection installs them
         log.exception("uwsgi_ws: worker %d could not prepare its stop hooks at start", os.getpid())
 

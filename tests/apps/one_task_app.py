@@ -24,11 +24,19 @@ _open = [0]
 _lock = threading.Lock()
 
 
-def tasks() -> int:
+def tasks():
+    """Live greenlets (gevent) or OS threads of this worker. Under threads, uwsgi_ws's
+    stop-hooks thread runs once at the worker's start and ends: asked while it runs,
+    the answer is None (the caller asks again)."""
     if ws.runtime().NAME == "gevent":
         import greenlet
 
         return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
+    starter = [t for t in threading.enumerate() if t.name == "uwsgi_ws-stop-hooks"]
+    for t in starter:
+        t.join()  # a matter of milliseconds: it waits for uWSGI's signal handlers, then ends
+    if starter and str(starter[0].native_id) in os.listdir("/proc/self/task"):
+        return None  # joined, but its OS thread has not exited yet
     return len(os.listdir("/proc/self/task"))
 
 

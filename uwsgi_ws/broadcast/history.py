@@ -73,12 +73,11 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
-from .. import _uwsgi, metrics, settings
+from .. import _threadstart, _uwsgi, metrics, settings
 from ..log import get as _logger
 from .ring import FLAG_EVENT, FLAG_REMOTE, Entry, Lapped
 
@@ -325,7 +324,7 @@ class Server:
                     raise
                 time.sleep(0.1)
         self._sock.listen(128)
-        threading.Thread(target=self._serve, name="uwsgi_ws-history", daemon=True).start()
+        _threadstart.start(self._serve, name="uwsgi_ws-history")
 
     def append(self, seq: int, channel: str, frame: bytes) -> None:
         """Keep a new event broadcast (the ring writer, under `lock`)."""

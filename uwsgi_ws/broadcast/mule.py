@@ -54,7 +54,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import _uwsgi, frames, metrics, settings
+from .. import _threadstart, _uwsgi, frames, metrics, settings
 from ..exceptions import RingError
 from ..log import get as _logger
 from . import wakeup
@@ -408,7 +408,7 @@ class PublishServer:
         except OSError as exc:
             log.error("the broadcast mule cannot listen for publishers: %s", exc)
             return None
-        threading.Thread(target=server._forever, name="uwsgi_ws-publish", daemon=True).start()
+        _threadstart.start(server._forever, name="uwsgi_ws-publish")
         return server
 
     # -- sockets --------------------------------------------------------------------

@@ -98,7 +98,7 @@ import traceback
 from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
-from .. import frames
+from .. import _threadstart, frames
 from .. import settings as _settings
 from ..exceptions import RingError
 from ..log import get as _logger
@@ -493,8 +493,7 @@ class Bridge:
         _log(f"instance {self.origin} shares broadcasts through {redact(self.settings.url)} "
              f"stream {self.settings.stream!r} (MAXLEN ~{self.settings.maxlen})")
         for name, target in (("outbox", self._outbox), ("inbox", self._inbox)):
-            threading.Thread(target=self._forever, args=(name, target), name=f"uwsgi_ws-redis-{name}",
-                             daemon=True).start()
+            _threadstart.start(self._forever, name, target, name=f"uwsgi_ws-redis-{name}")
         return self
 
     # -- shared ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from .. import _threadstart
 from . import _recycle, _watch
 from ._poll import PollWaiter
 from ._stoppipe import loop_stop_fd
@@ -25,8 +26,7 @@ Empty = queue.Empty
 
 class Task:
     def __init__(self, fn: Callable[..., object], *args: object) -> None:
-        self._thread = threading.Thread(target=fn, args=args, daemon=True, name=getattr(fn, "__name__", "uwsgi_ws"))
-        self._thread.start()
+        self._thread = _threadstart.start(fn, *args, name=getattr(fn, "__name__", "uwsgi_ws"))
 
     def join(self, timeout: Optional[float] = None) -> None:
         self._thread.join(timeout)
