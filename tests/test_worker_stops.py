@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
 import websocket
 
 from harness import serve
+from wsraw import RawWebSocket
 
 MERCY = 60  # seconds: far longer than any wait below, so a close never comes from the kill
 QUICK = 5.0  # seconds a close may take (about a second, plus a loaded CI machine)
@@ -163,6 +165,50 @@ def test_full_shutdown_closes_with_1001(model, how, tmp_path):
         clients = open_clients(server)
         os.kill(server.pid, getattr(signal, how))
         assert_all_closed(clients, 1001, "server shutting down")
+        server.proc.wait(QUICK + 10)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_full_shutdown_amid_handshakes_closes_every_upgraded_connection(model, tmp_path):
+    """SIGINT while clients keep connecting: a connection whose 101 came back ends with
+    close 1001 too, never a reset, even when its handshake was under way as the signal
+    came (the shutdown waits for upgrades in flight: shutdown.upgrading)."""
+    server = start(tmp_path, model)
+    outcomes = []  # one per connection that got its 101: the close code, or "reset"
+    lock = threading.Lock()
+    opened = threading.Semaphore(0)
+
+    def client():
+        conns = []
+        while True:
+            try:
+                conns.append(RawWebSocket(server.port, "/echo", timeout=QUICK + 10))
+            except Exception:  # refused, or cut before a 101: the server is going away
+                break
+            opened.release()
+        for raw in conns:
+            try:
+                outcome = raw.expect_close(QUICK + 10).close_code
+            except Exception as exc:
+                outcome = f"reset ({exc!r})"
+            raw.close()
+            with lock:
+                outcomes.append(outcome)
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    try:
+        for t in clients:
+            t.start()
+        for _ in range(12):  # some open already; the six clients are in handshakes
+            assert opened.acquire(timeout=QUICK + 10)
+        os.kill(server.pid, signal.SIGINT)
+        for t in clients:
+            t.join(QUICK + 30)
+        assert not any(t.is_alive() for t in clients)
+        assert len(outcomes) >= 12
+        assert [o for o in outcomes if o != 1001] == [], outcomes
         server.proc.wait(QUICK + 10)
     finally:
         server.stop()

@@ -23,6 +23,7 @@ from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed
 from .deflate import DeflateOptions
 from .deflate import configure as configure_deflate
+from .exceptions import HandshakeRefused
 from .protocol import INTERNAL_ERROR, NORMAL, Protocol
 
 #: The extension's options and their defaults, declared in `uwsgi_ws.settings.APP_OPTIONS`
@@ -113,7 +114,7 @@ class _PendingConnection:
         return iter(self)
 
 
-def _refusal(exc: Union[handshake.HandshakeError, access.Refused], reason: Optional[str] = None) -> Response:
+def _refusal(exc: HandshakeRefused, reason: Optional[str] = None) -> Response:
     """The plain HTTP answer to a refused upgrade, counted and logged under `reason`
     (default: the HandshakeError's own)."""
     metrics.rejected(reason or getattr(exc, "reason", None) or "refused", str(exc), _route(), exc.status)
@@ -367,6 +368,10 @@ class WebSocket:
         opened: List[Any] = []  # the metrics token of the upgrade
 
         def upgrade(conn: Any) -> None:
+            with shutdown.upgrading(self.runtime()):  # a full shutdown meanwhile waits for `track`
+                open_connection(conn)
+
+        def open_connection(conn: Any) -> None:
             deflate = environ.get("uwsgi_ws.deflate")
             headers = handshake.response_headers(key, subprotocol, deflate.response if deflate is not None else None)
             headers = list(headers) + list(extra_headers)  # after_request's, the session cookie
@@ -420,6 +425,8 @@ class WebSocket:
                 # else: this connection's peer went away while the handler sent: the quiet end
             except Exception as exc:
                 if not sockets:  # nothing sent yet: a plain HTTP answer (401, 403, 500)
+                    if isinstance(exc, HandshakeRefused):  # at the upgrade: the worker is shutting down
+                        return _refusal(exc)
                     answer = _answer_before_upgrade(app, exc)
                     metrics.rejected("handler", f"the handler raised {type(exc).__name__} before the upgrade",
                                      _route(), getattr(answer, "status_code", None))
@@ -432,7 +439,10 @@ class WebSocket:
                                      answer.status_code)
                     return answer
                 if not sockets:
-                    upgrade(conn)  # a handler that never used its connection: open, then close 1000
+                    try:
+                        upgrade(conn)  # a handler that never used its connection: open, then close 1000
+                    except HandshakeRefused as exc:  # the worker is shutting down
+                        return _refusal(exc)
             if upgraded:
                 conn.finish(code, reason)
                 shutdown.untrack(conn)

@@ -6,7 +6,10 @@
   closing handshake, instead of holding the connections until
   ``worker-reload-mercy`` runs out and the master kills the worker (a reset).
 - A full shutdown (SIGINT, ``--stop``, SIGTERM with ``--die-on-term``): close
-  1001 (going away), queued without waiting: the worker exits right after.
+  1001 (going away), queued without waiting: the worker exits right after. An
+  upgrade under way (its 101 written or about to be, the connection not tracked
+  yet: `upgrading`) is waited for, up to `UPGRADE_WAIT`, and closes with 1001 as
+  soon as it is tracked, instead of being reset by the exit.
 
 How a worker learns it must stop depends on the model: each runtime adapter
 provides `on_graceful_stop` and `on_shutdown` (`uwsgi_ws.runtime`, which says
@@ -55,10 +58,12 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, Iterator, Optional, Set
 
 from . import _threadstart, _uwsgi
+from .exceptions import HandshakeRefused
 from .log import get as _logger
 from .protocol import GOING_AWAY, SERVICE_RESTART
 
@@ -67,7 +72,14 @@ _lock = threading.Lock()  # never held across a yield: safe in every model
 _open: Set[Any] = set()
 _installed_pid = 0
 _stopping = False
+_shutting = False  # a full shutdown: connections tracked from now on close with 1001 at once
+_upgrades = 0  # upgrades between the start of their 101 and `track` (`upgrading`)
+_upgrades_done: Any = None  # the runtime Event a shutdown waits on while _upgrades > 0
 _asked_pid = 0  # the pid in which a SIGHUP came before uWSGI's handler was installed
+
+#: Seconds a full shutdown waits for the upgrades under way to be tracked (their 101 may be
+#: out: the client would see a reset instead of close 1001 if the worker exited first).
+UPGRADE_WAIT = 1.0
 
 #: Seconds a threaded worker's start waits for uWSGI's own signal handlers (an app's import
 #: under lazy-apps included) before leaving the hooks to its first connection.
@@ -81,11 +93,12 @@ def prepare(runtime: Any) -> None:
         runtime: the model's adapter (`uwsgi_ws.runtime`).
 
     Never blocks; any thread or greenlet. Logs one warning per hook the model
-    cannot provide (connections then end as uWSGI ends them).
+    cannot provide (connections then end as uWSGI ends them). Outside uWSGI
+    (``flask run``, the test client) it does nothing.
     """
     global _installed_pid
     pid = os.getpid()
-    if _installed_pid == pid:
+    if _installed_pid == pid or not _uwsgi.available():  # flask run, the test client: uWSGI stops nothing
         return
     with _lock:
         if _installed_pid == pid:
@@ -95,7 +108,7 @@ def prepare(runtime: Any) -> None:
         if runtime.HAS_TASKS and not runtime.on_graceful_stop(lambda: _going_away(runtime)):
             log.warning("worker %d cannot watch for a graceful stop (uWSGI's loop_stop_pipe not "
                         "found): its WebSockets will not get close 1012 on reload", pid)
-        if runtime.HAS_TASKS and not runtime.on_shutdown(_shutting_down):
+        if runtime.HAS_TASKS and not runtime.on_shutdown(lambda: _shutting_down(runtime)):
             log.warning("worker %d cannot see a full shutdown coming (the optional native helper "
                         "uwsgi_ws._speedups is not built): its WebSockets will not get close 1001", pid)
     if _asked_pid == pid:
@@ -115,8 +128,44 @@ def track(conn: Any, runtime: Any) -> None:
     prepare(runtime)
     with _lock:
         _open.add(conn)
-    if _stopping:  # the worker was already told to stop: this one goes too
+        shutting = _shutting
+    if shutting:  # the worker exits as soon as the upgrades under way are tracked
+        _close_now(conn)
+    elif _stopping:  # the worker was already told to stop: this one goes too
         runtime.spawn(_close, conn)
+
+
+@contextmanager
+def upgrading(runtime: Any) -> Iterator[None]:
+    """Around an upgrade, from before its 101 is written until `track` (or a failure):
+    a full shutdown meanwhile waits for it (up to `UPGRADE_WAIT`), so the connection
+    gets close 1001 rather than a reset. Never blocks; any thread or greenlet.
+
+    Args:
+        runtime: the model's adapter; the stop hooks are installed first if not yet
+            (`prepare`): no 101 goes out before the shutdown relay is in place, even in
+            a worker's first milliseconds (a threaded worker's start installs them
+            from a thread that polls for uWSGI's handlers, `_prepare_when_ready`).
+
+    Raises:
+        HandshakeRefused: 503 with ``Retry-After: 1`` (reason ``shutdown``) once a full
+            shutdown has begun: the worker exits in a moment, a 101 now would be cut.
+    """
+    global _upgrades
+    prepare(runtime)
+    with _lock:
+        if _shutting:
+            raise HandshakeRefused(503, "503 Service Unavailable: this worker is shutting down; connect again",
+                                   [("Retry-After", "1")], reason="shutdown")
+        _upgrades += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _upgrades -= 1
+            done = _upgrades_done if _upgrades == 0 else None
+        if done is not None:
+            done.set()
 
 
 def stopping() -> bool:
@@ -141,17 +190,32 @@ def _going_away(runtime: Any) -> None:
         runtime.spawn(_close, conn)
 
 
-def _shutting_down() -> None:
-    """The worker exits now: queue close 1001 on every open connection, wait for nothing."""
-    global _stopping
-    _stopping = True
+def _shutting_down(runtime: Any) -> None:
+    """The worker exits when this returns: queue close 1001 on every open connection,
+    then wait (up to `UPGRADE_WAIT`) for the upgrades under way, which close with 1001
+    as `track` sees them. Runs in the model's shutdown task (`runtime.on_shutdown`)."""
+    global _stopping, _shutting, _upgrades_done
+    done = runtime.Event()
     with _lock:
+        _stopping = _shutting = True
         conns = list(_open)
+        if _upgrades:
+            _upgrades_done = done
+        else:
+            done.set()
     for conn in conns:
-        try:
-            conn.close_nowait(GOING_AWAY, "server shutting down")
-        except Exception:
-            pass
+        _close_now(conn)
+    if not done.wait(UPGRADE_WAIT):
+        log.warning("worker %d exits with an upgrade still under way after %.1f s: that client sees a reset",
+                    os.getpid(), UPGRADE_WAIT)
+
+
+def _close_now(conn: Any) -> None:
+    """Queue close 1001 on `conn` without waiting (the worker exits right after)."""
+    try:
+        conn.close_nowait(GOING_AWAY, "server shutting down")
+    except Exception:  # already closed, socket gone: nothing to say goodbye to
+        pass
 
 
 def _close(conn: Any) -> None:
