@@ -137,6 +137,24 @@ def test_ack_carries_the_return_value(server):
     c.close()
 
 
+def test_emit_refuses_what_would_make_an_invalid_frame(server):
+    """Issue 12 item 3 for events: NaN and infinities (not JSON: the client's JSON.parse
+    would drop the whole frame), lone surrogates (a text frame must be UTF-8) and
+    unserialisable values are refused with an error naming the rule, whatever the target."""
+    c = Client(server.port)
+    c.hello()
+    answers = c.call("output-rules")["data"]
+    c.close()
+    not_json = "ValueError: NaN and infinities are not JSON (RFC 8259 section 6"
+    not_utf8 = "ValueError: an event's JSON text must be UTF-8 (RFC 6455 section 5.6)"
+    assert answers["conn-nan"].startswith(not_json), answers
+    assert answers["room-inf"].startswith(not_json), answers
+    assert answers["conn-surrogate"].startswith(not_utf8), answers
+    assert answers["all-surrogate"].startswith(not_utf8), answers
+    assert answers["all-object"] == "TypeError: Object of type object is not JSON serializable", answers
+    assert answers["all-name"] == "TypeError: an event name is a str, not int", answers
+
+
 def test_handler_errors_are_error_acks_and_the_connection_lives(server):
     c = Client(server.port)
     c.hello()

@@ -96,6 +96,20 @@ def test_text_from_the_sharedarea_must_be_utf8(server):
         conn.close()
 
 
+def test_text_that_is_not_unicode_is_refused_by_every_call(server):
+    """A Python str may hold a lone surrogate; UTF-8 cannot (RFC 6455 section 5.6)."""
+    conn = websocket.create_connection(server.url + "/unicode", timeout=5)
+    try:
+        lines = conn.recv().split("\n")
+    finally:
+        conn.close()
+    whats = ["a text frame", "a text frame", "send_bytes() text", "a ping's text", "a close reason"]
+    assert len(lines) == len(whats), lines
+    for line, what in zip(lines, whats):
+        assert line.startswith(f"ValueError: {what} must be UTF-8 (RFC 6455 section 5.6)"), line
+        assert "lone surrogate at position 3" in line, line
+
+
 def test_no_data_frame_after_our_close_frame(server):
     """send() from another task races close(): 30 rounds; on the wire, the close
     frame is always the last frame the server sent."""

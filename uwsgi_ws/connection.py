@@ -26,7 +26,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, Optional, Set, Union
 
-from . import _uwsgi, metrics
+from . import _uwsgi, frames, metrics
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from .metrics import BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT
 from .outbound import Outbound
@@ -209,6 +209,8 @@ class Connection:
             ConnectionClosed: the connection is closed (or closing: no data frame
                 follows a close frame, RFC 6455 section 5.5.1).
             TypeError: `data` is neither str nor bytes-like.
+            ValueError: a str that is not valid Unicode (a lone surrogate: a text
+                frame must be UTF-8, RFC 6455 section 5.6).
 
         Blocks until the frame is written (or buffered past a full socket and drained).
         """
@@ -233,7 +235,7 @@ class Connection:
         """Send `data` in a binary frame; a `str` is sent as its UTF-8 bytes
         (flask-websockets' name: its examples echo whatever `iter_data` yields).
         Raises ConnectionClosed, TypeError (neither str nor bytes-like)."""
-        self.send_binary(data.encode("utf-8") if isinstance(data, str) else data)
+        self.send_binary(frames.utf8(data, "send_bytes() text") if isinstance(data, str) else data)
 
     def send_from_sharedarea(self, id: int, pos: int, length: int = 0) -> None:
         """Send `length` bytes (0: to the end) of uWSGI sharedarea `id` from `pos`
@@ -263,7 +265,7 @@ class Connection:
             ValueError: more than 125 bytes of payload (RFC 6455 section 5.5).
             ConnectionClosed: the connection is closed.
         """
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        payload = frames.utf8(data, "a ping's text") if isinstance(data, str) else bytes(data)
         with self._plock:
             self._check_open()
             self._protocol.ping(payload)

@@ -38,6 +38,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Type, Union
 
+from . import frames
+
 #: Event names a client may not emit: the endpoint's own hooks.
 RESERVED_EVENTS = frozenset({"connect", "disconnect", "join"})
 #: Frame types a client may send.
@@ -79,9 +81,29 @@ class RichEncoder(Encoder):
 
 def dumps(message: Any, encoder: Optional[Type[json.JSONEncoder]] = None) -> str:
     """The compact JSON text of a frame (UTF-8 as is: ``ensure_ascii=False``).
-    `encoder`: a json.JSONEncoder subclass (default `Encoder`: bytes as $bin).
-    Raises TypeError for a value the encoder cannot serialise."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, cls=encoder or Encoder)
+
+    Args:
+        message: the frame (a dict of JSON values).
+        encoder: a json.JSONEncoder subclass (default `Encoder`: bytes as $bin).
+
+    Raises:
+        TypeError: a value the encoder cannot serialise.
+        ValueError: NaN or an infinity: Python writes them as ``NaN``/``Infinity``, which
+            are not JSON (RFC 8259 section 6) and the client's ``JSON.parse`` refuses the
+            whole frame; a str with a lone surrogate (a text frame must be UTF-8,
+            `frames.utf8`).
+    """
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          cls=encoder or Encoder)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        raise ValueError("NaN and infinities are not JSON (RFC 8259 section 6: the client's JSON.parse "
+                         "would refuse the whole frame): send None, a string or a finite number") from None
+    if not text.isascii():
+        frames.utf8(text, "an event's JSON text")
+    return text
 
 
 def _binary_hook(obj: Dict[str, Any]) -> Any:

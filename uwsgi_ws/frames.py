@@ -35,10 +35,29 @@ def encode(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) ->
     return header + payload
 
 
+def utf8(text: str, what: str = "a text frame") -> bytes:
+    """`text` as UTF-8, the only encoding a text frame or a close reason may carry
+    (RFC 6455 sections 5.6 and 7.4: the peer fails the connection on anything else).
+
+    Raises:
+        ValueError: `text` holds a lone surrogate (a Python str can; UTF-8 cannot).
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} must be UTF-8 (RFC 6455 section 5.6) and this text holds a lone surrogate "
+                         f"at position {exc.start} ({text[exc.start]!r}): send valid str, or bytes in a binary "
+                         "frame") from None
+
+
 def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
-    """A text frame for `str`, a binary frame for bytes-like data."""
+    """A text frame for `str`, a binary frame for bytes-like data.
+
+    Raises:
+        ValueError: a `str` that is not valid Unicode (`utf8`).
+    """
     if isinstance(data, str):
-        return encode(OP_TEXT, data.encode("utf-8"))
+        return encode(OP_TEXT, utf8(data))
     return encode(OP_BINARY, bytes(data))
 
 
@@ -46,7 +65,7 @@ def close_payload(code: int | None, reason: str = "") -> bytes:
     """The body of a close frame; RFC 6455 caps it at 125 bytes (reason is cut on a character)."""
     if code is None:
         return b""
-    raw = reason.encode("utf-8")
+    raw = utf8(reason, "a close reason")
     while len(raw) > 123:
         reason = reason[:-1]
         raw = reason.encode("utf-8")

@@ -158,12 +158,14 @@ def check_close_code(code: int, reason: str = "") -> None:
     libraries and applications.
 
     Raises:
-        ValueError: naming the rule; TypeError: `code` not an int or `reason` not a str.
+        ValueError: naming the rule (a reason that is not valid Unicode too); TypeError:
+            `code` not an int or `reason` not a str.
     """
     if not isinstance(code, int) or isinstance(code, bool):
         raise TypeError(f"a close code is an int, not {type(code).__name__}")
     if not isinstance(reason, str):
         raise TypeError(f"a close reason is a str, not {type(reason).__name__}")
+    frames.utf8(reason, "a close reason")  # ValueError for a lone surrogate
     if code in (1004, 1005, 1006, 1015):
         raise ValueError(f"close code {code} may not be sent in a close frame (RFC 6455 section 7.4.1: "
                          "1004 is reserved, 1005, 1006 and 1015 are for reporting only)")
@@ -303,7 +305,7 @@ class Protocol:
         state only, independent of `receive_data`.
         """
         if isinstance(data, str):
-            opcode, payload = frames.OP_TEXT, data.encode("utf-8")
+            opcode, payload = frames.OP_TEXT, frames.utf8(data)
         else:
             opcode, payload = frames.OP_BINARY, bytes(data)
         if self.deflate is None:

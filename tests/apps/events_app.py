@@ -8,6 +8,9 @@ WebSocket /live (uwsgi_ws.events): on connect joins room "lobby" and emits `hell
     crash     raises ZeroDivisionError               -> error ack "internal error", logged
     whoami    ack = the upgrade request's path and the `name` query argument (request context)
     all       emits `everyone` with the data to every connection of the endpoint
+    output-rules  ack = {call: "ok" or the error text} for emits that would make an invalid
+              frame (NaN, an infinity, a lone surrogate, an unserialisable value, a name that
+              is no str), to this connection, to a room and to everyone
 HTTP:
     POST /emit/<room>?event=   body = JSON data; emits from a plain view (room "-": everyone)
     GET  /ring                 {"epoch": str, "write_seq": int, "min_seq": int}
@@ -55,6 +58,26 @@ def fail(conn, data):
 @live.on("crash")
 def crash(conn, data):
     return 1 / 0
+
+
+@live.on("output-rules")
+def output_rules(conn, data):
+    calls = {
+        "conn-nan": lambda: conn.emit("x", {"v": float("nan")}),
+        "conn-surrogate": lambda: conn.emit("x", "\udfff"),
+        "room-inf": lambda: live.emit("x", [float("-inf")], to="nobody-listens"),
+        "all-surrogate": lambda: live.emit("x", "\ud800"),
+        "all-object": lambda: live.emit("x", object()),
+        "all-name": lambda: live.emit(42, "v"),
+    }
+    answers = {}
+    for name, call in calls.items():
+        try:
+            call()
+            answers[name] = "ok"
+        except (TypeError, ValueError) as exc:
+            answers[name] = f"{type(exc).__name__}: {exc}"
+    return answers
 
 
 @live.on("whoami")

@@ -5,6 +5,8 @@
     /ping?size=N         conn.ping(b"x" * N): "ok" or the ValueError text
     /send-type           conn.send(123): the TypeError text
     /sharedarea-text     send_from_sharedarea of bytes that are not UTF-8: the ValueError text
+    /unicode             each call given a str with a lone surrogate (send, send_text, send_bytes,
+                         ping, close's reason): one line per call, the error text
     /race?n=N            a second task sends text in a loop while the handler closes (1000)
     /room                sends its worker's pid, then keeps the connection in a per-process list for
                          good (the app's bug: closed ones stay); a message goes to every member
@@ -57,6 +59,15 @@ def sharedarea_text(conn):
 
     uwsgi.sharedarea_write(0, 0, b"\xff\xfe not utf-8")
     conn.send(_error_text(lambda: conn.send_from_sharedarea(0, 0, 12)))
+
+
+@ws.route("/unicode")
+def unicode_rules(conn):
+    bad = "ok \ud800 then"
+    lines = [_error_text(lambda: conn.send(bad)), _error_text(lambda: conn.send_text(bad)),
+             _error_text(lambda: conn.send_bytes(bad)), _error_text(lambda: conn.ping(bad)),
+             _error_text(lambda: conn.close(1000, bad))]
+    conn.send("\n".join(lines))
 
 
 @ws.route("/race")
