@@ -364,10 +364,16 @@ class WebSocket:
         the response to send instead if the handler answered before upgrading.
         `extra_headers` go on the 101 too (`headers_for_101`)."""
         sockets: List[socket.socket] = []  # the connection's socket once the 101 is sent
+        owner = self.runtime().current_task()  # the request's task: the only one that may send the 101
         upgraded: List[Connection] = []
         opened: List[Any] = []  # the metrics token of the upgrade
 
         def upgrade(conn: Any) -> None:
+            if self.runtime().current_task() != owner:
+                raise RuntimeError(
+                    "a WebSocket's first use (it sends the 101) must happen in its handler's own thread or "
+                    "greenlet: uWSGI's request API works only there. Use the connection once in the handler "
+                    "(e.g. conn.send(...), or read conn.connected) before handing it to another thread")
             with shutdown.upgrading(self.runtime()):  # a full shutdown meanwhile waits for `track`
                 open_connection(conn)
 

@@ -79,6 +79,10 @@ class Runtime(Protocol):
     def sleep(self, seconds: float) -> None:
         """Block the calling thread or greenlet (never the whole worker)."""
 
+    def current_task(self) -> object:
+        """A token of the calling thread or greenlet, equal only for the same one: uWSGI's
+        request API (the 101 of an upgrade) works only in the request's own task."""
+
     def poller(self) -> Any:
         """An object with the `select.poll` interface for many fds."""
 

@@ -76,6 +76,11 @@ def sleep(seconds: float) -> None:
     gevent.sleep(seconds)
 
 
+def current_task() -> object:
+    """The calling greenlet (a foreign OS thread has greenlets of its own)."""
+    return gevent.getcurrent()
+
+
 _watchers: list[object] = []  # kept: a collected signal watcher stops watching
 
 

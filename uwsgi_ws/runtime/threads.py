@@ -46,6 +46,11 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def current_task() -> object:
+    """The calling thread's identifier."""
+    return threading.get_ident()
+
+
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
     """Watch uWSGI's loop_stop_pipe (`_stoppipe`: SIGHUP) in a thread, and the limits
     uWSGI recycles a worker by without a signal (`_recycle`: max-requests, reload-on-rss/as,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import math
 import queue
+import threading
 from typing import Callable, NoReturn, Optional, Tuple
 
 from .. import _uwsgi
@@ -100,6 +101,11 @@ def sleep(seconds: float) -> None:
     """uWSGI's async sleep: suspends this core only (whole seconds, rounded up)."""
     uwsgi.async_sleep(max(1, math.ceil(seconds)))
     uwsgi.suspend()
+
+
+def current_task() -> object:
+    """The calling OS thread's identifier (uWSGI's cores switch on the main thread)."""
+    return threading.get_ident()
 
 
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
