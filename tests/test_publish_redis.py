@@ -163,9 +163,7 @@ def test_cli_publish_and_emit_through_redis(redis_server, tmp_path):
     ("redis://127.0.0.1:99999/0", "Port out of range"),
     ("http://127.0.0.1:6379/0", "Redis URL must specify one of the following schemes"),
     ("redis://:s3cret@127.0.0.1:1/0", "cannot publish to Redis redis://:***@127.0.0.1:1/0 stream"),
-    pytest.param("redis://:s3cret@127.0.0.1:99999/0", "Port out of range", marks=pytest.mark.xfail(
-        strict=True, reason="uwsgi_ws/client.py _RedisStream quotes an unparsable redis_url verbatim, password "
-        "included (the connection error masks it; broadcast.redis.redact raises on such a port)")),
+    ("redis://:s3cret@127.0.0.1:99999/0", "redis_url 'redis://:***@127.0.0.1:99999/0': Port out of range"),
 ])
 def test_cli_bad_redis_url_is_a_one_line_error(command, url, reason):
     done = redis_cli(command[0], "--redis", url, "--timeout", "0.3", *command[1:])
@@ -174,3 +172,18 @@ def test_cli_bad_redis_url_is_a_one_line_error(command, url, reason):
     assert stderr.startswith(f"python -m uwsgi_ws {command[0]}: error: ") and stderr.count("\n") == 1, stderr
     assert reason in stderr and "Traceback" not in stderr, stderr
     assert "s3cret" not in stderr, stderr  # the password is masked, as in the bridge's logs
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://u:s3cret@h:6379/1", "redis://u:***@h:6379/1"),
+    ("redis://:s3cret@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
+    ("redis://:s3cret@127.0.0.1:99999/0", "redis://:***@127.0.0.1:99999/0"),  # parts.port raises there
+    ("rediss://:s3cret@h/0", "rediss://:***@h/0"),
+    ("redis://[::1/0", "<unparsable URL>"),
+])
+def test_a_redis_url_is_shown_without_its_password(url, shown):
+    """What the bridge's logs and the client's errors show of a Redis URL (never raises)."""
+    from uwsgi_ws.broadcast.redis import redact
+
+    assert redact(url) == shown

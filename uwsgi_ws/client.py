@@ -243,7 +243,7 @@ class _RedisStream:
         try:
             self._client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         except ValueError as exc:
-            raise ValueError(f"redis_url {url!r}: {exc}") from None
+            raise ValueError(f"redis_url {_redact(url)!r}: {exc}") from None
         self.url, self.stream, self.maxlen, self.timeout = url, stream, maxlen, timeout
         self.epoch = int.from_bytes(os.urandom(8), "little") >> 1 or 1
         self.origin = "%016x" % self.epoch

@@ -277,17 +277,16 @@ def event_position(frame: bytes) -> Optional[Tuple[int, int]]:
 
 
 def redact(url: str) -> str:
-    """`url` with its password replaced by ***, for logs."""
+    """`url` with its password replaced by ***, for logs and error messages. Never raises:
+    a URL too broken to split (or with a port out of range) keeps only what is safe."""
     try:
         parts = urlsplit(url)
+        if parts.password is None:
+            return url
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += ":%d" % parts.port
+    host = parts.netloc.rpartition("@")[2]  # as written: parts.port raises for a port out of range
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
