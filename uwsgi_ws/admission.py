@@ -79,18 +79,11 @@ def auto_worker_limit() -> Optional[int]:
 
     Why: with every gevent core held by a WebSocket, uWSGI 2.0's accept loop spins
     ("async queue is full", both CPUs busy) and health checks go unanswered; past
-    this limit a WebSocket gets a 503 at no cost and the cores left answer HTTP."""
-    from . import _uwsgi
+    this limit a WebSocket gets a 503 at no cost and the cores left answer HTTP.
+    The model says (`Runtime.auto_worker_limit`)."""
+    from . import runtime
 
-    if _uwsgi.model() != "gevent":
-        return None
-    try:
-        cores = int(_uwsgi.option("gevent") or 0)
-    except ValueError:
-        return None
-    if cores <= 0:
-        return None
-    return max(1, cores - max(2, cores // 8))
+    return runtime.load(runtime.detect()).auto_worker_limit()
 
 
 class Admission:

@@ -33,7 +33,9 @@ worker's life it comes:
   (`runtime._stoppipe`). The SIGINT/SIGTERM relay, though, must be in place
   before a full shutdown comes, or the worker exits at once and a connection
   whose handshake just ended is reset: a thread of ours installs the hooks as
-  soon as uWSGI's own handlers are (`_prepare_when_ready`).
+  soon as uWSGI's own handlers are (`runtime.threads.at_worker_start`), and a
+  worker's first upgrade installs them before its 101 if it comes first
+  (`upgrading`).
 - A new worker ignores SIGHUP from the fork until uWSGI installs its handler
   (it inherits ``signal(SIGHUP, SIG_IGN)`` from the master's start, core/uwsgi.c
   uwsgi_setup; uwsgi_worker_run installs ``gracefully_kill`` only after
@@ -57,12 +59,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional, Set
 
-from . import _threadstart, _uwsgi
+from . import _uwsgi
 from .exceptions import HandshakeRefused
 from .log import get as _logger
 from .protocol import GOING_AWAY, SERVICE_RESTART
@@ -81,9 +82,6 @@ _asked_pid = 0  # the pid in which a SIGHUP came before uWSGI's handler was inst
 #: out: the client would see a reset instead of close 1001 if the worker exited first).
 UPGRADE_WAIT = 1.0
 
-#: Seconds a threaded worker's start waits for uWSGI's own signal handlers (an app's import
-#: under lazy-apps included) before leaving the hooks to its first connection.
-READY_WAIT = 120.0
 
 
 def prepare(runtime: Any) -> None:
@@ -145,7 +143,7 @@ def upgrading(runtime: Any) -> Iterator[None]:
         runtime: the model's adapter; the stop hooks are installed first if not yet
             (`prepare`): no 101 goes out before the shutdown relay is in place, even in
             a worker's first milliseconds (a threaded worker's start installs them
-            from a thread that polls for uWSGI's handlers, `_prepare_when_ready`).
+            from a thread that polls for uWSGI's handlers: `Runtime.at_worker_start`).
 
     Raises:
         HandshakeRefused: 503 with ``Retry-After: 1`` (reason ``shutdown``) once a full
@@ -237,20 +235,16 @@ def _worker_runtime() -> Any:
 def _at_worker_start() -> None:
     """In a worker, before its loop runs (uWSGI's post-fork hook, or the app's import
     under lazy-apps): a SIGHUP from now until uWSGI installs its handler is noted
-    (`_note_sighup`) instead of ignored; under gevent, a greenlet installs the hooks in
-    the loop's first iteration, before any request is read."""
+    (`_note_sighup`) instead of ignored; then the model installs the hooks as early as
+    it can (`Runtime.at_worker_start`: under gevent in the loop's first iteration, before
+    any request is read; under threads once uWSGI's own handlers are in place)."""
     if _uwsgi.worker_id() <= 0:  # a mule or a spooler: no WebSockets there
-        return
-    if _uwsgi.model() not in ("gevent", "threads"):  # async: uWSGI's graceful path exits at once anyway
         return
     try:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, _note_sighup)  # first: until uWSGI installs its own (core/uwsgi.c:3481)
         rt = _worker_runtime()
-        if rt.NAME == "gevent":
-            rt.spawn(prepare, rt)
-        elif rt.NAME == "threads":
-            _threadstart.start(_prepare_when_ready, rt, name="uwsgi_ws-stop-hooks")
+        rt.at_worker_start(lambda: prepare(rt))
     except Exception:  # never stop a worker from starting: the first connection installs them
         log.exception("uwsgi_ws: worker %d could not prepare its stop hooks at start", os.getpid())
 
@@ -285,23 +279,6 @@ def _note_sighup(signum: int, frame: Optional[FrameType]) -> None:
                 os.getpid())
     if _installed_pid == os.getpid():  # ready already (Python ran this late, at its next bytecode)
         _redeliver()
-
-
-def _prepare_when_ready(rt: Any) -> None:
-    """Threads model, in a thread of ours from the worker's start: uWSGI's SIGHUP,
-    SIGINT and SIGTERM handlers are in place once the worker's loop_stop_pipe exists
-    (core/uwsgi.c: uwsgi_ignition makes it after uwsgi_unix_signal(...)), and our
-    hooks must come after them (the SIGINT relay replaces uWSGI's handler for a while).
-    Then `prepare`: a full shutdown right after the worker's first handshake no longer
-    finds the relay missing (the worker exited at once, its connections reset)."""
-    from .runtime._stoppipe import loop_stop_fd
-
-    deadline = time.monotonic() + READY_WAIT
-    while loop_stop_fd() is None:
-        if time.monotonic() > deadline:
-            return  # the first connection installs them (and says what it cannot find)
-        time.sleep(0.02)  # a one-off wait at a worker's start: nothing to wake us
-    prepare(rt)
 
 
 _redelivered = 0

@@ -91,6 +91,15 @@ class Runtime(Protocol):
         stop gracefully. Returns False when this model cannot tell (then nothing
         is installed). Call once per worker process."""
 
+    def auto_worker_limit(self) -> Optional[int]:
+        """The default of ``max_connections_per_worker="auto"`` in this model (None:
+        no limit), from the running uWSGI's options (`uwsgi_ws.admission`)."""
+
+    def at_worker_start(self, install: Callable[[], None]) -> None:
+        """In a new worker, before it serves anything (uWSGI's post-fork hook): run
+        `install` (the stop hooks, `uwsgi_ws.shutdown`) as early as this model allows,
+        after uWSGI's own signal handlers. Never blocks; never raises for `install`."""
+
     def on_shutdown(self, callback: Callable[[], None]) -> bool:
         """Run `callback` (it must not block: queue, don't wait) when uWSGI stops this
         worker for good (SIGINT, SIGTERM: a full shutdown), before the worker exits.

@@ -112,6 +112,28 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
     return True
 
 
+def auto_worker_limit() -> Optional[int]:
+    """The worker's cores (``--gevent N``) less an eighth of them (at least 2), kept for
+    plain HTTP: with every core held by a WebSocket, uWSGI 2.0's accept loop spins
+    ("async queue is full") and health checks go unanswered. None without the option."""
+    from .. import _uwsgi
+
+    try:
+        cores = int(_uwsgi.option("gevent") or 0)
+    except ValueError:
+        return None
+    if cores <= 0:
+        return None
+    return max(1, cores - max(2, cores // 8))
+
+
+def at_worker_start(install: Callable[[], None]) -> None:
+    """A greenlet spawned from uWSGI's post-fork hook (or the app's import in the
+    worker, under lazy-apps) runs in the loop's first iteration, after uWSGI mapped
+    SIGHUP, SIGINT and SIGTERM to the loop and before any request is read."""
+    spawn(install)
+
+
 def on_shutdown(callback: Callable[[], None]) -> bool:
     """The loop maps SIGINT and SIGTERM to gevent signal watchers too (it stops, then the
     worker exits): a watcher of ours runs `callback` in the same loop iteration."""

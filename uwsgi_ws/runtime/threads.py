@@ -78,6 +78,35 @@ def on_graceful_stop(callback: Callable[[], None]) -> bool:
     return True
 
 
+#: Seconds a threaded worker's start waits for uWSGI's own signal handlers (an app's import
+#: under lazy-apps included) before leaving the stop hooks to its first upgrade.
+READY_WAIT = 120.0
+
+
+def auto_worker_limit() -> Optional[int]:
+    """None: a threaded worker's connections are bounded by its threads; the next one
+    waits in the listen backlog, and uWSGI's accept loop does not spin."""
+    return None
+
+
+def at_worker_start(install: Callable[[], None]) -> None:
+    """uWSGI's SIGHUP, SIGINT and SIGTERM handlers are in place once the worker's
+    loop_stop_pipe exists (core/uwsgi.c: uwsgi_ignition makes it after
+    uwsgi_unix_signal(...)), and the stop hooks must come after them (the SIGINT relay
+    replaces uWSGI's handler for a while): a thread of ours polls for the pipe, then runs
+    `install`. (A worker's first upgrade installs them too, if it comes first.)"""
+    _threadstart.start(_install_when_ready, install, name="uwsgi_ws-stop-hooks")
+
+
+def _install_when_ready(install: Callable[[], None]) -> None:
+    deadline = time.monotonic() + READY_WAIT
+    while loop_stop_fd() is None:
+        if time.monotonic() > deadline:
+            return  # the first upgrade installs them (and says what it cannot find)
+        time.sleep(0.02)  # a one-off wait at a worker's start: nothing to wake us
+    install()
+
+
 def on_shutdown(callback: Callable[[], None]) -> bool:
     """uWSGI's SIGINT/SIGTERM handler of a threaded worker (end_me) exits at once, in C.
     The optional native helper relays the signal to a thread of ours instead, which runs

@@ -108,6 +108,16 @@ def current_task() -> object:
     return threading.get_ident()
 
 
+def auto_worker_limit() -> Optional[int]:
+    """None: no default limit in this model."""
+    return None
+
+
+def at_worker_start(install: Callable[[], None]) -> None:
+    """Nothing to install early: this model has no stop hooks (uWSGI's graceful path
+    ends an async worker at once)."""
+
+
 def on_graceful_stop(callback: Callable[[], None]) -> bool:
     """Async cores: uWSGI exits the worker at once on SIGHUP; nothing to wait for."""
     return False
