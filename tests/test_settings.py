@@ -4,6 +4,7 @@ two tables are generated from the declarations, and the code reads them through 
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import re
@@ -75,6 +76,113 @@ def test_every_setting_has_both_spellings_and_a_doc():
         assert s.placeholder == "uwsgi-ws-" + s.name
         assert s.env == "UWSGI_WS_" + s.name.upper().replace("-", "_")
         assert s.doc and s.unit and s.reader
+
+
+def package_files():
+    """The package's text files (sources, base configs, the C helper), as (path, text)."""
+    for path in sorted((ROOT / "uwsgi_ws").rglob("*")):
+        if path.is_file() and path.suffix not in (".so", ".pyc", ".pyd"):
+            try:
+                yield path, path.read_text()
+            except UnicodeDecodeError:
+                continue
+
+
+#: A setting's name as the package writes it: ``UWSGI_WS_REDIS_URL`` or ``uwsgi-ws-redis-url``; the
+#: patterns (``UWSGI_WS_<NAME>``, ``UWSGI_WS_REDIS_*``) and the bare prefixes are not names.
+NAME = re.compile(r"\b(UWSGI_WS_[A-Z0-9_]*[A-Z0-9]|uwsgi-ws-[a-z0-9-]*[a-z0-9])\b(?![-_]?[<*])")
+
+
+def test_every_setting_named_in_the_package_is_declared():
+    """Each ``UWSGI_WS_*`` variable or ``uwsgi-ws-*`` placeholder the package names (code, docstrings,
+    base configs) is an instance setting of settings.SETTINGS, or the Flask config key (a misplaced
+    placeholder, which `uwsgi_ws check` reports) of a declared extension option."""
+    known = {s.env for s in settings.SETTINGS} | {s.placeholder for s in settings.SETTINGS}
+    for o in settings.APP_OPTIONS:
+        if o.config_key:
+            known |= {o.config_key, "uwsgi-ws-" + o.name.replace("_", "-")}
+    undeclared = sorted({f"{name} ({path.relative_to(ROOT)})" for path, text in package_files()
+                         for name in NAME.findall(text) if name not in known})
+    assert not undeclared, f"settings named in the package but not declared in uwsgi_ws/settings.py: {undeclared}"
+
+
+def _dotted(node):
+    """``os.environ.get`` for that expression, "" for anything that is not a dotted name."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return head + "." + node.attr if head else ""
+    return ""
+
+
+def _names_a_setting(node):
+    """True when `node` is a string (or f-string) starting with a setting's prefix."""
+    if isinstance(node, ast.JoinedStr) and node.values:
+        node = node.values[0]
+    return (isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and node.value.startswith(("UWSGI_WS_", "uwsgi-ws-")))
+
+
+def setting_reads(source):
+    """The lines of `source` that read a setting from the environment or from uWSGI's options
+    (``os.environ.get("UWSGI_WS_...")``, ``os.getenv``, ``os.environ[...]``, ``... in os.environ``,
+    ``_uwsgi.option("uwsgi-ws-...")``, ``uwsgi.opt[...]``) instead of through settings.get."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = _dotted(node.func)
+            reader = (func.endswith(("environ.get", "environ.pop", "environ.setdefault", "getenv"))
+                      or func.startswith(("_uwsgi.", "uwsgi.")) or ".opt." in func)
+            if reader and any(_names_a_setting(a) for a in [*node.args, *(k.value for k in node.keywords)]):
+                found.append(node.lineno)
+        elif isinstance(node, ast.Subscript):
+            if _dotted(node.value).endswith(("environ", "uwsgi.opt")) and _names_a_setting(node.slice):
+                found.append(node.lineno)
+        elif (isinstance(node, ast.Compare) and _names_a_setting(node.left)
+              and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+              and any(_dotted(c).endswith(("environ", "uwsgi.opt")) for c in node.comparators)):
+            found.append(node.lineno)
+    return found
+
+
+def test_settings_are_read_only_through_the_settings_module():
+    """No module but settings.py reads a UWSGI_WS_* variable or a uwsgi-ws-* placeholder itself: a
+    setting read elsewhere escapes its declaration, its validation and the generated table."""
+    assert setting_reads('import os\nX = float(os.environ.get("UWSGI_WS_PRESENCE_HEARTBEAT") or 5.0)\n') == [2]
+    assert setting_reads('if os.environ.get("UWSGI_WS_PURE") != "1" and "UWSGI_WS_X" in os.environ: pass') == [1, 1]
+    assert setting_reads('v = _uwsgi.option(f"uwsgi-ws-{name}") or os.environ["UWSGI_WS_DEBUG"]') == [1, 1]
+    assert setting_reads('args = ["--env", "UWSGI_WS_DEBUG=1"]; p = _uwsgi.option("gevent")') == []
+    outside = {f"{path.relative_to(ROOT)}:{line}" for path, text in package_files()
+               if path.suffix == ".py" and path.name != "settings.py" for line in setting_reads(text)}
+    assert not outside, f"read these through uwsgi_ws.settings (declare them there): {sorted(outside)}"
+
+
+@pytest.mark.parametrize("env, name, value", [
+    ({"UWSGI_WS_PRESENCE_HEARTBEAT": "0.5"}, "presence.HEARTBEAT", 0.5),
+    ({}, "presence.HEARTBEAT", 5.0),
+    ({"UWSGI_WS_PURE": "1"}, "settings.get('pure')", True),
+    ({"UWSGI_WS_DEBUG": "1"}, "settings.get('debug')", True),
+    ({}, "settings.get('debug')", False),
+])
+def test_the_settings_once_read_in_place_keep_their_meaning(env, name, value):
+    """presence-heartbeat (read at import), pure and debug: the same variables, the same defaults."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("UWSGI_WS_")}
+    out = subprocess.run([sys.executable, "-c", f"from uwsgi_ws import presence, settings; print(repr({name}))"],
+                         capture_output=True, text=True, cwd=ROOT, env={**clean, **env}, check=True).stdout
+    assert out.strip() == repr(value)
+
+
+def test_app_run_debug_is_read_through_the_settings(monkeypatch):
+    from uwsgi_ws.run import wrap_debug
+
+    monkeypatch.delenv("UWSGI_WS_DEBUG", raising=False)
+    app = Flask(__name__)
+    wrap_debug(app)
+    assert not app.debug
+    monkeypatch.setenv("UWSGI_WS_DEBUG", "1")
+    wrap_debug(app)
+    assert app.debug and type(app.wsgi_app).__name__ == "DebuggedApplication"
 
 
 # -- per-application options ------------------------------------------------------------------------

@@ -27,7 +27,8 @@ holds the other instances' connections (each message names its instance,
 ``"inst": "<host>:<master pid>"``). Another instance's processes cannot be
 checked in /proc, so there liveness is a heartbeat: while bridged, every
 registry with connections publishes its ``state`` every HEARTBEAT seconds
-(``UWSGI_WS_PRESENCE_HEARTBEAT``, default 5), and a remote worker's
+(the setting ``presence-heartbeat``: ``uwsgi-ws-presence-heartbeat`` /
+``UWSGI_WS_PRESENCE_HEARTBEAT``, default 5), and a remote worker's
 connections leave presence when nothing came from it for 3 heartbeats (an
 expiry, as a Redis hash with a TTL per instance would have). Across instances
 presence is as fresh as the bridge (eventually consistent); within the
@@ -68,7 +69,7 @@ _TOMBSTONES = 65536  # closed connection ids remembered (against late state answ
 #: Control messages acted on when they come from another instance (the Redis bridge):
 #: targeting works across instances; presence stays this instance's.
 _REMOTE_OPS = ("disconnect", "close_room")
-HEARTBEAT = float(os.environ.get("UWSGI_WS_PRESENCE_HEARTBEAT") or 5.0)  # seconds, while bridged
+HEARTBEAT: float = settings.get("presence-heartbeat")  # seconds, while bridged
 
 
 def control_channel(path: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any, List
 
 from flask import Flask
 
-from . import _uwsgi
+from . import _uwsgi, settings
 
 logger = logging.getLogger("uwsgi_ws.run")
 
@@ -75,7 +75,7 @@ def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = Fal
 
 def wrap_debug(app: Flask) -> None:
     """Under `app.run(debug=True)`: Werkzeug's debugger around the app (called at import)."""
-    if os.environ.get("UWSGI_WS_DEBUG") == "1" and not getattr(app, "_uwsgi_ws_debug", False):
+    if settings.get("debug") and not getattr(app, "_uwsgi_ws_debug", False):
         from werkzeug.debug import DebuggedApplication
 
         app.debug = True

@@ -16,6 +16,10 @@ Two kinds of settings configure uwsgi_ws:
      uWSGI: the CLI, the development server, tests);
   3. the default.
 
+  Two are no configuration: ``debug`` is internal (``app.run(debug=True)``
+  passes it to the uWSGI it starts) and ``pure`` a diagnostic switch (the
+  tests' pure-Python fan-out); their docs say so.
+
   Prefer the placeholder in uWSGI configs: uWSGI reads every ``UWSGI_*``
   variable of its environment as one of its own options after a graceful
   reload, and a ``strict: true`` config then refuses ``ws-redis-url`` and
@@ -167,10 +171,15 @@ SETTINGS: List[Setting] = [
     Setting("fallback-poll", _number(float, 0.01), 0.5, "seconds", "workers",
             "a worker's broadcast hub re-checks the ring this often even without a wake-up from the mule "
             "(a safety net: the wake-up delivers; the tests lengthen it to prove that)"),
+    Setting("presence-heartbeat", _number(float, 0.01), 5.0, "seconds", "workers",
+            "while bridged to Redis, each events registry with connections republishes its presence state "
+            "this often, and another instance's worker leaves presence after 3 heartbeats without news"),
     Setting("pure", _flag, False, "flag", "workers",
-            "1: never use the optional native fan-out helper (tests the pure-Python path)"),
+            "diagnostic, not for production: 1 makes the workers skip the optional native fan-out helper "
+            "and use the pure-Python path (the tests run both)"),
     Setting("debug", _flag, False, "flag", "workers",
-            "set by app.run(debug=True): wrap the app in Werkzeug's debugger"),
+            "internal, not for configs: app.run(debug=True) sets it for the uWSGI it starts, which then "
+            "wraps the app in Werkzeug's debugger"),
 ]
 _BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 

@@ -37,7 +37,7 @@ import os
 import signal
 from typing import Any, Mapping
 
-from . import _uwsgi
+from . import _uwsgi, settings
 from .exceptions import HandshakeRefused
 
 logger = logging.getLogger("uwsgi_ws.startup")
@@ -124,7 +124,7 @@ def check() -> None:
         logger.warning(NO_CONCURRENCY)
     if _router_without_websockets():
         logger.warning(ROUTER_WITHOUT_WEBSOCKETS)
-    if os.environ.get("UWSGI_WS_PURE") != "1" and importlib.util.find_spec("uwsgi_ws._speedups") is None:
+    if not settings.get("pure") and importlib.util.find_spec("uwsgi_ws._speedups") is None:
         logger.info(PURE_PATH)
 
 
