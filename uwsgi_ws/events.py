@@ -48,7 +48,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Type
 
 from flask import Response, current_app, request
 
@@ -58,6 +58,10 @@ from .broadcast import FLAG_GLOBAL, After, Batch, Broadcast, Last, QueueSubscrib
 from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
 from .exceptions import ConnectionClosed, EventError, PublishError
 from .log import get as _logger
+
+if TYPE_CHECKING:  # annotations only: uwsgi_ws.extension imports this module (WebSocket.events)
+    from .connection import Connection
+    from .extension import WebSocket
 
 #: What a connection id looks like (`Connection.id`, "<worker pid>-<n>"): a str `to=`
 #: of this form names a connection, so no room may have it.
@@ -98,7 +102,7 @@ class EventConnection:
     any thread or greenlet of the worker (it blocks while the socket is full).
     """
 
-    def __init__(self, endpoint: Events, ws_conn: Any) -> None:
+    def __init__(self, endpoint: Events, ws_conn: Connection) -> None:
         self.endpoint = endpoint
         self.ws = ws_conn
         self.rooms: Set[str] = set()
@@ -310,7 +314,7 @@ class Events:
     presence_on = False
     user_key = "user"
 
-    def __init__(self, ws: Any, path: str, max_last: int = 100, *, presence: bool = False,
+    def __init__(self, ws: WebSocket, path: str, max_last: int = 100, *, presence: bool = False,
                  join_leave: bool = False, user_key: str = "user",
                  json_encoder: Optional[Type[json.JSONEncoder]] = None, **route_options: Any) -> None:
         """Args:
@@ -336,7 +340,7 @@ class Events:
         self.handlers: Dict[str, Callable[..., Any]] = {}
         endpoint = route_options.pop("endpoint", "uwsgi_ws_events_" + path.strip("/").replace("/", "_"))
 
-        def events_endpoint(ws_conn: Any) -> Optional[Response]:
+        def events_endpoint(ws_conn: Connection) -> Optional[Response]:
             return self._serve(ws_conn)
 
         events_endpoint.__name__ = endpoint
@@ -522,7 +526,7 @@ class Events:
 
     # -- WebSocket -------------------------------------------------------------------
 
-    def _serve(self, ws_conn: Any) -> Optional[Response]:
+    def _serve(self, ws_conn: Connection) -> Optional[Response]:
         broadcast = self.broadcast
         if not broadcast.available:  # answered before the upgrade
             return _unavailable(broadcast)

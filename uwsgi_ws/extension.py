@@ -11,7 +11,7 @@ import contextlib
 import functools
 import socket
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
 from werkzeug.exceptions import HTTPException
@@ -25,6 +25,11 @@ from .deflate import DeflateOptions
 from .deflate import configure as configure_deflate
 from .exceptions import HandshakeRefused
 from .protocol import INTERNAL_ERROR, NORMAL, Protocol
+
+if TYPE_CHECKING:  # what admin_route(), events() and test_client() return: imported by them, when used
+    from .admin import Admin
+    from .events import Events
+    from .testing import TestClient
 
 #: The extension's options and their defaults, declared in `uwsgi_ws.settings.APP_OPTIONS`
 #: (type, unit, meaning; the README's table is generated from there). Each can also be set
@@ -276,7 +281,7 @@ class WebSocket:
         self.app.add_url_rule(rule, endpoint, prometheus_metrics, methods=["GET"], **options)
 
     def admin_route(self, rule: str = "/_admin", allow: Optional[Callable[[Any], bool]] = None,
-                    **options: Any) -> Any:
+                    **options: Any) -> Admin:
         """The operator's page at `rule` (`uwsgi_ws.admin.Admin`, docs/admin.md): live
         connections, rooms, deliveries, ring lag, the Redis bridge; emit a test event,
         disconnect a connection. Opt-in, and refused to everyone (403 saying how to
@@ -494,7 +499,7 @@ class WebSocket:
             return sum(self.broadcast().publish(data, name) for name in _channel_list(channel))
         return self.broadcast().publish(data, channel)  # type: ignore[arg-type]  # (it raises for a non-str)
 
-    def events(self, path: str, **options: Any) -> Any:
+    def events(self, path: str, **options: Any) -> Events:
         """An event endpoint (`uwsgi_ws.events.Events`): WebSocket at `path`, SSE at
         ``path + "/sse"``; named events, rooms, acks and resume (docs/protocol.md).
         Needs the app (call after `WebSocket(app)`/`init_app`) and the broadcast ring."""
@@ -502,7 +507,7 @@ class WebSocket:
 
         return Events(self, path, **options)
 
-    def test_client(self, flask_test_client: Any = None) -> Any:
+    def test_client(self, flask_test_client: Any = None) -> TestClient:
         """A client for tests (`uwsgi_ws.testing.TestClient`): this app's WebSocket routes
         and event endpoints in this process, no uWSGI and no port, on the real
         Connection and engine; `publish`/`emit` reach its clients (the process's
@@ -512,7 +517,8 @@ class WebSocket:
 
         return TestClient(self, flask_test_client)
 
-    def subscribe(self, conn: Connection, channel: Union[str, Iterable[str]]) -> Any:
+    def subscribe(self, conn: Connection,
+                  channel: Union[str, Iterable[str]]) -> contextlib.AbstractContextManager[object]:
         """Context manager: `conn` receives broadcasts on `channel` inside the block.
 
         Args:
@@ -523,7 +529,8 @@ class WebSocket:
             RingError: broadcast is not available in this worker (the message says why).
         """
         if not isinstance(channel, (list, tuple, set, frozenset)):
-            return conn.subscribe(channel)  # type: ignore[arg-type]  # (it raises for a non-str)
+            return cast("contextlib.AbstractContextManager[object]",
+                        conn.subscribe(channel))  # type: ignore[arg-type]  # (it raises for a non-str)
         stack = contextlib.ExitStack()
         try:
             for name in _channel_list(channel):

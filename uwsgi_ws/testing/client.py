@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from werkzeug.test import EnvironBuilder
 from wsproto.extensions import PerMessageDeflate
@@ -57,6 +57,9 @@ from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 from .. import events_protocol
 from ..broadcast import Batch, Broadcast, QueueSubscriber, local
 from ..exceptions import ConnectionClosed, EventError, UwsgiWsError
+
+if TYPE_CHECKING:  # annotations only: uwsgi_ws.extension imports this module (WebSocket.test_client)
+    from ..extension import WebSocket
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _PROBE_CHANNEL = "uwsgi_ws:test-client-probe"
@@ -94,7 +97,7 @@ class TestClient:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, ws: Any, flask_test_client: Any = None) -> None:
+    def __init__(self, ws: WebSocket, flask_test_client: Any = None) -> None:
         if ws.app is None:
             raise RuntimeError("test_client() needs the app: call it after WebSocket(app) or init_app(app)")
         local.enable()
@@ -355,7 +358,7 @@ class TestConnection:
         """True once the server's close frame arrived or the transport ended."""
         return self.close_code is not None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Union[str, bytes]]:
         """Messages until the server closes."""
         while True:
             try:
