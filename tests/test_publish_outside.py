@@ -73,7 +73,8 @@ def run_script(code: str, as_uid: int | None = None) -> subprocess.CompletedProc
 def test_cron_script_publishes_and_emits(instance):
     """A script publishes text, binary and on a channel, and emits to a room and to the
     whole endpoint; each call returns the ring seq once appended; the WebSocket
-    subscribers get the messages and the SSE stream the events with id epoch-seq."""
+    subscribers get the messages and the SSE stream the events with id epoch-seq. The
+    mule logs the accepted publisher's uid and pid (issue 13: "the peer's uid is logged")."""
     everyone, channel = subscriber(instance), subscriber(instance, "/sub/c1")
     read = sse_events(instance, "r1", 2)
     try:
@@ -81,10 +82,13 @@ def test_cron_script_publishes_and_emits(instance):
 with Publisher({instance.socket_path!r}) as pub:
     seqs = [pub.publish("hello"), pub.publish(b"\\x00\\x01bin"), pub.publish("on c1", channel="c1"),
             pub.emit("/live", "tick", {{"n": 1}}, to="r1"), pub.emit("/live", "all", {{"n": 2}})]
-print(json.dumps(seqs))
+print(json.dumps({{"pid": os.getpid(), "seqs": seqs}}))
 """)
         assert done.returncode == 0, done.stderr
-        seqs = json.loads(done.stdout)
+        ran = json.loads(done.stdout)
+        seqs = ran["seqs"]
+        instance.wait_for_log(rf"publish socket {re.escape(instance.socket_path)}: a publisher connected "
+                              rf"\(uid {os.getuid()}, pid {ran['pid']}\)", timeout=10)
         assert seqs == sorted(set(seqs)) and len(seqs) == 5
         assert everyone.recv() == "hello"
         assert everyone.recv() == b"\x00\x01bin"
@@ -245,8 +249,10 @@ def test_publisher_survives_mule_kills_without_loss_or_duplicate(instance):
 # -- a vassal under the Emperor ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["threads", "gevent"])
-def test_cli_publishes_into_a_vassal(model, tmp_path):
+def start_vassal(model: str, tmp_path: Path) -> tuple:
+    """An Emperor with one vassal of publish_app (2 workers of `model`, the broadcast mule,
+    a publish socket set as a placeholder in its YAML); returns (emperor, socket path)
+    once the vassal's mule listens there."""
     port = free_port()
     vassals = tmp_path / "vassals"
     vassals.mkdir()
@@ -269,21 +275,105 @@ def test_cli_publishes_into_a_vassal(model, tmp_path):
     )
     emperor = UWSGI(["--emperor", str(vassals)], tmp_path, port=port)
     try:
-        emperor.wait_for_log(r"publish socket .*vassal\.sock", timeout=30)
-        conn = websocket.create_connection(f"ws://127.0.0.1:{port}/sub", timeout=30)
-        try:
-            assert conn.recv().startswith("ready:")
-            done = cli("publish", "--socket", str(sock), "to the vassal")
-            assert done.returncode == 0, done.stderr
-            assert conn.recv() == "to the vassal"
-            done = cli("emit", "--socket", str(sock), "--endpoint", "/live", "tick", '{"v": 1}')
-            assert done.returncode == 0, done.stderr
-        finally:
-            conn.close()
+        emperor.wait_for_log(r"publish socket .*vassal\.sock \(mode 0660\)", timeout=30)
+    except BaseException:
+        emperor.stop()
+        raise
+    return emperor, str(sock)
+
+
+def joined_events_client(url: str, room: str) -> websocket.WebSocket:
+    """An events-protocol WebSocket on /live that has joined `room`: frames are handled in
+    order, so the ack of a call sent after the join says the join is done."""
+    conn = websocket.create_connection(url + "/live", timeout=30)
+    conn.send(json.dumps({"type": "join", "room": room}))
+    conn.send(json.dumps({"type": "event", "event": "barrier", "id": "after-join"}))
+    frame = json.loads(conn.recv())
+    assert frame.get("type") == "ack" and frame.get("id") == "after-join", frame
+    return conn
+
+
+def received_until(conn: websocket.WebSocket, last: object) -> list:
+    """Every message `conn` receives, decoded (JSON text as an object), up to and including
+    the first for which `last(message)` is true."""
+    out: list = []
+    while True:
+        message = conn.recv()
+        if isinstance(message, str) and message.startswith("{"):
+            message = json.loads(message)
+        out.append(message)
+        if last(message):  # type: ignore[operator]
+            return out
+
+
+@pytest.mark.parametrize("model", ["threads", "gevent"])
+def test_cli_and_a_cron_script_publish_into_a_vassal(model, tmp_path):
+    """Into a vassal under the Emperor (the publish socket set in its YAML): the CLI and a
+    Publisher script (a cron job) publish text and binary and emit to a room and to the
+    whole endpoint. A WebSocket subscriber gets exactly the published messages, an events
+    client in the room exactly the events, each with the seq the publisher was given and
+    the vassal's epoch (the one its mule logs), and the SSE stream the same events with
+    id epoch-seq: each once, in order, nothing else. The mule logs the script's uid."""
+    emperor, sock = start_vassal(model, tmp_path)
+    opened: list = []
+    try:
+        found = re.findall(r"broadcast mule 1 serving ring epoch ([0-9a-f]+)", emperor.log())
+        assert len(found) == 1, emperor.log()
+        epoch = str(int(found[0], 16))
+        url = f"ws://127.0.0.1:{emperor.port}"
+        everyone = websocket.create_connection(url + "/sub", timeout=30)
+        opened.append(everyone)
+        assert everyone.recv().startswith("ready:")
+        lobby = joined_events_client(url, "lobby")
+        opened.append(lobby)
+        read_sse = sse_events(emperor, "lobby", 5)
+
+        seqs = []
+        for args, stdin in ((("publish", "--socket", sock, "cli text"), b""),
+                            (("publish", "--socket", sock, "--binary", "-"), b"\xff\x00cli"),
+                            (("emit", "--socket", sock, "--endpoint", "/live", "--room", "lobby", "said",
+                              '{"text": "hi"}'), b""),
+                            (("emit", "--socket", sock, "--endpoint", "/live", "everyone", '{"n": 0}'), b"")):
+            done = cli(*args, stdin=stdin)
+            assert done.returncode == 0 and done.stderr == b"", done.stderr
+            seqs.append(int(done.stdout))
+        done = run_script(f"""
+with Publisher({sock!r}) as pub:
+    seqs = [pub.publish("script text"), pub.publish(b"\\x00script"),
+            pub.emit("/live", "tick", {{"n": 1, "bin": False}}, to="lobby"),
+            pub.emit("/live", "all", [1, "two"]), pub.emit("/live", "end", None, to="lobby")]
+print(json.dumps({{"pid": os.getpid(), "seqs": seqs}}))
+""")
+        assert done.returncode == 0, done.stderr
+        ran = json.loads(done.stdout)
+        seqs += ran["seqs"]
+        assert seqs == sorted(set(seqs)) and len(seqs) == 9, seqs  # one ring, one order
+        emperor.wait_for_log(rf"publish socket {re.escape(sock)}: a publisher connected "
+                             rf"\(uid {os.getuid()}, pid {ran['pid']}\)", timeout=10)
+        done = cli("publish", "--socket", sock, "last")  # a marker: nothing else came before it
+        assert done.returncode == 0, done.stderr
+
+        assert received_until(everyone, lambda m: m == "last") == ["cli text", b"\xff\x00cli", "script text",
+                                                                    b"\x00script", "last"]
+
+        def event(name: str, data: object, room: object, seq: int) -> dict:
+            return {"type": "event", "event": name, "data": data, "room": room, "seq": seq, "epoch": epoch}
+
+        expected = [event("said", {"text": "hi"}, "lobby", seqs[2]), event("everyone", {"n": 0}, None, seqs[3]),
+                    event("tick", {"n": 1, "bin": False}, "lobby", seqs[6]), event("all", [1, "two"], None, seqs[7]),
+                    event("end", None, "lobby", seqs[8])]
+        got = received_until(lobby, lambda m: isinstance(m, dict) and m.get("event") == "end")
+        # a publish to every connection (channel None) reaches the endpoint's WebSockets too, as is:
+        # the whole stream in ring order
+        assert got == ["cli text", b"\xff\x00cli", *expected[:2], "script text", b"\x00script", *expected[2:]], got
+        events = read_sse()
+        assert [(i.decode(), name.decode(), message) for i, name, message in events] == [
+            (f"{epoch}-{e['seq']}", e["event"], e) for e in expected]
     finally:
+        for conn in opened:
+            conn.close()
         emperor.stop()
     assert not emperor.crashes(), emperor.log()
-
 
 
 def test_hostile_publishers_do_not_hurt_the_mule(instance):

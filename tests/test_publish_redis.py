@@ -2,7 +2,8 @@
 Redis Stream (issue 13 item 4), events included: a real redis-server and two uWSGI
 instances (threads and gevent) of tests/apps/publish_app.py, bridged as the README
 says; every process stopped by pid. Then the command line, `python -m uwsgi_ws
-publish|emit --redis URL`, into a bridged instance, and its errors for a bad URL.
+publish|emit --redis URL`, into a bridged instance (threads and gevent), and its
+errors for a bad URL.
 """
 
 from __future__ import annotations
@@ -120,12 +121,13 @@ def next_event(conn: websocket.WebSocket) -> dict:
                 return message
 
 
-def test_cli_publish_and_emit_through_redis(redis_server, tmp_path):
+@pytest.mark.parametrize("model", ["threads", "gevent"])
+def test_cli_publish_and_emit_through_redis(model, redis_server, tmp_path):
     """The CLI with --redis reaches an instance bridged through that stream: a WebSocket
     subscriber gets the messages, an events client the event, with the seq the CLI
     printed and the stream's epoch."""
     stream = f"test:{uuid.uuid4().hex}"
-    server = bridged(tmp_path, "threads", redis_server.url, stream)
+    server = bridged(tmp_path, model, redis_server.url, stream)
     opened = []
     try:
         everyone = subscriber(server)
