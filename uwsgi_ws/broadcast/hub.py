@@ -23,7 +23,21 @@ import os
 import select
 import socket
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Set, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Protocol,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from .. import metrics, settings
 from ..deflate import SharedDeflater
@@ -31,6 +45,9 @@ from ..log import get as _logger
 from . import wakeup
 from .publish import channel_bytes
 from .ring import FLAG_REMOTE, BroadcastRing, Entry, Lapped
+
+if TYPE_CHECKING:
+    from ..runtime.base import Runtime
 
 log = _logger(__name__)
 
@@ -173,18 +190,18 @@ class Hub:
     thread or greenlet of the worker; the fan-out runs in the hub's own waker task.
     """
 
-    def __init__(self, runtime: Any, ring: BroadcastRing, wake: Optional[socket.socket] = None) -> None:
+    def __init__(self, runtime: Runtime, ring: BroadcastRing, wake: Optional[socket.socket] = None) -> None:
         """`wake`: the socket whose readability wakes the waker (default: this
         worker's wake socket, `wakeup.bind_worker_socket`; the in-process
         broadcast, `local`, passes one end of a socket pair)."""
         self._rt = runtime
         self.ring = ring
         self._lock = runtime.Lock()
-        self._member: Dict[Any, Set[str]] = {}  # attached subscriber -> its channels
-        self._channels: Dict[str, Set[Any]] = defaultdict(set)
+        self._member: Dict[Subscriber, Set[str]] = {}  # attached subscriber -> its channels
+        self._channels: Dict[str, Set[Subscriber]] = defaultdict(set)
         self._epoch = ring.epoch
         self._last = ring.write_seq
-        self._pending: Set[Any] = set()  # subscribers with unflushed output
+        self._pending: Set[Subscriber] = set()  # subscribers with unflushed output
         self._wake = wake if wake is not None else wakeup.bind_worker_socket()
         self._ops: List[Tuple[Any, List[Tuple[str, Recovery]], Optional[Done], Sequence[Entry],
                               Optional[Callable[[], None]]]] = []
@@ -206,7 +223,7 @@ class Hub:
 
     # -- membership -----------------------------------------------------------
 
-    def attach(self, sub: Any) -> None:
+    def attach(self, sub: Subscriber) -> None:
         """`sub` may now be subscribed (every connection of the worker receives
         broadcasts published with channel None)."""
         shared = getattr(sub, "shared_deflate", None)
@@ -216,7 +233,7 @@ class Hub:
             if options is not None:
                 self._deflate[sub] = options
 
-    def detach(self, sub: Any) -> None:
+    def detach(self, sub: Subscriber) -> None:
         """`sub` leaves every channel; recoveries still queued for it do nothing. Idempotent."""
         with self._lock:
             channels = self._member.pop(sub, None)
@@ -230,12 +247,12 @@ class Hub:
         with self._lock:
             return len(self._member) if channel is None else len(self._channels.get(channel, ()))
 
-    def channels(self, sub: Any) -> Set[str]:
+    def channels(self, sub: Subscriber) -> Set[str]:
         """A copy of the channels `sub` receives."""
         with self._lock:
             return set(self._member.get(sub, ()))
 
-    def subscribe(self, sub: Any, channel: str) -> Any:
+    def subscribe(self, sub: Subscriber, channel: str) -> Any:
         """Add `sub` to `channel` now; returns a context manager that removes it on exit.
 
         Raises:
@@ -254,13 +271,13 @@ class Hub:
         return self._subscription(sub, channel)
 
     @contextlib.contextmanager
-    def _subscription(self, sub: Any, channel: str) -> Iterator[None]:
+    def _subscription(self, sub: Subscriber, channel: str) -> Iterator[None]:
         try:
             yield
         finally:
             self.unsubscribe(sub, channel)
 
-    def unsubscribe(self, sub: Any, channel: str, ordered: bool = False) -> None:
+    def unsubscribe(self, sub: Subscriber, channel: str, ordered: bool = False) -> None:
         """Remove `sub` from `channel`: now, or with `ordered` after every recovery
         queued before this call (so a join then a leave end up left)."""
         if ordered:
@@ -269,7 +286,7 @@ class Hub:
         with self._lock:
             self._remove(sub, channel)
 
-    def _remove(self, sub: Any, channel: str) -> None:
+    def _remove(self, sub: Subscriber, channel: str) -> None:
         member = self._member.get(sub)
         if member is not None:
             member.discard(channel)
@@ -279,7 +296,7 @@ class Hub:
             if not members:
                 del self._channels[channel]
 
-    def recover(self, sub: Any, channels: Sequence[Tuple[str, Recovery]], done: Optional[Done] = None,
+    def recover(self, sub: Subscriber, channels: Sequence[Tuple[str, Recovery]], done: Optional[Done] = None,
                 preface: Sequence[Entry] = ()) -> None:
         """Subscribe attached `sub` to each (channel, recovery) at one point of the ring, in
         the waker task: what the recovery asks for up to that point is handed to `sub`
@@ -292,7 +309,7 @@ class Hub:
         """
         self._queue(sub, list(channels), done, list(preface), None)
 
-    def _queue(self, sub: Any, channels: List[Tuple[str, Recovery]], done: Optional[Done],
+    def _queue(self, sub: Subscriber, channels: List[Tuple[str, Recovery]], done: Optional[Done],
                preface: Sequence[Entry], then: Optional[Callable[[], None]]) -> None:
         with self._lock:
             self._ops.append((sub, channels, done, preface, then))
@@ -452,7 +469,7 @@ class Hub:
                     self._write_all(subset[start:start + _CHUNK], batch)
             i = j
 
-    def _variants(self, batch: Batch, targets: List[Any]) -> List[Tuple[Batch, List[Any]]]:
+    def _variants(self, batch: Batch, targets: List[Subscriber]) -> List[Tuple[Batch, List[Any]]]:
         """Split `targets` by the compressed copy they take: the plain batch, and one
         batch per permessage-deflate parameter set present, compressed here once.
 
@@ -488,7 +505,7 @@ class Hub:
             out.append((Batch(batch.entries, data, batch.epoch, True), subset))
         return out
 
-    def _write_all(self, targets: List[Any], batch: Batch) -> None:
+    def _write_all(self, targets: List[Subscriber], batch: Batch) -> None:
         """Hand `batch` to each target without blocking."""
         count = len(batch.entries)
         delivered = slow = 0
