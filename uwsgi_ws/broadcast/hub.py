@@ -40,7 +40,7 @@ from typing import (
 )
 
 from .. import metrics, settings
-from ..deflate import SharedDeflater
+from ..deflate import DeflateOptions, SharedDeflater
 from ..log import get as _logger
 from . import wakeup
 from .publish import channel_bytes
@@ -203,7 +203,7 @@ class Hub:
         self._last = ring.write_seq
         self._pending: Set[Subscriber] = set()  # subscribers with unflushed output
         self._wake = wake if wake is not None else wakeup.bind_worker_socket()
-        self._ops: List[Tuple[Any, List[Tuple[str, Recovery]], Optional[Done], Sequence[Entry],
+        self._ops: List[Tuple[Subscriber, List[Tuple[str, Recovery]], Optional[Done], Sequence[Entry],
                               Optional[Callable[[], None]]]] = []
         self._kick_r, self._kick_w = socket.socketpair()
         self._kick_r.setblocking(False)
@@ -213,11 +213,11 @@ class Hub:
         self.lapped = 0
         #: Broadcast messages compressed by this worker (once per message and parameter set).
         self.compressions = 0
-        self._deflaters: Dict[Any, SharedDeflater] = {}
+        self._deflaters: Dict[DeflateOptions, SharedDeflater] = {}
         # Attached subscribers that take shared permessage-deflate frames -> their options,
         # read once at attach (negotiated in the handshake, fixed for the connection's life):
         # the fan-out asks nothing per subscriber while no subscriber has any.
-        self._deflate: Dict[Any, Any] = {}
+        self._deflate: Dict[Subscriber, DeflateOptions] = {}
         self._metrics = metrics.local()
         self._task = runtime.spawn(self._run)
 
@@ -469,7 +469,7 @@ class Hub:
                     self._write_all(subset[start:start + _CHUNK], batch)
             i = j
 
-    def _variants(self, batch: Batch, targets: List[Subscriber]) -> List[Tuple[Batch, List[Any]]]:
+    def _variants(self, batch: Batch, targets: List[Subscriber]) -> List[Tuple[Batch, List[Subscriber]]]:
         """Split `targets` by the compressed copy they take: the plain batch, and one
         batch per permessage-deflate parameter set present, compressed here once.
 
@@ -482,7 +482,7 @@ class Hub:
         deflate = self._deflate
         if not deflate:
             return [(batch, targets)]
-        groups: Dict[Any, List[Any]] = {}
+        groups: Dict[Optional[DeflateOptions], List[Subscriber]] = {}
         for sub in targets:
             groups.setdefault(deflate.get(sub), []).append(sub)
         if len(groups) == 1 and None in groups:
