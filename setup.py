@@ -26,7 +26,7 @@ GEVENT = ["gevent>=22"]
 # hiredis: the C reply parser, a third less CPU in the bridge's threads.
 REDIS = ["redis[hiredis]>=4.2"]
 # uwsgi_ws.socketio: Flask-SocketIO apps on the uwsgi_ws broadcast (python-socketio/engineio speak the protocol).
-SOCKETIO = ["flask-socketio>=5.3", "python-socketio>=5.8", "python-engineio>=4.8"]
+SOCKETIO = ["flask-socketio>=5.7,<6", "python-socketio>=5.18,<6", "python-engineio>=4.15,<5"]
 # The documentation site (docs/, `make docs`): Sphinx with the furo theme and MyST for the Markdown
 # guides (README, Dependencies, says why furo); tests/test_docs.py builds it, so `test` has them too.
 DOCS = ["sphinx>=7.2,<10", "furo>=2024.1", "myst-parser>=3,<6"]
