@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import websocket
 
+from uwsgi_ws.client import Publisher
+
 from harness import APPS, ROOT, UWSGI, free_port, uwsgi_binary, wait_for
 
 CONF = ROOT / "uwsgi_ws" / "conf"
@@ -251,17 +253,26 @@ def test_log_rotation_copytruncate(tmp_path, model):
     its start (uWSGI opens `logto` with O_APPEND: no hole of NULs where the old lines were)."""
     port = free_port()
     log = tmp_path / "app.log"
-    path = vassal(tmp_path, "rot", port, model, [f"logto: {log}", "disable-logging: false"])
+    sock = tmp_path / "publish.sock"
+    path = vassal(tmp_path, "rot", port, model, [f"logto: {log}", "disable-logging: false",
+                                                 f"set-placeholder: uwsgi-ws-publish-socket={sock}"])
     server = UWSGI(["--yaml", str(path)], tmp_path, port=port)
     try:
-        ws = websocket.create_connection(f"{server.url}/sub/x", timeout=10)  # a long-lived WebSocket
+        ws = subscribe(server.url, "x")  # a long-lived WebSocket
         _request_line(server, "before-rotation")
         wait_for(lambda: "before-rotation" in log.read_text(errors="replace"), 10, "the first request line")
+        wait_for(lambda: "publish socket" in log.read_text(errors="replace"), 20, "the mule's publish socket")
         shutil.copyfile(log, tmp_path / "app.log.1")  # what copytruncate does
         with open(log, "r+b") as f:
             f.truncate(0)
         _request_line(server, "after-rotation")
         wait_for(lambda: "after-rotation" in log.read_text(errors="replace"), 10, "a line in the truncated file")
+        # the mule writes there too: a publisher connecting from outside is logged by the mule
+        with Publisher(str(sock)) as pub:
+            pub.publish("after rotation", channel="x")
+        assert ws.recv() == "after rotation"
+        wait_for(lambda: f"a publisher connected (uid {os.getuid()}, pid {os.getpid()})" in
+                 log.read_text(errors="replace"), 10, "the mule's line in the truncated file")
         data = log.read_bytes()
         assert not data.startswith(b"\0") and b"\0" not in data, data[:200]
         assert "before-rotation" in (tmp_path / "app.log.1").read_text(errors="replace")
