@@ -222,5 +222,5 @@ if __name__ == "__main__":
     app.run(
         host="127.0.0.1", port=8002, processes=2, threads=16,
         sharedarea=4096, mule="uwsgi_ws.mule:run", mule_msg_size=262144,
-        uwsgi_ws_history=200,  # the last 200 messages of each room (uwsgi_ws/history.py)
+        uwsgi_ws_history=200,  # the last 200 messages of each room (uwsgi_ws/broadcast/history.py)
     )
