@@ -11,7 +11,8 @@ redis-server of our own (test_redis_bridge.RedisServer).
   published JSON with the mule's ``"seq"``/``"epoch"`` tail, the SSE id naming
   the same seq), and the Redis stream (``d`` field) and the other bridged
   instance as the published bytes: the compressed copy never leaves the
-  worker that made it.
+  worker that made it. An events endpoint declared with compression=None
+  negotiates nothing (per endpoint or route: on or off).
 - One compression per message and parameter set whatever the number of
   subscribers: the worker's ``compressions`` counter (`Broadcast.stats`, the
   hub's count of `SharedDeflater` runs) grows by the number of messages for 1
@@ -150,6 +151,10 @@ def test_one_publish_compressed_for_deflate_subscribers_plain_for_the_others(mod
     clients: List[DeflateClient] = []
     sse = None
     try:
+        for path, on in (("/live", True), ("/quiet", False)):  # an endpoint's compression: on or off
+            handshake = DeflateClient(server.port, path, CHROMIUM_OFFER, timeout=TIMEOUT)
+            handshake.close()
+            assert (handshake.extension or "").startswith("permessage-deflate") is on, (path, handshake.headers)
         room = "mixed"
         deflating = [subscriber(server, room) for _ in range(4)]
         plain = subscriber(server, room, offer=None)

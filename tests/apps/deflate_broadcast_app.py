@@ -1,6 +1,7 @@
 """Broadcasts to mixed subscribers with permessage-deflate on (tests/test_deflate_broadcast.py).
 
-One events endpoint, /live (its SSE stream /live/sse?rooms=<room>), and raw
+One events endpoint, /live (its SSE stream /live/sse?rooms=<room>), one with
+compression off (/quiet: `ws.events(..., compression=None)`), and raw
 WebSocket subscribers of a room's broadcast channel (`live.channel(room)`), so
 one publish reaches WebSocket clients that negotiated deflate, WebSocket clients
 that did not, SSE streams and (with UWSGI_WS_REDIS_URL) the Redis stream.
@@ -27,6 +28,7 @@ from uwsgi_ws import WebSocket
 app = Flask(__name__)
 ws = WebSocket(app, ping_interval=None, compression_min_size=64)
 live = ws.events("/live")
+quiet = ws.events("/quiet", compression=None)  # per endpoint: on or off only
 
 
 @ws.route("/sub/<room>")
