@@ -1,31 +1,45 @@
-"""Every way uWSGI stops a worker ends its WebSockets with a close frame (issue 12
-item 4), on real uWSGI in the threads and gevent models, 2 workers:
+"""Every way uWSGI stops a worker ends its WebSockets with a close frame, then a FIN,
+never a reset, and a plain HTTP request made meanwhile is answered, never stalled until
+worker-reload-mercy (issue 12 item 4), on real uWSGI in the threads and gevent models,
+2 workers (tests/apps/worker_stops_app.py tells each client its worker's pid and spawn):
 
-- reloads close with 1012 (service restart) within about a second: `uwsgi --reload`
-  (SIGHUP to the master), chain reload (--touch-chain-reload), --max-requests,
-  --reload-on-rss, --max-worker-lifetime;
-- a full shutdown closes with 1001 (going away): SIGINT (what --stop sends), SIGTERM
-  with --die-on-term;
-never a reset, never a stall until worker-reload-mercy (set far above what a test waits).
-A touched vassal is covered by tests/test_faults.py (1012) and tests/test_emperor.py.
+- reloads and recycles close with 1012 (service restart): `uwsgi --reload pidfile`, chain
+  reload (--touch-chain-reload), a touched vassal under the Emperor, --max-requests,
+  --reload-on-rss, --max-worker-lifetime (the worker really is replaced: a new pid, and
+  not before the master's whole-second rule says so), and never before
+  --min-worker-lifetime (default 10 s) for the recycles it bounds (uWSGI keeps the worker
+  until then: core/utils.c uwsgi_close_request);
+- a full shutdown closes with 1001 (going away): `uwsgi --stop pidfile` (SIGINT), SIGINT,
+  SIGTERM with --die-on-term.
+
+Each case prints its measured stop time (``STOP [model] case: ...``; run with ``-s``).
+worker-reload-mercy is MERCY: every wait is ANSWER, well below it, so a close or an
+answer can never come from the master's kill.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import websocket
 
-from harness import serve
+from harness import APPS, ROOT, UWSGI, free_port, serve, uwsgi_binary, wait_for
 from wsraw import RawWebSocket
 
-MERCY = 60  # seconds: far longer than any wait below, so a close never comes from the kill
-QUICK = 5.0  # seconds a close may take (about a second, plus a loaded CI machine)
+MERCY = 30  # worker-reload-mercy, seconds
+ANSWER = MERCY / 2  # a close or an answer comes well before the mercy, or the stop stalled
+QUICK = 5.0  # seconds a close may take in the older tests below (about a second, plus a loaded machine)
 MODELS = ["threads", "gevent"]
+APP = "worker_stops_app:app"
 
 
 def recv_close(ws, timeout):
@@ -37,8 +51,8 @@ def recv_close(ws, timeout):
             return int.from_bytes(data[:2], "big"), data[2:].decode()
 
 
-def start(tmp_path, model, *extra):
-    server = serve("echo_app:app", tmp_path, model=model,
+def start(tmp_path, model, *extra, app="echo_app:app"):
+    server = serve(app, tmp_path, model=model,
                    extra=["--processes", "2", "--worker-reload-mercy", str(MERCY), *extra])
     server.wait_for_port()
     return server
@@ -54,16 +68,88 @@ def open_clients(server, n=4):
     return clients
 
 
+class Client:
+    """A raw WebSocket on /info: `pid` and `last_spawn` of the worker serving it."""
+
+    def __init__(self, server):
+        self.raw = RawWebSocket(server.port, "/info", timeout=ANSWER)
+        found = json.loads(self.raw.recv_frame(ANSWER).payload)
+        self.pid, self.last_spawn = found["pid"], found["last_spawn"]
+        self.raw.send_text("still there?")
+        assert self.raw.recv_frame(ANSWER).payload == b"still there?"
+
+    def goodbye(self, code, timeout=ANSWER):
+        """Wait for the server's close frame (`code`), answer it, then expect a FIN (not a
+        reset); returns the ``time.time()`` the close frame was read at."""
+        frame = self.raw.expect_close(timeout)
+        at = time.time()
+        assert frame.close_code == code, (frame.close_code, frame.close_reason)
+        sock = self.raw.sock
+        sock.settimeout(timeout)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pytest.fail(f"close {code} was followed by a reset, not a FIN")
+        except socket.timeout:
+            pytest.fail(f"no FIN within {timeout} s of close {code}")
+        finally:
+            self.raw.close()
+        return at
+
+
+def open_info(server, n=4):
+    return [Client(server) for _ in range(n)]
+
+
 def plain_request(server, timeout):
     """The status of a plain GET (any answer will do: it must come, not stall)."""
-    import urllib.error
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(server.url.replace("ws://", "http://") + "/", timeout=timeout) as answer:
+        with urllib.request.urlopen(server.http + "/", timeout=timeout) as answer:
             return answer.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def plain_pid(server):
+    """The pid of the worker that answered a plain GET / (within ANSWER)."""
+    with urllib.request.urlopen(server.http + "/", timeout=ANSWER) as answer:
+        return json.loads(answer.read())["pid"]
+
+
+class Meanwhile:
+    """A plain GET started now, in a thread: `outcome()` is its status, or the connection
+    error a server going away may give (refused, reset), or "stalled" (no answer in ANSWER)."""
+
+    def __init__(self, server):
+        self.result = None
+        self.thread = threading.Thread(target=self._run, args=(server,))
+        self.thread.start()
+
+    def _run(self, server):
+        try:
+            self.result = plain_request(server, ANSWER)
+        except (socket.timeout, TimeoutError):
+            self.result = "stalled"
+        except urllib.error.URLError as exc:
+            self.result = "stalled" if isinstance(exc.reason, (socket.timeout, TimeoutError)) else repr(exc)
+        except OSError as exc:
+            self.result = repr(exc)
+
+    def outcome(self):
+        self.thread.join(ANSWER + 5)
+        return self.result
+
+
+def report_stop(model, case, seconds, what="after the trigger"):
+    print(f"\nSTOP [{model}] {case}: {seconds:.2f} s {what}")
+
+
+def pidfile_server(tmp_path, model, *extra):
+    pidfile = tmp_path / "uwsgi.pid"
+    server = start(tmp_path, model, "--pidfile", str(pidfile), *extra, app=APP)
+    wait_for(pidfile.exists, ANSWER, "the pidfile")
+    return server, pidfile
 
 
 def assert_all_closed(clients, code, reason):
@@ -74,12 +160,33 @@ def assert_all_closed(clients, code, reason):
     assert time.monotonic() - started < QUICK + 5
 
 
+def assert_reload(server, model, case, trigger, clients, timeout=ANSWER):
+    """`trigger()`, then: every client closes 1012 then FIN, a plain GET made meanwhile and
+    one after are answered, no worker was killed by the mercy."""
+    old = {c.pid for c in clients}
+    sent = time.time()
+    trigger()
+    meanwhile = Meanwhile(server)
+    last = max(c.goodbye(1012, timeout) for c in clients)
+    report_stop(model, case, last - sent)
+    assert meanwhile.outcome() in (200,), meanwhile.outcome()
+    assert plain_request(server, ANSWER) == 200
+    assert "NO MERCY" not in server.log(), server.log()
+    return old
+
+
+# -- reloads ---------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_uwsgi_reload_closes_with_1012(model, tmp_path):
-    with start(tmp_path, model) as server:
-        clients = open_clients(server)
-        os.kill(server.pid, signal.SIGHUP)
-        assert_all_closed(clients, 1012, "server restarting")
+    """`uwsgi --reload pidfile` (SIGHUP to the master): every worker goes."""
+    server, pidfile = pidfile_server(tmp_path, model)
+    with server:
+        clients = open_info(server)
+        old = assert_reload(server, model, "uwsgi --reload", lambda: subprocess.run(
+            [uwsgi_binary(), "--reload", str(pidfile)], check=True, timeout=ANSWER, capture_output=True), clients)
+        wait_for(lambda: not old & set(server.worker_pids()), ANSWER, "new workers")
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -97,75 +204,156 @@ def test_uwsgi_reload_closes_with_1012_under_lazy_apps(model, tmp_path):
 def test_chain_reload_closes_with_1012(model, tmp_path):
     touch = tmp_path / "chain"
     touch.write_text("")
-    with start(tmp_path, model, "--touch-chain-reload", str(touch)) as server:
-        clients = open_clients(server)
-        time.sleep(1.1)  # mtime resolution: the touch must be seen as a change
-        touch.write_text("reload")
-        os.utime(touch)
+    with start(tmp_path, model, "--touch-chain-reload", str(touch), app=APP) as server:
+        clients = open_info(server)
+
+        def trigger():
+            os.utime(touch, (time.time() + 5, time.time() + 5))  # a change whatever the mtime resolution
+
         # a chain reload recycles one worker at a time: every connection closes, one worker after the other
-        for ws in clients:
-            assert recv_close(ws, 30) == (1012, "server restarting")
-            ws.close()
-        assert "NO MERCY" not in server.log()
+        assert_reload(server, model, "chain reload", trigger, clients, timeout=2 * ANSWER)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_touched_vassal_closes_with_1012(model, tmp_path):
+    """The instance as a vassal of `uwsgi --emperor`; the vassal file is touched."""
+    from harness import MODELS as OPTIONS
+
+    port = free_port()
+    vassals = tmp_path / "vassals"
+    vassals.mkdir()
+    vassal = vassals / "stops.ini"
+    lines = ["[uwsgi]", f"pythonpath = {ROOT}", f"pythonpath = {APPS}", "master = true",
+             f"http-socket = 127.0.0.1:{port}", f"module = {APP}", "need-app = true", "die-on-term = true",
+             "disable-logging = true", f"worker-reload-mercy = {MERCY}"]
+    options = list(OPTIONS[model])
+    lines += [f"{options[i][2:]} = {options[i + 1]}" for i in range(0, len(options), 2)]
+    vassal.write_text("\n".join(lines) + "\n")
+    with UWSGI(["--emperor", str(vassals)], tmp_path, port=port) as server:
+        clients = open_info(server)
+
+        def trigger():
+            os.utime(vassal, (time.time() + 5, time.time() + 5))  # touch: the mtime must change
+
+        assert_reload(server, model, "touched vassal", trigger, clients)
+        assert not server.crashes(), server.log()
+
+
+# -- recycles --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_max_requests_closes_with_1012(model, tmp_path):
-    """The worker recycles itself at the end of its Nth request: under gevent there is
-    no SIGHUP at all (uWSGI's loop runs its graceful path from C)."""
-    with start(tmp_path, model, "--max-requests", "6") as server:
-        clients = open_clients(server, 4)  # open requests: they count once they end
+    """The worker recycles itself at the end of its Nth request (once --min-worker-lifetime
+    old): under gevent there is no SIGHUP at all (uWSGI's loop runs its graceful path from C)."""
+    with start(tmp_path, model, "--max-requests", "6", "--min-worker-lifetime", "1", app=APP) as server:
+        clients = open_info(server)
         pending = list(clients)
-        for _ in range(60):  # plain requests, until each worker has served its sixth
-            assert plain_request(server, QUICK) in (200, 404)  # answered, never stalled
-            for ws in list(pending):
-                ws.settimeout(0.01)
-                try:
-                    opcode, data = ws.recv_data(control_frame=True)
-                except websocket.WebSocketTimeoutException:
-                    continue
-                assert opcode == websocket.ABNF.OPCODE_CLOSE
-                assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (1012, "server restarting")
-                pending.remove(ws)
-            if not pending:
+        served = {c.pid: 0 for c in clients}
+        for _ in range(200):  # plain requests, until each worker holding a client has served its sixth
+            pid = plain_pid(server)  # answered, never stalled
+            served[pid] = served.get(pid, 0) + 1
+            if all(served[c.pid] >= 6 for c in clients):
                 break
-        assert not pending, f"{len(pending)} connection(s) not closed after 60 requests"
+        sent = time.time()
+        meanwhile = Meanwhile(server)
+        for c in pending:
+            c.goodbye(1012)
+        report_stop(model, "--max-requests", time.time() - sent, "after each worker's sixth request")
+        assert meanwhile.outcome() == 200
+        assert plain_request(server, ANSWER) == 200
         assert "NO MERCY" not in server.log()
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_reload_on_rss_closes_with_1012(model, tmp_path):
     """A worker over --reload-on-rss recycles at the end of its next request: its
-    WebSockets close with 1012 (at once here: 1 MB is below any worker's RSS)."""
-    with start(tmp_path, model, "--reload-on-rss", "1") as server:
-        clients = [websocket.create_connection(server.url + "/echo", timeout=5) for _ in range(2)]
-        for ws in clients:
-            assert recv_close(ws, QUICK + 5) == (1012, "server restarting")
-            ws.close()
-        assert plain_request(server, QUICK) in (200, 404)
+    WebSockets close with 1012 (1 MB is below any worker's RSS: as soon as the worker is
+    --min-worker-lifetime old)."""
+    with start(tmp_path, model, "--reload-on-rss", "1", "--min-worker-lifetime", "2", app=APP) as server:
+        clients = open_info(server)
+        meanwhile = Meanwhile(server)
+        late = max(c.goodbye(1012) - (c.last_spawn + 2) for c in clients)
+        report_stop(model, "--reload-on-rss", late, "after min-worker-lifetime allowed it (last client)")
+        assert meanwhile.outcome() == 200
+        assert plain_request(server, ANSWER) == 200
         assert "NO MERCY" not in server.log()
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_max_worker_lifetime_closes_with_1012(model, tmp_path):
-    with start(tmp_path, model, "--max-worker-lifetime", "4", "--min-worker-lifetime", "1") as server:
-        clients = open_clients(server)
-        for ws in clients:
-            assert recv_close(ws, 20) == (1012, "server restarting")
-            ws.close()
+@pytest.mark.parametrize("kind", ["max-requests", "reload-on-rss"])
+def test_min_worker_lifetime_is_respected(model, kind, tmp_path):
+    """uWSGI recycles for max-requests or reload-on-rss only once the worker has lived
+    --min-worker-lifetime seconds (uwsgi_close_request: end_of_request - last_spawn, default
+    10 s: max-requests runs with that default, no option given): no close comes before,
+    clients keep echoing, and it does come then (closing ends requests: the recycle)."""
+    minimum = 10 if kind == "max-requests" else 5
+    extra = ["--max-requests", "2"] if kind == "max-requests" else ["--reload-on-rss", "1",
+                                                                     "--min-worker-lifetime", str(minimum)]
+    with start(tmp_path, model, *extra, app=APP) as server:
+        clients = open_info(server)
+        served = {c.pid: 0 for c in clients}
+        for _ in range(200):  # the limit reached on every worker holding a client
+            pid = plain_pid(server)
+            served[pid] = served.get(pid, 0) + 1
+            if all(served[c.pid] >= 2 for c in clients):
+                break
+        late = []
+        for c in clients:
+            at = c.goodbye(1012, minimum + ANSWER)
+            assert at >= c.last_spawn + minimum, f"closed {c.last_spawn + minimum - at:.2f} s before min-worker-lifetime"
+            late.append(at - (c.last_spawn + minimum))
+        report_stop(model, f"--{kind} under min-worker-lifetime {minimum}", max(late),
+                    "after min-worker-lifetime allowed it (last client)")
+        assert plain_request(server, ANSWER) == 200
         assert "NO MERCY" not in server.log()
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_max_worker_lifetime_replaces_the_worker(model, tmp_path):
+    """The master marks a worker older than --max-worker-lifetime (whole seconds:
+    now - last_spawn > lifetime) and only SIGWINCHes it: the worker goes itself (SIGHUP,
+    uWSGI's graceful path), its clients close with 1012 not before that instant, and the
+    worker really is replaced (a new pid)."""
+    lifetime = 5
+    with start(tmp_path, model, "--max-worker-lifetime", str(lifetime), "--min-worker-lifetime", "1",
+               app=APP) as server:
+        clients = open_info(server)
+        old = {c.pid for c in clients}
+        late = []
+        for c in clients:
+            at = c.goodbye(1012, lifetime + ANSWER)
+            due = c.last_spawn + lifetime + 1  # the first whole second with now - last_spawn > lifetime
+            assert at >= due, f"closed {due - at:.2f} s before the master's lifetime rule"
+            late.append(at - due)
+        report_stop(model, "--max-worker-lifetime", max(late), "after the master's lifetime rule (last client)")
+        wait_for(lambda: not old & set(server.worker_pids()), ANSWER, "the old workers replaced")
+        assert plain_pid(server) not in old
+        assert "NO MERCY" not in server.log()
+
+
+# -- full shutdowns --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("how", ["uwsgi --stop", "SIGINT", "SIGTERM"])
 def test_full_shutdown_closes_with_1001(model, how, tmp_path):
-    """SIGINT (what `uwsgi --stop` sends) or SIGTERM with --die-on-term (the harness passes it)."""
-    server = start(tmp_path, model)
+    """`uwsgi --stop pidfile` (SIGINT to the master), SIGINT, or SIGTERM with --die-on-term
+    (the harness passes it): 1001 then a FIN; a plain request meanwhile is answered or
+    refused, never left hanging."""
+    server, pidfile = pidfile_server(tmp_path, model)
     try:
-        clients = open_clients(server)
-        os.kill(server.pid, getattr(signal, how))
-        assert_all_closed(clients, 1001, "server shutting down")
-        server.proc.wait(QUICK + 10)
+        clients = open_info(server)
+        sent = time.time()
+        if how == "uwsgi --stop":
+            subprocess.run([uwsgi_binary(), "--stop", str(pidfile)], check=True, timeout=ANSWER, capture_output=True)
+        else:
+            os.kill(server.pid, getattr(signal, how))
+        meanwhile = Meanwhile(server)
+        last = max(c.goodbye(1001) for c in clients)
+        report_stop(model, how, last - sent)
+        assert meanwhile.outcome() != "stalled"
+        server.proc.wait(ANSWER)
     finally:
         server.stop()
 
