@@ -1,4 +1,5 @@
-"""A connection used from a `threading.Thread` the handler starts (tests/test_foreign_threads.py).
+"""A connection and the broadcast used from `threading.Thread`s the handler starts
+(tests/test_foreign_threads.py, tests/test_foreign_threads_models.py).
 
     /first     a thread makes the connection's first use (which sends the 101): the error
                text comes back from the handler's own first send
@@ -6,12 +7,31 @@
                publishes to the channel (the client answers once the publish reached it),
                then closes with 4000 "bye from a thread"; the handler reports each call's
                result before the close
-The handler waits for its thread with the model's sleep, so other tasks of the worker run.
+    /more      the rest, each call in a new thread: recv_nb with nothing waiting, then
+               recv_nb until the client's "waiting" came (the client sends it once it got
+               "None"), send_binary, send_from_sharedarea and send_binary_from_sharedarea
+               (sharedarea 1 holds b"hello"), ws.publish and live.emit (room "r1"; the
+               handler subscribed the raw channels "more" and live's "r1" when the model
+               has the broadcast), conn.subscribe("more2") and a publish there (the client
+               answers once it got it), then conn.unsubscribe("more2"), a publish to
+               "more2" and one to "more" (the client tells that "more2" stopped); the
+               handler sends "results: " + each call's result joined by " | ", then a
+               thread ends it with close_nowait(4001, "nowait from a thread")
+    /reader    a thread echoes every message ("echo <m>") until the client closes; the
+               handler only waits for it
+    /send-while-receiving
+               a thread sends "from a thread" while the handler itself waits in
+               receive(); the handler echoes what it then gets ("echo <m>")
+    GET /pid   this worker's pid
+The handlers wait for their threads with the model's sleep (other tasks of the worker run).
 """
 
 from __future__ import annotations
 
+import os
+import select
 import threading
+import time
 
 from flask import Flask
 
@@ -19,6 +39,7 @@ from uwsgi_ws import WebSocket
 
 app = Flask(__name__)
 ws = WebSocket(app, allowed_origins="*", ping_interval=None)
+live = ws.events("/live")
 
 
 def in_thread(call) -> str:
@@ -63,3 +84,75 @@ def methods(conn):
     ]
     conn.send(" | ".join(results))
     in_thread(lambda: conn.close(4000, "bye from a thread"))
+
+
+def _recv_nb_until_something(conn, seconds: float = 10.0):
+    """recv_nb() until a message is there (the fd polled in between), at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = conn.recv_nb()
+        if message is not None:
+            return message
+        select.select([conn.fileno()], [], [], 0.05)
+    return None
+
+
+@ws.route("/more")
+def more(conn):
+    import uwsgi
+
+    uwsgi.sharedarea_write(1, 0, b"hello")
+    broadcast = ws.broadcast().available
+    if broadcast:
+        conn.subscribe("more")
+        conn.subscribe(live.channel("r1"))
+    conn.send("open")
+    results = [in_thread(conn.recv_nb)]
+    conn.send(results[0])  # the client sends "waiting" once it has this
+    results.append(in_thread(lambda: _recv_nb_until_something(conn)))
+    results.append(in_thread(lambda: conn.send_binary(b"binary from a thread")))
+    results.append(in_thread(lambda: conn.send_from_sharedarea(1, 0, 5)))
+    results.append(in_thread(lambda: conn.send_binary_from_sharedarea(1, 0, 5)))
+    results.append(in_thread(lambda: type(ws.publish("published from a thread", channel="more")).__name__))
+    results.append(in_thread(lambda: live.emit("tick", {"from": "a thread"}, to="r1")))
+
+    def subscribe_then_unsubscribe():
+        conn.subscribe("more2")
+        ws.publish("on more2", channel="more2")
+        conn.receive(timeout=10)  # the client's answer once "on more2" reached it
+        conn.unsubscribe("more2")
+        ws.publish("on more2 after unsubscribe", channel="more2")
+        ws.publish("on more after unsubscribe", channel="more")
+        return sorted(conn.channels)
+
+    results.append(in_thread(subscribe_then_unsubscribe))
+    conn.send("results: " + " | ".join(results))
+    in_thread(lambda: conn.close_nowait(4001, "nowait from a thread"))
+
+
+@ws.route("/reader")
+def reader(conn):
+    def echo():
+        for message in conn:
+            conn.send(f"echo {message}")
+
+    conn.send("open %d" % os.getpid())  # the first use, in the handler
+    thread = threading.Thread(target=echo)
+    thread.start()
+    rt = ws.runtime()
+    while thread.is_alive():
+        rt.sleep(0.01)
+
+
+@ws.route("/send-while-receiving")
+def send_while_receiving(conn):
+    conn.send("open")
+    thread = threading.Thread(target=lambda: conn.send("from a thread"))
+    thread.start()
+    conn.send(f"echo {conn.receive(timeout=30)}")
+    thread.join()
+
+
+@app.get("/pid")
+def pid():
+    return str(os.getpid())

@@ -3,7 +3,28 @@
 There are no background tasks: a core runs only while its request handler
 runs, so the connection does its protocol work inline (``HAS_TASKS`` is
 False). Waiting is ``uwsgi.wait_fd_read``/``wait_fd_write`` then
-``uwsgi.suspend()``; cores are cooperative, so locks never contend.
+``uwsgi.suspend()``; cores are cooperative, so they never contend for a lock.
+
+Threads the app starts (``threading.Thread``). uWSGI's async API belongs to the
+worker's main thread, where the cores run: ``uwsgi.suspend()`` from another
+thread swaps that thread into the main thread's loop context (uWSGI 2.0.31
+reads the current request from a global in this model), and the next request
+the loop starts there aborts the worker ("Fatal Python error:
+PyEval_RestoreThread ... the current Python thread state is NULL"). And
+uWSGI's Python plugin keeps the GIL while a core is suspended in its loop, so
+no other thread runs until the core wakes up: a thread's `send` waited for
+the client's next message. Hence:
+
+- a caller that is not the worker's main thread (`_in_core`) waits with a
+  plain ``select.poll``/``time.sleep`` (GIL released), never uWSGI's API;
+- while any other Python thread is alive in the worker (`_threads_alive`), a
+  core waits the same way (the GIL released, so those threads run; the
+  worker's loop waits meanwhile: this model serves one connection per worker
+  at a time anyway, and a request arriving then waits in the listen queue
+  instead of starting a second core);
+- locks are real ``threading`` locks (a core never contends for one with
+  another core: one connection at a time; with a thread it may, and blocks
+  with the GIL released until the thread lets go).
 """
 
 from __future__ import annotations
@@ -11,10 +32,13 @@ from __future__ import annotations
 import collections
 import math
 import queue
+import select
 import threading
+import time
 from typing import Callable, NoReturn, Optional, Tuple
 
 from .. import _uwsgi
+from ._poll import PollWaiter
 
 uwsgi = _uwsgi.api()  # this adapter is loaded only inside uWSGI, for its async cores
 
@@ -23,20 +47,27 @@ HAS_TASKS = False
 Empty = queue.Empty
 
 
-class Lock:
-    """Cooperative cores never run at the same time: nothing to exclude."""
+#: A real lock: cores never contend for one (one connection per worker at a time),
+#: but a thread the app started may hold it (`threading.Lock`: blocks the caller,
+#: GIL released, until the holder lets go).
+Lock = threading.Lock
 
-    def __enter__(self) -> Lock:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _in_core() -> bool:
+    """True in the worker's main thread, where uWSGI runs the async cores (and
+    outside uWSGI); False in a thread the app started."""
+    return not _uwsgi.available() or _uwsgi.in_uwsgi_thread()
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return True
 
-    def release(self) -> None:
-        return None
+def _threads_alive() -> bool:
+    """Whether another Python thread of this worker may want the GIL (a core
+    suspended in uWSGI's loop keeps it: see the module docstring)."""
+    return threading.active_count() > 1
+
+
+def _uwsgi_waits() -> bool:
+    """Whether the caller may wait through uWSGI's async API (a core, no other thread)."""
+    return _in_core() and not _threads_alive()
 
 
 class Event:
@@ -79,14 +110,20 @@ def spawn(fn: Callable[..., object], *args: object) -> NoReturn:
 
 
 class Waiter:
-    """Waits for one fd with uWSGI's async API: `wait_fd_read`/`wait_fd_write`, then
-    `uwsgi.suspend()`. One direction at a time; timeouts are whole seconds
-    (uWSGI's API takes int seconds), rounded up."""
+    """Waits for one fd. In a core with no other thread alive: uWSGI's async API,
+    `wait_fd_read`/`wait_fd_write` then `uwsgi.suspend()` (one direction at a
+    time; timeouts are whole seconds, uWSGI's API takes int seconds, rounded up).
+    In a thread the app started, or in a core while such a thread is alive: a
+    plain ``select.poll`` (both directions, millisecond timeouts, the GIL
+    released; a core blocks the worker's loop meanwhile). One user at a time."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
     def wait(self, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool]:
+        """Block until ready or `timeout` seconds (None: forever); returns (readable, writable)."""
+        if not _uwsgi_waits():
+            return PollWaiter(self._fd, select.poll()).wait(read, write, timeout)
         seconds = 0 if timeout is None else max(1, math.ceil(timeout))
         if read:
             uwsgi.wait_fd_read(self._fd, seconds)
@@ -98,7 +135,12 @@ class Waiter:
 
 
 def sleep(seconds: float) -> None:
-    """uWSGI's async sleep: suspends this core only (whole seconds, rounded up)."""
+    """In a core with no other thread alive, uWSGI's async sleep: suspends this core
+    only (whole seconds, rounded up). Otherwise `time.sleep` (the GIL released: in a
+    core, the worker's loop waits too; see `Waiter`)."""
+    if not _uwsgi_waits():
+        time.sleep(seconds)
+        return
     uwsgi.async_sleep(max(1, math.ceil(seconds)))
     uwsgi.suspend()
 

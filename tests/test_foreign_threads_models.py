@@ -1,0 +1,93 @@
+"""Waits of a connection while a `threading.Thread` the app started uses it, in every
+model (issue 12 item 5), on real uWSGI. App: tests/apps/foreign_threads_app.py.
+
+What the async model (uWSGI async cores + ugreen) did before runtime/ugreen.py
+told its worker's own cores from other threads:
+
+- a thread that waited in `receive` (or `close`) called uWSGI's
+  ``wait_fd_read`` + ``suspend()``: the thread swapped itself into the loop
+  context of the worker's main thread and ran uWSGI's event loop there; the next
+  request that loop accepted called into Python from that thread and aborted the
+  worker ("Fatal Python error: PyEval_RestoreThread: ... the current Python
+  thread state is NULL", killed by signal 6): every client of the worker reset;
+- a core suspended in uWSGI's loop keeps the GIL (uWSGI's Python plugin), so a
+  thread's `send` ran only once the core woke up: while the handler waited in
+  `receive`, the thread's message stayed unsent until the client sent something.
+
+Now a thread waits on a plain poll, and a core waits with the GIL released while
+another thread is alive (the worker's loop waits then; a request that arrives
+meanwhile is accepted once the handler returns). The threads and gevent models
+pass the same tests. A test's worker keeps its pid and its log no crash line.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import websocket
+
+APP = "foreign_threads_app:app"
+EXTRA = ["--sharedarea", "4096", "--sharedarea", "1", "--mule=uwsgi_ws.mule:run"]
+MODELS = ["threads", "gevent", "async"]
+
+
+@pytest.fixture(autouse=True)
+def same_worker(server):
+    """The worker that served the test is still the one running: nothing crashed it."""
+    server.wait_for_log(r"broadcast mule 1 serving ring", timeout=30)
+    pids = server.worker_pids()
+    yield
+    assert server.worker_pids() == pids, server.log()
+    assert not server.crashes(), server.log()
+    assert "Fatal Python error" not in server.log(), server.log()
+
+
+def http_get(server, path: str) -> socket.socket:
+    """Send a GET for `path` (it is in the server's socket once this returns); read the answer later."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    return sock
+
+
+def answer(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    finally:
+        sock.close()
+    return data
+
+
+def test_a_request_while_a_thread_receives(server):
+    """A thread reads the connection (a reader-thread pattern) while a plain HTTP
+    request reaches the same worker: both are served, by the same process (async,
+    before: the request aborted the worker)."""
+    conn = websocket.create_connection(server.url + "/reader", timeout=30)
+    pid = conn.recv().split()[1]
+    try:
+        conn.send("one")
+        assert conn.recv() == "echo one"
+        request = http_get(server, "/pid")  # the thread is waiting in receive meanwhile
+        conn.send("two")
+        assert conn.recv() == "echo two"
+    finally:
+        conn.close()  # the thread's loop ends, then the handler
+    reply = answer(request)
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    if server.model == "async":  # one worker: the same one that served the WebSocket
+        assert reply.endswith(pid.encode()), reply
+
+
+def test_a_thread_sends_while_the_handler_receives(server):
+    """The thread's message goes out while the handler waits in receive() (async,
+    before: only once the client sent something)."""
+    conn = websocket.create_connection(server.url + "/send-while-receiving", timeout=30)
+    try:
+        assert conn.recv() == "open"
+        assert conn.recv() == "from a thread"  # the client has sent nothing yet
+        conn.send("then")
+        assert conn.recv() == "echo then"
+    finally:
+        conn.close()
