@@ -43,10 +43,10 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from . import settings
-from .broadcast.publish import Data, Link, Refused, encode_request
+from .broadcast import Data, PublishSocket, Refused, encode_request, redact, stream_publish
 from .events import Events
 from .exceptions import PublishError
 
@@ -100,13 +100,13 @@ class Publisher:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.timeout = float(timeout)
         self._lock = threading.Lock()
-        self._link: Optional[Link] = None
+        self._link: Optional[PublishSocket] = None
         self._redis: Optional[_RedisStream] = None
         if socket_path is not None:
             if not isinstance(socket_path, (str, os.PathLike)):
                 raise TypeError(f"socket_path is a path (str), not {type(socket_path).__name__}")
             self.socket_path: Optional[str] = os.fspath(socket_path)
-            self._link = Link(self.socket_path)
+            self._link = PublishSocket(self.socket_path)
         else:
             self.socket_path = None
             self._redis = _RedisStream(str(redis_url), stream or settings.setting("redis-stream").default,
@@ -196,7 +196,7 @@ class Publisher:
             assert self._link is not None and self.socket_path is not None
             self._check_path(self.socket_path)
             try:
-                return self._link.call(request, self.timeout)
+                return self._link.send(request, self.timeout)
             except Refused as exc:
                 raise PublishError(f"the instance refused the message: {exc}") from None
 
@@ -250,23 +250,13 @@ class _RedisStream:
         self.n = 0
 
     def add(self, request: bytes) -> int:
-        from .broadcast.publish import decode_request
-        from .broadcast.redis import add_event
-        from .broadcast.ring import FLAG_BINARY, FLAG_EVENT
-
-        channel, flags, payload = decode_request(request)
         self.n += 1
-        fields: Dict[Any, Any] = {"o": self.origin, "n": self.n, "c": channel.encode("utf-8"), "f": flags & FLAG_BINARY,
-                  "d": payload}
         deadline = time.monotonic() + self.timeout
         delay = 0.05
         while True:
             try:
-                if flags & FLAG_EVENT:  # the same number again on a retry: Redis answers the first seq
-                    return add_event(self._client, self.stream, self.maxlen, self.origin, channel, flags, payload,
-                                     number=self.n)
-                self._client.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
-                return self.n
+                # the same number again on a retry: a reader drops a duplicate, Redis answers an event's first seq
+                return stream_publish(self._client, self.stream, self.maxlen, self.origin, self.n, request)
             except (self._redis.RedisError, OSError) as exc:
                 if time.monotonic() + delay >= deadline:
                     raise PublishError(f"cannot publish to Redis {_redact(self.url)} stream {self.stream!r} after "
@@ -279,8 +269,6 @@ class _RedisStream:
 
 
 def _redact(url: str) -> str:
-    from .broadcast.redis import redact
-
     return redact(url)
 
 

@@ -7,7 +7,7 @@ same with one end of a socket pair). The upgrade there: this module writes the
 101 Switching Protocols on that socket itself, then the extension hands the
 socket to the same `Connection` and protocol engine as under uWSGI (the
 "threads" runtime), and the broadcast is the in-process one
-(`uwsgi_ws.broadcast.local`).
+(`uwsgi_ws.broadcast.use_in_process`).
 
 Werkzeug's own answer: once the handler returns, the server would write its
 status line; `upgrade` has told it the status is ``101`` and the connection has
@@ -26,7 +26,7 @@ import logging
 import socket
 from typing import Any, Callable, Dict, List, Tuple
 
-from .broadcast import local
+from .broadcast import use_in_process
 
 #: The environ key where Werkzeug's development server puts the request's socket.
 SOCKET_KEY = "werkzeug.socket"
@@ -43,11 +43,11 @@ def serves(environ: Dict[str, Any]) -> bool:
 
 def prepare(environ: Dict[str, Any]) -> None:
     """Before the handler runs: this process serves the app without uWSGI, so its
-    broadcast is the in-process one (`local.enable`). Warns once when the server
+    broadcast is the in-process one (`use_in_process`). Warns once when the server
     runs one request at a time (``flask run --without-threads``): a WebSocket then
     holds the whole server until it closes."""
     global _warned
-    local.enable()
+    use_in_process()
     if not environ.get("wsgi.multithread", True) and not _warned:
         _warned = True
         log.warning("this development server handles one request at a time (--without-threads?): each "

@@ -54,8 +54,18 @@ from flask import Response, current_app, request
 
 from . import events_protocol, frames, shutdown
 from . import presence as _presence
-from .broadcast import FLAG_GLOBAL, After, Batch, Broadcast, Last, QueueSubscriber, Recovered, Recovery, channel_bytes
-from .broadcast.ring import FLAG_EVENT, FLAG_REMOTE
+from .broadcast import (
+    After,
+    Batch,
+    Broadcast,
+    Entry,
+    Last,
+    Message,
+    QueueSubscriber,
+    Recovered,
+    Recovery,
+    channel_bytes,
+)
 from .exceptions import ConnectionClosed, EventError, PublishError
 from .log import get as _logger
 
@@ -819,21 +829,23 @@ _EVENT_PREFIX = b'{"type":"event","event":'
 _DECODER = json.JSONDecoder()
 
 
-def _sse_event(epoch: int, entry: Any) -> Optional[bytes]:
-    """One Server-Sent Event for an event broadcast of the ring; None for anything else."""
-    payload = frames.payload(entry.frame)
+def _sse_event(epoch: int, entry: Entry) -> Optional[bytes]:
+    """One Server-Sent Event for an event broadcast (`entry` of a batch of ring `epoch`),
+    ``id`` its position in the numbering clients resume with; None for anything else."""
+    message = Message.of(entry)
+    payload = message.payload
     if not payload.startswith(_EVENT_PREFIX):
         return None  # a plain publish on the channel: not an event of this protocol
-    if entry.flags & FLAG_EVENT and not entry.flags & FLAG_GLOBAL:
-        event_id = f"{epoch}-{entry.seq}"
+    if message.event and not message.redis_numbered:
+        event_id = f"{epoch}-{message.seq}"
         try:
             name, _ = _DECODER.raw_decode(payload.decode("utf-8"), len(_EVENT_PREFIX))
         except ValueError:
             return None
-    elif entry.flags & (FLAG_REMOTE | FLAG_GLOBAL):  # numbered by Redis, or another instance's: its own
+    elif message.remote or message.redis_numbered:  # numbered by Redis, or another instance's: its own
         try:
-            message = json.loads(payload)
-            event_id, name = f"{message['epoch']}-{message['seq']}", message.get("event")
+            fields = json.loads(payload)
+            event_id, name = f"{fields['epoch']}-{fields['seq']}", fields.get("event")
         except (ValueError, KeyError, TypeError):
             return None
     else:

@@ -56,9 +56,8 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from . import _uwsgi, frames, settings
-from .broadcast import Batch, Broadcast, QueueSubscriber, channel_bytes
-from .broadcast.ring import FLAG_REMOTE
+from . import _uwsgi, settings
+from .broadcast import Batch, Broadcast, Message, QueueSubscriber, channel_bytes
 from .log import get as _logger
 
 log = _logger(__name__)
@@ -418,10 +417,11 @@ class Registry(QueueSubscriber):
             if entry.channel != self.channel:
                 continue
             try:
-                message = json.loads(frames.payload(entry.frame))
+                read = Message.of(entry)
+                message = json.loads(read.payload)
                 if not isinstance(message, dict):
                     continue
-                if entry.flags & FLAG_REMOTE and message.get("op") not in _REMOTE_OPS and (
+                if read.remote and message.get("op") not in _REMOTE_OPS and (
                         not message.get("inst") or message.get("inst") == self._inst):
                     continue  # an unnamed (or our own, echoed) presence message from the bridge
                 self._apply(message)

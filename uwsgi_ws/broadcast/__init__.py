@@ -1,17 +1,30 @@
-"""The instance-wide broadcast, behind one face: `Broadcast`.
+"""The instance-wide broadcast, behind one face: this package.
 
     publish ──► broadcast mule ──► ring (sharedarea) ──► each worker's hub ──► subscribers
                  (mule.py)          (ring.py)            (hub.py, woken by wakeup.py)
                      │  └── history.py (per room, beyond the ring)
                      └───── redis.py (other instances, through a Redis Stream)
 
-Callers (the Flask extension, the events layer, the Socket.IO layer) use only
-`Broadcast`: publish, the current position, subscribe (plain), and recover
-(subscribe after a position or with the last n messages, from the ring and the
-mule's history, with no gap and no duplicate). They never see the ring, the
-hub or the history, as centrifuge's node sees storage only as a Broker.
+Modules outside ``uwsgi_ws/broadcast/`` use only the names of ``__all__`` below
+(tests/test_structure.py checks it); they never see the ring, the hub, the
+history or the bridge, as centrifuge's node sees storage only as a Broker:
 
-Subscribers implement `hub.Subscriber`.
+- publish: `publish` (any process), `Broadcast.publish`; `channel_bytes` checks a
+  channel name; `Data` is what a message may be (str: text, bytes: binary).
+- subscribe: `Broadcast.attach`/`detach`, `subscribe`/`unsubscribe`, `channels`;
+  a subscriber implements `Subscriber` (`QueueSubscriber`: one without a socket)
+  and gets batches (`Batch`) of entries (`Entry`); `Message.of(entry)` reads one
+  (its payload, what kind of message it is) without the ring's framing or flags.
+- recover: `Broadcast.position`/`event_position` (a `Position`: epoch + seq), then
+  `Broadcast.recover`/`resume` with a `Recovery` per channel (`After(seq)`,
+  `Last(n)`) and a callback taking `Recovered` per channel.
+- stats: `Broadcast.stats`, `Broadcast.subscriber_count`, `bridge_stats`.
+- this process's broadcast: `for_process`; `use_in_process` (outside uWSGI: the
+  dev server, the test client).
+- publishing from outside the instance (`uwsgi_ws.client`): `encode_request`, sent
+  on the instance's publish socket by a `PublishSocket` (`Refused` when the mule
+  says no), or put on the Redis bridge's stream by `stream_publish`; `redact` hides
+  a Redis URL's password.
 """
 
 from __future__ import annotations
@@ -21,17 +34,20 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from .. import _uwsgi, settings
+from .. import _uwsgi, frames, settings
 from ..exceptions import PublishError, RingError
 from . import history, local
 from .hub import After, Batch, Done, Hub, Last, QueueSubscriber, Recovered, Recovery, Subscriber
-from .publish import Data, channel_bytes, mule_problem  # noqa: F401  (part of the face)
+from .publish import Data, Link, Refused, channel_bytes, decode_request, encode_request
 from .publish import publish as _publish
-from .redis import FLAG_GLOBAL, GlobalState, event_position, global_state, starting
-from .ring import BroadcastRing, Entry, Lapped
+from .redis import FLAG_GLOBAL, GlobalState, add_event, event_position, global_state, starting
+from .redis import redact as _redact
+from .redis import stats as _bridge_stats
+from .ring import FLAG_BINARY, FLAG_EVENT, FLAG_REMOTE, BroadcastRing, Entry, Lapped
 
-__all__ = ["FLAG_GLOBAL", "After", "Batch", "Broadcast", "Entry", "Last", "Position", "QueueSubscriber", "Recovered",
-           "Recovery", "Subscriber", "channel_bytes", "for_process"]
+__all__ = ["After", "Batch", "Broadcast", "Data", "Entry", "Last", "Message", "Position", "PublishSocket",
+           "QueueSubscriber", "Recovered", "Recovery", "Refused", "Subscriber", "bridge_stats", "channel_bytes",
+           "encode_request", "for_process", "redact", "stream_publish", "use_in_process"]
 
 
 #: Seconds `Broadcast.recover` waits for this instance to reach a global position a
@@ -53,6 +69,37 @@ class Position(NamedTuple):
     seq: int
 
 
+class Message(NamedTuple):
+    """One broadcast message as a subscriber reads it: `Message.of` an `Entry` of a
+    `Batch`, without the ring's WebSocket framing or flag bits (what an SSE stream,
+    presence or a Socket.IO listener needs; a WebSocket writes `Batch.data` as is)."""
+
+    #: Its number in this instance's ring (the ring's epoch is `Batch.epoch`).
+    seq: int
+    #: "" for every connection, else the channel it was published on.
+    channel: str
+    #: The message as published (an event: its UTF-8 JSON text, ending with the
+    #: ``"seq"`` and ``"epoch"`` its numbering gave it).
+    payload: bytes
+    #: Published as bytes (a binary frame), else as text.
+    binary: bool
+    #: Published as an event (``publish(..., event=True)``): numbered, resumable.
+    event: bool
+    #: Another instance's, received through the Redis bridge (its own numbering is in
+    #: its payload, not `seq`).
+    remote: bool
+    #: An event numbered by the Redis bridge's stream (the numbering shared by every
+    #: instance, written in its payload), not by this ring.
+    redis_numbered: bool
+
+    @classmethod
+    def of(cls, entry: Entry) -> Message:
+        """Read `entry` (one of `Batch.entries`). Copies the payload; never blocks."""
+        flags = entry.flags
+        return cls(entry.seq, entry.channel, frames.payload(entry.frame), bool(flags & FLAG_BINARY),
+                   bool(flags & FLAG_EVENT), bool(flags & FLAG_REMOTE), bool(flags & FLAG_GLOBAL))
+
+
 class Broadcast:
     """This process's access to the instance broadcast. One per process (`for_process`).
 
@@ -64,6 +111,7 @@ class Broadcast:
     def __init__(self, runtime: Any) -> None:
         self._rt = runtime
         self._hub: Optional[Hub] = None
+        self._ring: Optional[BroadcastRing] = None  # the hub's ring, set before `_hub`
         self._problem: Optional[str] = None
         self._lock = threading.Lock()  # never held across a yield: fine in every model
         self._startup_deadline: Optional[float] = None  # `_global_state`'s wait window
@@ -112,36 +160,43 @@ class Broadcast:
         if self._hub is None and (self._problem is None or not _uwsgi.available()):
             with self._lock:
                 if self._hub is None and (self._problem is None or not _uwsgi.available()):
-                    self._hub, self._problem = self._make_hub()
+                    ring, self._problem = self._make_ring()
+                    if ring is not None:
+                        self._ring = ring
+                        self._hub = Hub(self._rt, ring, wake=None if _uwsgi.available() else local.instance().waker())
         return self._hub
 
-    def _make_hub(self) -> Tuple[Optional[Hub], Optional[str]]:
+    def _make_ring(self) -> Tuple[Optional[BroadcastRing], Optional[str]]:
+        """The ring this worker's hub reads, or None and why not."""
         if not self._rt.HAS_TASKS:
             return None, "the async (ugreen) model has no background tasks: use --gevent or --threads"
         if not _uwsgi.available():
             if local.wanted():  # flask run, the test client: the same hub on an in-process ring
-                shared = local.instance()
-                return Hub(self._rt, shared.ring, wake=shared.waker()), None
+                return local.instance().ring, None
             return None, ("broadcast needs uWSGI: run the app under uwsgi (or app.run()); "
                           "outside it, flask run and ws.test_client() use an in-process broadcast")
         from .publish import shared_ring
 
         try:
-            ring = shared_ring()
+            return shared_ring(), None
         except RingError as exc:
             return None, str(exc)
-        return Hub(self._rt, ring), None
 
     def _hub_or_raise(self) -> Hub:
+        return self._attached()[0]
+
+    def _attached(self) -> Tuple[Hub, BroadcastRing]:
+        """This worker's hub and its ring. Raises RingError when unavailable."""
         hub = self._get_hub()
-        if hub is None:
+        ring = self._ring
+        if hub is None or ring is None:
             raise RingError(f"broadcast is not available in this worker: {self._problem}")
-        return hub
+        return hub, ring
 
     def position(self) -> Position:
         """The current position of the instance's ring (every message, plain or event).
         Raises RingError when unavailable."""
-        ring = self._hub_or_raise().ring
+        ring = self._attached()[1]
         return Position(ring.epoch, ring.write_seq)
 
     def event_position(self) -> Position:
@@ -149,7 +204,7 @@ class Broadcast:
         and `resume` takes: the ring's (`position`), or with the Redis bridge the stream's
         shared by every instance (epoch and global seq of the last event appended here).
         Raises RingError when unavailable."""
-        ring = self._hub_or_raise().ring
+        ring = self._attached()[1]
         state = self._global_state(ring)
         if state is not None:
             return Position(state.epoch, state.seq)
@@ -174,8 +229,8 @@ class Broadcast:
         """Why a `resume` answered Recovered(False, `oldest`) when it is not simply that
         the instance keeps messages from `oldest` on: with the Redis bridge, that Redis's
         stream no longer has the earlier ones (MAXLEN trimmed them). None otherwise."""
-        hub = self._hub
-        state = global_state(hub.ring) if hub is not None and _uwsgi.available() else None
+        ring = self._ring
+        state = global_state(ring) if ring is not None and _uwsgi.available() else None
         if state is not None and (oldest in self._trimmed or (state.trimmed and oldest == state.floor + 1)):
             return (f"trimmed: Redis's stream (MAXLEN) no longer holds the messages before seq {oldest}; "
                     "refetch the state")
@@ -231,8 +286,8 @@ class Broadcast:
         greenlet only while asking the history (when the ring cannot serve the plan).
         Raises RingError when unavailable.
         """
-        hub = self._hub_or_raise()
-        oldest = hub.ring.min_seq
+        hub, ring = self._attached()
+        oldest = ring.min_seq
         ask_after = {c: r.seq for c, r in plan.items() if isinstance(r, After) and r.seq + 1 < oldest}
         ask_last = {c: r.n for c, r in plan.items() if isinstance(r, Last)}
         preface: Sequence[Entry] = ()
@@ -245,7 +300,7 @@ class Broadcast:
                     if channel not in gone:
                         plan[channel] = After(reply.through)
 
-        self._wait_hub(hub, plan)
+        self._wait_hub(hub, ring, plan)
 
         def finish(result: Dict[str, Recovered]) -> None:
             for channel, oldest_kept in gone.items():  # the oldest the history still has
@@ -256,7 +311,7 @@ class Broadcast:
 
         hub.recover(sub, list(plan.items()), finish, preface)
 
-    def _wait_hub(self, hub: Hub, plan: Dict[str, Recovery]) -> None:
+    def _wait_hub(self, hub: Hub, ring: BroadcastRing, plan: Dict[str, Recovery]) -> None:
         """Wait (at most CATCH_UP_WAIT seconds) until this worker's hub has handed out the
         ring up to the highest `After` seq of `plan`: the hub subscribes at the point it
         reached and delivers live what follows, so a position beyond that point (a
@@ -264,7 +319,7 @@ class Broadcast:
         have those messages sent twice."""
         target = max((r.seq for r in plan.values() if isinstance(r, After)), default=0)
         deadline = time.monotonic() + CATCH_UP_WAIT
-        while getattr(hub, "_last", target) < target <= hub.ring.write_seq and time.monotonic() < deadline:
+        while hub.reached < target <= ring.write_seq and time.monotonic() < deadline:
             self._rt.sleep(0.002)
 
     def resume(self, sub: Subscriber, plan: Dict[str, Recovery], done: Optional[Done] = None) -> None:
@@ -273,22 +328,21 @@ class Broadcast:
         instance. `done`'s seqs are in that numbering too. Same blocking and errors as
         `recover`; with the bridge it may also wait (at most CATCH_UP_WAIT seconds) for
         a position a client saw on a faster instance."""
-        hub = self._hub_or_raise()
-        state = self._global_state(hub.ring)
+        hub, ring = self._attached()
+        state = self._global_state(ring)
         if state is None:
             self.recover(sub, plan, done)
         else:
-            self._recover_global(hub, state, sub, plan, done)
+            self._recover_global(hub, ring, state, sub, plan, done)
 
     # -- global positions (the Redis bridge numbers event broadcasts) ----------------------
 
-    def _recover_global(self, hub: Hub, state: GlobalState, sub: Subscriber, plan: Dict[str, Recovery],
-                        done: Optional[Done]) -> None:
+    def _recover_global(self, hub: Hub, ring: BroadcastRing, state: GlobalState, sub: Subscriber,
+                        plan: Dict[str, Recovery], done: Optional[Done]) -> None:
         """`recover` with positions of the stream shared through Redis: each `After(g)` is
         translated to the ring seq after which this ring holds the event broadcasts
         numbered above g (they are in the same order on every instance); a position the
         ring cannot serve is answered Recovered(False, oldest global seq still here)."""
-        ring = hub.ring
         wanted = max((r.seq for r in plan.values() if isinstance(r, After)), default=0)
         if wanted > state.seq:  # seen on a faster instance: wait until this one has it too
             deadline = time.monotonic() + CATCH_UP_WAIT
@@ -339,7 +393,7 @@ class Broadcast:
                 for channel in ask_last:
                     plan[channel] = After(reply.through)
 
-        self._wait_hub(hub, plan)
+        self._wait_hub(hub, ring, plan)
 
         def finish(result: Dict[str, Recovered]) -> None:  # in the hub's task: scans stay short
             out: Dict[str, Recovered] = {}
@@ -455,6 +509,82 @@ def for_process(runtime: Any) -> Broadcast:
         with _instances_lock:
             found = _instances.setdefault(key, Broadcast(runtime))
     return found
+
+
+def use_in_process() -> None:
+    """Use the in-process broadcast in this process from now on, outside uWSGI (the
+    development server, ``ws.test_client()``): the same ring and hub in this
+    process's memory, so seqs, epochs, rooms and resume behave as under uWSGI.
+    Idempotent; any thread; no effect under uWSGI."""
+    local.enable()
+
+
+def bridge_stats() -> Dict[str, Any]:
+    """The Redis bridge's counters and states as the broadcast mule records them in the
+    ring header (any process of the instance; no Redis, no lock): ``out_state`` and
+    ``in_state`` ("connected", "unreachable", "not started", "off"), ``local_total``,
+    ``out``, ``inbound``, ``missed``, ``late``, ``not_bridged``, ``last_id``,
+    ``instance``, ``write_seq`` and the other fields of the bridge block
+    (uwsgi_ws/broadcast/redis.py). Raises RingError when this process has no ring."""
+    return _bridge_stats()
+
+
+class PublishSocket:
+    """A client of an instance's publish socket (``uwsgi-ws-publish-socket``, a path)
+    from any process of the host: one acknowledged request at a time. Not
+    thread-safe (one user at a time). Reconnects by itself and keeps its client id,
+    so a request sent again after a broken connection is never appended twice."""
+
+    def __init__(self, path: str) -> None:
+        self._link = Link(path)
+
+    def send(self, request: bytes, timeout: float) -> int:
+        """Send `request` (`encode_request`) and return its seq in the instance's ring
+        once the broadcast mule appended it. Blocks the calling thread up to `timeout`
+        seconds (plain blocking sockets).
+
+        Raises:
+            Refused: the mule refused it (too large, malformed): the text says why.
+            PublishError: no answer within `timeout`; the text says what was wrong (no
+                such socket, permission denied, the mule not running).
+        """
+        return self._link.call(request, timeout)
+
+    def close(self) -> None:
+        """Close the connection (the next `send` reconnects). Idempotent."""
+        self._link.close()
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced by ``***``, for logs and error messages. Never
+    raises: a URL too broken to split (or with a port out of range) keeps only what is safe."""
+    return _redact(url)
+
+
+def stream_publish(client: Any, stream: str, maxlen: int, origin: str, number: int, request: bytes) -> int:
+    """Add one publish request (`encode_request`) to the Redis bridge's `stream` as
+    request `number` (1, 2, 3...) of the publisher `origin` (its random id), the way
+    every bridged instance reads it: a plain message with fields ``o n c f d`` (a
+    reader drops a repeated (origin, number) as a duplicate), an event numbered in
+    Redis like the instances' own (the stream's seq and epoch; the same number sent
+    again answers the seq of the first). `client`: a redis-py client; `maxlen`: the
+    approximate length Redis trims the stream to. Blocks on one round trip.
+
+    Returns:
+        The event's global seq, or `number` for a plain message.
+
+    Raises:
+        ValueError: `request` is malformed.
+        redis.RedisError, OSError: from the client (retrying with the same `number`
+            is safe).
+    """
+    channel, flags, payload = decode_request(request)
+    if flags & FLAG_EVENT:
+        return add_event(client, stream, maxlen, origin, channel, flags, payload, number=number)
+    fields: Dict[Any, Any] = {"o": origin, "n": number, "c": channel.encode("utf-8"), "f": flags & FLAG_BINARY,
+                              "d": payload}
+    client.xadd(stream, fields, maxlen=maxlen, approximate=True)
+    return number
 
 
 def publish(data: Data, channel: Optional[str] = None, event: bool = False) -> int:

@@ -221,6 +221,12 @@ class Hub:
         self._metrics = metrics.local()
         self._task = runtime.spawn(self._run)
 
+    @property
+    def reached(self) -> int:
+        """The ring seq up to which the fan-out has handed every entry out (the point a
+        recovery queued now starts live delivery from). Any thread; no lock (one int)."""
+        return self._last
+
     # -- membership -----------------------------------------------------------
 
     def attach(self, sub: Subscriber) -> None:

@@ -117,7 +117,7 @@ def open_connections(exclude_worker: int) -> int:
 
 def bridge_state() -> Optional[Dict[str, Any]]:
     """The Redis bridge of this instance as the broadcast mule reports it in the ring
-    header (`uwsgi_ws.broadcast.redis.stats`), or None when no ``redis-url`` is set.
+    header (`uwsgi_ws.broadcast.bridge_stats`), or None when no ``redis-url`` is set.
 
     Returns:
         ``{"out_state", "in_state"}`` ("connected", "unreachable", "not started", "off"),
@@ -136,9 +136,9 @@ def bridge_state() -> Optional[Dict[str, Any]]:
     except Exception:
         return None
     try:
-        from ..broadcast.redis import stats
+        from ..broadcast import bridge_stats  # here: the broadcast's hub imports this module
 
-        raw = stats()
+        raw = bridge_stats()
     except Exception as exc:  # no ring in this process (outside uWSGI, no sharedarea)
         return {"error": f"{type(exc).__name__}: {exc}"}
     pending = int(raw["local_total"]) - int(raw["out"]) - int(raw["not_bridged"])

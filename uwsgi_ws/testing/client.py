@@ -7,7 +7,7 @@ and speaks RFC 6455 as a client on the other end. The server side is the real
 thing: the extension's handshake checks, access policy and ``before_connect``
 hooks, the same `Connection` and protocol engine as under uWSGI (close codes,
 size limits, UTF-8 checks, keepalive), and the in-process broadcast
-(`uwsgi_ws.broadcast.local`: the same ring and hub, so ``seq``, ``epoch``,
+(`uwsgi_ws.broadcast.use_in_process`: the same ring and hub, so ``seq``, ``epoch``,
 ``last`` and ``not_recovered`` behave as in production). ``ws.publish`` and
 ``live.emit`` called by the test reach the test's clients.
 
@@ -55,7 +55,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from .. import events_protocol
-from ..broadcast import Batch, Broadcast, QueueSubscriber, local
+from ..broadcast import Batch, Broadcast, QueueSubscriber, use_in_process
 from ..exceptions import ConnectionClosed, EventError, UwsgiWsError
 
 if TYPE_CHECKING:  # annotations only: uwsgi_ws.extension imports this module (WebSocket.test_client)
@@ -100,7 +100,7 @@ class TestClient:
     def __init__(self, ws: WebSocket, flask_test_client: Any = None) -> None:
         if ws.app is None:
             raise RuntimeError("test_client() needs the app: call it after WebSocket(app) or init_app(app)")
-        local.enable()
+        use_in_process()
         self.ws = ws
         self.app = ws.app
         self.flask_test_client = flask_test_client
