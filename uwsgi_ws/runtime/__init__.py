@@ -7,6 +7,7 @@ checks live here and nowhere else.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import cast
 
 from .. import _uwsgi
@@ -14,7 +15,7 @@ from ..log import get as _logger
 from . import _stoppipe  # noqa: F401  (snapshots the master's pipes at import, before the fork)
 from .base import Runtime
 
-__all__ = ["Runtime", "detect", "load"]
+__all__ = ["Runtime", "detect", "load", "primitives_library", "socket_module"]
 
 
 def detect() -> str:
@@ -41,3 +42,30 @@ def load(name: str) -> Runtime:
             "uWSGI >= 2.0.27 deadlocks a worker on overlapping requests there; use --gevent"
         )
     return cast(Runtime, mod)
+
+
+def primitives_library(rt: Runtime) -> str:
+    """The library whose primitives block only the calling task in `rt`'s model, by the
+    name libraries with one driver per library use (python-engineio's ``async_mode``):
+    "gevent" under gevent, "threading" under threads.
+
+    Raises:
+        ValueError: the model has no background tasks (uWSGI's async/ugreen cores,
+            `Runtime.HAS_TASKS` false): such libraries need them.
+    """
+    if not rt.HAS_TASKS:
+        raise ValueError(f"the {rt.NAME} model (uWSGI --async/--ugreen) runs no background tasks")
+    return "gevent" if rt.NAME == "gevent" else "threading"
+
+
+def socket_module(rt: Runtime) -> ModuleType:
+    """The socket module whose blocking calls block only the calling task in `rt`'s
+    model: ``gevent.socket`` under gevent (its greenlet waits, the worker's loop runs),
+    ``socket`` otherwise. Raises ImportError under gevent without gevent installed."""
+    if rt.NAME == "gevent":
+        import gevent.socket
+
+        return cast(ModuleType, gevent.socket)
+    import socket
+
+    return socket

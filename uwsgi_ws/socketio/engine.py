@@ -23,9 +23,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import parse_qs
 
 import engineio
+from engineio import packet as eio_packet
 
-from .. import _uwsgi, frames
+from .. import _uwsgi, frames, runtime
 from ..exceptions import ConnectionClosed
+from ..runtime import Runtime
 from .outbox import TRY_AGAIN_LATER, Outbox
 
 log = logging.getLogger("uwsgi_ws.socketio.engine")
@@ -38,10 +40,10 @@ ON_OPEN_KEY = "uwsgi_ws.socketio.on_open"
 CONNECTION_FACTORY_KEY = "uwsgi_ws.socketio.connection_factory"
 
 
-def uwsgi_model() -> str:
-    """The concurrency model of the running uWSGI ("threads", "gevent" or "async";
-    "threads" outside uWSGI)."""
-    return _uwsgi.model()
+def worker_runtime() -> Runtime:
+    """The concurrency-model adapter of the running uWSGI (`uwsgi_ws.runtime`; threads
+    outside uWSGI)."""
+    return runtime.load(runtime.detect())
 
 
 def worker_id() -> int:
@@ -130,6 +132,44 @@ class ConnectionWebSocket:
             pass
 
 
+class PollingSessions:
+    """A worker's Engine.IO sessions on HTTP long-polling, shaped as `uwsgi_ws.shutdown`
+    tracks a connection (`close`, `close_nowait`): when uWSGI stops the worker (a
+    reload: `close`; a shutdown: `close_nowait`), every session still on polling gets
+    Engine.IO's CLOSE packet in its waiting poll (or its next one, wherever it lands)
+    at once, and the client reconnects, to the new workers, instead of the poll
+    being held until the ping interval or the master's worker-reload-mercy. Once a
+    poll took the packet the session is closed here (the app's disconnect handler
+    runs). The packet is queued before the session is marked closed: engineio
+    answers a poll for a closed session 400 ("Invalid session"), which the client
+    reads as a transport error. Sessions on (or upgrading to) a WebSocket are left
+    alone: their connection is tracked itself (close 1012/1001).
+
+    Thread-safe; never blocks (the waits run in tasks of the session's server).
+    """
+
+    def __init__(self, eio: EngineServer) -> None:
+        self._eio = eio
+
+    def close(self, code: int = 1012, reason: str = "") -> None:
+        """Queue CLOSE on every polling session; each closes once a poll took it."""
+        eio = self._eio
+        for sid, session in list(eio.sockets.items()):
+            if session.closed or session.closing or session.upgrading or session.upgraded:
+                continue
+            try:
+                session.send(eio_packet.Packet(eio_packet.CLOSE))
+                eio.start_background_task(self._close_when_taken, session)
+            except Exception:  # one session must not spare the others
+                log.exception("uwsgi_ws.socketio: closing polling session %s at the worker's stop failed", sid)
+
+    close_nowait = close
+
+    def _close_when_taken(self, session: Any) -> None:
+        session.queue.join()  # a poll took the CLOSE packet (engineio calls task_done per packet)
+        session.close(wait=False, abort=True, reason=self._eio.reason.SERVER_DISCONNECT)
+
+
 class EngineServer(engineio.Server):  # type: ignore[misc]
     """An engineio.Server whose WebSocket transport is `ConnectionWebSocket` and whose
     session ids carry the owning worker. `async_mode` reads ``"uwsgi_ws"``;
@@ -151,12 +191,17 @@ class EngineServer(engineio.Server):  # type: ignore[misc]
         if requested not in (None, "uwsgi_ws", "threading", "gevent", "gevent_uwsgi"):
             raise ValueError(f"async_mode={requested!r} is not available here: uwsgi_ws.socketio runs on uWSGI "
                              "(threads or gevent, read from the uWSGI options); leave async_mode out")
-        model = uwsgi_model()
-        if model == "async":
-            raise ValueError("uwsgi_ws.socketio needs background tasks: run uWSGI with --threads or --gevent, "
-                             "not --async/--ugreen")
-        self.model = model
-        super().__init__(async_mode="gevent" if model == "gevent" else "threading", **kwargs)
+        adapter = worker_runtime()
+        try:
+            library = runtime.primitives_library(adapter)  # engineio's table of the same primitives
+        except ValueError as exc:
+            raise ValueError(f"uwsgi_ws.socketio needs background tasks ({exc}): run uWSGI with --threads "
+                             "or --gevent, not --async/--ugreen") from None
+        #: The uWSGI model's name ("threads" or "gevent"): the primitives follow it.
+        self.model: str = adapter.NAME
+        #: The socket module of the model (`uwsgi_ws.runtime.socket_module`): the hand-off's sockets.
+        self.socket_module: Any = runtime.socket_module(adapter)
+        super().__init__(async_mode=library, **kwargs)
         self._async: Dict[str, Any] = dict(self._async, websocket=ConnectionWebSocket)
         self.async_mode = "uwsgi_ws"
 

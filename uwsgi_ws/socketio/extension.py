@@ -17,6 +17,8 @@ Differences from Flask-SocketIO are listed in docs/socketio.md.
 
 from __future__ import annotations
 
+import atexit
+import http
 import importlib.util
 import logging
 import os
@@ -30,8 +32,9 @@ import flask_socketio
 import socketio
 from flask import Flask, Response, request
 
-from .. import _uwsgi, handshake
+from .. import _uwsgi, handshake, metrics, shutdown
 from ..connection import Connection
+from ..exceptions import HandshakeRefused
 from . import engine, handoff
 from .listener import ChannelListener, subscribe
 from .manager import BroadcastManager
@@ -205,8 +208,15 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         with self._worker_lock:
             if self._worker.get("pid") == pid:
                 return self._worker
-            state = {"pid": pid, "broadcast": None, "listener": None, "forwarder": None}
-            self.server.eio.runtime = self.websocket.runtime()
+            rt = self.websocket.runtime()
+            inflight = _InFlight(rt)
+            state = {"pid": pid, "broadcast": None, "listener": None, "forwarder": None, "inflight": inflight}
+            self.server.eio.runtime = rt
+            # uWSGI waits for its requests when it stops a worker, not for the ones handed to it:
+            # the worker's exit (a reload's, once the stop hooks closed them) waits for those
+            atexit.register(inflight.drain, float(self.websocket.option("close_timeout")) + 1.0)
+            # a reload answers this worker's waiting polls with CLOSE (its WebSockets get 1012 as any)
+            shutdown.track(engine.PollingSessions(self.server.eio), self.server.eio.runtime)
             broadcast = self.websocket.broadcast()
             if broadcast.available:  # creating the hub calls uWSGI's API: here, in a request
                 state["broadcast"] = broadcast
@@ -215,7 +225,7 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
                             pid, broadcast.problem)
             masterpid, worker = _uwsgi_ids()
             if masterpid and worker:
-                sockets = _socket_module(self.server.eio.model)
+                sockets = self.server.eio.socket_module
                 state["forwarder"] = handoff.Forwarder(sockets, masterpid)
                 try:
                     state["listener"] = handoff.Listener(sockets, self.server.eio.start_background_task,
@@ -239,7 +249,16 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         return state.get("broadcast") if state.get("pid") == os.getpid() else None
 
     def _serve_handed_off(self, item: Dict[str, Any], client: Any) -> None:
-        """Answer a request another worker handed over, on the client's socket."""
+        """Answer a request another worker handed over, on the client's socket (counted
+        in this worker's `_InFlight`: its exit waits for it)."""
+        inflight = self._worker.get("inflight")
+        if inflight is None:  # pragma: no cover - the listener starts after the worker's state
+            self._serve_handed_off_now(item, client)
+            return
+        with inflight:
+            self._serve_handed_off_now(item, client)
+
+    def _serve_handed_off_now(self, item: Dict[str, Any], client: Any) -> None:
         meta, environ = item["meta"], item["environ"]
         environ["flask.app"] = self._app
         if meta["kind"] == "websocket":
@@ -257,22 +276,33 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
             client.close()
 
     def _serve_websocket(self, environ: Dict[str, Any], client: Any) -> None:
+        """Serve a handed-off WebSocket upgrade on the client's socket, as a uwsgi_ws
+        route serves one (uwsgi_ws/extension.py `_serve`): `shutdown.upgrading` around
+        the 101, the connection counted (`metrics.opened`, route ``/<path>/``) and
+        tracked (`shutdown.track`: close 1012 on a graceful reload, 1001 on a
+        shutdown) until it is over (`untrack`, `metrics.closed`). A refusal (a bad
+        handshake, 503 while the worker shuts down) is answered in plain HTTP."""
         sock = socket.socket(fileno=client.detach())  # our engine takes a plain socket
-        opened: List[Connection] = []
+        rt = self.websocket.runtime()
+        route = f"/{self.resource}/"
+        opened: List[Tuple[Connection, Any]] = []  # the connection and its metrics token
 
         def connect() -> Connection:
             key = handshake.check_request(environ)
-            head = ["HTTP/1.1 101 Switching Protocols", *(f"{k}: {v}" for k, v in
-                                                          handshake.response_headers(key, None)), "", ""]
-            sock.sendall("\r\n".join(head).encode("latin-1"))
-            sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            ws = self.websocket
-            # broadcast=None: a Socket.IO session takes broadcasts through its manager, not the hub
-            conn = Connection(sock, environ, ws.runtime(), **{k: ws.option(k) for k in _CONNECTION_OPTIONS})
-            conn.start()
-            opened.append(conn)
+            with shutdown.upgrading(rt):  # a full shutdown meanwhile waits for `track`
+                head = ["HTTP/1.1 101 Switching Protocols", *(f"{k}: {v}" for k, v in
+                                                              handshake.response_headers(key, None)), "", ""]
+                sock.sendall("\r\n".join(head).encode("latin-1"))
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                ws = self.websocket
+                # broadcast=None: a Socket.IO session takes broadcasts through its manager, not the hub
+                conn = Connection(sock, environ, rt, **{k: ws.option(k) for k in _CONNECTION_OPTIONS})
+                token = metrics.opened(route)
+                conn.start()
+                shutdown.track(conn, rt)  # close 1012 on a graceful worker stop
+                opened.append((conn, token))
             return conn
 
         environ[engine.CONNECTION_FACTORY_KEY] = connect
@@ -281,14 +311,23 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
             if result is not None and not opened:
                 sock.sendall(handoff.http_response(result["status"], result["headers"], result["body"],
                                                    environ["SERVER_PROTOCOL"]))
-        except handshake.HandshakeError as exc:
-            sock.sendall(handoff.http_response(f"{exc.status} Bad Request", [("Content-Type", "text/plain")],
-                                               str(exc).encode() + b"\n"))
+        except HandshakeRefused as exc:  # handshake.HandshakeError too
+            metrics.rejected(exc.reason, str(exc), route, exc.status)
+            status = f"{exc.status} {_phrase(exc.status)}"
+            headers = [("Content-Type", "text/plain; charset=utf-8"), *exc.headers]
+            try:
+                sock.setblocking(True)
+                sock.sendall(handoff.http_response(status, headers, str(exc).encode() + b"\n",
+                                                   environ.get("SERVER_PROTOCOL", "HTTP/1.1")))
+            except OSError:
+                pass
         except OSError:
             pass
         finally:
-            for conn in opened:
+            for conn, token in opened:
                 conn.finish()
+                shutdown.untrack(conn)
+                metrics.closed(token, conn)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -319,6 +358,47 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         """Stop the uWSGI instance serving the app (gracefully: the master reloads
         nothing and exits)."""
         _uwsgi.api().stop()
+
+
+class _InFlight:
+    """The handed-off requests a worker is serving (`with inflight:` around each).
+
+    uWSGI's graceful stop waits for the worker's own requests; these run in tasks
+    of the hand-off listener, outside uWSGI's cores, so the worker's exit waits for
+    them instead (`drain`, from `atexit`): a reload has just closed them (WebSockets
+    with 1012, polls answered with CLOSE: `uwsgi_ws.shutdown`), and their last
+    bytes must reach the client before the process ends. Thread-safe."""
+
+    def __init__(self, rt: Any) -> None:
+        self._pid = os.getpid()  # atexit handlers outlive a fork: only this process drains
+        self._lock = threading.Lock()  # never held across a yield
+        self._count = 0
+        self._idle = rt.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+            self._idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    def drain(self, timeout: float) -> None:
+        """Block (the calling thread or greenlet) until no handed-off request is being
+        served, at most `timeout` seconds; logs those still running then. Never raises."""
+        if self._count == 0 or os.getpid() != self._pid:
+            return
+        try:
+            if not self._idle.wait(timeout):
+                log.warning("uwsgi_ws.socketio: worker %d exits with %d handed-off request(s) still served "
+                            "after %.1f s", os.getpid(), self._count, timeout)
+        except Exception as exc:  # e.g. no loop left to wait in: exit as uWSGI decided
+            log.warning("uwsgi_ws.socketio: worker %d cannot wait for its handed-off requests at exit (%s)",
+                        os.getpid(), exc)
 
 
 class _HandOffMiddleware:
@@ -363,6 +443,13 @@ class _HandOffMiddleware:
         return False
 
 
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _under_uwsgi() -> bool:
     return _uwsgi.available()
 
@@ -375,14 +462,6 @@ def _uwsgi_ids() -> Tuple[int, int]:
         return _uwsgi.masterpid(), engine.worker_id()
     except Exception:
         return 0, 0
-
-
-def _socket_module(model: str) -> Any:
-    if model == "gevent":
-        import gevent.socket
-
-        return gevent.socket
-    return socket
 
 
 def _mule_entry() -> str:
