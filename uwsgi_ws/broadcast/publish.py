@@ -121,16 +121,18 @@ Address = Union[str, bytes]
 def encode_request(data: Data, channel: Optional[str], event: bool = False) -> bytes:
     """The publish request for `data` on `channel` (layout above).
 
+    Every publish entry encodes here (`publish`, the in-process broadcast, and
+    `uwsgi_ws.client.Publisher` outside the instance), so a message is checked in
+    the publishing process, before anything goes to the mule.
+
     Raises:
         TypeError: `data` is neither str nor bytes-like.
-        PublishError: not valid Unicode, a bad channel name, or a malformed event.
+        ValueError: a str with a lone surrogate: a text frame must be UTF-8 (RFC 6455
+            section 5.6; `frames.utf8`, the rule `Connection.send` applies).
+        PublishError: a bad channel name, or a malformed event.
     """
     if isinstance(data, str):
-        try:
-            flags, payload = 0, data.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise PublishError(f"the text message is not valid Unicode (a lone surrogate at position {exc.start}): "
-                               "publish valid str, or bytes for a binary message") from None
+        flags, payload = 0, frames.utf8(data, "a published text message")
     elif isinstance(data, (bytes, bytearray, memoryview)):
         flags, payload = FLAG_BINARY, bytes(data)
     else:
@@ -602,6 +604,8 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
             did not answer in time (stopped, e.g. SIGSTOP), it may still be
             appended once it runs again.
         TypeError: `data` is not str or bytes-like.
+        ValueError: a str with a lone surrogate (a text frame must be UTF-8, RFC 6455
+            section 5.6), raised before anything is sent.
 
     Thread-safety: any thread, greenlet or process; blocks the caller (only) until
     the mule appended the message. In uWSGI's master (a thread the app started at
