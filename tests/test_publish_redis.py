@@ -59,6 +59,8 @@ def test_redis_publisher_reaches_every_bridged_instance(model, redis_server, tmp
             # one seq and epoch, so a browser's position stays valid on any instance
             assert pub.emit("/live", "tick", {"n": 1}, to="r1") == 1
             assert pub.emit("/live", "all", {"n": 2}) == 2
+            # plain publishes keep their own numbering next to events: no gap for the readers
+            assert pub.publish("after events") == 3
         import redis as redis_py
         r = redis_py.Redis.from_url(redis_server.url)
         epoch = r.get(stream + ":epoch").decode()
@@ -66,6 +68,7 @@ def test_redis_publisher_reaches_every_bridged_instance(model, redis_server, tmp
         for conn in clients:
             assert conn.recv() == "to all"
             assert conn.recv() == b"\x00bin"
+            assert conn.recv() == "after events"
         for read in readers:
             events = read()
             assert [(e[1], e[2]["data"], e[2]["room"]) for e in events] == [(b"tick", {"n": 1}, "r1"),
@@ -85,6 +88,7 @@ def test_redis_publisher_reaches_every_bridged_instance(model, redis_server, tmp
             server.stop()
     for server in instances:
         assert not server.crashes(), server.log()
+        assert "missed" not in server.log(), server.log()[-3000:]  # a gap in the publisher's numbering
     with pytest.raises(PublishError, match="cannot publish to Redis"):
         Publisher(redis_url="redis://127.0.0.1:1/0", timeout=0.3).publish("nowhere")
 

@@ -192,7 +192,7 @@ class Publisher:
     def _send(self, request: bytes, event: bool = False) -> int:
         with self._lock:
             if self._redis is not None:
-                return self._redis.add(request)
+                return self._redis.add(request, event)
             assert self._link is not None and self.socket_path is not None
             self._check_path(self.socket_path)
             try:
@@ -222,7 +222,7 @@ class _Sink:
         self._publisher, self._seqs = publisher, seqs
 
     def publish(self, data: Data, channel: Optional[str] = None, event: bool = False) -> int:
-        seq = self._publisher._send(encode_request(data, channel, event))
+        seq = self._publisher._send(encode_request(data, channel, event), event)
         self._seqs.append(seq)
         return seq
 
@@ -247,16 +247,20 @@ class _RedisStream:
         self.url, self.stream, self.maxlen, self.timeout = url, stream, maxlen, timeout
         self.epoch = int.from_bytes(os.urandom(8), "little") >> 1 or 1
         self.origin = "%016x" % self.epoch
-        self.n = 0
+        # Request numbers, one sequence per kind: the readers count gaps in the plain messages'
+        # (o, n) to report loss, while events are numbered by Redis (`n` only makes a retry
+        # idempotent), so an event must not take a number from the plain sequence.
+        self.numbers = {False: 0, True: 0}
 
-    def add(self, request: bytes) -> int:
-        self.n += 1
+    def add(self, request: bytes, event: bool) -> int:
+        self.numbers[event] += 1
+        number = self.numbers[event]
         deadline = time.monotonic() + self.timeout
         delay = 0.05
         while True:
             try:
                 # the same number again on a retry: a reader drops a duplicate, Redis answers an event's first seq
-                return stream_publish(self._client, self.stream, self.maxlen, self.origin, self.n, request)
+                return stream_publish(self._client, self.stream, self.maxlen, self.origin, number, request)
             except (self._redis.RedisError, OSError) as exc:
                 if time.monotonic() + delay >= deadline:
                     raise PublishError(f"cannot publish to Redis {_redact(self.url)} stream {self.stream!r} after "
