@@ -20,6 +20,8 @@ import threading
 from types import ModuleType
 from typing import Optional
 
+from .exceptions import UwsgiWsError
+
 try:  # present only inside uWSGI
     import uwsgi as _api
 except ImportError:  # pragma: no cover - depends on the process
@@ -28,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the process
 _MAIN_THREAD = threading.main_thread()
 
 
-class NotUnderUwsgi(RuntimeError):
+class NotUnderUwsgi(UwsgiWsError, RuntimeError):
     """A uWSGI facility was needed outside uWSGI; the message says what to run."""
 
 

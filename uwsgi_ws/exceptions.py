@@ -7,9 +7,18 @@
     ├── BroadcastError              the broadcast cannot do what was asked
     │   ├── RingError               the ring cannot be used (no/too small --sharedarea, ...)
     │   └── PublishError            a publish was not accepted (size, no mule, queue full)
+    │       └── Refused             ... refused by the instance (broadcast.publish)
     ├── HandshakeRefused            an upgrade (or an event stream) answered with plain HTTP
+    ├── UpgradeRefused              the test client's upgrade got plain HTTP (testing.client)
     ├── EventError                  raised by an event handler: an error ack to the client
-    └── ConfigError                 a setting has a value the package cannot use
+    ├── NotUnderUwsgi               also a RuntimeError: a uWSGI facility used outside uWSGI (_uwsgi)
+    └── ConfigError                 also a ValueError: a setting has a value the package cannot use
+        └── MetricsError            the metrics table cannot be set up as configured (metrics)
+
+The classes that live next to their code (in parentheses) subclass these; only
+`broadcast.ring.Lapped`, an internal signal its callers always catch (a reader
+overtaken by the writer), is not one of them. tests/test_exceptions.py holds every
+exception class of the package to this tree.
 
 Each message says what to change (the option, the call) where there is something
 to change. Modeled on websockets.exceptions (one hierarchy; a clean close told

@@ -58,6 +58,8 @@ import os
 import struct
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..exceptions import ConfigError
+
 log = logging.getLogger("uwsgi_ws.metrics")
 
 MAGIC = b"UWSMETR1"
@@ -113,7 +115,7 @@ assert CLOSES + len(CLOSE_CODES) * len(CLOSED_BY) <= UPGRADES
 assert CLOSED + LABELS <= COUNTERS
 
 
-class MetricsError(Exception):
+class MetricsError(ConfigError):
     """The metrics table cannot be set up as configured; the message says what to change."""
 
 
