@@ -16,7 +16,11 @@ from harness import APPS, UWSGI, wait_for
 
 def run_script(tmp_path, debug=False):
     env = {"PORT": "{port}", "RUN_DEBUG": "1" if debug else "0"}
-    return UWSGI([str(APPS / "run_app.py")], tmp_path, executable=sys.executable, env=env)
+    server = UWSGI([str(APPS / "run_app.py")], tmp_path, executable=sys.executable, env=env)
+    # app.run adds the broadcast: stop only once its mule serves (a SIGINT while it still
+    # starts can crash it in CPython's finalization, uWSGI 2.0.31)
+    server.wait_for_log(r"broadcast mule \d+ serving ring")
+    return server
 
 
 @pytest.fixture
@@ -86,3 +90,32 @@ def test_uwsgi_ws_options_go_through_set():
     assert "--processes=2" in args
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--set-placeholder"]
     assert pairs == ["uwsgi-ws-history=50", "uwsgi-ws-history-size=8M"]
+
+
+@pytest.mark.parametrize("cls, options, added, left_out", [
+    ("WebSocket", {}, ["--threads=16", "--enable-threads", "--sharedarea=4096", "--mule-reload-mercy=10"], ["--gevent"]),
+    ("GeventWebSocket", {}, ["--gevent=100", "--sharedarea=4096"], ["--threads", "--enable-threads"]),
+    ("AsyncWebSocket", {}, ["--async=100", "--ugreen"], ["--threads", "--gevent", "--sharedarea", "--mule"]),
+    ("GeventWebSocket", {"threads": 8}, ["--threads=8", "--sharedarea=4096"], ["--gevent", "--enable-threads"]),
+    ("WebSocket", {"threads": False}, ["--sharedarea=4096"], ["--threads", "--gevent"]),
+    ("WebSocket", {"broadcast": False}, ["--threads=16"], ["--sharedarea", "--mule"]),
+    ("WebSocket", {"sharedarea": 64}, ["--sharedarea=64", "--threads=16"], ["--mule", "--sharedarea=4096"]),
+    ("AsyncWebSocket", {"broadcast": True}, ["--async=100", "--sharedarea=4096"], ["--threads"]),
+])
+def test_app_run_defaults_follow_the_class(cls, options, added, left_out):
+    """What app.run adds (uwsgi_ws.run.added_options): the class's model unless a model option was
+    given (even False), the broadcast unless broadcast=False, async, or the caller's own sharedarea/mule."""
+    from flask import Flask
+
+    import uwsgi_ws
+    from uwsgi_ws.run import MULE_FILE, uwsgi_args
+
+    app = Flask("x")
+    getattr(uwsgi_ws, cls)(app)
+    args = uwsgi_args(app, **options)
+    for arg in added:
+        assert arg in args, args
+    for prefix in left_out:
+        assert not any(a == prefix or a.startswith(prefix + "=") for a in args), (prefix, args)
+    if "--sharedarea=4096" in args:
+        assert f"--mule={MULE_FILE}" in args and MULE_FILE.is_file()

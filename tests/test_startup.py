@@ -125,8 +125,14 @@ def script(tmp_path: Path, call: str, guarded: bool = True) -> Path:
     return path
 
 
-def launch(tmp_path: Path, path: Path) -> UWSGI:
-    return UWSGI([str(path)], tmp_path, executable=sys.executable, env={"PORT": "{port}"})
+def launch(tmp_path: Path, path: Path, mule: bool = True) -> UWSGI:
+    """`python app.py`; with `mule` (app.run adds the broadcast unless told not to), once the
+    broadcast mule serves: a SIGINT while it still starts can crash it in CPython's
+    finalization (uWSGI 2.0.31), which these tests are not about."""
+    server = UWSGI([str(path)], tmp_path, executable=sys.executable, env={"PORT": "{port}"})
+    if mule:
+        server.wait_for_log(r"broadcast mule \d+ serving ring")
+    return server
 
 
 def two_at_once(server: UWSGI) -> None:
@@ -158,8 +164,52 @@ def test_app_run_debug_keeps_the_concurrency_model(tmp_path, model):
     assert not server.crashes(), server.log()
 
 
-def test_app_run_without_options_warns(tmp_path):
+def opts(server: UWSGI) -> list:
+    """The names of the options the running instance was started with."""
+    return json.loads(urllib.request.urlopen(server.http + "/opts", timeout=10).read())
+
+
+@pytest.mark.parametrize("cls, expected, absent", [
+    ("WebSocket", ["threads", "enable-threads", "sharedarea", "mule"], ["gevent", "async"]),
+    ("GeventWebSocket", ["gevent", "sharedarea", "mule"], ["threads", "async"]),
+    ("AsyncWebSocket", ["async", "ugreen"], ["threads", "gevent", "sharedarea", "mule"]),
+])
+def test_app_run_without_options_picks_the_model_of_the_class(tmp_path, cls, expected, absent):
+    """app.run() as the seed libraries start their apps: the model of the extension's class, the
+    broadcast (not for async, which has none), said at start; no "one request at a time" warning."""
     path = script(tmp_path, "app.run(port=int(os.environ['PORT']))")
+    path.write_text(path.read_text().replace("from uwsgi_ws import WebSocket", f"from uwsgi_ws import {cls} as WebSocket"))
+    server = launch(tmp_path, path, mule="mule" in expected)
+    try:
+        if cls != "AsyncWebSocket":  # async serves one WebSocket per worker at a time (conf/async.yaml)
+            two_at_once(server)
+        options = opts(server)
+        assert all(name in options for name in expected), options
+        assert not any(name in options for name in absent), options
+        log = server.log()
+        assert "uwsgi_ws: app.run() adds " in log, log
+        assert ("sharedarea=4096" in log) == ("sharedarea" in expected), log
+        assert startup.NO_CONCURRENCY not in log, log
+        assert "is for uWSGI's" not in log, log  # the model started is the class's
+    finally:
+        server.stop()
+    assert not server.crashes(), server.log()
+
+
+def test_app_run_broadcast_false_leaves_the_broadcast_out(tmp_path):
+    path = script(tmp_path, "app.run(port=int(os.environ['PORT']), broadcast=False)")
+    server = launch(tmp_path, path, mule=False)
+    try:
+        two_at_once(server)
+        options = opts(server)
+        assert "threads" in options and "sharedarea" not in options and "mule" not in options, options
+    finally:
+        server.stop()
+
+
+def test_app_run_with_threads_false_warns(tmp_path):
+    """threads=False (an explicit "no model"): no default is added and the warning says what to do."""
+    path = script(tmp_path, "app.run(port=int(os.environ['PORT']), threads=False)")
     server = launch(tmp_path, path)
     try:
         ws = websocket.create_connection(server.url + "/echo", timeout=10)
@@ -167,8 +217,38 @@ def test_app_run_without_options_warns(tmp_path):
         assert ws.recv() == "x"
         ws.close()
         assert startup.NO_CONCURRENCY in server.log(), server.log()
+        assert "threads" not in opts(server)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("cls, model, warned", [
+    ("GeventWebSocket", "threads", True),
+    ("ThreadedWebSocket", "gevent", True),
+    ("GeventWebSocket", "gevent", False),
+    ("WebSocket", "gevent", False),
+    ("WebSocket", "threads", False),
+])
+def test_a_class_for_another_model_is_served_with_the_instances_and_warned_about(tmp_path, cls, model, warned):
+    """GeventWebSocket under a threads uWSGI (or ThreadedWebSocket under gevent): the WebSockets are
+    served with the instance's model (two at once, echoed) and the start-up log names the fix;
+    WebSocket follows the instance and is never warned about."""
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "mismatch_app.py").write_text(
+        SCRIPT.replace("from uwsgi_ws import WebSocket", f"from uwsgi_ws import {cls} as WebSocket"))
+    server = serve("mismatch_app:app", tmp_path, model=model, pythonpath=(str(tmp_path / "apps"), str(ROOT)))
+    try:
+        two_at_once(server)
+        log = server.log()
+        wanted = "--gevent 100" if cls == "GeventWebSocket" else "--threads 16"
+        if warned:
+            assert f"{cls} is for uWSGI's" in log and f"runs the {model} model" in log, log
+            assert wanted in log and "use WebSocket, which follows the instance's model" in log, log
+        else:
+            assert "is for uWSGI's" not in log, log
+    finally:
+        server.stop()
+    assert not server.crashes(), server.log()
 
 
 def test_app_run_at_module_level_just_works_and_says_why(tmp_path):

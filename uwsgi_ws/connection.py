@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .broadcast import Batch, Broadcast
     from .deflate import DeflateOptions
 
-__all__ = ["Connection", "ConnectionClosed", "ConnectionClosedError", "ConnectionClosedOK"]
+__all__ = ["Connection", "ConnectionClosed", "ConnectionClosedError", "ConnectionClosedOK", "LegacyConnection"]
 
 _CLOSED = object()  # inbox sentinel
 _DEFAULT: Any = object()  # receive(): use the connection's receive_timeout
@@ -604,6 +604,61 @@ class Connection:
             self._ended = True
         self._inbox.append(_CLOSED)
         self._leave_broadcast()
+
+
+class LegacyConnection(Connection):
+    """A `Connection` with Flask-uWSGI-WebSocket's end-of-connection behaviour, for its
+    classes `GeventWebSocket` and `AsyncWebSocket` (uwsgi_ws.extension), so its
+    examples run unchanged: the chat that keeps ``users[ws.id] = ws``, loops on
+    ``msg = ws.receive()`` until it is None, then ``del users[ws.id]``.
+
+    - `receive` (`recv`, `recv_nb`) returns None once when the connection is closed
+      and every message before the close was returned (Flask-uWSGI-WebSocket's
+      ``recv()`` returns None on the IOError of a closed socket; its gevent client
+      queues a None); a later call raises ConnectionClosed, so a handler that
+      ignores None ends instead of spinning.
+    - A send to a closed connection from another handler's task (a chat writing to
+      ``users[id]`` while that user leaves) is dropped, as Flask-uWSGI-WebSocket's
+      gevent client queues it and never raises: the sender's connection is not
+      failed with 1011. From the connection's own handler it raises
+      ConnectionClosed before any type check (``ws.send(ws.receive())`` at the
+      close ends the handler quietly, not with a TypeError for None).
+
+    `WebSocket` (uwsgi_ws's own API) keeps `Connection`: receive raises
+    ConnectionClosed at the close (docs/migration.md says how to clean up there).
+    Thread-safety as `Connection`.
+    """
+
+    def __init__(self, sock: socket.socket, environ: Dict[str, Any], runtime: Any, **options: Any) -> None:
+        super().__init__(sock, environ, runtime, **options)
+        self._owner = runtime.current_task()  # the handler's task (the upgrade runs in it)
+        self._none_returned = False
+
+    def receive(self, timeout: Optional[float] = _DEFAULT) -> Union[str, bytes, None]:
+        """As `Connection.receive`, but None (once) instead of ConnectionClosed at the close."""
+        try:
+            return super().receive(timeout)
+        except ConnectionClosed:
+            if self._none_returned:
+                raise
+            self._none_returned = True
+            return None
+
+    def send(self, data: Data) -> None:
+        """As `Connection.send`; on a closed connection: dropped when called from another
+        handler's task, ConnectionClosed from this connection's own (see the class)."""
+        if self._protocol.state is not State.OPEN:
+            if self._dropped():
+                return
+            raise ConnectionClosed(*self._protocol.pending_close)
+        try:
+            super().send(data)
+        except ConnectionClosed:
+            if not self._dropped():
+                raise
+
+    def _dropped(self) -> bool:
+        return bool(self._rt.current_task() != self._owner)
 
 
 class _Reader:

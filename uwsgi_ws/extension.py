@@ -20,7 +20,7 @@ from werkzeug.routing import WebsocketMismatch
 from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, settings, shutdown, startup
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
-from .connection import Connection, ConnectionClosed
+from .connection import Connection, ConnectionClosed, LegacyConnection
 from .deflate import DeflateOptions
 from .deflate import configure as configure_deflate
 from .exceptions import HandshakeRefused
@@ -152,11 +152,16 @@ class WebSocket:
 
     `WebSocket(app)` or `WebSocket()` then `init_app(app)`. The concurrency
     model (threads, gevent, async) is read from the running uWSGI options at
-    the first connection; `GeventWebSocket`, `AsyncWebSocket` and
-    `ThreadedWebSocket` force one.
+    the first connection. `GeventWebSocket`, `AsyncWebSocket` and
+    `ThreadedWebSocket` name one: `app.run()` starts uWSGI with it; under a
+    uWSGI of another model they serve with the instance's model and warn at
+    start (`startup.check_model`), since forcing it would stall the workers.
     """
 
     model: Optional[str] = None
+    #: The class of the connections handed to handlers (`LegacyConnection` for
+    #: Flask-uWSGI-WebSocket's GeventWebSocket and AsyncWebSocket).
+    connection_class: type = Connection
 
     def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
         unknown = set(options) - set(DEFAULTS)
@@ -183,6 +188,7 @@ class WebSocket:
         self.app = app
         app.extensions["uwsgi_ws"] = self
         __import__("uwsgi_ws.startup").startup.check()  # start-up traps (uwsgi_ws/startup.py), once per process
+        startup.check_model(type(self).__name__, self.model)  # GeventWebSocket on a threads server...
         from .run import run, wrap_debug
 
         app.wsgi_app = _MalformedRequestGuard(app.wsgi_app)  # type: ignore[method-assign]
@@ -352,9 +358,12 @@ class WebSocket:
     # -- serving --------------------------------------------------------------
 
     def runtime(self) -> Any:
-        """The concurrency-model adapter in use (decided at the first connection)."""
+        """The concurrency-model adapter in use (decided at the first connection): under
+        uWSGI the running instance's model (a class forcing another one was warned
+        about at start, `startup.check_model`), outside it the class's, else threads."""
         if self._runtime is None:
-            self._runtime = runtime.load(self.model or runtime.detect())
+            model = runtime.detect() if _uwsgi.available() else (self.model or runtime.detect())
+            self._runtime = runtime.load(model)
         return self._runtime
 
     def _reserve_slot(self) -> Callable[[], None]:
@@ -396,8 +405,9 @@ class WebSocket:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.__class__ = Connection
-            Connection.__init__(
+            cls: Any = self.connection_class
+            conn.__class__ = cls
+            cls.__init__(
                 conn,
                 sock,
                 environ,
@@ -570,22 +580,29 @@ class WebSocket:
 
 
 class ThreadedWebSocket(WebSocket):
-    """Forces the threads model (``--processes N --threads M``)."""
+    """The threads model (``--processes N --threads M``): ``app.run()`` starts threads;
+    under a uWSGI of another model, as `GeventWebSocket`."""
 
     model = "threads"
 
 
 class GeventWebSocket(WebSocket):
-    """Forces uWSGI's gevent loop engine (``--gevent N``)."""
+    """Flask-uWSGI-WebSocket's class for uWSGI's gevent loop engine (``--gevent N``):
+    ``app.run()`` starts gevent (`uwsgi_ws.run`); under a uWSGI of another model it
+    serves with that model and warns at start. Its connections are
+    `LegacyConnection`: ``receive()`` returns None when the client leaves."""
 
     model = "gevent"
+    connection_class = LegacyConnection
 
 
 class AsyncWebSocket(WebSocket):
-    """Forces uWSGI async cores (``--async N --ugreen``): no broadcast, no keepalive
-    while the handler is not in `receive`."""
+    """Flask-uWSGI-WebSocket's class for uWSGI async cores (``--async N --ugreen``): no
+    broadcast, no keepalive while the handler is not in `receive`; model and
+    connections as `GeventWebSocket`."""
 
     model = "async"
+    connection_class = LegacyConnection
 
 
 class _MalformedRequestGuard:
@@ -641,9 +658,10 @@ class _RuleCapture:
 
 
 def _channel_list(channels: Iterable[str]) -> List[str]:
-    """Several channel names as a list; TypeError saying what a channel is otherwise."""
+    """Several channel names as a list, each once (first-seen order: flask-websockets
+    takes ``set(channels)``); TypeError saying what a channel is otherwise."""
     names = list(channels)
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"a channel name is a str, not {type(name).__name__}")
-    return names
+    return list(dict.fromkeys(names))

@@ -1,4 +1,16 @@
-"""`app.run(**uwsgi_options)`: launch uWSGI serving this app, as Flask-uWSGI-WebSocket does."""
+"""`app.run(**uwsgi_options)`: launch uWSGI serving this app, as Flask-uWSGI-WebSocket does.
+
+Without a concurrency option (``threads``, ``gevent``, ``async``, ...) the model
+follows the extension's class (`model_defaults`): ``GeventWebSocket`` gets
+``gevent=100``, ``AsyncWebSocket`` ``async=100, ugreen=True``, any other
+``threads=16, enable_threads=True``; so ``app.run()``, as the seed libraries'
+examples start their apps, serves more than one WebSocket at a time. The
+broadcast (``publish``/``subscribe``) comes too, as conf/broadcast.* sets it up
+(`broadcast_defaults`: a 4096-page sharedarea and the broadcast mule as a
+*file*, conf/broadcast_mule.py, which also works under lazy-apps), unless
+``broadcast=False``, the async model, or the caller's own ``sharedarea``/``mule``.
+What was added is said on stderr before uWSGI starts (`DEFAULTS_NOTE`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,8 @@ import logging
 import os
 import shutil
 import sys
-from typing import Any, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from flask import Flask
 
@@ -14,13 +27,63 @@ from . import _uwsgi, settings
 
 logger = logging.getLogger("uwsgi_ws.run")
 
+#: uWSGI options that choose a concurrency model: one of them given (even False), app.run adds none.
+MODEL_OPTIONS = ("threads", "gevent", "async", "ugreen", "asyncio", "greenlet", "loop")
+#: The model app.run picks by the extension's class `model` attribute (None: plain WebSocket...).
+MODEL_DEFAULTS: Dict[Optional[str], Dict[str, Any]] = {
+    "gevent": {"gevent": 100},
+    "async": {"async": 100, "ugreen": True},
+    None: {"threads": 16, "enable_threads": True},
+}
+MODEL_DEFAULTS["threads"] = MODEL_DEFAULTS[None]
+#: The broadcast mule file shipped with the configs (conf/broadcast.* name it `%dbroadcast_mule.py`).
+MULE_FILE = Path(__file__).resolve().parent / "conf" / "broadcast_mule.py"
+#: Said on stderr before uWSGI starts when app.run added options: {added} is the list.
+DEFAULTS_NOTE = ("uwsgi_ws: app.run() adds {added} (pass a concurrency option such as threads=8 or "
+                 "gevent=1000 to choose the model, broadcast=False to leave the broadcast out)")
+
+
+def model_defaults(app: Flask, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The concurrency options app.run adds: none when `options` name a model (even as
+    False: ``threads=False`` asks for a worker without one), else by the class of the
+    app's uwsgi_ws extension (`MODEL_DEFAULTS`; no extension: threads)."""
+    if any(name in options for name in MODEL_OPTIONS):
+        return {}
+    extension = app.extensions.get("uwsgi_ws")
+    return dict(MODEL_DEFAULTS.get(getattr(extension, "model", None), MODEL_DEFAULTS[None]))
+
+
+def broadcast_defaults(options: Dict[str, Any], broadcast: Optional[bool]) -> Dict[str, Any]:
+    """The broadcast options app.run adds, as conf/broadcast.* does: a sharedarea of 4096
+    pages (16 MiB ring), the broadcast mule as a file (`MULE_FILE`), its reload mercy
+    and message size. None when `broadcast` is False, when `options` already set
+    ``sharedarea`` or ``mule``, or (unless `broadcast` is True) under the async model,
+    which has no broadcast (conf/async.yaml)."""
+    if broadcast is False or "sharedarea" in options or "mule" in options:
+        return {}
+    if broadcast is None and (options.get("async") or options.get("ugreen")) and not options.get("gevent"):
+        return {}
+    return {"sharedarea": 4096, "mule": str(MULE_FILE), "mule_reload_mercy": 10, "mule_msg_size": 262144}
+
+
+def added_options(app: Flask, options: Dict[str, Any], broadcast: Optional[bool] = None) -> Dict[str, Any]:
+    """What app.run adds to the caller's `options`: `model_defaults` then `broadcast_defaults`."""
+    model = model_defaults(app, options)
+    return {**model, **broadcast_defaults({**model, **options}, broadcast)}
+
 
 def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False,
-               **options: Any) -> List[str]:
+               broadcast: Optional[bool] = None, **options: Any) -> List[str]:
     """The uwsgi command line for `app.run(...)`: `--http-socket host:port --master`, the
     app's file and callable, then each option as `--name value` (True: a bare flag;
-    False/None: left out; lists: repeated). uwsgi_ws's own options, unknown to
-    uWSGI's command line (`uwsgi_ws_history=1000`), go through ``--set-placeholder``."""
+    False/None: left out; lists: repeated), after the defaults (`model_defaults`,
+    `broadcast_defaults`: `options` always win). uwsgi_ws's own options, unknown to
+    uWSGI's command line (`uwsgi_ws_history=1000`), go through ``--set-placeholder``.
+
+    Raises:
+        RuntimeError: the `__main__` module has no file (an interactive session, ``python -c``).
+    """
+    options = {**added_options(app, options, broadcast), **options}
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if not path:
@@ -51,7 +114,8 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
     return args
 
 
-def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False, **options: Any) -> None:
+def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = False,
+        broadcast: Optional[bool] = None, **options: Any) -> None:
     """Replace this process with uWSGI serving `app` (`python app.py`; never returns).
 
     Called while uWSGI itself imports the app (an ``app.run()`` at module
@@ -69,7 +133,12 @@ def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = Fal
     binary = shutil.which("uwsgi", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if binary is None:
         raise RuntimeError("uwsgi is not installed: pip install uwsgi (not pyuwsgi, which has no SSL)")
-    args = uwsgi_args(app, host, port, debug, **options)
+    added = added_options(app, options, broadcast)
+    args = uwsgi_args(app, host, port, debug, broadcast, **options)
+    if added:
+        listed = ", ".join(f"{name}={value}" for name, value in added.items())
+        sys.stderr.write(DEFAULTS_NOTE.format(added=listed) + "\n")
+        sys.stderr.flush()
     os.execv(binary, [binary, *args])
 
 

@@ -21,6 +21,12 @@ safe from any thread) and:
 - says once that the optional C fan-out helper is not built (no compiler at
   install time) and the pure-Python path is used.
 
+`check_model(name, model)` runs from the same place for each extension: a
+class naming a model (``GeventWebSocket``: gevent) under a uWSGI of another
+model (no ``--gevent``) is served with the instance's model (gevent's loop in
+a threads worker would never run; blocking threads in a gevent worker would
+stall every greenlet), and a warning names both ways out (`MODEL_MISMATCH`).
+
 `check_upgrade(environ)` runs at each WebSocket handshake (the extension's
 view, before the upgrade): a handshake that came through that router is
 refused with HTTP 501 and the fix, logged once per worker.
@@ -35,7 +41,7 @@ import importlib.util
 import logging
 import os
 import signal
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from . import _uwsgi, settings
 from .exceptions import HandshakeRefused
@@ -71,6 +77,19 @@ ROUTER_WITHOUT_WEBSOCKETS = (
 #: Said once when the optional native helper is not there.
 PURE_PATH = ("the C fan-out helper (uwsgi_ws._speedups) is not built (no compiler at install time): "
              "broadcasts use the pure-Python path")
+
+#: The fix for an extension class whose model is not the instance's, per class model:
+#: how to start uWSGI in the class's model. {cls}, {model}, {running} are filled in.
+MODEL_START = {
+    "gevent": "--gevent 100 (app.run(gevent=100); conf/gevent.yaml)",
+    "async": "--async 100 --ugreen (app.run(async=100, ugreen=True); conf/async.yaml)",
+    "threads": "--threads 16 (app.run(threads=16); conf/threads.yaml)",
+}
+MODEL_MISMATCH = (
+    "{cls} is for uWSGI's {model} model but this instance runs the {running} model: its WebSockets "
+    "are served with {running}. Start uWSGI with {start}, or use WebSocket, which follows the "
+    "instance's model."
+)
 
 _checked = False
 _router_logged = False
@@ -153,3 +172,18 @@ def check_upgrade(environ: Mapping[str, Any]) -> None:
                      + ROUTER_WITHOUT_WEBSOCKETS)
     raise HandshakeRefused(501, "this server cannot open WebSockets: " + ROUTER_WITHOUT_WEBSOCKETS,
                            reason="http_router")
+
+
+def check_model(name: str, model: Optional[str]) -> None:
+    """Warn when the extension class `name` names a concurrency `model` ("gevent",
+    "async", "threads"; None: it follows the instance) other than the running
+    instance's (`uwsgi_ws._uwsgi.model`). A no-op outside uWSGI or when they agree.
+
+    Blocking: no. Thread-safe: yes (reads options, logs).
+    """
+    if model is None or not _uwsgi.available():
+        return
+    running = _uwsgi.model()
+    if running != model:
+        logger.warning(MODEL_MISMATCH.format(cls=name, model=model, running=running,
+                                             start=MODEL_START.get(model, model)))

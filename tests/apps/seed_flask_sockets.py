@@ -1,7 +1,8 @@
-"""Flask-Sockets' README blueprint example, with only the import line changed
-(was: ``from flask_sockets import Sockets``); the gevent-websocket server
-under ``__main__`` is not what uWSGI runs."""
-
+# Flask-Sockets' README blueprint example ("Usage of Flask blueprints", /work/shared/seeds/001).
+# Changed: only the import line (was: from flask_sockets import Sockets).
+# Extraction garbling fixed: the page lost the `@html.route('/')`, `@ws.route('/echo')`,
+# `socket.send(message)` and `server.serve_forever()` lines; they are put back as the README has them.
+# The __main__ block starts gevent-websocket's server, not uWSGI: uWSGI imports this module.
 from flask import Flask, Blueprint
 from uwsgi_ws import Sockets
 

@@ -1,6 +1,6 @@
-"""Flask-uWSGI-WebSocket's README example, with only the import line changed
-(was: ``from flask.ext.uwsgi_websocket import WebSocket``), plus the names its
-users rely on: ``ws.id``, ``recv_nb``, the ``timeout`` option."""
+"""Not a page example: the names Flask-uWSGI-WebSocket's users rely on beyond its
+README example (seed_flask_uwsgi_websocket.py): ``ws.id``, ``recv_nb``, the
+``timeout`` option, written as its users write them."""
 
 from flask import Flask
 from uwsgi_ws import WebSocket

@@ -1,9 +1,6 @@
-"""flask-websockets' docs example (the server-time channel), with only the import
-line changed (was: ``from flask_websockets import WebSocket, WebSockets``): a
-publisher thread started at import and ``app.run`` at module level, as its docs
-show; plus the echo route with ``iter_data``/``send_bytes`` and ``close(reason=,
-message=)``."""
-
+# flask-websockets' docs example "Managing multiple connections with channels" (/work/shared/seeds/004):
+# the server-time channel, a publisher thread started at import, app.run at module level.
+# Changed: only the import line (was: from flask_websockets import WebSocket, WebSockets).
 import time
 from threading import Thread
 from flask import Flask
@@ -18,15 +15,6 @@ def websocket_route(ws: WebSocket) -> None:
     with websockets.subscribe(ws, ["server_time"]):
         for data in ws.iter_data():    # keep listening to the websocket so it doesn't disconnect
             pass
-
-
-@websockets.route("/echo")
-def echo_route(ws: WebSocket) -> None:
-    for data in ws.iter_data():
-        if data == "bye":
-            ws.close(reason=1000, message="bye")
-            return
-        ws.send_bytes(data)
 
 
 def publish_server_time() -> None:
