@@ -5,6 +5,9 @@ Usage (after ``bash bench/setup.sh``)::
 
     python bench/deflate_bench.py                 # both scenarios, 3 rounds
     python bench/deflate_bench.py --rounds 1 --scenarios 1000x4096
+    python bench/deflate_bench.py --repo /tmp/at-commit   # uwsgi_ws from another checkout, e.g.
+        # `git archive HEAD | tar -x -C /tmp/at-commit` plus the built uwsgi_ws/_speedups*.so:
+        # a known commit while others edit the shared working tree
 
 Clients offer permessage-deflate as browsers do (``permessage-deflate;
 client_max_window_bits``), or nothing (the ``plain`` rows). Servers are
@@ -284,14 +287,16 @@ async def session(port: int, server: ManagedProcess, clients: int, size: int, me
     }
 
 
-def start(name: str, clients: int, logdir: Path) -> Tuple[ManagedProcess, int]:
+def start(name: str, clients: int, logdir: Path, repo: Path = REPO) -> Tuple[ManagedProcess, int]:
+    """Start server `name` (bench/run.py's SERVERS) on a free port, uwsgi_ws from `repo`;
+    returns it once it answers HTTP (RuntimeError from wait_http when it does not in 30 s)."""
     port = free_port()
-    fmt = {"py": VENV / "bin" / "python", "uwsgi": VENV / "bin" / "uwsgi", "srv": SRV, "repo": REPO,
-           "mule": mule_entry(REPO), "gevent": max(1000, clients + 100), "threads": clients + 64,
+    fmt = {"py": VENV / "bin" / "python", "uwsgi": VENV / "bin" / "uwsgi", "srv": SRV, "repo": repo,
+           "mule": mule_entry(repo), "gevent": max(1000, clients + 100), "threads": clients + 64,
            "conns": 2 * clients + 100, "port": port, "gunicorn": VENV / "bin" / "gunicorn"}
     spec = SERVERS[name]
     cmd = [part.format(**fmt) for part in spec.cmd]
-    server = ManagedProcess(cmd, cwd=REPO, log=logdir / f"{name}-{port}.log", stop_signal=spec.stop_signal)
+    server = ManagedProcess(cmd, cwd=repo, log=logdir / f"{name}-{port}.log", stop_signal=spec.stop_signal)
     wait_http(port, server, timeout=30)
     return server, port
 
@@ -302,13 +307,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--servers", default="uwsgi_ws,websockets")
     p.add_argument("--no-plain", action="store_true", help="skip the rows where clients offer nothing")
+    p.add_argument("--repo", type=Path, default=REPO, help="the uwsgi_ws checkout the uwsgi_ws server imports")
     args = p.parse_args(argv)
+    repo = args.repo.resolve()
+    if not (repo / "uwsgi_ws" / "__init__.py").exists():
+        p.error(f"--repo {repo}: no uwsgi_ws/__init__.py there")
     logdir = BENCH / "results" / "deflate-logs" / time.strftime("%Y%m%d-%H%M%S")
     logdir.mkdir(parents=True, exist_ok=True)
     servers = args.servers.split(",")
     offers = [True] if args.no_plain else [True, False]
     results: Dict[Tuple[str, str, bool], List[Dict[str, Any]]] = {}
-    print(f"load before: {Path('/proc/loadavg').read_text().split()[0]}; logs: {logdir}", file=sys.stderr)
+    print(f"load before: {Path('/proc/loadavg').read_text().split()[0]}; uwsgi_ws from {repo}; logs: {logdir}",
+          file=sys.stderr)
     try:
         for rnd in range(args.rounds):
             for scen in args.scenarios.split(","):
@@ -316,7 +326,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
                 for name in order:
                     for offer in offers:
-                        server, port = start(name, clients, logdir)
+                        server, port = start(name, clients, logdir, repo)
                         try:
                             r = asyncio.run(session(port, server, clients, size, messages, offer))
                         finally:
