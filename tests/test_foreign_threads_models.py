@@ -91,3 +91,20 @@ def test_a_thread_sends_while_the_handler_receives(server):
         assert conn.recv() == "echo then"
     finally:
         conn.close()
+
+
+def test_the_worker_serves_on_after_a_thread_received_and_closed(server):
+    """Three connections in turn, each received on and closed by a thread, then a plain
+    request: all served by the same worker (async, before: the second connection hung,
+    the worker's loop stuck on the GIL)."""
+    for n in range(3):
+        conn = websocket.create_connection(server.url + "/receive-then-close", timeout=30)
+        try:
+            assert conn.recv() == "open"
+            conn.send(f"round {n}")
+            opcode, data = conn.recv_data(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+            assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (4002, f"round {n}")
+        finally:
+            conn.close()
+    assert answer(http_get(server, "/pid")).startswith(b"HTTP/1.1 200")

@@ -17,6 +17,9 @@
                "more2" and one to "more" (the client tells that "more2" stopped); the
                handler sends "results: " + each call's result joined by " | ", then a
                thread ends it with close_nowait(4001, "nowait from a thread")
+    /receive-then-close
+               a thread receives one message, then closes with 4002 and the message as
+               the reason; the handler only waits for it
     /reader    a thread echoes every message ("echo <m>") until the client closes; the
                handler only waits for it
     /send-while-receiving
@@ -128,6 +131,21 @@ def more(conn):
     results.append(in_thread(subscribe_then_unsubscribe))
     conn.send("results: " + " | ".join(results))
     in_thread(lambda: conn.close_nowait(4001, "nowait from a thread"))
+
+
+@ws.route("/receive-then-close")
+def receive_then_close(conn):
+    conn.send("open")
+
+    def run():
+        message = conn.receive(timeout=30)
+        conn.close(4002, str(message))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    rt = ws.runtime()
+    while thread.is_alive():
+        rt.sleep(0.01)
 
 
 @ws.route("/reader")
