@@ -17,7 +17,6 @@ Differences from Flask-SocketIO are listed in docs/socketio.md.
 
 from __future__ import annotations
 
-import atexit
 import http
 import importlib.util
 import logging
@@ -214,7 +213,7 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
             self.server.eio.runtime = rt
             # uWSGI waits for its requests when it stops a worker, not for the ones handed to it:
             # the worker's exit (a reload's, once the stop hooks closed them) waits for those
-            atexit.register(inflight.drain, float(self.websocket.option("close_timeout")) + 1.0)
+            _at_worker_exit(lambda: inflight.drain(float(self.websocket.option("close_timeout")) + 1.0))
             # a reload answers this worker's waiting polls with CLOSE (its WebSockets get 1012 as any)
             shutdown.track(engine.PollingSessions(self.server.eio), self.server.eio.runtime)
             broadcast = self.websocket.broadcast()
@@ -365,12 +364,14 @@ class _InFlight:
 
     uWSGI's graceful stop waits for the worker's own requests; these run in tasks
     of the hand-off listener, outside uWSGI's cores, so the worker's exit waits for
-    them instead (`drain`, from `atexit`): a reload has just closed them (WebSockets
+    them instead (`drain`, from uWSGI's ``uwsgi.atexit`` hook: `_at_worker_exit`): a
+    reload has just closed them (WebSockets
     with 1012, polls answered with CLOSE: `uwsgi_ws.shutdown`), and their last
     bytes must reach the client before the process ends. Thread-safe."""
 
     def __init__(self, rt: Any) -> None:
-        self._pid = os.getpid()  # atexit handlers outlive a fork: only this process drains
+        self._pid = os.getpid()  # exit hooks outlive a fork: only this process drains
+        self._drained = False
         self._lock = threading.Lock()  # never held across a yield
         self._count = 0
         self._idle = rt.Event()
@@ -390,8 +391,9 @@ class _InFlight:
     def drain(self, timeout: float) -> None:
         """Block (the calling thread or greenlet) until no handed-off request is being
         served, at most `timeout` seconds; logs those still running then. Never raises."""
-        if self._count == 0 or os.getpid() != self._pid:
+        if self._count == 0 or os.getpid() != self._pid or self._drained:
             return
+        self._drained = True  # uWSGI may call its atexit hook twice (gevent: after the loop, then at exit)
         try:
             if not self._idle.wait(timeout):
                 log.warning("uwsgi_ws.socketio: worker %d exits with %d handed-off request(s) still served "
@@ -441,6 +443,26 @@ class _HandOffMiddleware:
 
             environ["wsgi.input"] = io.BytesIO(body)
         return False
+
+
+def _at_worker_exit(fn: Any) -> None:
+    """Run `fn` when this uWSGI worker ends, keeping the hook already there: uWSGI calls
+    ``uwsgi.atexit`` once the worker's loop is over (gevent: in the main greenlet, the
+    hub still running; threads: from exit(), the other threads still running), before
+    the process exits. Outside uWSGI it does nothing. `fn` must not raise."""
+    if not _uwsgi.available():
+        return
+    api = _uwsgi.api()
+    previous = getattr(api, "atexit", None)
+
+    def hook() -> None:
+        try:
+            fn()
+        finally:
+            if previous is not None:
+                previous()
+
+    setattr(api, "atexit", hook)  # noqa: B010  (uWSGI reads it from its module)
 
 
 def _phrase(status: int) -> str:
