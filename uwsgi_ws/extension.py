@@ -159,9 +159,9 @@ class WebSocket:
     """
 
     model: Optional[str] = None
-    #: The class of the connections handed to handlers (`LegacyConnection` for
-    #: Flask-uWSGI-WebSocket's GeventWebSocket and AsyncWebSocket).
-    connection_class: type = Connection
+    # The class of the connections handed to handlers (connection.LegacyConnection for
+    # Flask-uWSGI-WebSocket's GeventWebSocket and AsyncWebSocket).
+    _connection_class: type = Connection
 
     def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
         unknown = set(options) - set(DEFAULTS)
@@ -405,7 +405,7 @@ class WebSocket:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            cls: Any = self.connection_class
+            cls: Any = self._connection_class
             conn.__class__ = cls
             cls.__init__(
                 conn,
@@ -593,7 +593,7 @@ class GeventWebSocket(WebSocket):
     `LegacyConnection`: ``receive()`` returns None when the client leaves."""
 
     model = "gevent"
-    connection_class = LegacyConnection
+    _connection_class = LegacyConnection
 
 
 class AsyncWebSocket(WebSocket):
@@ -602,7 +602,7 @@ class AsyncWebSocket(WebSocket):
     connections as `GeventWebSocket`."""
 
     model = "async"
-    connection_class = LegacyConnection
+    _connection_class = LegacyConnection
 
 
 class _MalformedRequestGuard:
