@@ -108,3 +108,24 @@ def test_the_other_calls_from_another_thread(server):
         assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (4001, "nowait from a thread")
     finally:
         conn.close()
+
+
+def test_a_thread_and_the_handler_send_at_once(server):
+    """2 x 2000 messages, text and binary, from a thread and from the handler at the
+    same time: every one arrives whole, each sender's in its order."""
+    count = 2000
+    conn = websocket.create_connection(server.url + f"/concurrent?n={count}", timeout=30)
+    try:
+        assert conn.recv() == "open"
+        got = {"t": [], "h": []}
+        while True:
+            opcode, data = conn.recv_data()
+            if data == b"done":
+                break
+            text = data.decode()
+            index = int(text[1:])
+            assert opcode == (websocket.ABNF.OPCODE_BINARY if index % 3 == 0 else websocket.ABNF.OPCODE_TEXT), text
+            got[text[0]].append(index)
+        assert got == {"t": list(range(count)), "h": list(range(count))}
+    finally:
+        conn.close()

@@ -10,6 +10,8 @@ told its worker's own cores from other threads:
   request that loop accepted called into Python from that thread and aborted the
   worker ("Fatal Python error: PyEval_RestoreThread: ... the current Python
   thread state is NULL", killed by signal 6): every client of the worker reset;
+- after a thread had received on and closed a connection, the worker's next
+  connection hung in its handshake (the loop's contexts left as the thread's);
 - a core suspended in uWSGI's loop keeps the GIL (uWSGI's Python plugin), so a
   thread's `send` ran only once the core woke up: while the handler waited in
   `receive`, the thread's message stayed unsent until the client sent something.

@@ -20,6 +20,9 @@
     /receive-then-close
                a thread receives one message, then closes with 4002 and the message as
                the reason; the handler only waits for it
+    /concurrent?n=N
+               a thread sends "t0".."t<N-1>" while the handler sends "h0".."h<N-1>"
+               (binary every third message, both), then "done"
     /reader    a thread echoes every message ("echo <m>") until the client closes; the
                handler only waits for it
     /send-while-receiving
@@ -146,6 +149,27 @@ def receive_then_close(conn):
     rt = ws.runtime()
     while thread.is_alive():
         rt.sleep(0.01)
+
+
+@ws.route("/concurrent")
+def concurrent(conn):
+    from flask import request
+
+    count = int(request.args["n"])
+    conn.send("open")
+
+    def sends(prefix):
+        for i in range(count):
+            text = f"{prefix}{i}"
+            conn.send(text.encode() if i % 3 == 0 else text)
+
+    thread = threading.Thread(target=sends, args=("t",))
+    thread.start()
+    sends("h")
+    rt = ws.runtime()
+    while thread.is_alive():
+        rt.sleep(0.01)
+    conn.send("done")
 
 
 @ws.route("/reader")
