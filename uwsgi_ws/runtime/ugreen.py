@@ -10,7 +10,9 @@ worker's main thread, where the cores run: ``uwsgi.suspend()`` from another
 thread swaps that thread into the main thread's loop context (uWSGI 2.0.31
 reads the current request from a global in this model), and the next request
 the loop starts there aborts the worker ("Fatal Python error:
-PyEval_RestoreThread ... the current Python thread state is NULL"). And
+PyEval_RestoreThread ... the current Python thread state is NULL"), or, once
+the thread's wait was over, the worker's next connection hung in its handshake
+(the cores' contexts left as the thread had swapped them). And
 uWSGI's Python plugin keeps the GIL while a core is suspended in its loop, so
 no other thread runs until the core wakes up: a thread's `send` waited for
 the client's next message. Hence:
