@@ -44,9 +44,6 @@ ALLOWED_PRIVATE: Set[Tuple[str, str]] = {
     ("uwsgi_ws/metrics/export.py", "_BY_INDEX"),
     ("uwsgi_ws/metrics/export.py", "_CODE_INDEX"),
     ("uwsgi_ws/metrics/export.py", "_uwsgi_api"),
-    # The Socket.IO layer (another engineer's): the engine closes a slow session's
-    # connection through its Outbox's private connection (socketio/outbox.py).
-    ("uwsgi_ws/socketio/engine.py", "_conn"),
 }
 
 

@@ -266,6 +266,11 @@ class BroadcastRing:
             )
         try:
             view = _uwsgi.api().sharedarea_memoryview(area_id)
+        except AttributeError:  # uWSGI defines sharedarea_* only when a --sharedarea is configured
+            raise RingError(
+                f"no uWSGI sharedarea {area_id}: add --sharedarea 4096 "
+                "(YAML `sharedarea: 4096`) for the broadcast ring"
+            ) from None
         except Exception as exc:
             raise RingError(
                 f"no uWSGI sharedarea {area_id} ({exc}): add --sharedarea 4096 "

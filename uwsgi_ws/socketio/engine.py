@@ -237,9 +237,7 @@ class EngineServer(engineio.Server):  # type: ignore[misc]
     def _slow_consumer(self, sid: str, session: Any, queue: Outbox) -> None:
         log.warning("uwsgi_ws.socketio: session %s has %d bytes waiting (max_queued_bytes %d): "
                     "closed as a slow consumer", sid, queue.pending_output, self.max_queued_bytes)
-        conn = queue._conn
-        if conn is not None:
-            conn.fail_slow(TRY_AGAIN_LATER, "slow consumer")
+        queue.fail_slow(TRY_AGAIN_LATER, "slow consumer")
         session.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
 
     def frame_of(self, pkt: Any) -> bytes:

@@ -18,7 +18,6 @@ Differences from Flask-SocketIO are listed in docs/socketio.md.
 from __future__ import annotations
 
 import http
-import importlib.util
 import logging
 import os
 import socket
@@ -487,13 +486,9 @@ def _uwsgi_ids() -> Tuple[int, int]:
 
 
 def _mule_entry() -> str:
-    for module in ("uwsgi_ws.mule", "uwsgi_ws.broadcast.mule"):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                return module + ":run"
-        except ImportError:
-            continue
-    return "uwsgi_ws.mule:run"
+    """The broadcast mule as the file `conf/broadcast.*` run (`--mule=<path>`): a
+    ``module:callable`` mule is segfaulted by uWSGI 2.0.31 under lazy-apps."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "broadcast_mule.py")
 
 
 def _flask_safe_json(app: Optional[Flask]) -> Any:

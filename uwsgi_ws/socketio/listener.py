@@ -12,12 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, List, Union
 
-from .. import frames
-from ..broadcast import Batch, QueueSubscriber
+from ..broadcast import Batch, Message, QueueSubscriber
 
 log = logging.getLogger("uwsgi_ws.socketio.listener")
-
-_OP_TEXT = 0x1
 
 
 class ChannelListener(QueueSubscriber):
@@ -39,8 +36,8 @@ class ChannelListener(QueueSubscriber):
         for entry in batch.entries:
             if entry.channel != self.channel:
                 continue  # a publish to every connection (channel None) is not ours
-            opcode, _, payload = frames.parse(entry.frame)
-            self.queue.put(bytes(payload).decode("utf-8") if opcode == _OP_TEXT else bytes(payload))
+            message = Message.of(entry)
+            self.queue.put(message.payload if message.binary else message.payload.decode("utf-8"))
         return True
 
     def fail_slow(self, code: int, reason: str) -> None:

@@ -77,6 +77,13 @@ class Outbox:
         conn = self._conn
         return self.bytes + self._pending_bytes + (conn.pending_output if conn is not None else 0)
 
+    def fail_slow(self, code: int, reason: str) -> None:
+        """Close the session's WebSocket as a slow consumer (`code`, `reason`), if it
+        has one yet (a polling session has none). Never blocks."""
+        conn = self._conn
+        if conn is not None:
+            conn.fail_slow(code, reason)
+
     def sent(self) -> None:
         """The writer sent one packet it took (ConnectionWebSocket.send calls this)."""
         with self._lock:
