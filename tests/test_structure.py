@@ -35,16 +35,7 @@ ALLOWED_SUBMODULE_IMPORTS: Set[Tuple[str, str]] = {
 }
 
 #: (file, private name) pairs allowed to be read across modules.
-ALLOWED_PRIVATE: Set[Tuple[str, str]] = {
-    # The metrics package shares its table's layout between its modules under private
-    # names (table.py defines them, the face and the exporter read them). Owned by the
-    # metrics work, not this change: to become public names of metrics/table.py.
-    ("uwsgi_ws/metrics/__init__.py", "_BY_INDEX"),
-    ("uwsgi_ws/metrics/__init__.py", "_uwsgi_api"),
-    ("uwsgi_ws/metrics/export.py", "_BY_INDEX"),
-    ("uwsgi_ws/metrics/export.py", "_CODE_INDEX"),
-    ("uwsgi_ws/metrics/export.py", "_uwsgi_api"),
-}
+ALLOWED_PRIVATE: Set[Tuple[str, str]] = set()  # none today
 
 
 def _private(name: str) -> bool:

@@ -26,7 +26,7 @@ from .export import (
     snapshot,
 )
 from .table import *  # noqa: F403  (the slot constants, Table, Recorder, table, local, MetricsError, ...)
-from .table import _BY_INDEX, KIND_REASON, KIND_ROUTE, Recorder, _uwsgi_api, local, table
+from .table import CLOSED_BY_INDEX, KIND_REASON, KIND_ROUTE, Recorder, local, table, uwsgi_api
 
 log = logging.getLogger("uwsgi_ws.metrics")
 
@@ -97,7 +97,7 @@ def open_connections(exclude_worker: int) -> int:
     """Open WebSockets of every live worker of the instance but `exclude_worker`, read
     from the table (upgrades minus closes per route, in rows whose pid is the live
     worker's). Takes no lock; blocks nowhere; 0 outside uWSGI."""
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
     if uwsgi is None:
         return 0
     tbl = table()
@@ -171,7 +171,7 @@ def closed(token: Opened, conn: Any) -> None:
     rec = token.recorder
     code = conn.close_code
     by = conn.closed_by
-    slot = CLOSES + close_code_index(code) * len(CLOSED_BY) + _BY_INDEX.get(by, 2)
+    slot = CLOSES + close_code_index(code) * len(CLOSED_BY) + CLOSED_BY_INDEX.get(by, 2)
     rec.add2(CLOSED + token.label, 1, slot, 1)
     if log.isEnabledFor(logging.INFO):
         duration = time.monotonic() - token.started
@@ -201,5 +201,5 @@ def rejected(reason: str, message: str = "", route: Optional[str] = None, status
                  extra={"uwsgi_ws": {"route": route, "status": status, "reason": reason, "message": message}})
 
 
-if _uwsgi_api() is not None:
+if uwsgi_api() is not None:
     table()  # in the master while the app loads: the mapping is then inherited by every fork

@@ -11,7 +11,7 @@ import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from .table import *  # noqa: F403  (the slot constants, Table, table, local)
-from .table import _BY_INDEX, _CODE_INDEX, _uwsgi_api  # noqa: F401
+from .table import CLOSE_CODE_INDEX, CLOSED_BY_INDEX, uwsgi_api  # noqa: F401
 
 log = logging.getLogger("uwsgi_ws.metrics")
 
@@ -52,7 +52,7 @@ _SCALARS = (MESSAGES_IN, MESSAGES_OUT, BYTES_IN, BYTES_OUT, PUBLISHED, DELIVERED
 
 def _live_workers() -> Dict[int, int]:
     """worker id -> pid of the workers alive now ({0: this pid} outside uWSGI)."""
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
     if uwsgi is None:
         return {0: os.getpid()}
     try:
@@ -66,7 +66,7 @@ def snapshot() -> Snapshot:
     read whole; a row being written reads as just before or just after the add)."""
     tbl = table()
     live = _live_workers()
-    private = _uwsgi_api() is None  # outside uWSGI: row 0 is this process, and it is alive
+    private = uwsgi_api() is None  # outside uWSGI: row 0 is this process, and it is alive
     totals = dict.fromkeys(_SCALARS, 0)
     buckets = [0] * (len(LAG_BOUNDS) + 1)
     lag_max = 0
@@ -221,7 +221,7 @@ UWSGI_METRICS: Dict[str, Tuple[str, Any]] = {
 
 def mirror_enabled() -> bool:
     """True when uWSGI runs with --enable-metrics (the stats server then shows metrics)."""
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
     return bool(uwsgi is not None and (getattr(uwsgi, "opt", {}) or {}).get("enable-metrics"))
 
 
@@ -229,7 +229,7 @@ def mirror_to_uwsgi(snap: Optional[Snapshot] = None) -> int:
     """Copy the instance totals into uWSGI metrics of the same names (those declared
     with --metric); returns how many were set. Counters only move up (metric_set_max),
     so two mirrors at once never make one go back."""
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
     if uwsgi is None:
         return 0
     s = snap or snapshot()
@@ -248,7 +248,7 @@ MIRROR_INTERVAL = 1.0  # seconds between two copies into uWSGI metrics
 def run() -> None:
     """A mule that copies the totals into uWSGI metrics every second, for instances
     without the broadcast mule (which does it itself): ``--mule=uwsgi_ws.metrics:run``."""
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
 
     local()
     while True:

@@ -128,17 +128,19 @@ def required_pages(workers: int, mules: int) -> int:
 def close_code_index(code: Optional[int]) -> int:
     """The CLOSE_CODES bucket of a close code (standard codes keep their own)."""
     text = str(code)
-    if text in _CODE_INDEX:
-        return _CODE_INDEX[text]
+    if text in CLOSE_CODE_INDEX:
+        return CLOSE_CODE_INDEX[text]
     if code is not None and 3000 <= code <= 3999:
-        return _CODE_INDEX["3xxx"]
+        return CLOSE_CODE_INDEX["3xxx"]
     if code is not None and 4000 <= code <= 4999:
-        return _CODE_INDEX["4xxx"]
-    return _CODE_INDEX["other"]
+        return CLOSE_CODE_INDEX["4xxx"]
+    return CLOSE_CODE_INDEX["other"]
 
 
-_CODE_INDEX = {name: i for i, name in enumerate(CLOSE_CODES)}
-_BY_INDEX = {name: i for i, name in enumerate(CLOSED_BY)}
+#: A CLOSE_CODES label -> its index in a row's close counters (`close_code_index`).
+CLOSE_CODE_INDEX = {name: i for i, name in enumerate(CLOSE_CODES)}
+#: A CLOSED_BY label ("client", "server", ...) -> its index within a close code's counters.
+CLOSED_BY_INDEX = {name: i for i, name in enumerate(CLOSED_BY)}
 
 
 def _lag_bucket(lag: int) -> int:
@@ -203,7 +205,7 @@ class Table:
         return row if row < self.rows else 0
 
 
-def _uwsgi_api() -> Any:
+def uwsgi_api() -> Any:
     """The uwsgi module, None outside uWSGI (`uwsgi_ws._uwsgi` is the one importer)."""
     from .. import _uwsgi
 
@@ -213,7 +215,7 @@ def _uwsgi_api() -> Any:
 def _create_table() -> Table:
     from .. import settings
 
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
     if uwsgi is None:  # plain Python (tests, the Flask dev server): this process only
         size = HEADER_SIZE + 3 * ROW_BYTES
         return Table(memoryview(bytearray(size)), 1, False, "a private table (not under uWSGI)")
@@ -356,7 +358,7 @@ def local() -> Recorder:
     if rec is not None and rec.pid == pid:
         return rec
     tbl = table()
-    uwsgi = _uwsgi_api()
+    uwsgi = uwsgi_api()
     row = tbl.row_of(uwsgi.worker_id(), uwsgi.mule_id()) if uwsgi is not None else 0
     with _table_lock:
         if _recorder is None or _recorder.pid != pid:
