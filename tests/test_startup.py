@@ -181,8 +181,13 @@ def test_app_run_without_options_picks_the_model_of_the_class(tmp_path, cls, exp
     path.write_text(path.read_text().replace("from uwsgi_ws import WebSocket", f"from uwsgi_ws import {cls} as WebSocket"))
     server = launch(tmp_path, path, mule="mule" in expected)
     try:
-        if cls != "AsyncWebSocket":  # async serves one WebSocket per worker at a time (conf/async.yaml)
+        if cls != "AsyncWebSocket":
             two_at_once(server)
+        else:  # async serves one WebSocket per worker at a time (conf/async.yaml)
+            ws = websocket.create_connection(server.url + "/echo", timeout=10)
+            ws.send("async")
+            assert ws.recv() == "async"
+            ws.close()
         options = opts(server)
         assert all(name in options for name in expected), options
         assert not any(name in options for name in absent), options
