@@ -73,6 +73,7 @@ setup(
             "pytest",
             "websocket-client",
             "websockets",
+            "gevent-websocket",  # tests/test_devserver_gevent_websocket.py: Flask-Sockets' python app.py (pywsgi)
             "kosoku",
             "hypothesis",
             "requests",

@@ -16,6 +16,11 @@ Werkzeug counts as a dropped connection and answers with nothing (it still
 logs the request line, ``"GET /echo HTTP/1.1" 101 -``). Under ``--debug``,
 Werkzeug's debugger wraps the app and sees no exception.
 
+gevent's pywsgi server with gevent-websocket's ``WebSocketHandler`` (Flask-Sockets'
+``python app.py``) is served here too: that handler has sent the 101 already, so
+`upgrade` takes its socket without writing one (`uwsgi_ws.geventws`), and the
+connection runs on the gevent runtime.
+
 For development only: uWSGI stays the production server (``app.run(...)``
 launches uWSGI; README "Which server for what").
 """
@@ -26,6 +31,7 @@ import logging
 import socket
 from typing import Any, Callable, Dict, List, Tuple
 
+from . import geventws
 from .broadcast import use_in_process
 
 #: The environ key where Werkzeug's development server puts the request's socket.
@@ -37,8 +43,11 @@ _warned = False
 
 def serves(environ: Dict[str, Any]) -> bool:
     """True when `environ` comes from Werkzeug's development server (or the test
-    client) rather than uWSGI: the request's raw socket is there to take over."""
-    return "uwsgi.version" not in environ and isinstance(environ.get(SOCKET_KEY), socket.socket)
+    client), or from gevent-websocket's handler (`uwsgi_ws.geventws.upgraded`), rather
+    than uWSGI: the request's raw socket is there to take over."""
+    if "uwsgi.version" in environ:
+        return False
+    return isinstance(environ.get(SOCKET_KEY), socket.socket) or geventws.upgraded(environ)
 
 
 def prepare(environ: Dict[str, Any]) -> None:
@@ -48,7 +57,9 @@ def prepare(environ: Dict[str, Any]) -> None:
     holds the whole server until it closes."""
     global _warned
     use_in_process()
-    if not environ.get("wsgi.multithread", True) and not _warned:
+    if geventws.upgraded(environ):  # pywsgi: one greenlet per request (wsgi.multithread is False there)
+        geventws.prepare(environ)
+    elif not environ.get("wsgi.multithread", True) and not _warned:
         _warned = True
         log.warning("this development server handles one request at a time (--without-threads?): each "
                     "WebSocket holds it until it closes; run flask run with threads (the default)")
@@ -63,8 +74,14 @@ def upgrade(environ: Dict[str, Any], start_response: Callable[..., Any],
     Raises:
         OSError: the client is gone (the socket fails while writing the 101).
 
+    Under gevent-websocket's handler (`uwsgi_ws.geventws`) the 101 is sent
+    already: `headers` are not sent (they say what the route negotiated, and
+    `prepare` left nothing to negotiate) and `start_response` is not called.
+
     Blocks the calling thread until the 101 is written.
     """
+    if geventws.upgraded(environ):
+        return geventws.take(environ)
     raw: socket.socket = environ[SOCKET_KEY]
     head = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers)
     raw.sendall((head + "\r\n").encode("latin-1"))

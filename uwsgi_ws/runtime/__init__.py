@@ -7,6 +7,7 @@ checks live here and nowhere else.
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import cast
 
@@ -19,8 +20,15 @@ __all__ = ["Runtime", "detect", "load", "primitives_library", "socket_module"]
 
 
 def detect() -> str:
-    """The model of the running uWSGI instance, from its options ("threads" outside uWSGI)."""
-    return _uwsgi.model()
+    """The model of the running uWSGI instance, from its options. Outside uWSGI:
+    "gevent" when the caller runs in a gevent greenlet (gevent's pywsgi server, e.g.
+    with gevent-websocket's handler: a threads runtime there would block gevent's
+    hub), else "threads" (Werkzeug's development server, the test client).
+    Non-blocking; never imports gevent."""
+    if _uwsgi.available() or "gevent" not in sys.modules:
+        return _uwsgi.model()
+    gevent = sys.modules["gevent"]
+    return "gevent" if isinstance(gevent.getcurrent(), gevent.Greenlet) else _uwsgi.model()
 
 
 def load(name: str) -> Runtime:
