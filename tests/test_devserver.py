@@ -359,3 +359,58 @@ def test_publish_outside_uwsgi_depends_on_serving(env: dict, as_flask: bool, exp
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(expected), result.stdout + result.stderr
+
+
+# -- the process's exit: a reload (1012) and Ctrl-C (1001) ----------------------------------
+
+
+def next_close(conn: websocket.WebSocket) -> tuple:
+    """Skip data frames until the close frame: (code, reason)."""
+    while True:
+        opcode, frame = conn.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode("utf-8")
+
+
+def test_a_reload_closes_open_websockets_with_1012(tmp_path: Path) -> None:
+    """Werkzeug's reloader (--debug) restarts the serving child when a file changes: the
+    open WebSockets get close 1012 (service restart) before the old child exits, not a
+    socket dropped without a close frame, and the new child serves the reconnect."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(EDGE_APP))
+    server = FlaskRun(tmp_path, tmp_path)
+    try:
+        conns = [websocket.create_connection(server.url + "/echo", timeout=30) for _ in range(2)]
+        for i, conn in enumerate(conns):
+            conn.send(f"before {i}")
+            assert conn.recv() == f"before {i}"
+        (tmp_path / "app.py").write_text(textwrap.dedent(EDGE_APP) + "\n# changed\n")
+        for conn in conns:
+            assert next_close(conn) == (1012, "server restarting")
+            conn.shutdown()
+        wait_for(lambda: "Detected change in" in server.log(), 30, "the reloader's line")
+        server.wait_ready()
+        again = websocket.create_connection(server.url + "/echo", timeout=30)
+        again.send("after")
+        assert again.recv() == "after"
+        again.close()
+    finally:
+        log = server.log()
+        server.stop()
+    assert "Traceback" not in log, log
+
+
+def test_ctrl_c_closes_open_websockets_with_1001(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the foreground group: the reloader's parent and child): close
+    1001 (going away) before the child exits."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(EDGE_APP))
+    server = FlaskRun(tmp_path, tmp_path)
+    try:
+        conn = websocket.create_connection(server.url + "/echo", timeout=30)
+        conn.send("before")
+        assert conn.recv() == "before"
+        os.killpg(server.pid, signal.SIGINT)
+        assert next_close(conn) == (1001, "server shutting down")
+        conn.shutdown()
+        server.proc.wait(30)
+    finally:
+        server.stop()

@@ -21,24 +21,53 @@ gevent's pywsgi server with gevent-websocket's ``WebSocketHandler`` (Flask-Socke
 `upgrade` takes its socket without writing one (`uwsgi_ws.geventws`), and the
 connection runs on the gevent runtime.
 
+Interpreter exit (`close_all`, registered with `atexit` by the first `track`):
+the connections still open get a close frame, 1012 "service restart" (RFC 6455
+section 7.4.1, IANA registry) when Werkzeug's reloader restarts this process
+(``flask run --debug``, a file changed), 1001 "going away" otherwise (Ctrl-C,
+the end of ``python app.py``), instead of a socket dropped without one.
+
 For development only: uWSGI stays the production server (``app.run(...)``
 launches uWSGI; README "Which server for what").
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import socket
+import threading
+import weakref
 from typing import Any, Callable, Dict, List, Tuple
 
 from . import geventws
 from .broadcast import use_in_process
+from .protocol import GOING_AWAY, SERVICE_RESTART
 
 #: The environ key where Werkzeug's development server puts the request's socket.
 SOCKET_KEY = "werkzeug.socket"
 
+#: What Werkzeug's reloader logs (werkzeug/_reloader.py, ``log_reload``) right before
+#: ``sys.exit(3)``, the exit its parent answers with a new child.
+RELOAD_LOG = "Detected change in"
+
 log = logging.getLogger("uwsgi_ws.devserver")
 _warned = False
+_open: weakref.WeakSet[Any] = weakref.WeakSet()  # the open connections (a kept finished one: .connected)
+_lock = threading.Lock()
+_armed = False
+_restarting = False
+
+
+class _ReloadSeen(logging.Filter):
+    """On Werkzeug's logger: notes the reloader's "Detected change in ..., reloading"
+    line (the process exits right after, for a new one). Lets every record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        global _restarting
+        if RELOAD_LOG in str(record.msg):
+            _restarting = True
+        return True
 
 
 def serves(environ: Dict[str, Any]) -> bool:
@@ -87,3 +116,41 @@ def upgrade(environ: Dict[str, Any], start_response: Callable[..., Any],
     raw.sendall((head + "\r\n").encode("latin-1"))
     start_response("101 Switching Protocols", [])  # Werkzeug's later write of it fails: see the docstring
     return socket.socket(fileno=raw.fileno())
+
+
+def track(conn: Any) -> None:
+    """`conn` (a `Connection` this server upgraded) gets a close frame at interpreter
+    exit if still open then (`close_all`). Kept by weak reference (nothing to
+    untrack). The first call registers `close_all` with `atexit` and notes Werkzeug's
+    reloads. Never blocks (a lock held for a set insert); any thread or greenlet."""
+    global _armed
+    with _lock:
+        _open.add(conn)
+        if _armed:
+            return
+        _armed = True
+    logging.getLogger("werkzeug").addFilter(_ReloadSeen())
+    atexit.register(close_all)
+
+
+def close_all() -> None:
+    """At interpreter exit: send every open connection a close frame, 1012 "service
+    restart" after Werkzeug's reloader logged a change (`RELOAD_LOG`: the client
+    reconnects to the new process), else 1001 "going away" (Ctrl-C, SIGTERM, the end
+    of ``python app.py``); RFC 6455 section 7.4.1 and IANA's registry. Each frame is
+    written and our side of TCP shut (`Connection.close_nowait`), without waiting for
+    the peer's answer: the process is exiting, and an unanswered peer (a test
+    client's socket pair nobody reads) must not hold it up.
+
+    A reloader whose log line is filtered out below INFO, or a reload by other
+    means, gets 1001: the client reconnects all the same. Blocks only while the
+    frames are written (a send buffer full of an unread backlog: up to each
+    connection's write path, which gives up on a broken socket)."""
+    code, reason = (SERVICE_RESTART, "server restarting") if _restarting else (GOING_AWAY, "server shutting down")
+    with _lock:
+        conns = [conn for conn in _open if getattr(conn, "connected", False)]
+    for conn in conns:
+        try:
+            conn.close_nowait(code, reason)
+        except Exception:  # closed meanwhile, socket gone: nothing to say goodbye to
+            pass

@@ -426,6 +426,8 @@ class WebSocket:
             conn.start()
             if not devserver.serves(environ):
                 shutdown.track(conn, self.runtime())  # close 1012 on a graceful worker stop
+            else:  # flask run, python app.py (gevent-websocket): close 1012/1001 at the process's exit
+                devserver.track(conn)
             upgraded.append(conn)
 
         conn: Any = _PendingConnection(upgrade, environ, subprotocol)
