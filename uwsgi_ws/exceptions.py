@@ -1,4 +1,4 @@
-"""Every exception the package raises on purpose, under one root (`UwsgiWsError`).
+"""Every exception the package raises on purpose, under one root (`UwsgiWsError`)::
 
     UwsgiWsError
     ├── ConnectionClosed            the WebSocket is closed (code, reason)
