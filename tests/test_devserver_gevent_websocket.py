@@ -153,3 +153,22 @@ def test_a_request_the_app_answers_with_http_gets_a_close_code(app: PywsgiApp) -
     assert code == 1008 and "HTTP 400" in reason, reason
     conn.shutdown()
     wait_for(lambda: "GET /: the app answered HTTP 400" in app.log(), 10, "the warning in the log")
+
+
+def test_ctrl_c_closes_open_websockets_with_1001(tmp_path: Path) -> None:
+    """Ctrl-C on ``python app.py`` (KeyboardInterrupt in gevent's main greenlet): the open
+    WebSocket gets close 1001 (going away) at the interpreter's exit
+    (uwsgi_ws.devserver.close_all), not a socket dropped without a close frame."""
+    server = PywsgiApp(tmp_path)
+    try:
+        conn = websocket.create_connection(server.url + "/echo", timeout=30)
+        conn.send("before")
+        assert conn.recv() == "before"
+        server.proc.send_signal(signal.SIGINT)
+        opcode, frame = conn.recv_data_frame(True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert (int.from_bytes(frame.data[:2], "big"), frame.data[2:]) == (1001, b"server shutting down")
+        conn.shutdown()
+        server.proc.wait(30)
+    finally:
+        server.stop()

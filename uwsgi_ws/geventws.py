@@ -50,7 +50,9 @@ production server (``app.run(...)`` launches it).
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 from typing import Any, Dict, Optional
 
 from flask import Flask, Response, request, request_finished, request_tearing_down
@@ -103,7 +105,35 @@ def take(environ: Dict[str, Any]) -> socket.socket:
     sock = socket.socket(fileno=_socket_of(environ).fileno())  # type: ignore[union-attr]
     ws.closed = True
     environ[_TAKEN_KEY] = True
+    _arm_ctrl_c()
     return sock
+
+
+_armed = False
+
+
+def _arm_ctrl_c() -> None:
+    """Once, when Python's own SIGINT handler is in place: Ctrl-C closes the open
+    connections with 1001 (`uwsgi_ws.devserver.close_all`) before KeyboardInterrupt
+    reaches the main greenlet (where ``serve_forever`` runs). Python's handler would
+    raise it in whatever greenlet runs at that instant, often a WebSocket handler,
+    whose socket pywsgi then closes with no close frame. The close runs in a greenlet
+    of gevent's signal watcher (``gevent.signal_handler``), a safe point."""
+    global _armed
+    if _armed or threading.current_thread() is not threading.main_thread():
+        return
+    _armed = True
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # the app's own: left alone
+        return
+    import gevent
+
+    def interrupted() -> None:
+        from . import devserver
+
+        devserver.close_all()
+        gevent.get_hub().parent.throw(KeyboardInterrupt)
+
+    gevent.signal_handler(signal.SIGINT, interrupted)
 
 
 def close_code_for(status: Optional[int]) -> int:
