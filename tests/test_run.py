@@ -89,7 +89,8 @@ def test_uwsgi_ws_options_go_through_set():
     args = uwsgi_args(Flask("x"), processes=2, uwsgi_ws_history=50, uwsgi_ws_history_size="8M")
     assert "--processes=2" in args
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--set-placeholder"]
-    assert pairs == ["uwsgi-ws-history=50", "uwsgi-ws-history-size=8M"]
+    # the first says the uWSGI was started by app.run (its module-level app.run() is then expected)
+    assert pairs == ["uwsgi-ws-started-by-app-run=1", "uwsgi-ws-history=50", "uwsgi-ws-history-size=8M"]
 
 
 @pytest.mark.parametrize("cls, options, added, left_out", [
@@ -119,3 +120,83 @@ def test_app_run_defaults_follow_the_class(cls, options, added, left_out):
         assert not any(a == prefix or a.startswith(prefix + "=") for a in args), (prefix, args)
     if "--sharedarea=4096" in args:
         assert f"--mule={MULE_FILE}" in args and MULE_FILE.is_file()
+
+
+# -- app.run() at a module's top level (no `__main__` guard) ------------------------------------------
+
+
+def _env(**extra: str) -> dict:
+    import os
+
+    from harness import ROOT
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)]), **extra}
+
+
+def test_module_level_app_run_returns_when_imported():
+    """pytest, a WSGI server or a script importing the module: app.run() returns (it would
+    have replaced the importing process with uWSGI) and says why on stderr."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", "import module_level_run_app; print('imported')"],
+                          capture_output=True, text=True, env=_env(), timeout=60, cwd=str(APPS))
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done
+    assert "ignoring app.run() at the top level of module_level_run_app" in done.stderr, done.stderr
+    assert "__name__ == \"__main__\"" in done.stderr
+
+
+def test_flask_run_serves_an_app_with_a_module_level_app_run(tmp_path):
+    """`flask --app module_level_run_app run`: Flask's development server serves the app and its
+    WebSocket route; the module-level app.run() is ignored, as Flask ignores its own there
+    (it exec'd uWSGI on the `flask` script: "GAME OVER")."""
+    import subprocess
+
+    from harness import free_port
+
+    port = free_port()
+    log = tmp_path / "flask.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "module_level_run_app", "run", "--port",
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=str(APPS),
+                                stdin=subprocess.DEVNULL)
+    try:
+        def serving():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                return None
+
+        assert wait_for(serving, 30, "flask run serving") == b"module-level app.run"
+        conn = websocket.create_connection(f"ws://127.0.0.1:{port}/echo", timeout=10)
+        try:
+            conn.send("hi")
+            assert conn.recv() == "hi"
+        finally:
+            conn.close()
+        text = log.read_text()
+        assert "ignoring app.run() at the top level of module_level_run_app" in text, text
+        assert "GAME OVER" not in text and "--wsgi-file" not in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_python_app_py_with_a_module_level_app_run_says_nothing_of_it(tmp_path):
+    """`python module_level_run_app.py`: the script's app.run() execs uWSGI, which imports the
+    script again and meets the same app.run(): expected there, so no warning."""
+    server = UWSGI([str(APPS / "module_level_run_app.py")], tmp_path, executable=sys.executable,
+                   env={"PORT": "{port}"})
+    try:
+        server.wait_for_log(r"broadcast mule \d+ serving ring")
+        conn = websocket.create_connection(server.url + "/echo", timeout=10)
+        try:
+            conn.send("hi")
+            assert conn.recv() == "hi"
+        finally:
+            conn.close()
+        log = server.log()
+        assert "uWSGI already serves it" not in log and "ignoring app.run()" not in log, log
+    finally:
+        server.stop()
+    assert not server.crashes(), server.log()

@@ -43,6 +43,30 @@ DEFAULTS_NOTE = ("uwsgi_ws: app.run() adds {added} (pass a concurrency option su
                  "gevent=1000 to choose the model, broadcast=False to leave the broadcast out)")
 
 
+#: A placeholder app.run sets on the uWSGI it starts: the script's module-level app.run(),
+#: run again as uWSGI imports the script, is expected there (no warning).
+STARTED_BY_RUN = "uwsgi-ws-started-by-app-run"
+#: Said when app.run() runs in the top-level code of a module being imported by another
+#: program (not the script `python app.py` runs): {module}, {program}.
+IGNORED_AT_IMPORT = ("uwsgi_ws: ignoring app.run() at the top level of {module}, imported by {program} (flask "
+                     "run, pytest, a WSGI server): starting uWSGI would replace that process. Put app.run() under "
+                     "`if __name__ == \"__main__\":` to run the app with `python app.py`.")
+
+
+def _importing_module() -> Optional[str]:
+    """The module whose top-level code called app.run() while being imported by another
+    program, or None: the first frame outside uwsgi_ws that is a module's body (code
+    ``<module>``) whose ``__name__`` is not ``"__main__"``. A call from a function (a
+    console script's ``main()``) or from the script itself returns None."""
+    frame = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "uwsgi_ws":
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_code.co_name != "<module>":
+        return None
+    name = str(frame.f_globals.get("__name__", ""))
+    return None if name == "__main__" else name
+
+
 def model_defaults(app: Flask, options: Dict[str, Any]) -> Dict[str, Any]:
     """The concurrency options app.run adds: none when `options` name a model (even as
     False: ``threads=False`` asks for a worker without one), else by the class of the
@@ -92,7 +116,8 @@ def uwsgi_args(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: boo
                            "interactive session or `python -c`")
     callable_name = next((k for k, v in vars(main).items() if v is app), "app")
     args = ["--http-socket", f"{host}:{port}", "--master", "--wsgi-file", os.path.abspath(path),
-            "--callable", callable_name, "--die-on-term", "--need-app", "--py-call-osafterfork"]
+            "--callable", callable_name, "--die-on-term", "--need-app", "--py-call-osafterfork",
+            "--set-placeholder", f"{STARTED_BY_RUN}=1"]
     if debug:
         # One worker: the debugger's state lives in one process. The concurrency
         # model stays (`gevent=100`, `threads=8`): without it the worker would
@@ -118,17 +143,27 @@ def run(app: Flask, host: str = "127.0.0.1", port: int = 5000, debug: bool = Fal
         broadcast: Optional[bool] = None, **options: Any) -> None:
     """Replace this process with uWSGI serving `app` (`python app.py`; never returns).
 
-    Called while uWSGI itself imports the app (an ``app.run()`` at module
-    level, without ``if __name__ == "__main__":``) it only logs a warning and
-    returns: uWSGI is already serving the app.
+    Called while something imports the app, it returns at once instead, as
+    Flask's own ``app.run()`` does under ``flask run``: uWSGI itself (an
+    ``app.run()`` at module level, without ``if __name__ == "__main__":``; said
+    as a warning unless this uWSGI was started by ``app.run()``), ``flask run``,
+    pytest or a WSGI server importing the module (`IGNORED_AT_IMPORT` on stderr).
 
     Raises:
         RuntimeError: uwsgi is not installed, or the app does not come from a script file.
     """
     if _uwsgi.available():
-        logger.warning("app.run() was called while uWSGI imports the app: uWSGI already serves it, so "
-                       "the call is ignored. Put app.run() under `if __name__ == \"__main__\":` (it is "
-                       "for `python app.py`), or leave it out when uWSGI starts the app.")
+        if _uwsgi.option(STARTED_BY_RUN) is None:  # python app.py's own uWSGI importing app.py: expected
+            logger.warning("app.run() was called while uWSGI imports the app: uWSGI already serves it, so "
+                           "the call is ignored. Put app.run() under `if __name__ == \"__main__\":` (it is "
+                           "for `python app.py`), or leave it out when uWSGI starts the app.")
+        return
+    importer = _importing_module()
+    if importer is not None or os.environ.get("FLASK_RUN_FROM_CLI") == "true":
+        # flask run, pytest, a WSGI server importing the app: starting uWSGI would replace that process
+        sys.stderr.write(IGNORED_AT_IMPORT.format(module=importer or "the app", program=os.path.basename(
+            sys.argv[0]) if sys.argv and sys.argv[0] else "python") + "\n")
+        sys.stderr.flush()
         return
     binary = shutil.which("uwsgi", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if binary is None:
