@@ -591,3 +591,17 @@ def test_configure():
     assert configure("deflate", level=1).level == 1
     with pytest.raises(ValueError, match="'deflate' or None"):
         configure("gzip")
+
+
+@pytest.mark.parametrize("option", ["compression_level", "compression_min_size", "max_message_size"])
+def test_a_route_refuses_the_extensions_options_saying_where_they_go(option):
+    """Per route compression is on or off only: an extension option given to `route` was
+    passed on to Flask's Rule ("unexpected keyword argument"), not saying what to do."""
+    from flask import Flask
+
+    from uwsgi_ws import WebSocket
+
+    ws = WebSocket(Flask(__name__))
+    with pytest.raises(TypeError, match=rf"{option} is an option of the whole extension.*WebSocket\(app, {option}="):
+        ws.route("/x", **{option: 9})
+    ws.route("/y", compression=None)(lambda conn: None)  # on/off per route stays

@@ -252,7 +252,20 @@ class WebSocket:
         `compression` ("deflate" or None) overrides the `compression` option for
         this route (ValueError for another value).
         Other keyword arguments go to Flask's `add_url_rule` (`endpoint`, `defaults`, ...).
+
+        Raises:
+            TypeError: a keyword is one of the extension's options (`DEFAULTS`:
+                ``compression_level``, ``max_message_size``, ...), which are set for the
+                whole extension, not per route.
+            ValueError: `compression` is neither "deflate" nor None.
         """
+        per_extension = sorted(name for name in options if name in DEFAULTS)
+        if per_extension:
+            names = ", ".join(per_extension)
+            raise TypeError(f"route({rule!r}, {names}=...): {names} is an option of the whole extension, not of a "
+                            f"route: set it as {type(self).__name__}(app, {per_extension[0]}=...) or Flask config "
+                            f"UWSGI_WS_{per_extension[0].upper()}; a route takes only subprotocols= and "
+                            "compression=\"deflate\"/None (on or off)")
         if compression != "":
             configure_deflate(compression)  # ValueError now, not at the first request
 
