@@ -19,6 +19,7 @@ answer can never come from the master's kill.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -102,6 +103,27 @@ def open_info(server, n=4):
     return [Client(server) for _ in range(n)]
 
 
+class Goodbyes:
+    """`Client.goodbye` of every client at once, each in a thread started now, as real
+    clients answer a close as soon as it comes (one read after another would leave a worker
+    waiting for the answers of clients not read yet). `times()`: when each close frame
+    came, in `clients` order (re-raises what a client's check raised)."""
+
+    def __init__(self, clients, code, timeout=ANSWER):
+        self.pool = concurrent.futures.ThreadPoolExecutor(len(clients))
+        self.futures = [self.pool.submit(c.goodbye, code, timeout) for c in clients]
+
+    def times(self):
+        try:
+            return [f.result() for f in self.futures]
+        finally:
+            self.pool.shutdown()
+
+
+def goodbyes(clients, code, timeout=ANSWER):
+    return Goodbyes(clients, code, timeout).times()
+
+
 def plain_request(server, timeout):
     """The status of a plain GET (any answer will do: it must come, not stall)."""
     try:
@@ -167,7 +189,7 @@ def assert_reload(server, model, case, trigger, clients, timeout=ANSWER):
     sent = time.time()
     trigger()
     meanwhile = Meanwhile(server)
-    last = max(c.goodbye(1012, timeout) for c in clients)
+    last = max(goodbyes(clients, 1012, timeout))
     report_stop(model, case, last - sent)
     assert meanwhile.outcome() in (200,), meanwhile.outcome()
     assert plain_request(server, ANSWER) == 200
@@ -248,18 +270,19 @@ def test_max_requests_closes_with_1012(model, tmp_path):
     old): under gevent there is no SIGHUP at all (uWSGI's loop runs its graceful path from C)."""
     with start(tmp_path, model, "--max-requests", "6", "--min-worker-lifetime", "1", app=APP) as server:
         clients = open_info(server)
-        pending = list(clients)
+        closing = Goodbyes(clients, 1012)  # read from now: a worker may recycle during the requests
         served = {c.pid: 0 for c in clients}
+        sixth = {}  # pid -> when its sixth request was answered
         for _ in range(200):  # plain requests, until each worker holding a client has served its sixth
             pid = plain_pid(server)  # answered, never stalled
             served[pid] = served.get(pid, 0) + 1
+            if served[pid] == 6:
+                sixth[pid] = time.time()
             if all(served[c.pid] >= 6 for c in clients):
                 break
-        sent = time.time()
         meanwhile = Meanwhile(server)
-        for c in pending:
-            c.goodbye(1012)
-        report_stop(model, "--max-requests", time.time() - sent, "after each worker's sixth request")
+        late = max(at - sixth[c.pid] for c, at in zip(clients, closing.times()))
+        report_stop(model, "--max-requests", late, "after the worker's sixth request (last client)")
         assert meanwhile.outcome() == 200
         assert plain_request(server, ANSWER) == 200
         assert "NO MERCY" not in server.log()
@@ -273,7 +296,7 @@ def test_reload_on_rss_closes_with_1012(model, tmp_path):
     with start(tmp_path, model, "--reload-on-rss", "1", "--min-worker-lifetime", "2", app=APP) as server:
         clients = open_info(server)
         meanwhile = Meanwhile(server)
-        late = max(c.goodbye(1012) - (c.last_spawn + 2) for c in clients)
+        late = max(at - (c.last_spawn + 2) for c, at in zip(clients, goodbyes(clients, 1012)))
         report_stop(model, "--reload-on-rss", late, "after min-worker-lifetime allowed it (last client)")
         assert meanwhile.outcome() == 200
         assert plain_request(server, ANSWER) == 200
@@ -292,6 +315,7 @@ def test_min_worker_lifetime_is_respected(model, kind, tmp_path):
                                                                      "--min-worker-lifetime", str(minimum)]
     with start(tmp_path, model, *extra, app=APP) as server:
         clients = open_info(server)
+        closing = Goodbyes(clients, 1012, minimum + ANSWER)  # read from now: a close before the minimum fails
         served = {c.pid: 0 for c in clients}
         for _ in range(200):  # the limit reached on every worker holding a client
             pid = plain_pid(server)
@@ -299,8 +323,7 @@ def test_min_worker_lifetime_is_respected(model, kind, tmp_path):
             if all(served[c.pid] >= 2 for c in clients):
                 break
         late = []
-        for c in clients:
-            at = c.goodbye(1012, minimum + ANSWER)
+        for c, at in zip(clients, closing.times()):
             assert at >= c.last_spawn + minimum, f"closed {c.last_spawn + minimum - at:.2f} s before min-worker-lifetime"
             late.append(at - (c.last_spawn + minimum))
         report_stop(model, f"--{kind} under min-worker-lifetime {minimum}", max(late),
@@ -321,8 +344,7 @@ def test_max_worker_lifetime_replaces_the_worker(model, tmp_path):
         clients = open_info(server)
         old = {c.pid for c in clients}
         late = []
-        for c in clients:
-            at = c.goodbye(1012, lifetime + ANSWER)
+        for c, at in zip(clients, goodbyes(clients, 1012, lifetime + ANSWER)):
             due = c.last_spawn + lifetime + 1  # the first whole second with now - last_spawn > lifetime
             assert at >= due, f"closed {due - at:.2f} s before the master's lifetime rule"
             late.append(at - due)
@@ -350,10 +372,34 @@ def test_full_shutdown_closes_with_1001(model, how, tmp_path):
         else:
             os.kill(server.pid, getattr(signal, how))
         meanwhile = Meanwhile(server)
-        last = max(c.goodbye(1001) for c in clients)
+        last = max(goodbyes(clients, 1001))
         report_stop(model, how, last - sent)
         assert meanwhile.outcome() != "stalled"
         server.proc.wait(ANSWER)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_full_shutdown_while_a_worker_starts(model, tmp_path):
+    """SIGINT while the workers are still in uWSGI's post-fork hook (held there by the app,
+    after uwsgi_ws's own start): before uWSGI installs its handlers, Python's SIGINT
+    handler raised KeyboardInterrupt there, the worker started as if nothing had come and
+    the master waited for it (seen under load, when a worker started late). The signal is
+    noted and redelivered once the worker is ready: it stops, the instance exits."""
+    gate = tmp_path / "gate"
+    server = serve(APP, tmp_path, model=model, env={"WORKER_STOPS_GATE": str(gate)},
+                   extra=["--processes", "2", "--worker-reload-mercy", str(MERCY)])
+    try:
+        held = wait_for(lambda: len(list(tmp_path.glob("gate-*"))) == 2, ANSWER, "both workers held in their start")
+        assert held
+        os.kill(server.pid, signal.SIGINT)
+        server.wait_for_log(r"SIGINT/SIGTERM received\.\.\.killing workers", ANSWER)
+        sent = time.time()
+        gate.write_text("")  # let both workers go on starting
+        server.proc.wait(ANSWER)
+        report_stop(model, "SIGINT while the workers start", time.time() - sent, "after they went on starting")
+        assert "KeyboardInterrupt" not in server.log(), server.log()
     finally:
         server.stop()
 

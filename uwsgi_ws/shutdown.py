@@ -45,6 +45,13 @@ worker's life it comes:
   post-fork hook (or our import, under lazy-apps) a handler of ours notes such
   a SIGHUP; once uWSGI's handler is in place the worker sends itself SIGHUP
   again (`_redeliver`) and uWSGI's graceful path runs.
+- Likewise a full shutdown (the master sends SIGINT to every worker) that lands
+  while a worker is still in that start: Python's own SIGINT handler raised
+  KeyboardInterrupt in the post-fork hook, the worker then started as if
+  nothing had come and the master waited for it until worker-reload-mercy
+  (the stop stalled; seen under load when one worker started late). SIGINT and
+  SIGTERM are noted the same way and redelivered once uWSGI's handlers (and our
+  relay) are in place: the worker's connections close with 1001 and it exits.
 
 A connection that opens after the stop was seen is closed at once (1012).
 What uWSGI alone loses (a SIGHUP between the fork and uWSGI's post-fork hook,
@@ -76,7 +83,8 @@ _stopping = False
 _shutting = False  # a full shutdown: connections tracked from now on close with 1001 at once
 _upgrades = 0  # upgrades between the start of their 101 and `track` (`upgrading`)
 _upgrades_done: Any = None  # the runtime Event a shutdown waits on while _upgrades > 0
-_asked_pid = 0  # the pid in which a SIGHUP came before uWSGI's handler was installed
+_asked_pid = 0  # the pid in which a stop signal came before uWSGI's handler was installed
+_asked: Set[int] = set()  # those signals (SIGHUP, SIGINT, SIGTERM), in that pid
 
 #: Seconds a full shutdown waits for the upgrades under way to be tracked (their 101 may be
 #: out: the client would see a reset instead of close 1001 if the worker exited first).
@@ -234,15 +242,17 @@ def _worker_runtime() -> Any:
 
 def _at_worker_start() -> None:
     """In a worker, before its loop runs (uWSGI's post-fork hook, or the app's import
-    under lazy-apps): a SIGHUP from now until uWSGI installs its handler is noted
-    (`_note_sighup`) instead of ignored; then the model installs the hooks as early as
-    it can (`Runtime.at_worker_start`: under gevent in the loop's first iteration, before
-    any request is read; under threads once uWSGI's own handlers are in place)."""
+    under lazy-apps): a SIGHUP, SIGINT or SIGTERM from now until uWSGI installs its
+    handlers is noted (`_note_signal`) instead of ignored (SIGHUP) or raised as
+    KeyboardInterrupt (SIGINT); then the model installs the hooks as early as it can
+    (`Runtime.at_worker_start`: under gevent in the loop's first iteration, before any
+    request is read; under threads once uWSGI's own handlers are in place)."""
     if _uwsgi.worker_id() <= 0:  # a mule or a spooler: no WebSockets there
         return
     try:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, _note_sighup)  # first: until uWSGI installs its own (core/uwsgi.c:3481)
+            for signum in _NOTED:  # first: until uWSGI installs its own (core/uwsgi.c uwsgi_worker_run)
+                signal.signal(signum, _note_signal)
         rt = _worker_runtime()
         rt.at_worker_start(lambda: prepare(rt))
     except Exception:  # never stop a worker from starting: the first connection installs them
@@ -267,17 +277,26 @@ def _chain_post_fork(fn: Callable[[], None]) -> None:
     setattr(api, "post_fork_hook", hook)  # noqa: B010  (uWSGI reads it from its module)
 
 
-def _note_sighup(signum: int, frame: Optional[FrameType]) -> None:
-    """SIGHUP before uWSGI's handler is installed (after the fork, while a lazy-apps
-    worker imports the app: uWSGI ignores it there): deliver it again once uWSGI's own
-    handler is in place. Python runs it in the main thread at its next bytecode."""
+#: The stop signals a starting worker notes (`_note_signal`) and redelivers (`_redeliver`).
+_NOTED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+
+def _note_signal(signum: int, frame: Optional[FrameType]) -> None:
+    """A stop signal before uWSGI's handler is installed (after the fork, while a lazy-apps
+    worker imports the app: uWSGI ignores SIGHUP there, and Python's own SIGINT handler
+    would raise KeyboardInterrupt in our post-fork hook): deliver it again once uWSGI's
+    own handler is in place. Python runs it in the main thread at its next bytecode."""
     global _asked_pid
-    if _asked_pid == os.getpid():
+    pid = os.getpid()
+    if _asked_pid != pid:
+        _asked_pid = pid
+        _asked.clear()
+    if signum in _asked:
         return
-    _asked_pid = os.getpid()
-    log.warning("worker %d was asked to stop while starting (loading the app): it stops once it is ready",
-                os.getpid())
-    if _installed_pid == os.getpid():  # ready already (Python ran this late, at its next bytecode)
+    _asked.add(signum)
+    what = "reload" if signum == signal.SIGHUP else "shut down"
+    log.warning("worker %d was asked to %s while starting (loading the app): it does once it is ready", pid, what)
+    if _installed_pid == pid:  # ready already (Python ran this late, at its next bytecode)
         _redeliver()
 
 
@@ -285,11 +304,14 @@ _redelivered = 0
 
 
 def _redeliver() -> None:
-    """Send this worker the SIGHUP it received before uWSGI could handle it (once)."""
+    """Send this worker (once) the stop signal it received before uWSGI could handle it:
+    the full shutdown's when one came (it supersedes a reload), else SIGHUP."""
     global _redelivered
     if _redelivered != os.getpid():
         _redelivered = os.getpid()
-        os.kill(os.getpid(), signal.SIGHUP)
+        asked = list(_asked)
+        shutdown = [s for s in asked if s != signal.SIGHUP]
+        os.kill(os.getpid(), shutdown[0] if shutdown else signal.SIGHUP)
 
 
 def arm() -> None:
