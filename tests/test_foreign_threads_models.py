@@ -110,3 +110,37 @@ def test_the_worker_serves_on_after_a_thread_received_and_closed(server):
         finally:
             conn.close()
     assert answer(http_get(server, "/pid")).startswith(b"HTTP/1.1 200")
+
+
+def closed_with(conn: websocket.WebSocket) -> tuple:
+    """The close frame's (code, reason), once it comes (after any data frames).
+    websocket-client answers it with 1000: the code the server's side then reports
+    (RFC 6455 section 7.1.5: the code of the close frame received)."""
+    while True:
+        opcode, data = conn.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big"), data[2:].decode()
+
+
+def test_a_thread_closes_while_the_handler_receives(server):
+    """The close goes out; the handler's receive ends with ConnectionClosed."""
+    tag = f"cwr-{server.model}"
+    conn = websocket.create_connection(server.url + f"/close-while-receiving?tag={tag}", timeout=30)
+    try:
+        assert conn.recv() == "open"
+        assert closed_with(conn) == (4003, "closed by a thread")
+    finally:
+        conn.close()
+    server.wait_for_log(rf"{tag} handler: ConnectionClosedOK: WebSocket closed with code 1000", timeout=30)
+
+
+def test_a_thread_receives_while_the_handler_closes(server):
+    """The handler's close completes; the thread's receive ends with ConnectionClosed."""
+    tag = f"rwc-{server.model}"
+    conn = websocket.create_connection(server.url + f"/receive-while-closing?tag={tag}", timeout=30)
+    try:
+        assert conn.recv() == "open"
+        assert closed_with(conn) == (4004, "closed by the handler")
+    finally:
+        conn.close()
+    server.wait_for_log(rf"{tag} thread: ConnectionClosedOK: WebSocket closed with code 1000", timeout=30)

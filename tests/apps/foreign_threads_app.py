@@ -23,6 +23,12 @@
     /concurrent?n=N
                a thread sends "t0".."t<N-1>" while the handler sends "h0".."h<N-1>"
                (binary every third message, both), then "done"
+    /close-while-receiving?tag=T
+               a thread closes with 4003 "closed by a thread" while the handler waits in
+               receive(); the handler logs "T handler: <what receive raised>"
+    /receive-while-closing?tag=T
+               a thread waits in receive() while the handler closes with 4004 "closed
+               by the handler"; the handler logs "T thread: <what receive raised>"
     /reader    a thread echoes every message ("echo <m>") until the client closes; the
                handler only waits for it
     /send-while-receiving
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 import threading
 import time
 
@@ -170,6 +177,43 @@ def concurrent(conn):
     while thread.is_alive():
         rt.sleep(0.01)
     conn.send("done")
+
+
+def _outcome(call) -> str:
+    try:
+        return repr(call())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@ws.route("/close-while-receiving")
+def close_while_receiving(conn):
+    from flask import request
+
+    tag = request.args["tag"]
+    conn.send("open")
+    thread = threading.Thread(target=lambda: conn.close(4003, "closed by a thread"))
+    thread.start()
+    print(f"{tag} handler: {_outcome(lambda: conn.receive(timeout=30))}", file=sys.stderr, flush=True)
+    rt = ws.runtime()
+    while thread.is_alive():
+        rt.sleep(0.01)
+
+
+@ws.route("/receive-while-closing")
+def receive_while_closing(conn):
+    from flask import request
+
+    tag = request.args["tag"]
+    conn.send("open")
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(result=_outcome(lambda: conn.receive(timeout=30))))
+    thread.start()
+    conn.close(4004, "closed by the handler")
+    rt = ws.runtime()
+    while thread.is_alive():
+        rt.sleep(0.01)
+    print(f"{tag} thread: {out['result']}", file=sys.stderr, flush=True)
 
 
 @ws.route("/reader")
