@@ -9,6 +9,9 @@ process, before anything goes to the broadcast mule: the tests stop the mule
 (SIGSTOP; the publish timeout is 600 s), so a request that reached its socket
 would hang instead of failing, and the ring's numbering shows nothing was
 appended (the publish before the stop gets seq n, the one after it n + 1).
+A message over ``--mule-msg-size`` is refused at the call the same way, with
+PublishError naming the option (inside the instance; from outside, the mule
+refuses it: tests/test_publish_outside.py).
 Entries: ws.publish (one channel, a list, from a threading.Thread),
 uwsgi_ws.broadcast.publish, Broadcast.publish(event=True), an events endpoint's
 emit (to a room, to a connection id), and from outside the instance
@@ -100,6 +103,9 @@ def test_a_lone_surrogate_is_refused_at_the_call_before_the_mule(instance):
                     pub.publish(text)
                 with pytest.raises(ValueError, match=re.escape(RULE)):
                     pub.emit("/live", "x", {"text": text}, to="r")
+        for entry in ENTRIES:  # the size limit too is checked at the call
+            answer = call(instance, entry, "big")
+            assert answer.startswith("PublishError: a message of ") and "--mule-msg-size=65536" in answer, answer
         published = cli("publish", "--socket", instance.socket_path, "-", stdin=b"ok \xff then")
         assert published.returncode == 1 and published.stdout == b"", published
         assert RULE.encode() + b"3 " in published.stderr and b"Traceback" not in published.stderr, published

@@ -13,7 +13,7 @@ POST /call/<entry>?data=<kind>  runs one publish entry in this worker and answer
         conn-emit-id    live.emit("x", text, to=<a connection id>)
     Kinds: ok ("fine ✓ 😀", valid), surrogate ("ok \\ud800 then": a lone
     surrogate), escaped (b"ok \\xff" decoded with surrogateescape, as the CLI reads
-    a non-UTF-8 stdin).
+    a non-UTF-8 stdin), big (70,000 characters: over the default --mule-msg-size).
 Events endpoint /live: any room may be joined.
 """
 
@@ -34,6 +34,7 @@ TEXTS = {
     "ok": "fine \u2713 \U0001f600",
     "surrogate": "ok \ud800 then",
     "escaped": b"ok \xff".decode("utf-8", "surrogateescape"),
+    "big": "x" * 70000,
 }
 
 
