@@ -533,6 +533,11 @@ class PublishServer:
                 eof = True
                 break
             peer.inbuf += chunk
+            if len(chunk) < self.READ_CHUNK:
+                # Most likely all there was: poll() is level-triggered, so anything that
+                # came meanwhile (or an EOF) is reported at the next pass; reading on
+                # until EAGAIN would cost a recv and an exception per request.
+                break
         buf = peer.inbuf
         pos = 0
         while len(buf) - pos >= ENVELOPE.size and len(batch) < self.MAX_BATCH * 4:

@@ -239,6 +239,10 @@ class Link:
         self.pid = os.getpid()
         self._waiter: Any = None
         self._waiter_rt: Any = None
+        # True while the socket is in plain non-blocking mode (setblocking(False)), so
+        # a greenlet's publish sets it once per connection, not per send and receive
+        # (each setblocking is an ioctl); settimeout (a thread's wait) clears it.
+        self._nonblocking = False
 
     def close(self) -> None:
         """Close the socket (the next call reconnects). Idempotent."""
@@ -246,6 +250,7 @@ class Link:
             self.sock.close()
             self.sock = None
             self._waiter = None
+            self._nonblocking = False
 
     def call(self, request: bytes, timeout: float, runtime: Any = None,
              on_wait: Optional[Callable[[], None]] = None, gate: Optional[MuleGate] = None) -> int:
@@ -353,13 +358,20 @@ class Link:
         assert self.sock is not None
         if runtime is None:
             self.sock.settimeout(remaining)
+            self._nonblocking = False
             return
-        self.sock.setblocking(False)
+        self._set_nonblocking()
         if self._waiter is None or self._waiter_rt is not runtime:
             self._waiter, self._waiter_rt = runtime.Waiter(self.sock.fileno()), runtime
         readable, writable = self._waiter.wait(read, not read, remaining)
         if not (readable or writable):
             raise TimeoutError
+
+    def _set_nonblocking(self) -> None:
+        assert self.sock is not None
+        if not self._nonblocking:
+            self.sock.setblocking(False)
+            self._nonblocking = True
 
     def _send(self, data: bytes, deadline: float, runtime: Any) -> None:
         view = memoryview(data)
@@ -372,7 +384,7 @@ class Link:
                 except socket.timeout:
                     raise TimeoutError from None
                 continue
-            self.sock.setblocking(False)
+            self._set_nonblocking()
             try:
                 view = view[self.sock.send(view, SEND_FLAGS):]
             except BlockingIOError:
@@ -386,7 +398,7 @@ class Link:
             if first_wait is not None:  # wait a little first, then tell the caller it is waiting
                 soon = min(deadline, time.monotonic() + _SLOW_ACK)
                 try:
-                    chunk = self._recv_some(n - len(data), soon, runtime)
+                    chunk = self._recv_some(n - len(data), soon, runtime, wait_first=True)
                 except TimeoutError:
                     if time.monotonic() >= deadline:
                         raise
@@ -401,7 +413,11 @@ class Link:
             data += chunk
         return data
 
-    def _recv_some(self, n: int, deadline: float, runtime: Any) -> bytes:
+    def _recv_some(self, n: int, deadline: float, runtime: Any, wait_first: bool = False) -> bytes:
+        """Up to `n` bytes. `wait_first` (a greenlet waiting for the answer to the request
+        it just sent, which the mule cannot have written yet): wait for readability
+        before the first recv, instead of a recv that fails with EAGAIN (a syscall and
+        an exception per publish)."""
         assert self.sock is not None
         if runtime is None:
             self._ready(True, deadline, None)
@@ -409,7 +425,9 @@ class Link:
                 return self.sock.recv(n)
             except socket.timeout:
                 raise TimeoutError from None
-        self.sock.setblocking(False)
+        if wait_first:
+            self._ready(True, deadline, runtime)
+        self._set_nonblocking()
         while True:
             try:
                 return self.sock.recv(n)
@@ -641,6 +659,24 @@ def mule_problem() -> str:
     return ""
 
 
+#: (pid, (mule_msg_size(), mule_problem(), uwsgi-ws-publish-timeout)) of this process.
+_options: Optional[Tuple[int, Tuple[int, str, float]]] = None
+
+
+def _process_options() -> Tuple[int, str, float]:
+    """(the request limit, why no mule can serve or "", the default publish timeout):
+    read from the process's uWSGI options once per process (they are fixed for its
+    life) instead of at every publish. Raises ConfigError for a malformed timeout."""
+    global _options
+    pid = os.getpid()
+    cached = _options
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    values = (mule_msg_size(), mule_problem(), float(settings.get("publish-timeout")))
+    _options = (pid, values)
+    return values
+
+
 def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, timeout: Optional[float] = None) -> int:
     if not _uwsgi.available():
         raise PublishError(
@@ -648,7 +684,8 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, time
             "and --mule=uwsgi_ws.mule:run (from outside the instance: uwsgi_ws.client.Publisher)"
         )
     request = encode_request(data, channel, event)
-    too_big = size_problem(request, mule_msg_size())
+    limit, problem, default_timeout = _process_options()
+    too_big = size_problem(request, limit)
     if too_big:
         raise PublishError(too_big)
     uwsgi_thread = _uwsgi.in_uwsgi_thread()
@@ -662,11 +699,10 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, time
         if seq is None:
             raise PublishError("the broadcast mule could not append the message (see its log)")
         return seq
-    problem = mule_problem()
     if problem:  # no mule can be serving: waiting out the publish timeout would only hide it
         raise PublishError(problem)
     if timeout is None:
-        timeout = settings.get("publish-timeout")
+        timeout = default_timeout
     gate = _gate if _gate is not None and _gate.pid == os.getpid() else None
     if gate is not None and gate.early and not gate.starts:  # (no syscall before the wait's select)
         # The master before its first mule ran: park before any call that releases the
