@@ -399,15 +399,17 @@ class Hub:
                 events = poller.poll(_FALLBACK_POLL * 1000)
                 for fd, _ in events:
                     if fd == wake_fd:
-                        wakeup.drain(self._wake)
+                        wakeup.take(self._wake)
                     elif fd == kick_fd:
-                        wakeup.drain(self._kick_r)
+                        wakeup.take(self._kick_r)
                 self._deliver()
                 watched = self._flush_pending(poller, watched)
             except Exception:  # keep the worker's broadcast alive; report the bug
                 log.exception("the broadcast hub's waker failed (it goes on)")
 
     def _flush_pending(self, poller: Any, watched: Set[int]) -> Set[int]:
+        if not self._pending and not watched:  # the usual pass: every socket took its batch
+            return watched
         with self._lock:
             pending = list(self._pending)
         now_watched = set()
@@ -533,8 +535,12 @@ class Hub:
                 raise
             finally:
                 size = len(batch.data)
-                for index, sub in enumerate(ready):
-                    sub.end_direct(batch, short.get(index, size))
+                if short:
+                    for index, sub in enumerate(ready):
+                        sub.end_direct(batch, short.get(index, size))
+                else:  # every socket took it all (the usual case): no lookup per subscriber
+                    for sub in ready:
+                        sub.end_direct(batch, size)
             # Only a short write leaves output behind (begin_direct found the buffer empty).
             pending.extend(ready[i] for i in short if ready[i].pending_output)
             delivered = len(ready)

@@ -46,7 +46,7 @@ def bind_worker_socket() -> socket.socket:
 
 
 def drain(sock: socket.socket) -> int:
-    """Read every pending wake-up byte; returns how many there were. Never blocks."""
+    """Read every pending wake-up byte; returns how many reads it took. Never blocks."""
     n = 0
     while True:
         try:
@@ -54,6 +54,20 @@ def drain(sock: socket.socket) -> int:
         except (BlockingIOError, InterruptedError):
             return n
         n += 1
+
+
+def take(sock: socket.socket) -> None:
+    """Read the pending wake-up: one datagram of a wake socket, or up to 4096 bytes of
+    a stream (the hub's kick pair, the in-process broadcast's wake pair). Never blocks.
+
+    For a waiter on a level-triggered poll (every runtime's poller): what is left
+    (another datagram of a burst) keeps the socket readable, so the next poll returns
+    at once; the usual single wake-up then costs one recv, not a second one failing
+    with EAGAIN (a syscall and an exception per message and worker), as `drain` does."""
+    try:
+        sock.recv(4096)
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 _sender: Optional[socket.socket] = None
