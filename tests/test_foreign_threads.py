@@ -78,7 +78,8 @@ def test_the_other_calls_from_another_thread(server):
     sharedarea sends, publish and emit (delivered where the model has the broadcast),
     subscribe/unsubscribe (a publish after the unsubscribe is not delivered: the one
     after it on another channel comes next), close_nowait."""
-    conn = websocket.create_connection(server.url + "/more", timeout=15)
+    tag = f"more-{server.model}"
+    conn = websocket.create_connection(server.url + f"/more?tag={tag}", timeout=15)
     try:
         assert conn.recv() == "open"
         assert conn.recv() == "None"  # recv_nb with nothing waiting, in a thread
@@ -108,6 +109,7 @@ def test_the_other_calls_from_another_thread(server):
         assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (4001, "nowait from a thread")
     finally:
         conn.close()
+    server.wait_for_log(rf"{tag} ended", timeout=30)  # the handler is done with it
 
 
 def test_a_thread_and_the_handler_send_at_once(server):

@@ -16,7 +16,12 @@
                answers once it got it), then conn.unsubscribe("more2"), a publish to
                "more2" and one to "more" (the client tells that "more2" stopped); the
                handler sends "results: " + each call's result joined by " | ", then a
-               thread ends it with close_nowait(4001, "nowait from a thread")
+               thread ends it with close_nowait(4001, "nowait from a thread"); the
+               handler waits for the connection's end and logs "<tag> ended"
+               (/more?tag=...: in the async model, a request that arrives while the
+               package's finish still waits for the peer deadlocks the worker, see
+               tests/test_async_model.py, and after close_nowait that wait lasts
+               close_timeout there)
     /receive-then-close
                a thread receives one message, then closes with 4002 and the message as
                the reason; the handler only waits for it
@@ -48,7 +53,7 @@ import time
 
 from flask import Flask
 
-from uwsgi_ws import WebSocket
+from uwsgi_ws import ConnectionClosed, WebSocket
 
 app = Flask(__name__)
 ws = WebSocket(app, allowed_origins="*", ping_interval=None)
@@ -113,6 +118,7 @@ def _recv_nb_until_something(conn, seconds: float = 10.0):
 @ws.route("/more")
 def more(conn):
     import uwsgi
+    from flask import request
 
     uwsgi.sharedarea_write(1, 0, b"hello")
     broadcast = ws.broadcast().available
@@ -141,6 +147,12 @@ def more(conn):
     results.append(in_thread(subscribe_then_unsubscribe))
     conn.send("results: " + " | ".join(results))
     in_thread(lambda: conn.close_nowait(4001, "nowait from a thread"))
+    try:  # the end of the connection, here rather than in the package's finish
+        while True:
+            conn.receive(timeout=30)
+    except ConnectionClosed:
+        pass
+    print(f"{request.args.get('tag')} ended", file=sys.stderr, flush=True)
 
 
 @ws.route("/receive-then-close")
