@@ -7,8 +7,17 @@ Also `publish` and `PublishError`, for code running in a mule or spooler
 
 from __future__ import annotations
 
+from . import startup
 from .broadcast import publish
-from .broadcast.mule import run
+from .broadcast.mule import run as _run
 from .exceptions import PublishError
 
 __all__ = ["PublishError", "publish", "run"]
+
+
+def run() -> None:
+    """Run the broadcast mule (`uwsgi_ws.broadcast.mule.run`; never returns), after
+    saying whether the master's threads it inherited will stall its exit
+    (`startup.check_inherited_threads`)."""
+    startup.check_inherited_threads()
+    _run()

@@ -70,7 +70,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional, Set
 
-from . import _uwsgi
+from . import _uwsgi, startup
 from .exceptions import HandshakeRefused
 from .log import get as _logger
 from .protocol import GOING_AWAY, SERVICE_RESTART
@@ -257,6 +257,7 @@ def _at_worker_start() -> None:
         rt.at_worker_start(lambda: prepare(rt))
     except Exception:  # never stop a worker from starting: the first connection installs them
         log.exception("uwsgi_ws: worker %d could not prepare its stop hooks at start", os.getpid())
+    startup.check_inherited_threads()  # the master's threads this fork copied would stall every stop
 
 
 def _chain_post_fork(fn: Callable[[], None]) -> None:

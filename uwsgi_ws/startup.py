@@ -41,7 +41,8 @@ import importlib.util
 import logging
 import os
 import signal
-from typing import Any, Mapping, Optional
+import threading
+from typing import Any, List, Mapping, Optional
 
 from . import _uwsgi, settings
 from .exceptions import HandshakeRefused
@@ -91,8 +92,20 @@ MODEL_MISMATCH = (
     "instance's model."
 )
 
+#: The warning for threads a worker inherited from the master without py-call-osafterfork:
+#: {threads} names them.
+INHERITED_THREADS = (
+    "this worker was forked from a master running Python thread(s) {threads} (started while the app was "
+    "imported), and uWSGI runs without `py-call-osafterfork`: Python in the worker still counts them as "
+    "running, and at exit waits for them for ever, so every stop and reload of this worker stalls until "
+    "worker-reload-mercy (60 s by default) kills it. Add --py-call-osafterfork (YAML `py-call-osafterfork: "
+    "true`; conf/broadcast.* and app.run() set it), or start such threads in the workers "
+    "(uwsgidecorators' @postfork)."
+)
+
 _checked = False
 _router_logged = False
+_threads_checked = 0  # the pid `check_inherited_threads` ran in
 
 
 def _gevent_configured() -> bool:
@@ -145,6 +158,39 @@ def check() -> None:
         logger.warning(ROUTER_WITHOUT_WEBSOCKETS)
     if not settings.get("pure") and importlib.util.find_spec("uwsgi_ws._speedups") is None:
         logger.info(PURE_PATH)
+
+
+def inherited_threads() -> List[threading.Thread]:
+    """The non-daemon threads Python in this process counts as running but which do not
+    exist in it: copies of the master's threads, left by a fork without
+    ``PyOS_AfterFork_Child`` (uWSGI calls it only with ``--py-call-osafterfork``). A
+    thread exists here when its native id is one of this process's tasks
+    (/proc/self/task). Linux only (elsewhere: none). Never blocks; any thread."""
+    try:
+        tasks = set(os.listdir("/proc/self/task"))
+    except OSError:
+        return []
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and getattr(t, "native_id", None) is not None
+            and str(t.native_id) not in tasks]
+
+
+def check_inherited_threads() -> None:
+    """In a worker after the fork: warn (`INHERITED_THREADS`) when it inherited threads
+    of the master that will hold its exit (`inherited_threads`). Once per process; a
+    no-op outside uWSGI or with ``py-call-osafterfork``. Never raises."""
+    global _threads_checked
+    if _threads_checked == os.getpid() or not _uwsgi.available():
+        return
+    _threads_checked = os.getpid()
+    try:
+        if _uwsgi.flag("py-call-osafterfork"):
+            return
+        found = inherited_threads()
+        if found:
+            logger.warning(INHERITED_THREADS.format(threads=", ".join(repr(t.name) for t in found)))
+    except Exception:  # a diagnostic: never in the way of a worker's start
+        logger.debug("inherited threads check failed", exc_info=True)
 
 
 def check_upgrade(environ: Mapping[str, Any]) -> None:
