@@ -124,6 +124,7 @@ class Publisher:
             PublishError: what is wrong: no such socket, permission denied, the mule
                 not running (after `timeout`), too large, a bad channel name; Redis
                 unreachable (after `timeout`).
+            ValueError: a str with a lone surrogate (RFC 6455 section 5.6).
             TypeError: `data` is neither str nor bytes-like.
 
         Blocks until the broadcast mule appended the message (or Redis stored it).

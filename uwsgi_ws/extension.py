@@ -511,17 +511,24 @@ class WebSocket:
         to two of them receives the message twice.
 
         Returns:
-            The number of bytes handed to the mule.
+            The message's seq in the ring once the mule appended it (several
+            channels: the last one's).
 
         Raises:
-            PublishError: with the option to set when it can't.
+            PublishError: with the option to set when it can't (no broadcast mule,
+                over ``--mule-msg-size``), or a bad channel name.
+            ValueError: a str with a lone surrogate (a text frame is UTF-8, RFC 6455
+                section 5.6).
             TypeError: `data` is neither str nor bytes-like.
 
-        Thread-safe; may block the calling thread or greenlet briefly while the
-        broadcast mule's queue is full.
+        Thread-safe (any thread or greenlet, docs/routes.md); blocks until the mule
+        acknowledged the message, briefly while its queue is full.
         """
         if isinstance(channel, (list, tuple, set, frozenset)):
-            return sum(self.broadcast().publish(data, name) for name in _channel_list(channel))
+            seq = 0
+            for name in _channel_list(channel):
+                seq = self.broadcast().publish(data, name)
+            return seq
         return self.broadcast().publish(data, channel)  # type: ignore[arg-type]  # (it raises for a non-str)
 
     def events(self, path: str, **options: Any) -> Events:

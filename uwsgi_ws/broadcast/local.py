@@ -131,8 +131,9 @@ class LocalBroadcast:
             The message's sequence number in the ring (as `publish.publish`).
 
         Raises:
-            PublishError: invalid Unicode, a bad channel name, a malformed event, or
-                a message over the ring's limit (a quarter of the ring).
+            PublishError: a bad channel name, a malformed event, or a message over
+                the ring's limit (a quarter of the ring).
+            ValueError: a str with a lone surrogate (RFC 6455 section 5.6).
             TypeError: `data` is neither str nor bytes-like.
 
         Never blocks beyond the ring's lock.
