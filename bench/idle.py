@@ -60,6 +60,29 @@ def status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def smaps_by_kind(pid: int) -> dict[str, int]:
+    """Rss (KiB) of /proc/<pid>/smaps summed by kind of mapping: ``[heap]`` (brk:
+    malloc's main arena), ``anon`` (anonymous mmaps: pymalloc arenas, CPython's
+    per-greenlet data-stack chunks, large mallocs), ``/dev/zero`` (uWSGI's shared
+    memory: per-core request structures, the sharedarea), ``[stack]``, ``file``."""
+    kinds: dict[str, int] = {}
+    kind = "anon"
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(None, 1)[0]
+                if first[0] in "0123456789abcdef" and "-" in first and not first.endswith(":"):
+                    fields = line.split()
+                    name = fields[5] if len(fields) > 5 else ""
+                    kind = ("anon" if not name else name if name.startswith("[") else
+                            "/dev/zero" if name.startswith("/dev/zero") else "file")
+                elif first == "Rss:":
+                    kinds[kind] = kinds.get(kind, 0) + int(line.split()[1])
+    except OSError:
+        pass
+    return kinds
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -73,10 +96,11 @@ def open_fds(pid: int) -> int:
 # connection, which on a shared 2-core machine made 100,000 connects take
 # longer than the run's patience.
 
-def _masked_text(payload: bytes) -> bytes:
-    """One masked text frame (client to server, RFC 6455 section 5.3), payload < 126 bytes."""
+def _masked_text(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked frame (client to server, RFC 6455 section 5.3), text unless `opcode`
+    says otherwise (0x9: a ping), payload < 126 bytes."""
     mask = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class _Client(asyncio.Protocol):
@@ -155,11 +179,12 @@ async def _client_main(host: str, port: int, path: str, count: int, source: str,
     ctl.send(("opened", len(conns), errors[:3], len(errors), time.monotonic() - started))
     while True:
         cmd = await loop.run_in_executor(None, ctl.recv)
-        if cmd == "echo":
-            async def check(i: int, c: _Client) -> bool:
+        if cmd in ("echo", "ping"):  # a message and its echo, or a ping and its pong (the prototype)
+            opcode = 0x1 if cmd == "echo" else 0x9
+            async def check(i: int, c: _Client, opcode: int = opcode) -> bool:
                 async with sem:
                     text = f"still there? {i}".encode()
-                    c.transport.write(_masked_text(text))
+                    c.transport.write(_masked_text(text, opcode))
                     return await asyncio.wait_for(c.frames.get(), 60) == text
 
             results = await asyncio.gather(*(check(i, c) for i, c in enumerate(conns)), return_exceptions=True)
@@ -233,20 +258,33 @@ def main_run(args: argparse.Namespace) -> int:
     from harness import serve  # type: ignore[attr-defined]  # the tests' uWSGI launcher (tests/apps)
 
     tmp = Path(tempfile.mkdtemp(prefix="uwsgi_ws-idle-"))
-    server = serve("echo_app:app", tmp, model=args.model, extra=server_args(args))
+    servers = str(args.repo / "bench" / "servers")
+    env = dict(os.environ)
+    if args.app == "prototype":  # the frame-once floor: raw WSGI, one greenlet per connection, no Flask
+        app, route = "prototype_server:application", "/ws"
+    elif args.tracemalloc:
+        app, route = "idle_trace_app:app", "/echo"
+        env["UWSGI_WS_TRACEMALLOC"] = str(args.tracemalloc)
+    else:
+        app, route = "echo_app:app", "/echo"
+    server = serve(app, tmp, model=args.model, extra=server_args(args), env=env,
+                   pythonpath=(str(args.repo), str(args.repo / "tests" / "apps"), servers))
     clients: List[Tuple[Any, Connection]] = []  # (a spawned process, its control pipe)
     try:
         server.wait_for_log(r"spawned uWSGI worker \d+ ", count=args.workers, timeout=120)
         server.wait_for_port()
         pids = server.worker_pids()
+        if args.tracemalloc:
+            print(_get(server.url + "/_trace/mark"), end="", file=sys.stderr)
         rss0 = {pid: status_kib(pid, "VmRSS") for pid in pids}
+        kinds0 = {pid: smaps_by_kind(pid) for pid in pids}
         fds0 = {pid: open_fds(pid) for pid in pids}
         ctx = mp.get_context("spawn")
         share, rest = divmod(args.connections, args.clients)
         started = time.monotonic()
         for i in range(args.clients):
             mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_client, args=(server.url + "/echo", share + (i < rest),
+            proc = ctx.Process(target=_client, args=(server.url + route, share + (i < rest),
                                                      f"127.0.0.{10 + i}", theirs), daemon=True)
             proc.start()
             clients.append((proc, mine))
@@ -263,9 +301,14 @@ def main_run(args: argparse.Namespace) -> int:
         rss1 = {pid: status_kib(pid, "VmRSS") for pid in pids}
         hwm = {pid: status_kib(pid, "VmHWM") for pid in pids}
         fds1 = {pid: open_fds(pid) for pid in pids}
+        kinds1 = {pid: smaps_by_kind(pid) for pid in pids}
+        trace = (_get(server.url + "/_trace/diff?top=25&group=lineno") + "by traceback (the most recent frames):\n"
+                 + _get(server.url + f"/_trace/diff?top=30&group=traceback&depth={min(args.tracemalloc, 5)}")
+                 + _get(server.url + "/_trace/stacks")
+                 if args.tracemalloc else "")
         client_rss = sum(status_kib(p.pid or 0, "VmRSS") for p, _ in clients)
         for _, ctl in clients:
-            ctl.send("echo")
+            ctl.send("ping" if args.app == "prototype" else "echo")  # the prototype echoes no messages
         echoed, failed = 0, 0
         for _, ctl in clients:
             _, ok, bad, n_bad = ctl.recv()
@@ -275,13 +318,21 @@ def main_run(args: argparse.Namespace) -> int:
                 print(f"echo failures: {n_bad}, e.g. {bad[:1]}", file=sys.stderr)
         grown = sum(rss1[p] - rss0[p] for p in pids)
         per_conn = grown / opened if opened else float("nan")
-        print(f"model={args.model} workers={args.workers} broadcast={'on' if args.broadcast else 'off'} "
+        print(f"app={args.app} model={args.model} workers={args.workers} broadcast={'on' if args.broadcast else 'off'} "
               f"connections={opened}/{args.connections} opened_in={open_secs:.1f}s "
               f"echoed={echoed}/{opened} crashes={len(server.crashes())}")
         print(f"worker RSS {sum(rss0.values()) / 1024:.1f} -> {sum(rss1.values()) / 1024:.1f} MiB "
               f"(+{grown / 1024:.1f} MiB, {per_conn:.1f} KiB per connection); "
               f"fds {sum(fds0.values())} -> {sum(fds1.values())}; "
               f"client processes RSS {client_rss / 1024:.0f} MiB")
+        if opened:
+            kinds = sorted({k for d in (*kinds0.values(), *kinds1.values()) for k in d})
+            growth = {k: sum(kinds1[p].get(k, 0) - kinds0[p].get(k, 0) for p in pids) for k in kinds}
+            print("smaps Rss growth per connection by mapping: " + ", ".join(
+                f"{k} {v / opened:.1f} KiB" for k, v in sorted(growth.items(), key=lambda kv: -kv[1]) if v))
+        if trace:
+            print("tracemalloc (worker allocations alive after the opens minus before; per connection: "
+                  f"divide by {opened}):\n" + trace, end="")
         fds_per_conn = sum(fds1[p] - fds0[p] for p in pids) / opened if opened else 1.0  # threads: 2
         for pid in pids:
             held = round((fds1[pid] - fds0[pid]) / fds_per_conn)
@@ -303,6 +354,13 @@ def main_run(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen("http" + url[2:] if url.startswith("ws") else url, timeout=120) as response:
+        return str(response.read().decode())
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -320,6 +378,14 @@ def main() -> None:
                         "and port limits)")
     p.add_argument("--broadcast", action="store_true",
                    help="also run the sharedarea ring and the broadcast mule (connections join the hub)")
+    p.add_argument("--app", choices=["echo", "prototype"], default="echo",
+                   help="echo: tests/apps/echo_app.py (uwsgi_ws, Flask); prototype: "
+                        "bench/servers/prototype_server.py (the frame-once floor: raw WSGI, one greenlet "
+                        "per connection; gevent only)")
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                   help="serve bench/servers/idle_trace_app.py (echo_app with tracemalloc started at import, "
+                        "FRAMES deep) and print the worker's traced growth by allocating traceback; "
+                        "tracing inflates RSS (read RSS from a run without it); one worker")
     p.add_argument("--repo", type=Path, default=ROOT,
                    help="checkout whose uwsgi_ws and tests/apps to run (default: this one)")
     args = p.parse_args()
