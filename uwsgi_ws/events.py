@@ -65,6 +65,7 @@ from .broadcast import (
     Recovered,
     Recovery,
     channel_bytes,
+    use_in_process,
 )
 from .exceptions import ConnectionClosed, EventError, PublishError
 from .log import get as _logger
@@ -354,12 +355,10 @@ class Events:
             return self._serve(ws_conn)
 
         events_endpoint.__name__ = endpoint
+        # on every app the extension attaches, before or after this call (an application factory)
         ws.route(path, endpoint=endpoint, **route_options)(events_endpoint)
-        if ws.app is None:
-            raise RuntimeError("ws.events() needs the app: call it after WebSocket(app) or init_app(app)")
-        ws.app.add_url_rule(path.rstrip("/") + "/sse", endpoint + "_sse", self._sse_view, methods=["GET"])
-        if "uwsgi_ws_client" not in ws.app.view_functions:
-            ws.app.add_url_rule(CLIENT_URL + "<name>", "uwsgi_ws_client", _client_file, methods=["GET"])
+        ws.add_url_rule(path.rstrip("/") + "/sse", endpoint + "_sse", self._sse_view, methods=["GET"])
+        ws.add_url_rule(CLIENT_URL + "<name>", "uwsgi_ws_client", _client_file, methods=["GET"])
 
     # -- API -------------------------------------------------------------------------
 
@@ -663,6 +662,10 @@ class Events:
     # -- SSE -------------------------------------------------------------------------
 
     def _sse_view(self) -> Response:
+        if "uwsgi.version" not in request.environ:
+            # Not under uWSGI (flask run, Flask's own test client, another WSGI server):
+            # the broadcast is this process's, as for the WebSocket routes there (devserver)
+            use_in_process()
         broadcast = self.broadcast
         if not broadcast.available:
             return _unavailable(broadcast)

@@ -11,9 +11,10 @@ import contextlib
 import functools
 import socket
 import sys
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
-from flask import Blueprint, Flask, Response, current_app, got_request_exception, request
+from flask import Blueprint, Flask, Response, current_app, got_request_exception, has_app_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
@@ -175,7 +176,13 @@ class WebSocket:
             self.deflate_options()
         #: Who may connect, for every transport of this extension (WebSocket, SSE): uwsgi_ws.admission
         self.admission = admission.Admission(self.option)
-        self._deferred: List[Tuple[Any, ...]] = []
+        # The routes declared on the extension (not on a blueprint), registered on every app
+        # `init_app` attaches (an application factory calls it once per app it creates):
+        # WebSocket routes (rule, view, handler, options) and plain HTTP ones (rule, endpoint,
+        # view, options) such as an event endpoint's SSE stream.
+        self._rules: List[Tuple[Any, ...]] = []
+        self._http_rules: List[Tuple[Any, ...]] = []
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._views: Dict[Any, Callable[..., Any]] = {}
         self._runtime: Any = None
         if app is not None:
@@ -184,8 +191,12 @@ class WebSocket:
     # -- set-up -------------------------------------------------------------
 
     def init_app(self, app: Flask) -> None:
-        """Attach to `app`: routes declared before now are registered, `app.run` launches uWSGI."""
+        """Attach to `app`: the extension's routes (declared before or after) are registered
+        on it, `app.run` launches uWSGI. An application factory may call it for each app it
+        creates: each gets every route, and the options are read from the app handling the
+        request (`option`). `self.app` is the last app attached."""
         self.app = app
+        self._apps.add(app)
         app.extensions["uwsgi_ws"] = self
         __import__("uwsgi_ws.startup").startup.check()  # start-up traps (uwsgi_ws/startup.py), once per process
         startup.check_model(type(self).__name__, self.model)  # GeventWebSocket on a threads server...
@@ -196,9 +207,10 @@ class WebSocket:
 
         app.run = functools.partial(run, app)  # type: ignore[method-assign]
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
-        for args in self._deferred:
+        for args in self._rules:
             self._add_rule(app, *args)
-        self._deferred.clear()
+        for args in self._http_rules:
+            self._add_http_rule(app, *args)
         if self.option("metrics_route"):
             self.metrics_route(self.option("metrics_route"))
         if _uwsgi.available():
@@ -214,8 +226,10 @@ class WebSocket:
             name: the option's name (``"ping_interval"``).
 
         Returns:
-            The keyword argument given to the constructor, else the app's Flask
-            config ``UWSGI_WS_<NAME>`` (read at each call), else the default.
+            The keyword argument given to the constructor, else the Flask config
+            ``UWSGI_WS_<NAME>`` (read at each call) of the app handling the request
+            (``current_app``; outside an app context the last app attached), else the
+            default.
 
         Raises:
             KeyError: `name` is not an extension option.
@@ -223,7 +237,7 @@ class WebSocket:
         declared = settings.app_option(name)
         if name in self._options:
             return self._options[name]
-        app = self.app
+        app = current_app._get_current_object() if has_app_context() else self.app  # type: ignore[attr-defined]
         key = declared.config_key
         if app is not None and key in app.config:
             return app.config[key]
@@ -274,30 +288,44 @@ class WebSocket:
             view = self._views.get(key)
             if view is None:  # one view per handler: stacked @ws.route share the endpoint
                 view = self._views[key] = self._make_view(handler, tuple(subprotocols), compression)
-            target: Union[Flask, Blueprint, None] = bp or self.app
-            if target is None:
-                self._deferred.append((rule, view, handler, options))
-            else:
-                self._add_rule(target, rule, view, handler, options)
+            if bp is not None:
+                self._add_rule(bp, rule, view, handler, options)
+                return handler
+            self._rules.append((rule, view, handler, options))
+            for app in list(self._apps):
+                self._add_rule(app, rule, view, handler, options)
             return handler
 
         return decorator
+
+    def add_url_rule(self, rule: str, endpoint: str, view: Callable[..., Any], **options: Any) -> None:
+        """A plain HTTP route the extension serves next to its WebSocket routes (an event
+        endpoint's SSE stream, the browser client's file): registered on every app
+        attached (`init_app`), now and later; an app already serving `endpoint` keeps
+        its own. `options` are Flask's `add_url_rule`'s (``methods``, ...)."""
+        self._http_rules.append((rule, endpoint, view, options))
+        for app in list(self._apps):
+            self._add_http_rule(app, rule, endpoint, view, options)
+
+    @staticmethod
+    def _add_http_rule(app: Flask, rule: str, endpoint: str, view: Callable[..., Any],
+                       options: Dict[str, Any]) -> None:
+        if endpoint not in app.view_functions:
+            app.add_url_rule(rule, endpoint, view, **options)
 
     def metrics_route(self, rule: str = "/metrics", **options: Any) -> None:
         """Serve the instance's metrics (`uwsgi_ws.metrics`) in the Prometheus text
         format at `rule`: a plain GET view, endpoint ``uwsgi_ws_metrics``. Opt-in;
         the option ``metrics_route`` (config ``UWSGI_WS_METRICS_ROUTE``) calls it
         at `init_app`. Keep it internal (allow only the scraper at the proxy)."""
-        if self.app is None:
-            raise RuntimeError("metrics_route() needs the app: call it after WebSocket(app) or init_app(app)")
         endpoint = options.pop("endpoint", "uwsgi_ws_metrics")
-        if endpoint in self.app.view_functions:
+        if any(rule_endpoint == endpoint for _, rule_endpoint, _, _ in self._http_rules):
             return
 
         def prometheus_metrics() -> Response:
             return Response(metrics.prometheus_text(), content_type=metrics.CONTENT_TYPE)
 
-        self.app.add_url_rule(rule, endpoint, prometheus_metrics, methods=["GET"], **options)
+        self.add_url_rule(rule, endpoint, prometheus_metrics, methods=["GET"], **options)
 
     def admin_route(self, rule: str = "/_admin", allow: Optional[Callable[[Any], bool]] = None,
                     **options: Any) -> Admin:

@@ -50,6 +50,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from flask import current_app, has_app_context
 from werkzeug.test import EnvironBuilder
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
@@ -90,7 +91,8 @@ class TestClient:
         ws: the `uwsgi_ws.WebSocket` extension, already attached to its app.
         flask_test_client: a Flask ``app.test_client()`` whose cookies (a session
             logged in through it) every handshake sends, as Flask-SocketIO's
-            ``flask_test_client`` does.
+            ``flask_test_client`` does. Its app is the one connected to (else the
+            app of the active app context, else the last app `init_app` attached).
 
     Creating one switches this process's broadcast to the in-process one.
     """
@@ -98,11 +100,17 @@ class TestClient:
     __test__ = False  # not a pytest test class
 
     def __init__(self, ws: WebSocket, flask_test_client: Any = None) -> None:
-        if ws.app is None:
+        # The app: `flask_test_client`'s, else the app of the active app context, else the
+        # last one `init_app` attached (an application factory attaches one per test).
+        app = getattr(flask_test_client, "application", None)
+        if app is None and has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        app = app or ws.app
+        if app is None:
             raise RuntimeError("test_client() needs the app: call it after WebSocket(app) or init_app(app)")
         use_in_process()
         self.ws = ws
-        self.app = ws.app
+        self.app = app
         self.flask_test_client = flask_test_client
 
     def connect(self, path: str, query_string: Query = None, headers: Optional[Mapping[str, str]] = None,
@@ -521,8 +529,14 @@ class EventsClient:
             self._take(message)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection (see `TestConnection.close`)."""
+        """Close the connection (see `TestConnection.close`). Idempotent."""
         self.conn.close(code, reason)
+
+    def __enter__(self) -> EventsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def close_code(self) -> Optional[int]:
