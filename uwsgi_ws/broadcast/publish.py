@@ -334,8 +334,12 @@ class Link:
         if isinstance(self.address, str) and isinstance(exc, FileNotFoundError):
             return (f"no such socket {self.address}: set uwsgi-ws-publish-socket={self.address} in the instance's "
                     "config and check that it runs")
-        return (f"the broadcast mule is not running (nothing listens on {self._where()}): "
-                "add --mule=uwsgi_ws.mule:run and --master, or wait for its respawn")
+        if isinstance(self.address, str):  # a publisher outside the instance, on the socket file
+            return (f"nothing listens on {self._where()}: the instance is stopped (the file is left from its "
+                    "last run) or its broadcast mule is being respawned; start the instance (its config needs "
+                    "the broadcast mule: include conf/broadcast.yaml, or --mule=uwsgi_ws.mule:run, and --master)")
+        return (f"the broadcast mule is not running (nothing listens on {self._where()}): add it (include "
+                "conf/broadcast.yaml, or --mule=uwsgi_ws.mule:run) and --master, or wait for its respawn")
 
     def _denied(self, exc: OSError) -> str:
         return (f"permission denied on {self._where()} (uid {os.getuid()}): run as a user the socket's mode "
