@@ -347,9 +347,9 @@ class SocketIO(flask_socketio.SocketIO):  # type: ignore[misc]
         debug = bool(kwargs.pop("debug", app.debug))
         if not any(k in kwargs for k in ("threads", "gevent")):
             kwargs["threads"] = 16
+            kwargs.setdefault("enable_threads", True)
         kwargs.setdefault("processes", 2)
-        kwargs.setdefault("sharedarea", 4096)
-        kwargs.setdefault("mule", _mule_entry())
+        # the broadcast (a 4096-page sharedarea, the mule as a file) as app.run() adds it
         app.run(host=host or "127.0.0.1", port=port or 5000, debug=debug, **kwargs)
 
     def stop(self) -> None:
@@ -483,12 +483,6 @@ def _uwsgi_ids() -> Tuple[int, int]:
         return _uwsgi.masterpid(), engine.worker_id()
     except Exception:
         return 0, 0
-
-
-def _mule_entry() -> str:
-    """The broadcast mule as the file `conf/broadcast.*` run (`--mule=<path>`): a
-    ``module:callable`` mule is segfaulted by uWSGI 2.0.31 under lazy-apps."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "broadcast_mule.py")
 
 
 def _flask_safe_json(app: Optional[Flask]) -> Any:
