@@ -253,6 +253,21 @@ def server_args(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def settle(pids: List[int], patience: float = 60.0) -> None:
+    """Wait until every worker's RSS and open fds stop changing (two reads 1 s apart
+    equal): a worker keeps mapping uWSGI's per-core pages and starting its threads
+    (``--threads``: an fd each) for a while after it listens, and a baseline read
+    during that made the per-connection figure swing by 10 KiB from run to run."""
+    deadline = time.monotonic() + patience
+    last: Any = None
+    while time.monotonic() < deadline:
+        now = [(status_kib(pid, "VmRSS"), open_fds(pid)) for pid in pids]
+        if now == last:
+            return
+        last = now
+        time.sleep(1.0)
+
+
 def main_run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(args.repo / "tests"))
     from harness import serve  # type: ignore[attr-defined]  # the tests' uWSGI launcher (tests/apps)
@@ -274,6 +289,7 @@ def main_run(args: argparse.Namespace) -> int:
         server.wait_for_log(r"spawned uWSGI worker \d+ ", count=args.workers, timeout=120)
         server.wait_for_port()
         pids = server.worker_pids()
+        settle(pids)
         if args.tracemalloc:
             print(_get(server.url + "/_trace/mark"), end="", file=sys.stderr)
         rss0 = {pid: status_kib(pid, "VmRSS") for pid in pids}
