@@ -10,15 +10,19 @@ loopback.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from uwsgi_ws.testing.server import MODELS, free_port, uwsgi_binary, wait_for
 from uwsgi_ws.testing.server import UWSGI as _UWSGI
 from uwsgi_ws.testing.server import serve as _serve
 
-__all__ = ["APPS", "MODELS", "ROOT", "UWSGI", "free_port", "read_reports", "serve", "survives", "uwsgi_binary",
-           "wait_for"]
+__all__ = ["APPS", "MODELS", "ROOT", "UWSGI", "ScriptServer", "free_port", "read_reports", "serve", "survives",
+           "uwsgi_binary", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -46,6 +50,83 @@ def serve(
     kwargs.setdefault("pythonpath", (str(ROOT), str(APPS)))
     kwargs.setdefault("cwd", str(ROOT))
     return _serve(app, tmp_path, model, extra, **kwargs)  # type: ignore[arg-type]
+
+
+class ScriptServer:
+    """A Python server process a test starts that is not uWSGI (`flask run`, `python app.py`).
+
+    `argv` runs in `cwd` in its own process group (start_new_session), stdin from
+    /dev/null, stdout and stderr to ``tmp_path/<name>-<port>.log``; "{port}" in an
+    argv item is replaced by `port` (a free TCP port unless given). The environment is
+    os.environ with PYTHONUNBUFFERED=1 (the log is read while it runs) and `env` on
+    top, without WERKZEUG_RUN_MAIN/WERKZEUG_SERVER_FD (a server started here is never
+    a reloader's child). The constructor blocks until `ready(server)` is truthy
+    (`wait_ready`). Not thread-safe: one test drives it.
+    """
+
+    def __init__(self, argv: Sequence[str], cwd: Path, tmp_path: Path, *, ready: Callable[[ScriptServer], object],
+                 env: Optional[Mapping[str, str]] = None, port: Optional[int] = None, name: str = "server",
+                 timeout: float = 30.0) -> None:
+        self.port = free_port() if port is None else port
+        self.name = name
+        self._ready = ready
+        self.log_path = tmp_path / f"{name.replace(' ', '-')}-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("WERKZEUG_RUN_MAIN", None)
+        full_env.pop("WERKZEUG_SERVER_FD", None)
+        self.proc = subprocess.Popen([arg.replace("{port}", str(self.port)) for arg in argv], cwd=cwd, env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until `ready(self)` is truthy (polled every 50 ms). Raises RuntimeError
+        with the log if the process exits first or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if self._ready(self):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not serve in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the process wrote so far (stdout and stderr), decoded as UTF-8."""
+        self._log.flush()
+        return self.log_path.read_bytes().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL what is left after 10 s; returns once the
+        process is reaped. Safe to call twice."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        self._log.close()
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:<port>``."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
 
 
 def read_reports(path: Path, count: int = 1, timeout: float = 10.0) -> list:

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -24,69 +23,29 @@ import pytest
 import requests
 import websocket
 
-from harness import ROOT, free_port, wait_for
+from harness import ROOT, ScriptServer, wait_for
 
 EXAMPLES = ROOT / "examples"
 
 
-class FlaskRun:
+def debugger_serving(server: ScriptServer) -> bool:
+    """The serving child (the reloader's) answers HTTP: the parent listens first."""
+    if "Debugger is active" not in server.log():
+        return False
+    try:
+        requests.get(server.http + "/", timeout=5)
+        return True
+    except requests.RequestException:
+        return False
+
+
+class FlaskRun(ScriptServer):
     """`flask --app app run --debug --port P` in `cwd`, its log in `log_path`."""
 
     def __init__(self, cwd: Path, tmp_path: Path, extra: tuple = ()) -> None:
-        self.port = free_port()
-        self.log_path = tmp_path / f"flask-{self.port}.log"
-        self._log = open(self.log_path, "wb")
         flask = Path(sys.executable).with_name("flask")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("WERKZEUG_RUN_MAIN", None)
-        env.pop("WERKZEUG_SERVER_FD", None)
-        self.proc = subprocess.Popen([str(flask), "--app", "app", "run", "--debug", "--port", str(self.port), *extra],
-                                     cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = self.proc.pid
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until the serving child (the reloader's) answers HTTP: the parent listens first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"flask run exited with {self.proc.returncode}:\n{self.log()}")
-            if "Debugger is active" in self.log():
-                try:
-                    requests.get(self.http + "/", timeout=5)
-                    return
-                except requests.RequestException:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"flask run did not serve in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_bytes().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        """SIGTERM the group (parent and reloader child), SIGKILL what is left."""
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait(5)
-        self._log.close()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__([str(flask), "--app", "app", "run", "--debug", "--port", "{port}", *extra], cwd, tmp_path,
+                         ready=debugger_serving, name="flask run")
 
 
 def flask_run(cwd: Path, tmp_path: Path) -> Iterator[FlaskRun]:

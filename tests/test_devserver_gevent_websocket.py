@@ -14,9 +14,7 @@ answered 501 "needs uWSGI" into gevent-websocket's dummy start_response)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +23,7 @@ import pytest
 import requests
 import websocket
 
-from harness import APPS, free_port, wait_for
+from harness import APPS, ScriptServer, free_port, wait_for
 
 pytest.importorskip("geventwebsocket", reason="gevent-websocket (the test extra) is not installed")
 
@@ -41,53 +39,25 @@ def _publish():
 '''
 
 
-class PywsgiApp:
-    """``python app.py`` in `where`, its output in ``where/app.log``."""
+def hello_world(server: ScriptServer) -> bool:
+    """GET / answers the README's "Hello World!"."""
+    try:
+        return requests.get(server.http + "/", timeout=5).text == "Hello World!"
+    except requests.RequestException:
+        return False
+
+
+class PywsgiApp(ScriptServer):
+    """``python app.py`` in `where`, its output in ``where/python-app.py-<port>.log``."""
 
     def __init__(self, where: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         source = (APPS / "seed_flask_sockets_pywsgi.py").read_text()
         assert source.count("('', 5000)") == 1 and source.count('if __name__ == "__main__":') == 1
-        source = source.replace("('', 5000)", f"('127.0.0.1', {self.port})")
+        source = source.replace("('', 5000)", f"('127.0.0.1', {port})")
         source = source.replace('if __name__ == "__main__":', PROBE + 'if __name__ == "__main__":')
         (where / "app.py").write_text(source)
-        self.log_path = where / "app.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=where, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        wait_for(self._ready, 30, "python app.py answering GET /")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"python app.py exited with {self.proc.returncode}:\n{self.log()}")
-        try:
-            return requests.get(self.http + "/", timeout=5).text == "Hello World!"
-        except requests.RequestException:
-            return False
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_bytes().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        """SIGTERM by pid, SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__([sys.executable, "app.py"], where, where, ready=hello_world, port=port, name="python app.py")
 
 
 @pytest.fixture(scope="module")

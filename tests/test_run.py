@@ -149,37 +149,30 @@ def test_flask_run_serves_an_app_with_a_module_level_app_run(tmp_path):
     """`flask --app module_level_run_app run`: Flask's development server serves the app and its
     WebSocket route; the module-level app.run() is ignored, as Flask ignores its own there
     (it exec'd uWSGI on the `flask` script: "GAME OVER")."""
-    import subprocess
+    from harness import ScriptServer
 
-    from harness import free_port
+    def serving(server: ScriptServer) -> bytes | None:
+        try:
+            return urllib.request.urlopen(server.http + "/", timeout=5).read()
+        except OSError:
+            return None
 
-    port = free_port()
-    log = tmp_path / "flask.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "module_level_run_app", "run", "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=str(APPS),
-                                stdin=subprocess.DEVNULL)
+    # without --debug (no reloader), in tests/apps with the checkout and tests/apps on PYTHONPATH
+    server = ScriptServer([sys.executable, "-m", "flask", "--app", "module_level_run_app", "run", "--port", "{port}"],
+                          APPS, tmp_path, env=_env(), ready=serving, name="flask run")
     try:
-        def serving():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                return None
-
-        assert wait_for(serving, 30, "flask run serving") == b"module-level app.run"
-        conn = websocket.create_connection(f"ws://127.0.0.1:{port}/echo", timeout=10)
+        assert serving(server) == b"module-level app.run"
+        conn = websocket.create_connection(server.url + "/echo", timeout=10)
         try:
             conn.send("hi")
             assert conn.recv() == "hi"
         finally:
             conn.close()
-        text = log.read_text()
+        text = server.log()
         assert "ignoring app.run() at the top level of module_level_run_app" in text, text
         assert "GAME OVER" not in text and "--wsgi-file" not in text, text
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        server.stop()
 
 
 def test_python_app_py_with_a_module_level_app_run_says_nothing_of_it(tmp_path):
