@@ -96,6 +96,12 @@ class Close:
 
 Event = Union[Message, Ping, Pong, Close]
 
+# The engine's lists (frames to write, events, a message's parts) and the frame
+# decoder are made when first needed: an idle connection holds none of them. The
+# empty lists share this tuple (three empty lists are 0.2 KiB a connection; wsproto's
+# FrameProtocol with its decoders, buffer and parser generator about 0.8 KiB).
+_EMPTY: Any = ()
+
 
 class _LimitedDecoder(FrameDecoder):
     """wsproto's frame decoder, judging each data frame by its header before any
@@ -190,9 +196,8 @@ class Protocol:
                  deflate: Optional[DeflateParams] = None) -> None:
         #: The permessage-deflate codec, or None when not negotiated.
         self.deflate = PerMessageDeflate(deflate, max_message_size) if deflate is not None else None
-        extensions: List[Extension] = [self.deflate] if self.deflate is not None else []
-        self._frames = FrameProtocol(client=False, extensions=extensions)
-        self._frames._frame_decoder = _LimitedDecoder(max_message_size, self.deflate)
+        self._max_message_size = max_message_size
+        self._frames: Optional[FrameProtocol] = None  # made by the first receive_data
         self.state = State.OPEN
         self.close_code: Optional[int] = None
         self.close_reason = ""
@@ -200,9 +205,9 @@ class Protocol:
         self.close_received = False
         #: Who sent the first close frame: "server", "client", or None (neither yet).
         self.close_initiator: Optional[str] = None
-        self._out: List[bytes] = []
-        self._events: List[Event] = []
-        self._parts: List[Any] = []
+        self._out: List[bytes] = _EMPTY  # each made at its first item (see _EMPTY)
+        self._events: List[Event] = _EMPTY
+        self._parts: List[Any] = _EMPTY
         self._failure: Optional[Tuple[int, str]] = None
         self._sent: Optional[Tuple[int, str]] = None
 
@@ -215,9 +220,14 @@ class Protocol:
             return
         if self.state is State.CLOSED or self._failed():
             return  # after a failure or the closing handshake, input is discarded
-        self._frames.receive_bytes(data)
+        decoder = self._frames
+        if decoder is None:
+            extensions: List[Extension] = [self.deflate] if self.deflate is not None else []
+            decoder = self._frames = FrameProtocol(client=False, extensions=extensions)
+            decoder._frame_decoder = _LimitedDecoder(self._max_message_size, self.deflate)
+        decoder.receive_bytes(data)
         try:
-            for frame in self._frames.received_frames():
+            for frame in decoder.received_frames():
                 self._handle(frame)
                 if self._closed():
                     break
@@ -228,10 +238,10 @@ class Protocol:
         opcode = frame.opcode
         if opcode is Opcode.PING:
             if self.state is State.OPEN:
-                self._out.append(frames.encode(frames.OP_PONG, bytes(frame.payload)))
-            self._events.append(Ping(bytes(frame.payload)))
+                self._queue(frames.encode(frames.OP_PONG, bytes(frame.payload)))
+            self._event(Ping(bytes(frame.payload)))
         elif opcode is Opcode.PONG:
-            self._events.append(Pong(bytes(frame.payload)))
+            self._event(Pong(bytes(frame.payload)))
         elif opcode is Opcode.CLOSE:
             code, reason = frame.payload
             self.close_received = True
@@ -242,14 +252,18 @@ class Protocol:
                 self._send_close(None if code == NO_STATUS else int(code), "")
             self._finish(int(code), reason)
         elif self.state is State.OPEN:
-            self._parts.append(frame.payload)
+            parts = self._parts
+            if parts:
+                parts.append(frame.payload)
+            else:
+                parts = self._parts = [frame.payload]
             if frame.message_finished:
-                parts, self._parts = self._parts, []
+                self._parts = _EMPTY
                 if opcode is Opcode.TEXT:
                     data: Union[str, bytes] = parts[0] if len(parts) == 1 else "".join(parts)
                 else:
                     data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-                self._events.append(Message(data))
+                self._event(Message(data))
 
     def _receive_eof(self) -> None:
         if self.state is not State.CLOSED:
@@ -292,7 +306,7 @@ class Protocol:
         if len(payload) > 125:
             raise ValueError(f"a ping payload is at most 125 bytes (RFC 6455 section 5.5), not {len(payload)}")
         if self.state is State.OPEN:
-            self._out.append(frames.encode(frames.OP_PING, bytes(payload)))
+            self._queue(frames.encode(frames.OP_PING, bytes(payload)))
 
     def frame_message(self, data: Union[str, bytes, bytearray, memoryview]) -> bytes:
         """The frame for a data message: text for `str`, binary for bytes-like;
@@ -323,17 +337,18 @@ class Protocol:
         """Bytes the engine wants written (pongs, close frames), in order."""
         if not self._out:
             return b""
-        out, self._out = self._out, []
-        return b"".join(out)
+        out, self._out = self._out, _EMPTY
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def events_received(self) -> List[Event]:
-        events, self._events = self._events, []
-        return events
+        """The events since the last call, oldest first (a new list)."""
+        events, self._events = self._events, _EMPTY
+        return events if events else []
 
     # -- internals --------------------------------------------------------
 
     def _send_close(self, code: Optional[int], reason: str) -> None:
-        self._out.append(frames.encode(frames.OP_CLOSE, frames.close_payload(code, reason)))
+        self._queue(frames.encode(frames.OP_CLOSE, frames.close_payload(code, reason)))
         self.close_sent = True
         if self.close_initiator is None:
             self.close_initiator = "server"
@@ -365,4 +380,18 @@ class Protocol:
         self.state = State.CLOSED
         code = int(code)  # a plain int for callers (str() of an IntEnum differs before 3.11)
         self.close_code, self.close_reason = code, reason
-        self._events.append(Close(code, reason))
+        self._event(Close(code, reason))
+
+    def _queue(self, data: bytes) -> None:
+        """Append a frame to write (making the list at the first: see _EMPTY)."""
+        if self._out:
+            self._out.append(data)
+        else:
+            self._out = [data]
+
+    def _event(self, event: Event) -> None:
+        """Append an event (making the list at the first: see _EMPTY)."""
+        if self._events:
+            self._events.append(event)
+        else:
+            self._events = [event]
