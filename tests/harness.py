@@ -22,7 +22,7 @@ from uwsgi_ws.testing.server import UWSGI as _UWSGI
 from uwsgi_ws.testing.server import serve as _serve
 
 __all__ = ["APPS", "MODELS", "ROOT", "UWSGI", "ScriptServer", "free_port", "read_reports", "serve", "survives",
-           "uwsgi_binary", "wait_for"]
+           "two_echo_at_once", "uwsgi_binary", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -162,3 +162,22 @@ def survives(server: UWSGI) -> Iterator[None]:
         witness.close()
     assert server.worker_pids() == pids
     assert server.crashes() == []
+
+
+def two_echo_at_once(server: _UWSGI) -> None:
+    """Two WebSockets open at the same time on `server`'s ``/echo``, each echoed (the
+    second opened is echoed first): the concurrency model lets one worker hold both.
+    Blocks up to 10 s per socket operation (websocket-client's timeout); AssertionError
+    on a wrong echo; both sockets closed."""
+    import websocket
+
+    first = websocket.create_connection(server.url + "/echo", timeout=10)
+    second = websocket.create_connection(server.url + "/echo", timeout=10)
+    try:
+        second.send("second")
+        assert second.recv() == "second"
+        first.send("first")
+        assert first.recv() == "first"
+    finally:
+        first.close()
+        second.close()

@@ -28,7 +28,7 @@ import websocket
 
 from uwsgi_ws import startup
 
-from harness import APPS, UWSGI, serve, wait_for
+from harness import APPS, UWSGI, serve, two_echo_at_once, wait_for
 from wsraw import RawWebSocket
 
 # As conf/broadcast.* ships: --py-call-osafterfork, so that a worker's exit does not wait for
@@ -326,16 +326,7 @@ def python_app(tmp_path: Path, name: str) -> UWSGI:
 def test_python_app_py_flask_uwsgi_websocket(tmp_path, name, option):
     server = python_app(tmp_path, name)
     try:
-        first = websocket.create_connection(server.url + "/echo", timeout=10)
-        second = websocket.create_connection(server.url + "/echo", timeout=10)
-        try:  # two at once: the model the page asked for is in force
-            second.send("second")
-            assert second.recv() == "second"
-            first.send("first")
-            assert first.recv() == "first"
-        finally:
-            first.close()
-            second.close()
+        two_echo_at_once(server)  # two at once: the model the page asked for is in force
         log = server.log()
         assert re.search(rf"spawned uWSGI master process \(pid: {server.pid}\)", log), log
         assert startup.NO_CONCURRENCY not in log

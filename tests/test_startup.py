@@ -18,7 +18,7 @@ import websocket
 
 from uwsgi_ws import startup
 
-from harness import UWSGI, serve, wait_for
+from harness import UWSGI, serve, two_echo_at_once, wait_for
 
 # What the apps import, linked into the gevent-less virtualenv (never gevent, greenlet, zope).
 NEEDED = ("flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker", "wsproto", "h11", "yaml")
@@ -135,26 +135,12 @@ def launch(tmp_path: Path, path: Path, mule: bool = True) -> UWSGI:
     return server
 
 
-def two_at_once(server: UWSGI) -> None:
-    """Two WebSockets open at the same time on the one worker, each echoed."""
-    first = websocket.create_connection(server.url + "/echo", timeout=10)
-    second = websocket.create_connection(server.url + "/echo", timeout=10)
-    try:
-        second.send("second")
-        assert second.recv() == "second"
-        first.send("first")
-        assert first.recv() == "first"
-    finally:
-        first.close()
-        second.close()
-
-
 @pytest.mark.parametrize("model", ["gevent=100", "threads=8"])
 def test_app_run_debug_keeps_the_concurrency_model(tmp_path, model):
     path = script(tmp_path, f"app.run(port=int(os.environ['PORT']), debug=True, {model})")
     server = launch(tmp_path, path)
     try:
-        two_at_once(server)
+        two_echo_at_once(server)
         options = json.loads(urllib.request.urlopen(server.http + "/opts", timeout=10).read())
         assert model.split("=")[0] in options, options
         assert len(server.worker_pids()) == 1, server.log()
@@ -182,7 +168,7 @@ def test_app_run_without_options_picks_the_model_of_the_class(tmp_path, cls, exp
     server = launch(tmp_path, path, mule="mule" in expected)
     try:
         if cls != "AsyncWebSocket":
-            two_at_once(server)
+            two_echo_at_once(server)
         else:  # async serves one WebSocket per worker at a time (conf/async.yaml)
             ws = websocket.create_connection(server.url + "/echo", timeout=10)
             ws.send("async")
@@ -205,7 +191,7 @@ def test_app_run_broadcast_false_leaves_the_broadcast_out(tmp_path):
     path = script(tmp_path, "app.run(port=int(os.environ['PORT']), broadcast=False)")
     server = launch(tmp_path, path, mule=False)
     try:
-        two_at_once(server)
+        two_echo_at_once(server)
         options = opts(server)
         assert "threads" in options and "sharedarea" not in options and "mule" not in options, options
     finally:
@@ -243,7 +229,7 @@ def test_a_class_for_another_model_is_served_with_the_instances_and_warned_about
         SCRIPT.replace("from uwsgi_ws import WebSocket", f"from uwsgi_ws import {cls} as WebSocket"))
     server = serve("mismatch_app:app", tmp_path, model=model, pythonpath=(str(tmp_path / "apps"), str(ROOT)))
     try:
-        two_at_once(server)
+        two_echo_at_once(server)
         log = server.log()
         wanted = "--gevent 100" if cls == "GeventWebSocket" else "--threads 16"
         if warned:
@@ -263,7 +249,7 @@ def test_app_run_at_module_level_just_works(tmp_path):
     path = script(tmp_path, "app.run(port=int(os.environ['PORT']), threads=4)", guarded=False)
     server = launch(tmp_path, path)
     try:
-        two_at_once(server)
+        two_echo_at_once(server)
         log = server.log()
         assert "app.run() was called while uWSGI imports the app" not in log, log
         assert "GAME OVER" not in log and "must be called from a script" not in log
