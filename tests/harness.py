@@ -21,8 +21,8 @@ from uwsgi_ws.testing.server import MODELS, free_port, uwsgi_binary, wait_for
 from uwsgi_ws.testing.server import UWSGI as _UWSGI
 from uwsgi_ws.testing.server import serve as _serve
 
-__all__ = ["APPS", "MODELS", "ROOT", "UWSGI", "ScriptServer", "free_port", "read_reports", "serve", "survives",
-           "two_echo_at_once", "uwsgi_binary", "wait_for"]
+__all__ = ["APPS", "MODELS", "ROOT", "UWSGI", "ScriptServer", "free_port", "read_reports", "same_worker", "serve",
+           "survives", "two_echo_at_once", "uwsgi_binary", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -141,6 +141,18 @@ def read_reports(path: Path, count: int = 1, timeout: float = 10.0) -> list:
         return found if len(found) >= count else []
 
     return wait_for(complete_lines, timeout, f"{count} report line(s) in {path}")
+
+
+def same_worker(server: _UWSGI, ready: str = r"broadcast mule 1 serving ring") -> Iterator[None]:
+    """An autouse fixture's body (``yield from same_worker(server)``): once `ready` (a regex)
+    is in the log (30 s), the worker pids before the test are the ones after it, and the
+    log has no crash line and no "Fatal Python error" (AssertionError with the log if not)."""
+    server.wait_for_log(ready, timeout=30)
+    pids = server.worker_pids()
+    yield
+    assert server.worker_pids() == pids, server.log()
+    assert not server.crashes(), server.log()
+    assert "Fatal Python error" not in server.log(), server.log()
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ from __future__ import annotations
 import pytest
 import websocket
 
+import harness
+
 APP = "foreign_threads_app:app"
 EXTRA = ["--sharedarea", "4096", "--sharedarea", "1", "--mule=uwsgi_ws.mule:run"]
 MODELS = ["threads", "gevent", "async"]
@@ -31,12 +33,7 @@ NO_BROADCAST = ("RingError: subscribe({!r}) needs the broadcast: the async (ugre
 @pytest.fixture(autouse=True)
 def same_worker(server):
     """The worker that served the test is still the one running: nothing crashed it."""
-    server.wait_for_log(r"broadcast mule 1 serving ring", timeout=30)
-    pids = server.worker_pids()
-    yield
-    assert server.worker_pids() == pids, server.log()
-    assert not server.crashes(), server.log()
-    assert "Fatal Python error" not in server.log(), server.log()
+    yield from harness.same_worker(server)
 
 
 def test_the_first_use_from_another_thread_is_a_clear_error(server):

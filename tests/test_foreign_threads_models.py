@@ -29,6 +29,8 @@ import socket
 import pytest
 import websocket
 
+import harness
+
 APP = "foreign_threads_app:app"
 EXTRA = ["--sharedarea", "4096", "--sharedarea", "1", "--mule=uwsgi_ws.mule:run"]
 MODELS = ["threads", "gevent", "async"]
@@ -37,12 +39,7 @@ MODELS = ["threads", "gevent", "async"]
 @pytest.fixture(autouse=True)
 def same_worker(server):
     """The worker that served the test is still the one running: nothing crashed it."""
-    server.wait_for_log(r"broadcast mule 1 serving ring", timeout=30)
-    pids = server.worker_pids()
-    yield
-    assert server.worker_pids() == pids, server.log()
-    assert not server.crashes(), server.log()
-    assert "Fatal Python error" not in server.log(), server.log()
+    yield from harness.same_worker(server)
 
 
 def http_get(server, path: str) -> socket.socket:
@@ -122,25 +119,24 @@ def closed_with(conn: websocket.WebSocket) -> tuple:
             return int.from_bytes(data[:2], "big"), data[2:].decode()
 
 
-def test_a_thread_closes_while_the_handler_receives(server):
-    """The close goes out; the handler's receive ends with ConnectionClosed."""
-    tag = f"cwr-{server.model}"
-    conn = websocket.create_connection(server.url + f"/close-while-receiving?tag={tag}", timeout=30)
+def close_race(server, route: str, tag: str, close: tuple, waiter: str) -> None:
+    """Open `route`?tag=`tag` (it sends "open"), expect the close frame `close` (code,
+    reason), then the app's log line: `waiter` ("handler" or "thread") saw the receive it
+    waited in end with ConnectionClosedOK (the client's answering 1000)."""
+    conn = websocket.create_connection(server.url + f"{route}?tag={tag}", timeout=30)
     try:
         assert conn.recv() == "open"
-        assert closed_with(conn) == (4003, "closed by a thread")
+        assert closed_with(conn) == close
     finally:
         conn.close()
-    server.wait_for_log(rf"{tag} handler: ConnectionClosedOK: WebSocket closed with code 1000", timeout=30)
+    server.wait_for_log(rf"{tag} {waiter}: ConnectionClosedOK: WebSocket closed with code 1000", timeout=30)
+
+
+def test_a_thread_closes_while_the_handler_receives(server):
+    """The close goes out; the handler's receive ends with ConnectionClosed."""
+    close_race(server, "/close-while-receiving", f"cwr-{server.model}", (4003, "closed by a thread"), "handler")
 
 
 def test_a_thread_receives_while_the_handler_closes(server):
     """The handler's close completes; the thread's receive ends with ConnectionClosed."""
-    tag = f"rwc-{server.model}"
-    conn = websocket.create_connection(server.url + f"/receive-while-closing?tag={tag}", timeout=30)
-    try:
-        assert conn.recv() == "open"
-        assert closed_with(conn) == (4004, "closed by the handler")
-    finally:
-        conn.close()
-    server.wait_for_log(rf"{tag} thread: ConnectionClosedOK: WebSocket closed with code 1000", timeout=30)
+    close_race(server, "/receive-while-closing", f"rwc-{server.model}", (4004, "closed by the handler"), "thread")

@@ -60,21 +60,31 @@ ws = WebSocket(app, allowed_origins="*", ping_interval=None)
 live = ws.events("/live")
 
 
+def wait_for_thread(thread: threading.Thread) -> None:
+    """Block the handler until `thread` ends, polling every 10 ms with the model's sleep
+    (ws.runtime().sleep, not thread.join()): the worker's other tasks run meanwhile."""
+    rt = ws.runtime()
+    while thread.is_alive():
+        rt.sleep(0.01)
+
+
+def _outcome(call) -> str:
+    try:
+        return repr(call())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 def in_thread(call) -> str:
     """Run `call` in a new threading.Thread; its result's repr or its exception's text."""
     out = {}
 
     def run():
-        try:
-            out["result"] = repr(call())
-        except Exception as exc:
-            out["result"] = f"{type(exc).__name__}: {exc}"
+        out["result"] = _outcome(call)
 
     thread = threading.Thread(target=run)
     thread.start()
-    rt = ws.runtime()
-    while thread.is_alive():
-        rt.sleep(0.01)
+    wait_for_thread(thread)
     return out["result"]
 
 
@@ -165,9 +175,7 @@ def receive_then_close(conn):
 
     thread = threading.Thread(target=run)
     thread.start()
-    rt = ws.runtime()
-    while thread.is_alive():
-        rt.sleep(0.01)
+    wait_for_thread(thread)
 
 
 @ws.route("/concurrent")
@@ -185,17 +193,8 @@ def concurrent(conn):
     thread = threading.Thread(target=sends, args=("t",))
     thread.start()
     sends("h")
-    rt = ws.runtime()
-    while thread.is_alive():
-        rt.sleep(0.01)
+    wait_for_thread(thread)
     conn.send("done")
-
-
-def _outcome(call) -> str:
-    try:
-        return repr(call())
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
 
 
 @ws.route("/close-while-receiving")
@@ -207,9 +206,7 @@ def close_while_receiving(conn):
     thread = threading.Thread(target=lambda: conn.close(4003, "closed by a thread"))
     thread.start()
     print(f"{tag} handler: {_outcome(lambda: conn.receive(timeout=30))}", file=sys.stderr, flush=True)
-    rt = ws.runtime()
-    while thread.is_alive():
-        rt.sleep(0.01)
+    wait_for_thread(thread)
 
 
 @ws.route("/receive-while-closing")
@@ -222,9 +219,7 @@ def receive_while_closing(conn):
     thread = threading.Thread(target=lambda: out.update(result=_outcome(lambda: conn.receive(timeout=30))))
     thread.start()
     conn.close(4004, "closed by the handler")
-    rt = ws.runtime()
-    while thread.is_alive():
-        rt.sleep(0.01)
+    wait_for_thread(thread)
     print(f"{tag} thread: {out['result']}", file=sys.stderr, flush=True)
 
 
@@ -237,9 +232,7 @@ def reader(conn):
     conn.send("open %d" % os.getpid())  # the first use, in the handler
     thread = threading.Thread(target=echo)
     thread.start()
-    rt = ws.runtime()
-    while thread.is_alive():
-        rt.sleep(0.01)
+    wait_for_thread(thread)
 
 
 @ws.route("/send-while-receiving")
