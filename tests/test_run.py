@@ -42,8 +42,8 @@ def info(server):
     return json.loads(urllib.request.urlopen(server.http + "/info", timeout=5).read())
 
 
-def echo_once(server, text):
-    ws = websocket.create_connection(server.url + "/echo", timeout=5)
+def echo_once(server, text, timeout=5):
+    ws = websocket.create_connection(server.url + "/echo", timeout=timeout)
     try:
         ws.send(text)
         return ws.recv()
@@ -162,12 +162,7 @@ def test_flask_run_serves_an_app_with_a_module_level_app_run(tmp_path):
                           APPS, tmp_path, env=_env(), ready=serving, name="flask run")
     try:
         assert serving(server) == b"module-level app.run"
-        conn = websocket.create_connection(server.url + "/echo", timeout=10)
-        try:
-            conn.send("hi")
-            assert conn.recv() == "hi"
-        finally:
-            conn.close()
+        assert echo_once(server, "hi", timeout=10) == "hi"
         text = server.log()
         assert "ignoring app.run() at the top level of module_level_run_app" in text, text
         assert "GAME OVER" not in text and "--wsgi-file" not in text, text
@@ -182,12 +177,7 @@ def test_python_app_py_with_a_module_level_app_run_says_nothing_of_it(tmp_path):
                    env={"PORT": "{port}"})
     try:
         server.wait_for_log(r"broadcast mule \d+ serving ring")
-        conn = websocket.create_connection(server.url + "/echo", timeout=10)
-        try:
-            conn.send("hi")
-            assert conn.recv() == "hi"
-        finally:
-            conn.close()
+        assert echo_once(server, "hi", timeout=10) == "hi"
         log = server.log()
         assert "uWSGI already serves it" not in log and "ignoring app.run()" not in log, log
     finally:
