@@ -90,7 +90,7 @@ def test_uwsgi_ws_options_go_through_set():
     assert "--processes=2" in args
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--set-placeholder"]
     # the first says the uWSGI was started by app.run (its module-level app.run() is then expected)
-    assert pairs == ["uwsgi-ws-started-by-app-run=1", "uwsgi-ws-history=50", "uwsgi-ws-history-size=8M"]
+    assert pairs == ["app-run-by-uwsgi-ws=1", "uwsgi-ws-history=50", "uwsgi-ws-history-size=8M"]
 
 
 @pytest.mark.parametrize("cls, options, added, left_out", [

@@ -45,7 +45,7 @@ DEFAULTS_NOTE = ("uwsgi_ws: app.run() adds {added} (pass a concurrency option su
 
 #: A placeholder app.run sets on the uWSGI it starts: the script's module-level app.run(),
 #: run again as uWSGI imports the script, is expected there (no warning).
-STARTED_BY_RUN = "uwsgi-ws-started-by-app-run"
+STARTED_BY_RUN = "app-run-by-uwsgi-ws"  # not a setting (no uwsgi-ws- prefix): a marker
 #: Said when app.run() runs in the top-level code of a module being imported by another
 #: program (not the script `python app.py` runs): {module}, {program}.
 IGNORED_AT_IMPORT = ("uwsgi_ws: ignoring app.run() at the top level of {module}, imported by {program} (flask "
