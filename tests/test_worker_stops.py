@@ -357,6 +357,18 @@ def test_max_worker_lifetime_replaces_the_worker(model, tmp_path):
 # -- full shutdowns --------------------------------------------------------------------------------
 
 
+def exited(server) -> None:
+    """The master exits within ANSWER seconds; else fail with its log (which worker or mule
+    it still waits for) and the stacks of its processes."""
+    try:
+        server.proc.wait(ANSWER)
+    except subprocess.TimeoutExpired:
+        stacks = subprocess.run(["ps", "-o", "pid,stat,wchan:20,cmd", "--ppid", str(server.pid)],
+                                capture_output=True, text=True).stdout
+        raise AssertionError(f"the master did not exit in {ANSWER} s; its children:\n{stacks}\n"
+                             f"log:\n{server.log()[-6000:]}") from None
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("how", ["uwsgi --stop", "SIGINT", "SIGTERM"])
 def test_full_shutdown_closes_with_1001(model, how, tmp_path):
@@ -375,7 +387,7 @@ def test_full_shutdown_closes_with_1001(model, how, tmp_path):
         last = max(goodbyes(clients, 1001))
         report_stop(model, how, last - sent)
         assert meanwhile.outcome() != "stalled"
-        server.proc.wait(ANSWER)
+        exited(server)
     finally:
         server.stop()
 
@@ -397,7 +409,7 @@ def test_full_shutdown_while_a_worker_starts(model, tmp_path):
         server.wait_for_log(r"SIGINT/SIGTERM received\.\.\.killing workers", ANSWER)
         sent = time.time()
         gate.write_text("")  # let both workers go on starting
-        server.proc.wait(ANSWER)
+        exited(server)
         report_stop(model, "SIGINT while the workers start", time.time() - sent, "after they went on starting")
         assert "KeyboardInterrupt" not in server.log(), server.log()
     finally:
