@@ -691,6 +691,8 @@ class _Reader:
     next `receive` reads again.
     """
 
+    __slots__ = ("_conn", "_finished", "_lock", "_paused", "_watcher")  # one per connection
+
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._lock = conn._rt.Lock()

@@ -36,6 +36,22 @@ class Outbound:
         on_broken: called (without the lock) once when the socket fails.
     """
 
+    # One per connection: slots keep an idle stream to its fields (issue 11, memory).
+    __slots__ = (
+        "_broken",
+        "_data_open",
+        "_lock",
+        "_on_broken",
+        "_out",
+        "_reported",
+        "_rt",
+        "_sock",
+        "fd",
+        "messages",
+        "shared_sent",
+        "write_limit",
+    )
+
     def __init__(self, sock: socket.socket, runtime: Any, write_limit: int,
                  on_broken: Callable[[], None]) -> None:
         self._sock = sock
@@ -51,6 +67,7 @@ class Outbound:
         self.messages = 0
         #: Called under the lock when a compressed broadcast batch is written (`end_batch`).
         self.shared_sent: Optional[Callable[[], None]] = None
+        self._reported = False  # on_broken was called
 
     # -- state ----------------------------------------------------------------
 
@@ -233,8 +250,6 @@ class Outbound:
         self._out.clear()
         self._data_open = False
         self._broken = True
-
-    _reported = False
 
     def _report_broken(self) -> None:
         if not self._reported:
