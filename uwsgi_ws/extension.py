@@ -562,7 +562,9 @@ class WebSocket:
     def events(self, path: str, **options: Any) -> Events:
         """An event endpoint (`uwsgi_ws.events.Events`): WebSocket at `path`, SSE at
         ``path + "/sse"``; named events, rooms, acks and resume (docs/protocol.md).
-        Needs the app (call after `WebSocket(app)`/`init_app`) and the broadcast ring."""
+        May be declared before `init_app` (an application factory): its routes go to
+        every app the extension attaches. Serving needs the broadcast ring (under
+        uWSGI) or runs on the in-process one (flask run, the test client)."""
         from .events import Events
 
         return Events(self, path, **options)
