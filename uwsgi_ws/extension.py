@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, got_request_exception
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import _uwsgi, access, admission, devserver, handshake, metrics, runtime, settings, shutdown, startup
+from . import _uwsgi, access, admission, devserver, geventws, handshake, metrics, runtime, settings, shutdown, startup
 from .broadcast import Broadcast
 from .broadcast import for_process as broadcast_for_process
 from .connection import Connection, ConnectionClosed, LegacyConnection
@@ -660,12 +660,15 @@ class AsyncWebSocket(WebSocket):
 class _MalformedRequestGuard:
     """Answers 400 to a request uWSGI hands over without a method (a garbage request
     line: uWSGI passes it on with no REQUEST_METHOD, and Werkzeug's routing then
-    raises KeyError before Flask can answer: a logged traceback and no response)."""
+    raises KeyError before Flask can answer: a logged traceback and no response).
+    Also arms `geventws` at the first request gevent-websocket's handler upgraded."""
 
     def __init__(self, wsgi_app: Callable[..., Any]) -> None:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if geventws.KEY in environ:  # gevent-websocket's handler sent a 101 already (uwsgi_ws/geventws.py)
+            geventws.arm()
         if "REQUEST_METHOD" not in environ:
             body = b"400 Bad Request: malformed request line (no method)\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])

@@ -25,7 +25,8 @@ So a request arriving here is upgraded already, and this module adopts it:
   same fd: detach it, never close it; pywsgi closes its own), with no second 101,
   and marks gevent-websocket's ``WebSocket`` closed so that it writes no close
   frame of its own after ours.
-* `refuse` (Flask's ``request_tearing_down`` signal, connected at import): a
+* `refuse` (Flask's ``request_tearing_down`` signal, connected by `arm` at the first
+  such request): a
   request that the app answered with HTTP instead (Origin refused, before_connect,
   a connection limit, a handler that aborted before its first use, a route that is
   not a WebSocket route) gets a close frame saying so (`close_code_for`), since the
@@ -184,5 +185,15 @@ def refuse(sender: Flask, **_: Any) -> None:
         pass
 
 
-request_finished.connect(_record_status)
-request_tearing_down.connect(refuse)
+_signals_connected = False
+
+
+def arm() -> None:
+    """Connect `refuse` (and the status it needs) to Flask's signals, once per process:
+    called by the extension's WSGI wrapper at the first request gevent-websocket
+    upgraded, so that no other server's requests pay for the two signal handlers."""
+    global _signals_connected
+    if not _signals_connected:
+        _signals_connected = True
+        request_finished.connect(_record_status)
+        request_tearing_down.connect(refuse)
