@@ -195,5 +195,10 @@ def arm() -> None:
     global _signals_connected
     if not _signals_connected:
         _signals_connected = True
-        request_finished.connect(_record_status)
-        request_tearing_down.connect(refuse)
+        try:
+            request_finished.connect(_record_status)
+            request_tearing_down.connect(refuse)
+        except RuntimeError:  # Flask < 2.3 without blinker: its signals cannot be connected
+            log.warning("Flask's signals need the blinker package (pip install blinker): without it a request "
+                        "gevent-websocket upgraded that the app answers with HTTP gets gevent-websocket's bare "
+                        "close instead of a close code naming the status")
