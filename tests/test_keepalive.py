@@ -40,21 +40,30 @@ def test_a_peer_that_answers_stays_open_while_the_handler_only_sends(server, req
     if server.model == "async":
         request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNC_SECONDS))
     with RawWebSocket(server.port, "/ticker?every=0.2") as raw:
-        started = time.monotonic()
-        pings, ticks = 0, []
-        while time.monotonic() - started < 2.2:  # four ping intervals, past two ping timeouts
-            frame = raw.recv_frame(timeout=2)
-            assert frame.opcode != CLOSE, (frame.close_code, frame.payload)
-            if frame.opcode == PING:
-                pings += 1
-                raw.send_frame(PONG, frame.payload)
-            elif frame.opcode == TEXT:
-                ticks.append(frame.payload.decode())
-        assert pings >= 3
-        assert len(ticks) >= 8
-        assert ticks[:3] == ["tick 1", "tick 2", "tick 3"]
-        raw.send_close(1000)
-        assert raw.expect_close(answer=False).close_code == 1000
+        closed = False
+        try:
+            started = time.monotonic()
+            pings, ticks = 0, []
+            while time.monotonic() - started < 2.2:  # four ping intervals, past two ping timeouts
+                frame = raw.recv_frame(timeout=2)
+                if frame.opcode == CLOSE:
+                    closed = True
+                assert frame.opcode != CLOSE, (frame.close_code, frame.payload)
+                if frame.opcode == PING:
+                    pings += 1
+                    raw.send_frame(PONG, frame.payload)
+                elif frame.opcode == TEXT:
+                    ticks.append(frame.payload.decode())
+            assert pings >= 3
+            assert len(ticks) >= 8
+            assert ticks[:3] == ["tick 1", "tick 2", "tick 3"]
+        finally:
+            if not closed:
+                # End the handler before the next test even when an assertion failed (the
+                # async model's expected failure): a handler still running when the next
+                # test connects overlaps it, which uWSGI >= 2.0.27 deadlocks under --async
+                raw.send_close(1000)
+                assert raw.expect_close(answer=False, timeout=5).close_code == 1000
 
 
 def test_pings_carry_a_payload_that_the_pong_must_echo(server):
