@@ -51,8 +51,10 @@ def received(page, data: str) -> int:
 def test_announcement_example_in_chromium(server, browser):
     pages, workers = [], set()
     try:
+        # the kernel hands each accept to a worker with no balance promised (under threads the
+        # same worker often wins many in a row): open pages until both workers hold one
         while len(workers) < 2:
-            assert len(pages) < 10, f"every page's session landed on workers {workers}"
+            assert len(pages) < 40, f"every page's session landed on workers {workers}"
             page = open_page(browser, server)
             pages.append(page)
             workers.add(worker_of(page.evaluate("() => window.socket.id")))
