@@ -22,7 +22,7 @@ from uwsgi_ws.testing.server import UWSGI as _UWSGI
 from uwsgi_ws.testing.server import serve as _serve
 
 __all__ = ["APPS", "MODELS", "ROOT", "UWSGI", "ScriptServer", "free_port", "read_reports", "same_worker", "serve",
-           "survives", "two_echo_at_once", "uwsgi_binary", "wait_for"]
+           "stop_and_check", "survives", "two_echo_at_once", "uwsgi_binary", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -153,6 +153,16 @@ def same_worker(server: _UWSGI, ready: str = r"broadcast mule 1 serving ring") -
     assert server.worker_pids() == pids, server.log()
     assert not server.crashes(), server.log()
     assert "Fatal Python error" not in server.log(), server.log()
+
+
+def stop_and_check(server: UWSGI, tracebacks_ok: bool = False) -> None:
+    """Stop `server` by pid, then fail on a crashed worker or mule (`crashes`) and, unless
+    `tracebacks_ok`, on any Python traceback in its log."""
+    server.stop()
+    log = server.log()
+    assert not server.crashes(), log
+    if not tracebacks_ok:
+        assert "Traceback" not in log, log
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, UWSGI, free_port, wait_for
+from harness import ROOT, UWSGI, free_port, stop_and_check, wait_for
 from wsraw import TEXT, Client, closing, connect, gather, server_frame
 
 APP = "broadcast_test_app:app"
@@ -76,14 +76,6 @@ def start(tmp: Path, model: str, extra=(), env=None, small=False, wait_mule=True
     if wait_mule:
         server.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
     return server
-
-
-def stop_and_check(server: UWSGI, tracebacks_ok: bool = False) -> None:
-    server.stop()
-    log = server.log()
-    assert not server.crashes(), log
-    if not tracebacks_ok:
-        assert "Traceback" not in log, log
 
 
 @pytest.fixture(scope="module", params=["threads", "gevent"])

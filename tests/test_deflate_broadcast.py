@@ -34,7 +34,7 @@ import pytest
 from test_deflate_wire import CHROMIUM_OFFER, DeflateClient
 from test_redis_bridge import RedisServer
 
-from harness import UWSGI, wait_for
+from harness import UWSGI, stop_and_check, wait_for
 
 APP = "deflate_broadcast_app:app"
 MODELS = {"threads": ["--threads", "64"], "gevent": ["--gevent", "200"]}
@@ -56,13 +56,6 @@ def start(tmp: Path, model: str, processes: int = 1, redis_url: Optional[str] = 
         server.wait_for_log(r"redis bridge: connected for reading", timeout=30)
         server.wait_for_log(r"redis bridge: connected for pushing", timeout=30)
     return server
-
-
-def stop_and_check(server: UWSGI) -> None:
-    server.stop()
-    log = server.log()
-    assert not server.crashes(), log
-    assert "Traceback" not in log, log
 
 
 def http(server: UWSGI, method: str, path: str, data: Optional[bytes] = None) -> dict:

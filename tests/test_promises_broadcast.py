@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import UWSGI, free_port
+from harness import UWSGI, free_port, stop_and_check
 from wsraw import closing, connect, gather
 
 APP = "promises_broadcast_app:app"
@@ -46,13 +46,6 @@ def start(tmp: Path, model: str, extra=()) -> UWSGI:
     server.worker_ports = worker_ports  # type: ignore[attr-defined]
     server.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
     return server
-
-
-def stop_and_check(server: UWSGI) -> None:
-    server.stop()
-    log = server.log()
-    assert not server.crashes(), log
-    assert "Traceback" not in log, log
 
 
 def http(port: int, method: str, path: str) -> bytes:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import wsraw
-from harness import APPS, ROOT, UWSGI, free_port, wait_for
+from harness import APPS, ROOT, UWSGI, free_port, stop_and_check, wait_for
 from wsraw import CLOSE, TEXT, closing
 
 APP = "redis_bridge_app:app"
@@ -113,13 +113,6 @@ def start_instance(tmp: Path, model: str, redis_url: str | None, stream: str, ex
         server.wait_for_log(r"redis bridge: connected for reading", timeout=20)
         server.wait_for_log(r"redis bridge: connected for pushing", timeout=20)
     return server
-
-
-def stop_and_check(server: UWSGI) -> None:
-    server.stop()
-    log = server.log()
-    assert not server.crashes(), log
-    assert "Traceback" not in log, log
 
 
 def http(server: UWSGI, method: str, path: str, timeout: float = 60.0):
