@@ -110,7 +110,7 @@ def take(environ: Dict[str, Any]) -> socket.socket:
     return sock
 
 
-_armed = False
+_ctrl_c_armed = False
 
 
 def _arm_ctrl_c() -> None:
@@ -120,10 +120,10 @@ def _arm_ctrl_c() -> None:
     raise it in whatever greenlet runs at that instant, often a WebSocket handler,
     whose socket pywsgi then closes with no close frame. The close runs in a greenlet
     of gevent's signal watcher (``gevent.signal_handler``), a safe point."""
-    global _armed
-    if _armed or threading.current_thread() is not threading.main_thread():
+    global _ctrl_c_armed
+    if _ctrl_c_armed or threading.current_thread() is not threading.main_thread():
         return
-    _armed = True
+    _ctrl_c_armed = True
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # the app's own: left alone
         return
     import gevent
