@@ -94,6 +94,23 @@ def bserver(model, tmp_path_factory):
     stop_and_check(server)
 
 
+@pytest.fixture(scope="module")
+def mule_only_server(model, tmp_path_factory):
+    """Like `bserver`, with ``uwsgi-ws-publish-direct`` off: every publish goes through the mule."""
+    server = start(
+        tmp_path_factory.mktemp(f"broadcast-mule-only-{model}"), model,
+        [*BROADCAST, f"--mule-msg-size={MULE_MSG_SIZE}", "--set-placeholder", "uwsgi-ws-publish-direct=false"],
+    )
+    yield server
+    stop_and_check(server)
+
+
+@pytest.fixture(params=["direct", "mule"])
+def either_server(request, model):  # model: in the static closure, for getfixturevalue
+    """`bserver` (workers append plain publishes themselves) and `mule_only_server`."""
+    return request.getfixturevalue("bserver" if request.param == "direct" else "mule_only_server")
+
+
 @pytest.fixture(autouse=True)
 def _no_traceback_in_the_main_instance(request):
     """Errors the workers or mules log (hub tasks, handlers) fail the test that caused them."""
@@ -417,38 +434,78 @@ def kill_mule_and_wait_respawn(server: UWSGI, sig=signal.SIGKILL) -> float:
     return time.monotonic() - t0
 
 
-def test_publishes_while_the_mule_is_down_wait_and_arrive(bserver):
-    """The mule is stopped (SIGSTOP, idle: nothing in its hands), a publish waits for
-    its answer (counted: uwsgi_ws_publish_queue_full_total); kill -9, the master
-    respawns it, and the waiting publisher completes: everything arrives once, in order."""
+def test_publishes_while_the_mule_is_down_wait_and_arrive(mule_only_server):
+    """Every publish through the mule (``uwsgi-ws-publish-direct`` off). The mule is
+    stopped (SIGSTOP, idle: nothing in its hands), a publish waits for its answer
+    (counted: uwsgi_ws_publish_queue_full_total); kill -9, the master respawns it, and
+    the waiting publisher completes: everything arrives once, in order."""
+    server = mule_only_server
     count = 3000
-    with closing(connect_both_workers(bserver, "/sub", at_least=3)) as clients:
-        publish(bserver, "warm")
+    with closing(connect_both_workers(server, "/sub", at_least=3)) as clients:
+        publish(server, "warm")
         gather(clients, lambda c: len(c.messages) >= 1, 10)
-        waits_before = stats(bserver)["publish_waits"]
-        os.kill(mule_pid(bserver), signal.SIGSTOP)
+        waits_before = stats(server)["publish_waits"]
+        os.kill(mule_pid(server), signal.SIGSTOP)
         result = {}
-        publisher = threading.Thread(target=lambda: result.update(r=publish_many(bserver, count, "d")))
+        publisher = threading.Thread(target=lambda: result.update(r=publish_many(server, count, "d")))
         publisher.start()
         try:
-            wait_for(lambda: stats(bserver)["publish_waits"] > waits_before, 10,
+            wait_for(lambda: stats(server)["publish_waits"] > waits_before, 10,
                      "a publish waiting for the stopped mule")
             assert publisher.is_alive(), "the publisher should be blocked on the stopped mule"
-            down = kill_mule_and_wait_respawn(bserver)
+            down = kill_mule_and_wait_respawn(server)
         finally:
             publisher.join(30)
         assert "r" in result, "the publisher did not complete after the respawn"
         gather(clients, lambda c: len(c.messages) >= count + 1, 20)
         for c in clients:
             assert c.messages == ["warm"] + ["d%d" % i for i in range(count)]
-        print(f"\n[{bserver.model}] mule down {down:.2f}s; the publisher of {count} took {result['r']['seconds']:.2f}s")
+        print(f"\n[{server.model}] mule down {down:.2f}s; the publisher of {count} took {result['r']['seconds']:.2f}s")
 
 
-def test_mule_killed_mid_stream(bserver, record_property):
-    """kill -9 the mule three times while a stream is being published. Accepted
-    messages arrive exactly once and in order; the mule's docstring allows the
-    loss of the one request it was taking off its queue at the kill: measured
-    and reported here, at most one per kill."""
+def test_workers_publish_while_the_mule_is_stopped(bserver):
+    """Workers append plain publishes themselves: with the mule stopped (SIGSTOP), 3000
+    publishes from both workers arrive at once, in order, none waits for the mule (the
+    wait counter stays); then the stopped mule is killed and respawned meanwhile, and
+    publishing goes on through it all."""
+    count = 3000
+    with closing(connect_both_workers(bserver, "/sub", at_least=3)) as clients:
+        publish(bserver, "warm")
+        gather(clients, lambda c: len(c.messages) >= 1, 10)
+        waits_before = stats(bserver)["publish_waits"]
+        mule = mule_pid(bserver)
+        os.kill(mule, signal.SIGSTOP)
+        try:
+            info = publish_many(bserver, count, "d")
+            gather(clients, lambda c: len(c.messages) >= count + 1, 20, "every publish, the mule stopped")
+            assert stats(bserver)["publish_waits"] == waits_before, "a publish waited for the mule"
+            result = {}
+            publisher = threading.Thread(target=lambda: result.update(r=publish_many(bserver, count, "e")))
+            publisher.start()
+            try:
+                down = kill_mule_and_wait_respawn(bserver)
+            finally:
+                publisher.join(30)
+        finally:
+            try:
+                os.kill(mule, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        assert "r" in result, "the publisher failed while the mule was respawned"
+        gather(clients, lambda c: len(c.messages) >= 2 * count + 1, 20)
+        for c in clients:
+            assert c.messages == ["warm"] + ["d%d" % i for i in range(count)] + ["e%d" % i for i in range(count)]
+        print(f"\n[{bserver.model}] {count} publishes with the mule stopped took {info['seconds']:.2f}s; "
+              f"mule down {down:.2f}s")
+
+
+def test_mule_killed_mid_stream(either_server, record_property):
+    """kill -9 the mule three times while a stream is being published, the workers
+    appending themselves or through the mule. Accepted messages arrive exactly once
+    and in order; the mule's docstring allows the loss of the one request it was
+    taking off its queue at the kill: measured and reported here, at most one per
+    kill (none when the workers append)."""
+    bserver = either_server
     count, kills = 6000, 3
     with closing(connect_both_workers(bserver, "/sub", at_least=3)) as clients:
         result = {}
@@ -480,6 +537,8 @@ def test_mule_killed_mid_stream(bserver, record_property):
         print(f"\n[{bserver.model}] {kills} kills mid-stream, respawned in "
               f"{', '.join('%.2fs' % r for r in respawns)}; lost {len(lost)}: {lost}")
         assert len(lost) <= kills, f"more than one message lost per kill: {lost}"
+        if "uwsgi-ws-publish-direct=false" not in bserver.args:
+            assert lost == [], "a worker's own append lost a message at a mule kill"
 
 
 # -- 6. slow consumer ---------------------------------------------------------------------------------

@@ -41,17 +41,22 @@ def server_frame(n: int) -> int:
     return (2 if n < 126 else 4) + n
 
 
+def _metrics_server(tmp, model: str, extra=()):
+    instance = serve(
+        "metrics_app:app", tmp, model=model,
+        extra=["--ini", str(CONF / "broadcast.ini"), "--ini", str(CONF / "metrics.ini"),
+               "--stats", str(tmp / "stats.sock"), *extra],
+        env={"WRITE_LIMIT": str(WRITE_LIMIT)},
+    )
+    instance.model = model  # type: ignore[attr-defined]
+    instance.stats_path = tmp / "stats.sock"  # type: ignore[attr-defined]
+    return instance
+
+
 @pytest.fixture(scope="module", params=["threads", "gevent"])
 def mserver(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"metrics-{request.param}")
-    instance = serve(
-        "metrics_app:app", tmp, model=request.param,
-        extra=["--ini", str(CONF / "broadcast.ini"), "--ini", str(CONF / "metrics.ini"),
-               "--stats", str(tmp / "stats.sock")],
-        env={"WRITE_LIMIT": str(WRITE_LIMIT)},
-    )
-    instance.model = request.param  # type: ignore[attr-defined]
-    instance.stats_path = tmp / "stats.sock"  # type: ignore[attr-defined]
+    instance = _metrics_server(tmp, request.param)
     try:
         instance.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
         yield instance
@@ -264,10 +269,23 @@ def mule_pid(server: UWSGI) -> int:
     return int(found[-1])
 
 
-def test_publish_retries_while_the_mule_queue_is_full_are_counted(mserver):
-    """Stop the broadcast mule: its queue fills, publish() retries (counted), and
-    once the mule runs again every message gets through."""
-    server = mserver
+@pytest.fixture(params=["threads", "gevent"])
+def mule_only_mserver(request, tmp_path):
+    """A metrics instance whose every publish goes through the mule (publish-direct off)."""
+    instance = _metrics_server(tmp_path, request.param, ["--set-placeholder", "uwsgi-ws-publish-direct=false"])
+    try:
+        instance.wait_for_log(r"uwsgi_ws: broadcast mule 1 serving ring", timeout=20)
+        yield instance
+    finally:
+        instance.stop()
+    assert not instance.crashes(), instance.log()
+
+
+def test_publish_retries_while_the_mule_queue_is_full_are_counted(mule_only_mserver):
+    """Publishing through the mule (``uwsgi-ws-publish-direct`` off), stop it: its queue
+    fills, publish() retries (counted), and once the mule runs again every message gets
+    through."""
+    server = mule_only_mserver
     count, payload = 200, b"q" * 8000  # 1.6 MB: more than the mule's queue socket holds
     before = scrape(server.http)
     mule = mule_pid(server)

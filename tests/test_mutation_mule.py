@@ -22,7 +22,8 @@ import sys
 import pytest
 
 from uwsgi_ws.broadcast import mule
-from uwsgi_ws.broadcast.mule import Journal, _append, _append_locked, _malformed, _remove_stale
+from uwsgi_ws.broadcast.mule import Journal, _append_locked, _malformed, _remove_stale
+from uwsgi_ws.broadcast.writer import append_request
 from uwsgi_ws.broadcast.publish import encode_request
 from uwsgi_ws.broadcast.ring import FLAG_BINARY, FLAG_EVENT, MIN_AREA, BroadcastRing
 
@@ -92,8 +93,8 @@ def test_forget_after_clears_the_uncommitted_slots_only():
 
 def test_append_frames_text_and_binary_on_their_channel():
     ring = new_ring()
-    assert _append(ring, encode_request("hello", "room")) == 1
-    assert _append(ring, encode_request(b"\x00\x01", None)) == 2
+    assert append_request(ring, encode_request("hello", "room")) == 1
+    assert append_request(ring, encode_request(b"\x00\x01", None)) == 2
     first, second = ring.read_range(1, 2)
     assert (first.seq, first.channel, first.flags) == (1, "room", 0)
     assert payload_of(first.frame) == (0x1, b"hello")
@@ -103,8 +104,8 @@ def test_append_frames_text_and_binary_on_their_channel():
 
 def test_append_numbers_an_event_with_its_seq_and_the_ring_epoch():
     ring = new_ring()
-    _append(ring, encode_request("before", None))
-    seq = _append(ring, encode_request('{"event":"said"}', "lobby", event=True))
+    append_request(ring, encode_request("before", None))
+    seq = append_request(ring, encode_request('{"event":"said"}', "lobby", event=True))
     assert seq == 2
     entry = ring.read(2)
     assert entry.flags == FLAG_EVENT
@@ -115,7 +116,8 @@ def test_append_numbers_an_event_with_its_seq_and_the_ring_epoch():
 
 def test_append_refuses_what_is_not_a_publish_request():
     ring = new_ring()
-    assert _append(ring, b"GET / HTTP/1.1\r\n\r\n") is None
+    with pytest.raises(ValueError):
+        append_request(ring, b"GET / HTTP/1.1\r\n\r\n")
     assert _append_locked(ring, b"junk") is None
     assert ring.write_seq == 0
 
@@ -170,6 +172,8 @@ def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid, 
     names["master"] = f"{prefix}{master}-3c"
     names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(16, 24)})
     names["odd"] = f"{prefix}notapid-4d"
+    names["dead-lock"] = f"{prefix}{dead_pid}.lock"  # writer lock files: <prefix><master pid>.lock
+    names["alive-lock"] = f"{prefix}{alive_pid}.lock"
     names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(24, 32)})
     for path in names.values():
         open(path, "wb").close()
@@ -177,7 +181,7 @@ def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid, 
     other.write_bytes(b"")
     _remove_stale(prefix, master)
     left = {name for name, path in names.items() if os.path.exists(path)}
-    assert left == {"alive", "master", "odd"}
+    assert left == {"alive", "master", "odd", "alive-lock"}
     assert other.exists()
     # The liveness probe is signal 0: the live process was not signalled.
     os.kill(alive_pid, 0)

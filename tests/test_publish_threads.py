@@ -14,6 +14,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -109,20 +111,42 @@ def test_emit_from_a_thread_reaches_sse_with_seq_and_epoch(server, tmp_path):
     assert not server.crashes(), server.log()
 
 
+def _hold_writer_lock(server) -> subprocess.Popen:
+    """A process holding the instance's ring writer lock (uwsgi_ws.broadcast.writer) until killed."""
+    path = f"/dev/shm/uwsgi_ws-ring-{os.getuid()}-{server.pid}.lock"
+    assert os.path.exists(path), f"no writer lock file {path}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({path!r}, os.O_RDWR)\nfcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+         "time.sleep(600)"], stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    return holder
+
+
+@pytest.mark.parametrize("wait_on", ["mule", "lock"])
 @pytest.mark.parametrize("model", ["threads", "gevent"])
-def test_a_waiting_publish_never_blocks_the_worker(model, tmp_path):
-    """One worker; the broadcast mule is stopped (SIGSTOP): a publish waits for its
-    answer, and the worker keeps serving other requests meanwhile (a greenlet waits
-    through the runtime, never on a blocking socket, which would freeze a gevent
-    worker); once the mule runs again the publish completes and is delivered once."""
-    server = serve(APP, tmp_path, model=model, extra=[*EXTRA, "--processes", "1"])
+def test_a_waiting_publish_never_blocks_the_worker(model, wait_on, tmp_path):
+    """One worker. `mule`: every publish goes through the mule (publish-direct off) and
+    the mule is stopped (SIGSTOP). `lock`: the worker appends itself and another process
+    holds the ring's writer lock, then is killed (kill -9: the kernel drops its lock).
+    A publish waits, and the worker keeps serving other requests meanwhile (a greenlet
+    waits through the runtime, never on a blocking call, which would freeze a gevent
+    worker); once the wait ends the publish completes and is delivered once."""
+    extra = [*EXTRA, "--processes", "1"]
+    if wait_on == "mule":
+        extra += ["--set-placeholder", "uwsgi-ws-publish-direct=false"]
+    server = serve(APP, tmp_path, model=model, extra=extra)
     try:
         server.wait_for_log(r"broadcast mule 1 serving ring", timeout=20)
         mule = int(re.findall(r"spawned uWSGI mule 1 \(pid: (\d+)\)", server.log())[-1])
         conn = subscriber(server)
         result: dict = {}
         mark = tmp_path / "publishing"
-        os.kill(mule, signal.SIGSTOP)
+        if wait_on == "mule":
+            os.kill(mule, signal.SIGSTOP)
+            holder = None
+        else:
+            holder = _hold_writer_lock(server)
         try:
             def waiting_publish() -> None:
                 req = urllib.request.Request(server.http + f"/publish?text=after-the-stop&mark={mark}", data=b"",
@@ -136,9 +160,13 @@ def test_a_waiting_publish_never_blocks_the_worker(model, tmp_path):
             for _ in range(5):  # the same (only) worker answers while its publish waits
                 with urllib.request.urlopen(server.http + "/pid", timeout=5) as resp:
                     assert resp.status == 200
-            assert publisher.is_alive() and "status" not in result, "the publish did not wait for the stopped mule"
+            assert publisher.is_alive() and "status" not in result, f"the publish did not wait for the {wait_on}"
         finally:
-            os.kill(mule, signal.SIGCONT)
+            if holder is None:
+                os.kill(mule, signal.SIGCONT)
+            else:
+                holder.kill()
+                holder.wait()
         publisher.join(30)
         assert result.get("status") == 204, result
         assert conn.recv() == "after-the-stop"
@@ -146,3 +174,27 @@ def test_a_waiting_publish_never_blocks_the_worker(model, tmp_path):
         assert len(server.worker_pids()) == 1 and not server.crashes(), server.log()
     finally:
         server.stop()
+
+
+def test_the_mule_removes_writer_lock_files_of_gone_instances(tmp_path):
+    """The ring's writer lock file is per instance (its master pid): the mule removes those
+    of masters that are gone when it starts, keeps its own instance's, and the workers'
+    publishes take it (delivered, counted as published by the worker)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = f"/dev/shm/uwsgi_ws-ring-{os.getuid()}-{gone.pid}.lock"
+    open(stale, "w").close()
+    server = serve(APP, tmp_path, model="gevent", extra=[*EXTRA, "--processes", "1"])
+    try:
+        server.wait_for_log(r"broadcast mule 1 serving ring", timeout=20)
+        assert not os.path.exists(stale), "a gone instance's writer lock file was left"
+        assert os.path.exists(f"/dev/shm/uwsgi_ws-ring-{os.getuid()}-{server.pid}.lock")
+        conn = subscriber(server)
+        assert post(server, "/publish?text=direct") == 204
+        assert conn.recv() == "direct"
+        conn.close()
+        assert not server.crashes(), server.log()
+    finally:
+        server.stop()
+        if os.path.exists(stale):
+            os.unlink(stale)

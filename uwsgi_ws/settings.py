@@ -144,6 +144,11 @@ SETTINGS: List[Setting] = [
     Setting("publish-timeout", _number(float, 0), 10.0, "seconds", "publishers",
             "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned) "
             "before PublishError"),
+    Setting("publish-direct", _flag, True, "flag", "publishers",
+            "plain publishes of the instance's workers, spoolers and mules append to the broadcast ring "
+            "themselves, under a lock file in /dev/shm, and wake the workers (off: every publish goes "
+            "through the broadcast mule, ≈ 190 µs more CPU per message); events go through the mule while "
+            "the history runs, every publish while the Redis bridge runs"),
     Setting("publish-socket", _text, "", "path", "mule",
             "also listen for publishers at this Unix socket path (uwsgi_ws.client.Publisher, "
             "python -m uwsgi_ws publish; empty: the instance's own processes only)"),

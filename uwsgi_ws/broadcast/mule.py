@@ -46,6 +46,7 @@ import errno
 import glob
 import mmap
 import os
+import re
 import select
 import socket
 import struct
@@ -54,10 +55,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import _threadstart, _uwsgi, frames, metrics, settings
+from .. import _threadstart, _uwsgi, metrics, settings
 from ..exceptions import RingError
 from ..log import get as _logger
-from . import wakeup
+from . import wakeup, writer
 from .publish import (
     DEFAULT_MULE_MSG_SIZE,
     ENVELOPE,
@@ -72,12 +73,14 @@ from .publish import (
     shared_ring,
     size_problem,
 )
-from .ring import FLAG_BINARY, FLAG_EVENT, BroadcastRing
+from .ring import FLAG_EVENT, BroadcastRing
 
 log = _logger(__name__)
-# Held by every append to the ring in the broadcast mule: its publish server, its
-# main loop and the Redis bridge's inbox thread are the ring's writers.
-_ring_lock = threading.Lock()
+# Held by every append to the ring in the broadcast mule (its publish server, its
+# main loop and the Redis bridge's inbox thread): the instance's writer lock
+# (`writer`), which the workers' direct publishes take too; a thread lock while
+# no lock file can be made (the ring then tells other processes not to append).
+_ring_lock: Any = threading.Lock()
 _bridge: Any = None  # the running redis.Bridge, if configured
 _history: Any = None  # the running history.Server, if uwsgi-ws-history is set
 _server: Any = None  # the running PublishServer
@@ -102,23 +105,15 @@ def _append_locked(ring: BroadcastRing, request: bytes, ident: Optional[Tuple[in
         if flags & FLAG_EVENT:
             seq: Optional[int] = _bridge.publish_event(channel, flags, payload, ident)
             return seq
-    seq = _append(ring, request)
-    if seq is not None and _bridge is not None:
-        _bridge.count_local()
-    return seq
-
-
-def _append(ring: BroadcastRing, request: bytes) -> Optional[int]:
     try:
-        channel, flags, payload = decode_request(request)
+        channel, flags, frame = writer.frame_request(ring, request)
     except ValueError:
         return None
-    if flags & FLAG_EVENT:  # single writer (under _ring_lock): the next seq is write_seq + 1
-        payload = payload[:-1] + b',"seq":%d,"epoch":"%d"}' % (ring.write_seq + 1, ring.epoch)
-    frame = frames.encode(frames.OP_BINARY if flags & FLAG_BINARY else frames.OP_TEXT, payload)
     seq = ring.append(frame, channel, flags)
     if _history is not None and flags & FLAG_EVENT:
         _history.append(seq, channel, frame)
+    if _bridge is not None:
+        _bridge.count_local()
     return seq
 
 
@@ -135,10 +130,15 @@ def _publish_here(ring: BroadcastRing, request: bytes) -> Optional[int]:
 def run() -> None:
     """The broadcast mule's main loop (``--mule=uwsgi_ws.mule:run``); never returns."""
     global _server
+    global _ring_lock
     uwsgi = _uwsgi.api()
     try:
         ring = shared_ring()
-        ring.format(_uwsgi.mule_id())
+        lock = _writer_lock()
+        if lock is not None:
+            _ring_lock = lock
+        with _ring_lock:
+            ring.format(_uwsgi.mule_id(), shared_lock=lock is not None)
     except RingError as exc:
         # uWSGI neither prints what a mule callable raises nor waits before respawning
         # it: say why once, then stay (publishers get the same error themselves).
@@ -183,6 +183,19 @@ def run() -> None:
         if mirror and time.monotonic() - mirrored >= metrics.MIRROR_INTERVAL:
             mirrored = time.monotonic()
             metrics.mirror_to_uwsgi()
+
+
+def _writer_lock() -> Optional[writer.WriterLock]:
+    """The instance's writer lock for this mule (stale lock files of gone instances
+    removed first); None, logged, when no lock file can be made: then every publish
+    goes through this mule."""
+    directory = writer.lock_dir()
+    if directory is not None:
+        _remove_stale(os.path.join(directory, f"{writer.PREFIX}{os.getuid()}-"), _uwsgi.masterpid())
+    lock = writer.instance_lock()
+    if lock is None:
+        log.warning("every publish goes through the broadcast mule: no writer lock file (%s)", writer.why_not())
+    return lock
 
 
 def _start_history(ring: BroadcastRing) -> None:
@@ -332,12 +345,13 @@ class Journal:
 
 
 def _remove_stale(prefix: str, master: int) -> None:
-    """Remove journals of instances whose master is gone (and our master's older epochs)."""
+    """Remove the files `prefix` + "<master pid>..." (journals, writer lock files) of
+    instances whose master is gone."""
     for path in glob.glob(glob.escape(prefix) + "*"):
-        try:
-            pid = int(path[len(prefix):].split("-", 1)[0])
-        except ValueError:
+        digits = re.match(r"\d+", path[len(prefix):])
+        if digits is None:
             continue
+        pid = int(digits.group())
         if pid == master:
             continue
         try:

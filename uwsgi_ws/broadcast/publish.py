@@ -1,7 +1,10 @@
-"""`publish()`: hand a message to the broadcast mule, from any thread of any process.
+"""`publish()`: put a message in the broadcast ring, from any thread of any process.
 
-The mule side is `uwsgi_ws.broadcast.mule`. Every publish goes through one
-transport: a Unix stream socket the broadcast mule listens on,
+A plain message published inside the instance (a worker, spooler or mule) is
+appended by the publishing process itself under the instance's writer lock
+(`uwsgi_ws.broadcast.writer`, which lists what goes where). Everything else goes
+to the broadcast mule (`uwsgi_ws.broadcast.mule`) through one transport: a Unix
+stream socket the broadcast mule listens on,
 
 - ``\\0uwsgi_ws-publish-<master pid>`` (abstract, private to the instance:
   the mule answers processes of its own user or root only, SO_PEERCRED), used
@@ -97,7 +100,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 from .. import _uwsgi, frames, metrics, settings
 from ..exceptions import PublishError
@@ -594,8 +597,11 @@ def set_local_sink(sink: Callable[[bytes], Optional[int]]) -> None:
 
 
 def _count(slot: int) -> None:
-    if _uwsgi.in_uwsgi_thread():  # metrics' first use may need uWSGI's API
-        metrics.local().add(slot)
+    # metrics' first use may need uWSGI's API: a thread uWSGI did not start counts only
+    # once a thread of uWSGI's has made this process's recorder
+    rec = metrics.local() if _uwsgi.in_uwsgi_thread() else metrics.local_open()
+    if rec is not None:
+        rec.add(slot)
 
 
 def publish(data: Data, channel: Optional[str] = None, event: bool = False, runtime: Any = None,
@@ -613,15 +619,24 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
             greenlet or async core, the wait goes through its Waiter (the worker
             keeps running). Ignored in threads uWSGI did not start (plain blocking
             sockets) and in mules and spoolers.
-        timeout: seconds to wait for the mule; None: ``uwsgi-ws-publish-timeout``.
+        timeout: seconds to wait for the mule (or for the ring's writer lock); None:
+            ``uwsgi-ws-publish-timeout``.
 
     Returns:
         The message's sequence number in the ring: it is in the ring when this returns.
 
+    Where it goes: a plain message published by a worker, spooler or mule is
+    appended by the publishing process itself, under the instance's writer lock
+    (`writer`; ``uwsgi-ws-publish-direct``), which then wakes the workers; the
+    broadcast mule appends the rest (the master's publishes, events while the
+    history runs, everything while the Redis bridge runs), and any publish made
+    before the mule first laid the ring out.
+
     Raises:
         PublishError: outside uWSGI, over a size limit, or the mule did not answer
             for ``uwsgi-ws-publish-timeout`` seconds (default 10: no mule, or it is
-            being respawned); the message says what to configure. A message is
+            being respawned), or the writer lock stayed held that long (a stopped
+            process of the instance holds it); the message says what to configure. A message is
             never dropped silently; but when the mule took the request and then
             did not answer in time (stopped, e.g. SIGSTOP), it may still be
             appended once it runs again.
@@ -630,7 +645,7 @@ def publish(data: Data, channel: Optional[str] = None, event: bool = False, runt
             section 5.6), raised before anything is sent.
 
     Thread-safety: any thread, greenlet or process; blocks the caller (only) until
-    the mule appended the message. In uWSGI's master (a thread the app started at
+    the message is in the ring. In uWSGI's master (a thread the app started at
     import) it first waits, the GIL released, for the broadcast mule to run, so
     that the master's forks never copy a GIL this thread holds ("Publishing from
     the master" in the module docstring).
@@ -663,22 +678,61 @@ def mule_problem() -> str:
     return ""
 
 
-#: (pid, (mule_msg_size(), mule_problem(), uwsgi-ws-publish-timeout)) of this process.
-_options: Optional[Tuple[int, Tuple[int, str, float]]] = None
+class _Options(NamedTuple):
+    limit: int  # the largest publish request (`mule_msg_size`)
+    problem: str  # why no mule can be serving ("" when one may be: `mule_problem`)
+    timeout: float  # uwsgi-ws-publish-timeout
+    direct_plain: bool  # plain publishes of this process append to the ring themselves
+    direct_events: bool  # event publishes too (no history to keep them)
 
 
-def _process_options() -> Tuple[int, str, float]:
-    """(the request limit, why no mule can serve or "", the default publish timeout):
-    read from the process's uWSGI options once per process (they are fixed for its
-    life) instead of at every publish. Raises ConfigError for a malformed timeout."""
+#: (pid, its options) of this process.
+_options: Optional[Tuple[int, _Options]] = None
+
+
+def _direct_here() -> Tuple[bool, bool]:
+    """(plain, event) publishes this process appends to the ring itself (`writer`): in
+    every process of the instance but the master (a lock held across one of its forks
+    would be copied into the child), unless ``uwsgi-ws-publish-direct`` is off or the
+    Redis bridge runs (it forwards what the mule appends); events only without the
+    history (the mule keeps them)."""
+    if not settings.get("publish-direct") or settings.get("redis-url") or _uwsgi.process() == "master":
+        return False, False
+    try:
+        history = settings.get("history")
+    except ValueError:  # the mule logs it and runs without a history; events go through it all the same
+        history = 1
+    return True, history <= 0
+
+
+def _process_options() -> _Options:
+    """This process's publish options, read from its uWSGI options once per process
+    (they are fixed for its life) instead of at every publish. Raises ConfigError for
+    a malformed setting."""
     global _options
     pid = os.getpid()
     cached = _options
     if cached is not None and cached[0] == pid:
         return cached[1]
-    values = (mule_msg_size(), mule_problem(), float(settings.get("publish-timeout")))
+    values = _Options(mule_msg_size(), mule_problem(), float(settings.get("publish-timeout")), *_direct_here())
     _options = (pid, values)
     return values
+
+
+def _append_direct(ring: BroadcastRing, request: bytes, timeout: float, runtime: Any) -> Optional[int]:
+    """Append `request` to the ring in this process (`writer`) and wake the workers;
+    None when it cannot (no lock file, the ring not laid out by the mule yet): the
+    caller goes through the mule."""
+    from . import wakeup, writer
+
+    lock = writer.instance_lock()
+    if lock is None:
+        return None
+    seq = writer.append_direct(ring, lock, request, timeout, runtime.sleep if runtime is not None else time.sleep)
+    if seq is not None:
+        _count(metrics.PUBLISHED)  # counted before the wake-up: a scrape never sees more delivered
+        wakeup.wake_workers()
+    return seq
 
 
 def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, timeout: Optional[float] = None) -> int:
@@ -688,7 +742,8 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, time
             "and --mule=uwsgi_ws.mule:run (from outside the instance: uwsgi_ws.client.Publisher)"
         )
     request = encode_request(data, channel, event)
-    limit, problem, default_timeout = _process_options()
+    options = _process_options()
+    limit, problem, default_timeout = options.limit, options.problem, options.timeout
     too_big = size_problem(request, limit)
     if too_big:
         raise PublishError(too_big)
@@ -707,16 +762,20 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, time
         raise PublishError(problem)
     if timeout is None:
         timeout = default_timeout
+    # A greenlet or async core waits through its runtime; a thread (any model), a
+    # foreign thread of a gevent worker, a mule or a spooler blocks.
+    waiting_rt = runtime if (uwsgi_thread and runtime is not None and runtime.NAME != "threads"
+                             and _uwsgi.worker_id() > 0) else None
+    if ring is not None and (options.direct_events if event else options.direct_plain):
+        seq = _append_direct(ring, request, timeout, waiting_rt)
+        if seq is not None:
+            return seq
     gate = _gate if _gate is not None and _gate.pid == os.getpid() else None
     if gate is not None and gate.early and not gate.starts:  # (no syscall before the wait's select)
         # The master before its first mule ran: park before any call that releases the
         # GIL (os.urandom, socket(), connect()), so this thread is blocked, not runnable,
         # when uWSGI releases the GIL and forks the workers and the mule.
         gate.wait(time.monotonic() + timeout)
-    # A greenlet or async core waits through its runtime; a thread (any model), a
-    # foreign thread of a gevent worker, a mule or a spooler blocks on the socket.
-    waiting_rt = runtime if (uwsgi_thread and runtime is not None and runtime.NAME != "threads"
-                             and _uwsgi.worker_id() > 0) else None
     link = _pool.take()
     ok = False
     try:

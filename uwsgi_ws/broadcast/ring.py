@@ -1,8 +1,9 @@
 """The broadcast ring: numbered, ready-to-send frames in a uWSGI sharedarea.
 
-One writer at a time (the broadcast mule: its main loop, and its Redis
-bridge's inbox thread when one runs, serialised by the mule's lock) appends;
-every worker reads. The ring stores bytes and knows nothing of connections.
+One writer at a time appends (any process of the instance, serialised by the
+instance's writer lock, `uwsgi_ws.broadcast.writer`: the broadcast mule, and
+the workers publishing plain messages themselves); every worker reads. The
+ring stores bytes and knows nothing of connections.
 Readers never take a lock: they copy a record, then check that the writer had
 not started to overwrite it (a torn or lapped record is reported as `Lapped`,
 never returned).
@@ -26,7 +27,8 @@ Byte layout (little-endian), the whole sharedarea:
                                   format, untouched by the ring itself
     248     4     owner         master pid of the uWSGI instance using a ring file
                                   (`from_file`; 0 for a sharedarea)
-    252     4     reserved
+    252     4     writers       1 when processes other than the mule may append, under the
+                                  instance's writer lock file (`writer`); 0: the mule alone
     256     16 x index_entries    index: message seq -> record
                   entry:  seq u64 | offset u32 | length u32   (slot = seq % index_entries)
     256 + 16 x index_entries      data region, data_size bytes, records back to back:
@@ -35,7 +37,7 @@ Byte layout (little-endian), the whole sharedarea:
                           | zero padding to a multiple of 8
 
 `frame` is a complete server WebSocket frame (header + payload), framed once
-by the mule and written as-is to every subscribed connection. It is always
+by its writer and written as-is to every subscribed connection. It is always
 plain (RSV1 clear): the permessage-deflate copy of a broadcast is made by each
 worker's hub at fan-out, once per message and negotiated parameter set
 (uwsgi_ws/broadcast/hub.py `Hub._variants`), so SSE, the Redis bridge, the
@@ -52,7 +54,8 @@ Writer protocol (append): compute the records the new one will overwrite,
 raise `min_seq` past them, write the record, its index entry, `write_pos`,
 and last `write_seq` (the commit). A writer killed mid-append leaves
 `write_seq` unchanged, so the half-written record is never read; the next
-writer (a respawned mule) resumes from the header.
+writer resumes from the header. Only a ring the broadcast mule laid out
+for this boot takes appends from other processes (`writable`).
 
 Reader protocol (read): for seq <= write_seq, look up the index entry, copy
 the record, then re-read `min_seq`: if it passed seq, the copy may be torn and
@@ -81,6 +84,7 @@ FLAG_EVENT = 0x04
 HEADER_SIZE = 256
 BRIDGE_OFFSET = 64  # the bridge block: bytes 64..247 of the header
 _OWNER = 248
+_WRITERS = 252
 MIN_AREA = 64 * 1024
 
 _W_SEQ = 32
@@ -127,6 +131,17 @@ def boot_tag() -> int:
         return 0
 
 
+_boot: Optional[int] = None
+
+
+def _boot_here() -> int:
+    """`boot_tag()`, read once per process."""
+    global _boot
+    if _boot is None:
+        _boot = boot_tag()
+    return _boot
+
+
 _fallback_logged = False
 
 
@@ -166,7 +181,8 @@ class BroadcastRing:
     """A view of the ring in `buf` (a writable memoryview of the whole sharedarea).
 
     Reading (`write_seq`, `read`, `read_range`) is safe from any process at any
-    time. Writing (`format`, `append`) is for the single broadcast mule only.
+    time. Writing (`format`, `append`) needs the instance's writer lock
+    (`uwsgi_ws.broadcast.writer`); `format` is the broadcast mule's.
     """
 
     def __init__(self, buf: memoryview) -> None:
@@ -315,16 +331,26 @@ class BroadcastRing:
         """The header's bridge block (bytes 64..247), for `uwsgi_ws.broadcast.redis`."""
         return self.buf[BRIDGE_OFFSET:_OWNER]
 
+    def writable(self) -> bool:
+        """True when the broadcast mule laid this ring out (or resumed it) for this boot and
+        of this geometry, the state `format` leaves: then any process of the instance may
+        `append` under the writer lock. Read it with the lock held (`format` takes it)."""
+        magic, version, entries, data_size, _, _, _, wpos, mule, boot = HEADER.unpack_from(self.buf, 0)
+        return bool(magic == MAGIC and version == VERSION and entries == self.entries and data_size == self.data_size
+                and wpos <= self.data_size and mule != 0 and boot == _boot_here()
+                and struct.unpack_from("<I", self.buf, _WRITERS)[0] == 1)
+
     def max_frame_size(self, channel_len: int = 255) -> int:
         """The largest frame `append` accepts with a channel of that many bytes."""
         return (min(self.data_size // 4, 0xFFFFFFFF) & ~7) - RECORD.size - channel_len
 
     # -- writer (the broadcast mule only) --------------------------------
 
-    def format(self, mule_id: int) -> None:
+    def format(self, mule_id: int, shared_lock: bool = False) -> None:
         """Resume the ring if it is intact, of this geometry and laid out since the
         machine booted, else lay it out anew with a fresh epoch. Then record
-        `mule_id` as the broadcast mule.
+        `mule_id` as the broadcast mule, and whether other processes may append
+        (`shared_lock`: the mule holds the instance's writer lock file, `writer`).
 
         A ring file (`from_file`) is never synced: after a machine crash its pages
         on disk may predate messages clients saw, and resuming its numbering would
@@ -333,7 +359,7 @@ class BroadcastRing:
         every start: a reboot costs clients their position, never a message.
         """
         h = self.header()
-        boot = boot_tag()
+        boot = _boot_here()
         if not (h["magic"] == MAGIC and h["version"] == VERSION and h["index_entries"] == self.entries
                 and h["data_size"] == self.data_size and h["write_pos"] <= self.data_size
                 and struct.unpack_from("<I", self.buf, 60)[0] == boot):
@@ -344,9 +370,14 @@ class BroadcastRing:
             HEADER.pack_into(self.buf, 0, b"\0" * 8, VERSION, self.entries, self.data_size, epoch, 0, 1, 0, 0, boot)
             self.buf[0:8] = MAGIC
         struct.pack_into("<I", self.buf, 56, mule_id)
+        struct.pack_into("<I", self.buf, _WRITERS, 1 if shared_lock else 0)
 
     def append(self, frame: bytes, channel: str = "", flags: int = 0) -> int:
-        """Append one frame; returns its sequence number. Single writer only."""
+        """Append one frame; returns its sequence number. The caller holds the writer lock.
+
+        Raises:
+            RingError: the channel name is over 255 bytes or the frame over `max_frame_size`.
+        """
         chan = channel.encode("utf-8")
         if len(chan) > 255:
             raise RingError(f"channel name {channel[:40]!r}... is over 255 bytes")

@@ -26,7 +26,7 @@ from .export import (
     snapshot,
 )
 from .table import *  # noqa: F403  (the slot constants, Table, Recorder, table, local, MetricsError, ...)
-from .table import CLOSED_BY_INDEX, KIND_REASON, KIND_ROUTE, Recorder, local, table, uwsgi_api
+from .table import CLOSED_BY_INDEX, KIND_REASON, KIND_ROUTE, Recorder, local, local_open, table, uwsgi_api
 
 log = logging.getLogger("uwsgi_ws.metrics")
 
@@ -80,6 +80,7 @@ __all__ = [
     "close_code_index",
     "closed",
     "local",
+    "local_open",
     "mirror_enabled",
     "mirror_to_uwsgi",
     "open_connections",

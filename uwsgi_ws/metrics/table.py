@@ -350,6 +350,13 @@ class Recorder:
 _recorder: Optional[Recorder] = None
 
 
+def local_open() -> Optional[Recorder]:
+    """This process's Recorder if `local` already made it, else None: for threads uWSGI
+    did not start, which must not call uWSGI's API (`local` may, the first time)."""
+    rec = _recorder
+    return rec if rec is not None and rec.pid == os.getpid() else None
+
+
 def local() -> Recorder:
     """This process's Recorder (one getpid per call: keep the result, e.g. per connection)."""
     global _recorder
