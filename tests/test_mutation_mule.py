@@ -23,9 +23,9 @@ import pytest
 
 from uwsgi_ws.broadcast import mule
 from uwsgi_ws.broadcast.mule import Journal, _append_locked, _malformed, _remove_stale
-from uwsgi_ws.broadcast.writer import append_request
 from uwsgi_ws.broadcast.publish import encode_request
 from uwsgi_ws.broadcast.ring import FLAG_BINARY, FLAG_EVENT, MIN_AREA, BroadcastRing
+from uwsgi_ws.broadcast.writer import append_request
 
 
 def new_ring() -> BroadcastRing:
