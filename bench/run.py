@@ -45,6 +45,7 @@ RESULTS = BENCH / "results"
 BASELINE = "websockets"
 FLOOR = "prototype"  # the frame-once prototype: every ratio is also given against it
 QUICK_SERVERS = ("prototype", "websockets", "uwsgi_ws", "uwsgi_ws-threads")
+OPT_IN = ("uwsgi_ws-base", "uwsgi_ws-1p")  # run only when named in --servers (or --base-repo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,11 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
                                          "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
                                          "--pythonpath", "{base_repo}"),
                note="uwsgi_ws gevent from the --base-repo checkout (before/after in one run)"),
+    ServerSpec("uwsgi_ws-1p", UWSGI + ("--processes", "1", "--gevent", "1000", "--sharedarea", "4096",
+                                       "--mule={mule}", "--mule-msg-size=65536",
+                                       "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
+                                       "--pythonpath", "{repo}"),
+               note="our package, 1 gevent worker + mule (as the prototype: the second worker's cost apart)"),
     ServerSpec("uwsgi_ws-threads", UWSGI + ("--processes", "2", "--threads", "600",
                                             "--sharedarea", "4096", "--mule={mule}",
                                             "--mule-msg-size=65536",
@@ -264,7 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help=f"1 round, N=100 only, small M, servers {','.join(QUICK_SERVERS)} unless --servers")
-    p.add_argument("--servers", default=None, help=f"comma list, default all: {','.join(SERVERS)}")
+    p.add_argument("--servers", default=None,
+                   help=f"comma list, default all but {','.join(OPT_IN)}: {','.join(SERVERS)}")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
     p.add_argument("--clients", type=ints, default=None, help="comma list of N (default 100,1000)")
     p.add_argument("--sizes", type=ints, default=None, help="payload bytes (default 100,16384)")
@@ -283,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.clients = args.clients or ([100] if args.quick else [100, 1000])
     args.sizes = args.sizes or [100, 16384]
-    default = [s for s in (QUICK_SERVERS if args.quick else SERVERS) if s != "uwsgi_ws-base"]
+    default = [s for s in (QUICK_SERVERS if args.quick else SERVERS) if s not in OPT_IN]
     args.servers = [s for s in args.servers.split(",") if s] if args.servers else default
     if args.base_repo is not None and "uwsgi_ws-base" not in args.servers:
         args.servers.insert(args.servers.index("uwsgi_ws") if "uwsgi_ws" in args.servers else 0, "uwsgi_ws-base")

@@ -723,6 +723,8 @@ def _append_direct(ring: BroadcastRing, request: bytes, timeout: float, runtime:
     """Append `request` to the ring in this process (`writer`) and wake the workers;
     None when it cannot (no lock file, the ring not laid out by the mule yet): the
     caller goes through the mule."""
+    if not ring.writable():  # the mule has not laid it out (yet): it waits for the mule
+        return None
     from . import wakeup, writer
 
     lock = writer.instance_lock()
