@@ -17,11 +17,13 @@ The wire protocol (JSON text frames) is specified in docs/protocol.md.
 Rooms are broadcast channels named ``events:<path>:<room>``; the endpoint-wide
 stream (``emit(..., to=None)``) is the channel ``events:<path>``, which every
 connection of the endpoint joins. Broadcast events are published with the
-event flag (`uwsgi_ws.broadcast.publish`): the mule writes the ring seq and
-epoch into each one, so a client knows what it last saw and can resume. Replay
-and the switch to live delivery happen through `Broadcast.recover`, at one
-point of the stream: no duplicate, no gap. The bound is what the ring and the
-mule's history still hold.
+event flag (`uwsgi_ws.broadcast.publish`): whoever appends one to the ring
+(the publishing process itself, or the broadcast mule, e.g. while it keeps the
+history: `uwsgi_ws.broadcast.writer` lists which) writes the ring seq and epoch
+into it, so a client knows what it last saw and can resume. Replay and the
+switch to live delivery happen through `Broadcast.recover`, at one point of the
+stream: no duplicate, no gap. The bound is what the ring and the mule's history
+still hold.
 
 Each connection also listens on its own channel ``events:<path>#c:<id>``
 (``emit(..., to=<connection id>)``) and, when its identity names a user, on
@@ -81,7 +83,7 @@ CONNECTION_ID = re.compile(r"[0-9]+-[0-9]+")
 ALL = ""  # the resume key (and SSE room) of the endpoint-wide stream
 SSE_HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
 SSE_MAX_QUEUE = 10000  # events buffered for one SSE stream before it is dropped as slow
-STOPPING_PUBLISH_TIMEOUT = 1.0  # seconds a stopping worker waits for the mule per leave message
+STOPPING_PUBLISH_TIMEOUT = 1.0  # seconds a stopping worker waits per leave message (writer lock or mule)
 
 log = _logger(__name__)
 
@@ -420,7 +422,7 @@ class Events:
             ValueError: a bad room name; both `to` and `to_user`.
 
         Callable from any thread, greenlet, worker or mule of the instance (and
-        through `uwsgi_ws.client.Publisher`); blocks until the mule appended it.
+        through `uwsgi_ws.client.Publisher`); blocks until it is in the ring.
         """
         if not isinstance(event, str):
             raise TypeError(f"an event name is a str, not {type(event).__name__}")

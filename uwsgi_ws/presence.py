@@ -196,7 +196,7 @@ class Registry(QueueSubscriber):
         return local
 
     def rooms_changed(self, local: Local, rooms: Set[str]) -> None:
-        """Publish `local`'s new room set (blocks until the mule appended it).
+        """Publish `local`'s new room set (blocks until it is in the ring).
         Raises PublishError."""
         with self._lock:
             local.v += 1
@@ -206,8 +206,9 @@ class Registry(QueueSubscriber):
             self.publish(message)
 
     def remove(self, local: Local, timeout: Optional[float] = None) -> None:
-        """The connection closed: it leaves presence everywhere (waiting for the mule at
-        most `timeout` s; None: the publish timeout). Raises PublishError."""
+        """The connection closed: it leaves presence everywhere (waiting for the ring's
+        writer lock or the mule at most `timeout` s; None: the publish timeout). Raises
+        PublishError."""
         with self._lock:
             self._local.pop(local.id, None)
             local.v += 1

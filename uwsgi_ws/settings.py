@@ -142,8 +142,8 @@ SETTINGS: List[Setting] = [
     Setting("ring-size", parse_size, 16 << 20, "bytes (K, M, G)", "all",
             "the size of `ring-file`"),
     Setting("publish-timeout", _number(float, 0), 10.0, "seconds", "publishers",
-            "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned) "
-            "before PublishError"),
+            "how long a publish keeps trying to reach the broadcast mule (e.g. while it is respawned), "
+            "or waits for the ring's writer lock, before PublishError"),
     Setting("publish-direct", _flag, True, "flag", "publishers",
             "plain publishes of the instance's workers, spoolers and mules append to the broadcast ring "
             "themselves, under a lock file in /dev/shm, and wake the workers (off: every publish goes "
@@ -174,8 +174,8 @@ SETTINGS: List[Setting] = [
     Setting("metrics-sharedarea", _number(int, 0), None, "sharedarea id", "all",
             "a sharedarea for the metrics table (needed with lazy-apps)"),
     Setting("fallback-poll", _number(float, 0.01), 0.5, "seconds", "workers",
-            "a worker's broadcast hub re-checks the ring this often even without a wake-up from the mule "
-            "(a safety net: the wake-up delivers; the tests lengthen it to prove that)"),
+            "a worker's broadcast hub re-checks the ring this often even without a wake-up from the publisher "
+            "or the mule (a safety net: the wake-up delivers; the tests lengthen it to prove that)"),
     Setting("presence-heartbeat", _number(float, 0.01), 5.0, "seconds", "workers",
             "while bridged to Redis, each events registry with connections republishes its presence state "
             "this often, and another instance's worker leaves presence after 3 heartbeats without news"),

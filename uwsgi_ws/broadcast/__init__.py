@@ -1,7 +1,11 @@
-"""The instance-wide broadcast, behind one face: this package.
+"""The instance-wide broadcast, behind one face: this package::
 
-    publish ──► broadcast mule ──► ring (sharedarea) ──► each worker's hub ──► subscribers
-                 (mule.py)          (ring.py)            (hub.py, woken by wakeup.py)
+    publish ──┬───────────────────────────► ring (sharedarea) ──► each worker's hub ──► subscribers
+              │ plain, inside the instance:  (ring.py)            (hub.py, woken by wakeup.py
+              │ the publisher appends it             ▲             from the publisher or the mule)
+              │ under the writer lock (writer.py)    │
+              └──► broadcast mule ───────────────────┘
+                    (mule.py: lays the ring out and appends the rest, as writer.py lists)
                      │  └── history.py (per room, beyond the ring)
                      └───── redis.py (other instances, through a Redis Stream)
 
@@ -131,10 +135,12 @@ class Broadcast:
             PublishError: with the option to set when it can't (see `publish.publish`).
             TypeError: `data` is not str or bytes-like.
 
-        Any thread (uWSGI's or your own), greenlet or process of the instance: it
-        goes through the broadcast mule's publish socket. Blocks the calling thread
-        or greenlet (never the worker) until the mule appended the message, at most
-        `timeout` seconds (None: ``uwsgi-ws-publish-timeout``).
+        Any thread (uWSGI's or your own), greenlet or process of the instance: a
+        worker, spooler or mule appends a plain message to the ring itself, under the
+        instance's writer lock; the rest goes through the broadcast mule's publish
+        socket (`publish.publish` says what goes where). Blocks the calling thread or
+        greenlet (never the worker) until the message is in the ring, waiting at most
+        `timeout` seconds for the writer lock or the mule (None: ``uwsgi-ws-publish-timeout``).
         Outside uWSGI, in a process serving the app (``flask run``, the test
         client), the in-process broadcast takes it (`local`).
         """

@@ -7,7 +7,7 @@ request context, `request.sid`, the managed session, `emit`/`send`/`call`,
 - the server is python-socketio's, on `engine.EngineServer` (Engine.IO's
   WebSocket transport on our protocol engine, never uWSGI's);
 - the client manager is `manager.BroadcastManager` (emits, rooms, acks across
-  workers through the mule and the ring; no Redis);
+  workers through the broadcast ring; no Redis);
 - requests reach Engine.IO through Flask routes on ``/<path>/``: the WebSocket
   upgrade on a uwsgi_ws route (``ws.route``), polling on a plain view;
 - a request for a session of another worker is handed to it (`handoff`).

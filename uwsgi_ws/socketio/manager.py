@@ -2,7 +2,8 @@
 
 Every emit, room change and ack that concerns another worker becomes one
 JSON message published on one broadcast channel (``socketio:<channel>``):
-the mule appends it to the ring and every worker's hub hands it to that
+the publishing worker appends it to the ring (or the broadcast mule does:
+`uwsgi_ws.broadcast.writer` says when) and every worker's hub hands it to that
 worker's `ChannelListener`, where this manager's task applies it to the
 worker's own clients (python-socketio's `PubSubManager` protocol: methods
 ``emit``, ``callback``, ``disconnect``, ``enter_room``, ``leave_room``,
