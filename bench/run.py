@@ -106,7 +106,7 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
                                          "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
                                          "--pythonpath", "{base_repo}"),
                note="uwsgi_ws gevent from the --base-repo checkout (before/after in one run)"),
-    ServerSpec("uwsgi_ws-1p", UWSGI + ("--processes", "1", "--gevent", "1000", "--sharedarea", "4096",
+    ServerSpec("uwsgi_ws-1p", UWSGI + ("--processes", "1", "--gevent", "{gevent}", "--sharedarea", "4096",
                                        "--mule={mule}", "--mule-msg-size=65536",
                                        "--wsgi-file", "{srv}/uwsgi_ws_app.py", "--callable", "app",
                                        "--pythonpath", "{repo}"),
