@@ -25,7 +25,7 @@ from uwsgi_ws.broadcast import mule
 from uwsgi_ws.broadcast.mule import Journal, _append_locked, _malformed, _remove_stale
 from uwsgi_ws.broadcast.publish import encode_request
 from uwsgi_ws.broadcast.ring import FLAG_BINARY, FLAG_EVENT, MIN_AREA, BroadcastRing
-from uwsgi_ws.broadcast.writer import append_request
+from uwsgi_ws.broadcast.writer import append_request, frame_request
 
 
 def new_ring() -> BroadcastRing:
@@ -53,11 +53,11 @@ def journal() -> Journal:
 def test_a_recorded_publish_is_found_and_nothing_else():
     j = journal()
     assert j.find(12345, 1) is None
-    assert j.record(12345, 1, 7) == (0, 0, 0)
+    assert j.record(12345, 1, 7) == (0, 0, 0, 0)
     assert j.find(12345, 1) == 7
     assert j.find(12345, 2) is None  # the same publisher's next request
     assert j.find(12345 + Journal.SLOTS, 1) is None  # another publisher in the same slot
-    assert j.record(12345, 2, 8) == (12345, 1, 7)  # the slot's previous content, for restore
+    assert j.record(12345, 2, 8) == (12345, 1, 7, 0)  # the slot's previous content, for restore
     assert j.find(12345, 2) == 8 and j.find(12345, 1) is None
 
 
@@ -75,17 +75,45 @@ def test_restore_puts_back_what_record_replaced():
     assert j.find(5, 1) == 10 and j.find(5, 2) is None
     # The slot is the client id's, modulo SLOTS: a restore does not touch the others.
     j.record(6, 1, 12)
-    j.restore(5, (0, 0, 0))
+    j.restore(5, (0, 0, 0, 0))
     assert j.find(5, 1) is None and j.find(6, 1) == 12
 
 
 def test_forget_after_clears_the_uncommitted_slots_only():
+    """Slots numbered by Redis (check 0): kept while at most the ring's write_seq."""
     j = journal()
+    ring = new_ring()
+    for text in ("a", "b", "c", "d", "e", "f"):
+        append_request(ring, encode_request(text, None))
     for cid, seq in ((1, 5), (2, 6), (3, 7), (Journal.SLOTS - 1, 9)):
         j.record(cid, 1, seq)
-    j._forget_after(6)
+    j._forget_after(ring)
     assert [j.find(cid, 1) for cid in (1, 2, 3, Journal.SLOTS - 1)] == [5, 6, None, None]
     assert bytes(j.buf[3 * Journal.SLOT.size:4 * Journal.SLOT.size]) == bytes(Journal.SLOT.size)
+
+
+def test_forget_after_keeps_a_slot_only_when_the_ring_holds_its_record():
+    """The mule records (client, number, seq, check) and is killed before its append; a
+    worker then appends its own message as that seq: the slot is cleared (a resend is
+    appended, not answered with the worker's seq). The mule's own committed append is
+    kept; so is one whose seq has left the ring."""
+    ring = new_ring()
+    j = journal()
+    channel, _, frame = frame_request(ring, encode_request("the mule's", "room"))
+    j.record(1, 1, ring.write_seq + 1, Journal.check(channel, frame))  # then killed: no append
+    append_request(ring, encode_request("a worker's", "room"))  # the same seq, another message
+    seq2 = ring.write_seq + 1
+    channel, _, frame = frame_request(ring, encode_request("committed", "room"))
+    j.record(2, 1, seq2, Journal.check(channel, frame))
+    ring.append(frame, channel, 0)
+    j.record(3, 1, ring.write_seq + 1, 12345)  # beyond the ring: never committed
+    j._forget_after(ring)
+    assert j.find(1, 1) is None and j.find(2, 1) == seq2 and j.find(3, 1) is None
+    j.record(4, 1, 1, 999)  # seq 1 lapped out of the ring: an old committed append
+    while ring.min_seq <= 1:
+        append_request(ring, encode_request("x" * 4000, None))
+    j._forget_after(ring)
+    assert j.find(4, 1) == 1 and j.find(2, 1) == seq2  # both gone from the ring: kept
 
 
 # -- appending a publish request ----------------------------------------------------------

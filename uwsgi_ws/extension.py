@@ -539,7 +539,7 @@ class WebSocket:
         to two of them receives the message twice.
 
         Returns:
-            The message's seq in the ring once the mule appended it (several
+            The message's seq in the ring, where it is when this returns (several
             channels: the last one's).
 
         Raises:
@@ -549,8 +549,9 @@ class WebSocket:
                 section 5.6).
             TypeError: `data` is neither str nor bytes-like.
 
-        Thread-safe (any thread or greenlet, docs/routes.md); blocks until the mule
-        acknowledged the message, briefly while its queue is full.
+        Thread-safe (any thread or greenlet, docs/routes.md); blocks the caller until
+        the message is in the ring: appended by this process under the ring's writer
+        lock, or by the broadcast mule where it keeps them (`uwsgi_ws.broadcast.writer`).
         """
         if isinstance(channel, (list, tuple, set, frozenset)):
             seq = 0

@@ -426,7 +426,7 @@ def _fill(history: History, ring: Any, first: int, last: int) -> bool:
         for entry in ring.scan(first, last):
             if entry.flags & FLAG_EVENT and not entry.flags & FLAG_REMOTE:
                 history.append(entry.seq, entry.channel, bytes(entry.frame))
-    except Lapped:  # only the mule writes, and it is here: should not happen
+    except Lapped:  # workers' plain messages passed the scan (a ring's worth meanwhile): rare
         return False
     return True
 
@@ -435,7 +435,10 @@ def restore(ring: Any, per_channel: int, max_bytes: int, store: HistoryFile) -> 
     """(the history, how many broadcasts came from the file) at mule start, with a
     history file: the file's broadcasts when it is of the ring's epoch, then the
     ring's after the file's last; the file is then rewritten from it. Without a
-    usable file, as `load`. Call with the ring lock held."""
+    usable file, as `load`. Called before the mule's publish server and Redis bridge
+    start (no other writer of events runs), without the writer lock: workers go on
+    appending plain messages, which the history does not keep, and the ring is read
+    as any reader reads it."""
     saved = store.read()
     last = ring.write_seq
     if saved is None or saved[0] > last:
@@ -454,9 +457,11 @@ def restore(ring: Any, per_channel: int, max_bytes: int, store: HistoryFile) -> 
             top, from_file = seq, from_file + 1
         # Every kept broadcast up to `top` is in the file: the mule writes the ring, then the
         # file, and one killed in between left that broadcast in the ring, which still has it
-        # (only the mule appends). The ring entries between `top` and its oldest are other
-        # messages (plain, remote): the file has every event among them. A mule started with
-        # the history off removes the file (it would miss what it appends).
+        # (only the mule appends events while the history runs; but workers' plain messages,
+        # appended while a killed mule is respawned, may push it out of the ring first: that
+        # one broadcast then misses from the history). The ring entries between `top` and its
+        # oldest are other messages (plain, remote): the file has every event among them. A
+        # mule started with the history off removes the file (it would miss what it appends).
         first = max(top + 1, ring.min_seq)
         if first <= last and not _fill(history, ring, first, last):
             history, from_file = load(ring, per_channel, max_bytes), 0

@@ -1,13 +1,19 @@
-"""The broadcast mule: the ring's writer (``--mule=uwsgi_ws.mule:run``).
+"""The broadcast mule: lays the ring out and appends what the workers do not
+(``--mule=uwsgi_ws.mule:run``).
 
-Run it next to ``--master --sharedarea N``. Every publish reaches it through
+Run it next to ``--master --sharedarea N``. At start it lays the broadcast ring
+out (`ring.BroadcastRing.format`, or resumes it) and records there what the
+other processes may append themselves under the instance's writer lock
+(`writer`; `_direct_writers`): plain publishes of the workers, spoolers and
+other mules, events too without the history. Everything else reaches it through
 its publish socket (`PublishServer`; the wire format is documented in
-`uwsgi_ws.broadcast.publish`): the instance's processes on an abstract socket
-private to the instance, other processes of the host on the filesystem
-socket ``uwsgi-ws-publish-socket`` when set. It frames each message once,
-appends it to the broadcast ring (`ring.BroadcastRing`), answers each
-publisher with the message's seq, and wakes the workers (`wakeup`) once per
-batch of requests however large the burst. The main thread waits in
+`uwsgi_ws.broadcast.publish`): the master's publishes and, with
+``uwsgi-ws-publish-direct=false``, every one, on an abstract socket private to
+the instance; other processes of the host on the filesystem socket
+``uwsgi-ws-publish-socket`` when set. It frames each message once, appends it
+to the broadcast ring under the writer lock, answers each publisher with the
+message's seq, and wakes the workers (`wakeup`) once per batch of requests
+however large the burst. The main thread waits in
 ``uwsgi.mule_get_msg(signals=True)``, so the mule runs uWSGI signal handlers
 at once; it also still appends requests sent the old way with
 ``uwsgi.mule_msg`` (unacknowledged).
@@ -15,9 +21,10 @@ at once; it also still appends requests sent the old way with
 Scale-out: with ``uwsgi-ws-redis-url`` set (a uWSGI placeholder, or the
 environment variable ``UWSGI_WS_REDIS_URL``) the mule also runs the Redis
 bridge (`redis`: two threads that push local messages to a Redis Stream and
-append other instances' messages to the ring). The ring's writers (the
-publish server, the main loop, the bridge's inbox) are threads of this one
-process, serialised by `_ring_lock`. Without the setting, the bridge and the
+append other instances' messages to the ring), and every publish of the
+instance comes here. The mule's writers (the publish server, the main loop,
+the bridge's inbox) are threads of this one process, serialised by
+`_ring_lock`, the writer lock. Without the setting, the bridge and the
 ``redis`` package are never imported. With the bridge, an *event* broadcast
 (flag FLAG_EVENT) is not appended here: the mule has Redis number it and add
 it to the stream (`redis.Bridge.publish_event`, idempotent per publisher
@@ -29,12 +36,12 @@ also serves resumes read back from the stream (`history.fetch_stream`), and is
 opened for that even with the history off.
 
 Delivery: a publisher returns once its message is in the ring. While the mule
-is down (the master respawns it) publishers retry until
-``uwsgi-ws-publish-timeout``. A mule killed between an append and its answer:
-the publisher sends the request again to the respawned mule, which finds it
-in the `Journal` (the last (number, seq) of each publisher, in a file on
-/dev/shm that outlives the mule) and answers with the seq it already has:
-nothing accepted is lost or appended twice. Bound: two publishers whose ids
+is down (the master respawns it) its publishers retry until
+``uwsgi-ws-publish-timeout`` (the workers' own appends go on). A mule killed
+between an append and its answer: the publisher sends the request again to the
+respawned mule, which finds it in the `Journal` (the last (number, seq, check)
+of each publisher, in a file on /dev/shm that outlives the mule) and answers
+with the seq it already has: nothing accepted is lost or appended twice. Bound: two publishers whose ids
 share a journal slot (1 in `Journal.SLOTS`) both retrying across the same
 kill; and without a writable /dev/shm or temp dir the journal lives in the
 mule's memory only (then a kill -9 can repeat each in-flight request once).
@@ -53,6 +60,7 @@ import struct
 import tempfile
 import threading
 import time
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _threadstart, _uwsgi, metrics, settings
@@ -73,7 +81,7 @@ from .publish import (
     shared_ring,
     size_problem,
 )
-from .ring import FLAG_EVENT, BroadcastRing
+from .ring import FLAG_EVENT, WRITERS_EVENTS, WRITERS_PLAIN, BroadcastRing, Lapped
 
 log = _logger(__name__)
 # Held by every append to the ring in the broadcast mule (its publish server, its
@@ -87,14 +95,15 @@ _server: Any = None  # the running PublishServer
 
 
 def _append_local(ring: BroadcastRing, request: bytes) -> Optional[int]:
-    """Append a local publish request to the ring (the broadcast mule only; any thread)."""
+    """Append a publish request of this mule to the ring (any of its threads)."""
     with _ring_lock:
         return _append_locked(ring, request)
 
 
-def _append_locked(ring: BroadcastRing, request: bytes, ident: Optional[Tuple[int, int]] = None) -> Optional[int]:
+def _append_locked(ring: BroadcastRing, request: bytes, ident: Optional[Tuple[int, int]] = None,
+                   journal: Optional[Journal] = None) -> Optional[int]:
     """Append a publish request (ring lock held); `ident`: (publisher id, request number)
-    when it came through the publish socket."""
+    when it came through the publish socket, recorded in `journal` before the append."""
     if _bridge is not None and len(request) > 5 and request[4] & FLAG_EVENT:
         # With the Redis bridge an event broadcast is numbered by Redis and comes back
         # through the stream, in stream order, as on every instance (`redis` docstring).
@@ -109,7 +118,15 @@ def _append_locked(ring: BroadcastRing, request: bytes, ident: Optional[Tuple[in
         channel, flags, frame = writer.frame_request(ring, request)
     except ValueError:
         return None
-    seq = ring.append(frame, channel, flags)
+    if journal is not None and ident is not None:
+        old = journal.record(ident[0], ident[1], ring.write_seq + 1, Journal.check(channel, frame))
+        try:
+            seq = ring.append(frame, channel, flags)
+        except BaseException:
+            journal.restore(ident[0], old)
+            raise
+    else:
+        seq = ring.append(frame, channel, flags)
     if _history is not None and flags & FLAG_EVENT:
         _history.append(seq, channel, frame)
     if _bridge is not None:
@@ -138,7 +155,7 @@ def run() -> None:
         if lock is not None:
             _ring_lock = lock
         with _ring_lock:
-            ring.format(_uwsgi.mule_id(), shared_lock=lock is not None)
+            ring.format(_uwsgi.mule_id(), _direct_writers() if lock is not None else 0)
     except RingError as exc:
         # uWSGI neither prints what a mule callable raises nor waits before respawning
         # it: say why once, then stay (publishers get the same error themselves).
@@ -186,16 +203,35 @@ def run() -> None:
 
 
 def _writer_lock() -> Optional[writer.WriterLock]:
-    """The instance's writer lock for this mule (stale lock files of gone instances
-    removed first); None, logged, when no lock file can be made: then every publish
-    goes through this mule."""
-    directory = writer.lock_dir()
-    if directory is not None:
-        _remove_stale(os.path.join(directory, f"{writer.PREFIX}{os.getuid()}-"), _uwsgi.masterpid())
-    lock = writer.instance_lock()
-    if lock is None:
+    """The instance's writer lock for this mule (lock files of gone instances removed
+    first); None, logged, when no lock file can be used: then every publish goes
+    through this mule."""
+    writer.remove_stale_locks(_uwsgi.masterpid())
+    try:
+        lock = writer.instance_lock()
+    except OSError as exc:
+        lock = None
+        log.warning("every publish goes through the broadcast mule: %s", exc)
+    if lock is None and writer.why_not():
         log.warning("every publish goes through the broadcast mule: no writer lock file (%s)", writer.why_not())
     return lock
+
+
+def _direct_writers() -> int:
+    """What the workers may append themselves (the ring's `writers`), decided here once
+    for the whole instance: plain messages unless ``uwsgi-ws-publish-direct`` is off or
+    the Redis bridge runs (it forwards what this mule appends); events too unless the
+    history runs (this mule keeps them). A setting that cannot be read counts as on."""
+    try:
+        if not settings.get("publish-direct") or settings.get("redis-url"):
+            return 0
+    except ValueError:
+        return 0
+    try:
+        history_on = settings.get("history") > 0
+    except ValueError:
+        history_on = True
+    return WRITERS_PLAIN | (0 if history_on else WRITERS_EVENTS)
 
 
 def _start_history(ring: BroadcastRing) -> None:
@@ -224,16 +260,18 @@ def _start_history(ring: BroadcastRing) -> None:
                   "the seqs it keeps are the ring's and a sharedarea ring starts anew at each reload", path)
     elif path:
         store = history.HistoryFile(path, ring.epoch)
-    with _ring_lock:
-        if store is not None:
-            kept, from_file = history.restore(ring, per_channel, max_bytes, store)
-        else:
-            kept, from_file = history.load(ring, per_channel, max_bytes), 0
-        try:
-            _history = history.Server(kept, ring, _ring_lock, store)
-        except OSError as exc:
-            log.error("no broadcast history: cannot listen on %r: %s", history.address(), exc)
-            return
+    # Without the writer lock: this runs before the publish server and the bridge start
+    # (nothing else appends events), and the workers' plain publishes must not wait for
+    # a history file's reading and rewriting, or the socket's bind (`history.restore`).
+    if store is not None:
+        kept, from_file = history.restore(ring, per_channel, max_bytes, store)
+    else:
+        kept, from_file = history.load(ring, per_channel, max_bytes), 0
+    try:
+        _history = history.Server(kept, ring, _ring_lock, store)
+    except OSError as exc:
+        log.error("no broadcast history: cannot listen on %r: %s", history.address(), exc)
+        return
     log.info("broadcast history: the last %d events per room, at most %d bytes (%d loaded: %d from the file %r, "
              "the rest from the ring)", per_channel, max_bytes, kept.count, from_file, path if store else None)
 
@@ -267,26 +305,37 @@ def _start_bridge(ring: BroadcastRing) -> None:
 
 
 class Journal:
-    """The last request each publisher had appended: (client_id, number, seq) in one
-    of `SLOTS` slots (client_id modulo SLOTS; client ids are random 64-bit).
+    """The last request each publisher had appended: (client_id, number, seq, check) in
+    one of `SLOTS` slots (client_id modulo SLOTS; client ids are random 64-bit).
 
-    Written under the ring lock *before* the append it records, so after a kill -9
-    a slot whose seq is at most the ring's write_seq is a committed append, and a
-    slot beyond it was never committed (`open` clears those). Kept in a file on
-    /dev/shm (else the temp dir) named after the instance (master pid, ring epoch),
-    so the respawned mule reads what its predecessor wrote; files of instances
-    whose master is gone are removed at start. Not thread-safe: callers hold the
-    ring lock.
+    Written under the writer lock *before* the append it records, with `check`, a
+    crc32 of the channel and frame about to be appended at `seq`. After a kill -9
+    between the two, the lock is free and a worker may append *its* message as that
+    seq before the mule is respawned: `open` keeps a slot only when the ring holds,
+    at its seq, the record it describes (same check), or its seq has left the ring
+    (an old, committed one); a slot beyond the ring's write_seq, or whose seq holds
+    another message, was never committed and is cleared. Check 0: a seq numbered by
+    Redis (the bridge's events), kept while at most the ring's write_seq, as before.
+    Kept in a file on /dev/shm (else the temp dir) named after the instance (master
+    pid, ring epoch), so the respawned mule reads what its predecessor wrote; files of
+    instances whose master is gone are removed at start. Not thread-safe: callers hold
+    the ring lock.
 
-    Layout: SLOTS x (client_id u64 | number u64 | seq u64), little-endian.
+    Layout: SLOTS x (client_id u64 | number u64 | seq u64 | check u32 | 4 reserved),
+    little-endian.
     """
 
     SLOTS = 8192
-    SLOT = struct.Struct("<QQQ")
+    SLOT = struct.Struct("<QQQI4x")
 
     def __init__(self, buf: Any, path: Optional[str]) -> None:
         self.buf = buf
         self.path = path
+
+    @staticmethod
+    def check(channel: str, frame: bytes) -> int:
+        """The check of a record: crc32 of its channel (UTF-8) and frame, never 0."""
+        return zlib.crc32(frame, zlib.crc32(channel.encode("utf-8"))) or 1
 
     @classmethod
     def open(cls, ring: BroadcastRing) -> Journal:
@@ -304,7 +353,8 @@ class Journal:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
                 try:
-                    if os.fstat(fd).st_size != size:
+                    if os.fstat(fd).st_size != size:  # new, or of another layout: start empty
+                        os.ftruncate(fd, 0)
                         os.ftruncate(fd, size)
                     buf = mmap.mmap(fd, size)
                 finally:
@@ -318,29 +368,41 @@ class Journal:
                         "publish twice")
             buf = bytearray(size)
         journal = cls(buf, path)
-        journal._forget_after(ring.write_seq)
+        journal._forget_after(ring)
         return journal
 
-    def _forget_after(self, last: int) -> None:
+    def _forget_after(self, ring: BroadcastRing) -> None:
+        """Clear the slots of appends that were never committed (see the class docstring)."""
+        last = ring.write_seq
         for i in range(self.SLOTS):
-            seq = self.SLOT.unpack_from(self.buf, i * self.SLOT.size)[2]
-            if seq > last:
-                self.SLOT.pack_into(self.buf, i * self.SLOT.size, 0, 0, 0)
+            _, _, seq, check = self.SLOT.unpack_from(self.buf, i * self.SLOT.size)
+            if not seq:
+                continue
+            keep = seq <= last
+            if keep and check:
+                try:
+                    entry = ring.read(seq)
+                except Lapped:
+                    entry = None  # gone from the ring: an old, committed append
+                keep = entry is None or self.check(entry.channel, entry.frame) == check
+            if not keep:
+                self.SLOT.pack_into(self.buf, i * self.SLOT.size, 0, 0, 0, 0)
 
     def find(self, client_id: int, number: int) -> Optional[int]:
         """The seq of (client_id, number) if it was appended, else None."""
-        cid, num, seq = self.SLOT.unpack_from(self.buf, (client_id % self.SLOTS) * self.SLOT.size)
+        cid, num, seq, _ = self.SLOT.unpack_from(self.buf, (client_id % self.SLOTS) * self.SLOT.size)
         return seq if seq and cid == client_id and num == number else None
 
-    def record(self, client_id: int, number: int, seq: int) -> Tuple[int, int, int]:
-        """Note that (client_id, number) is about to become `seq`; returns the slot's
-        previous content (for `restore` when the append fails)."""
+    def record(self, client_id: int, number: int, seq: int, check: int = 0) -> Tuple[int, int, int, int]:
+        """Note that (client_id, number) is about to become `seq` (`check`: of its record,
+        0 for a seq numbered by Redis); returns the slot's previous content (for
+        `restore` when the append fails)."""
         offset = (client_id % self.SLOTS) * self.SLOT.size
         old = self.SLOT.unpack_from(self.buf, offset)
-        self.SLOT.pack_into(self.buf, offset, client_id, number, seq)
+        self.SLOT.pack_into(self.buf, offset, client_id, number, seq, check)
         return old
 
-    def restore(self, client_id: int, old: Tuple[int, int, int]) -> None:
+    def restore(self, client_id: int, old: Tuple[int, int, int, int]) -> None:
         self.SLOT.pack_into(self.buf, (client_id % self.SLOTS) * self.SLOT.size, *old)
 
 
@@ -589,15 +651,12 @@ class PublishServer:
                         continue
                     problem = size_problem(request, self.limit) or _malformed(request) or ring_problem(request, ring)
                     if problem is None:
-                        old = journal.record(client_id, number, ring.write_seq + 1)
-                        try:
-                            seq = _append_locked(ring, request, (client_id, number))
+                        try:  # recorded in the journal just before the ring append
+                            seq = _append_locked(ring, request, (client_id, number), journal)
                         except RingError as exc:
                             seq, problem = None, str(exc)
-                        if seq is None:
-                            journal.restore(client_id, old)
-                        elif seq != ring.write_seq:  # an event numbered by Redis (global seq)
-                            journal.record(client_id, number, seq)
+                        if seq is not None and seq != ring.write_seq:  # an event numbered by Redis
+                            journal.record(client_id, number, seq)  # (global seq; its numbering is idempotent)
                     if seq is None:
                         refused += 1
                         answers.append((peer, REFUSED, 0, problem or "malformed publish request"))

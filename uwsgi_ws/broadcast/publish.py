@@ -682,27 +682,19 @@ class _Options(NamedTuple):
     limit: int  # the largest publish request (`mule_msg_size`)
     problem: str  # why no mule can be serving ("" when one may be: `mule_problem`)
     timeout: float  # uwsgi-ws-publish-timeout
-    direct_plain: bool  # plain publishes of this process append to the ring themselves
-    direct_events: bool  # event publishes too (no history to keep them)
+    direct: bool  # this process may append to the ring itself (what, the ring says)
 
 
 #: (pid, its options) of this process.
 _options: Optional[Tuple[int, _Options]] = None
 
 
-def _direct_here() -> Tuple[bool, bool]:
-    """(plain, event) publishes this process appends to the ring itself (`writer`): in
+def _direct_here() -> bool:
+    """Whether this process appends to the ring itself what the ring allows (`writer`;
+    the broadcast mule decides what for the whole instance: `BroadcastRing.writable`):
     every process of the instance but the master (a lock held across one of its forks
-    would be copied into the child), unless ``uwsgi-ws-publish-direct`` is off or the
-    Redis bridge runs (it forwards what the mule appends); events only without the
-    history (the mule keeps them)."""
-    if not settings.get("publish-direct") or settings.get("redis-url") or _uwsgi.process() == "master":
-        return False, False
-    try:
-        history = settings.get("history")
-    except ValueError:  # the mule logs it and runs without a history; events go through it all the same
-        history = 1
-    return True, history <= 0
+    would be copied into the child), unless ``uwsgi-ws-publish-direct`` is off here."""
+    return bool(settings.get("publish-direct")) and _uwsgi.process() != "master"
 
 
 def _process_options() -> _Options:
@@ -714,27 +706,50 @@ def _process_options() -> _Options:
     cached = _options
     if cached is not None and cached[0] == pid:
         return cached[1]
-    values = _Options(mule_msg_size(), mule_problem(), float(settings.get("publish-timeout")), *_direct_here())
+    values = _Options(mule_msg_size(), mule_problem(), float(settings.get("publish-timeout")), _direct_here())
     _options = (pid, values)
     return values
 
 
-def _append_direct(ring: BroadcastRing, request: bytes, timeout: float, runtime: Any) -> Optional[int]:
+def _append_direct(ring: BroadcastRing, request: bytes, event: bool, timeout: float, runtime: Any) -> Optional[int]:
     """Append `request` to the ring in this process (`writer`) and wake the workers;
-    None when it cannot (no lock file, the ring not laid out by the mule yet): the
-    caller goes through the mule."""
-    if not ring.writable():  # the mule has not laid it out (yet): it waits for the mule
+    None when it cannot (the ring not laid out yet, such messages kept by the mule,
+    no usable lock file): the caller goes through the mule."""
+    if not ring.writable(event):
         return None
     from . import wakeup, writer
 
-    lock = writer.instance_lock()
-    if lock is None:
+    # gevent's sleep yields to the worker's other greenlets; ugreen's counts whole
+    # seconds (uwsgi.async_sleep), a thread blocks alone: a plain sleep for those.
+    sleep = runtime.sleep if runtime is not None and runtime.NAME == "gevent" else time.sleep
+    try:
+        lock = writer.instance_lock()
+        if lock is None:
+            return None
+        seq = writer.append_direct(ring, lock, request, timeout, sleep)
+    except OSError as exc:  # nothing appended: the mule takes it
+        _warn_once(f"publishing through the broadcast mule from process {os.getpid()}: the ring's writer "
+                   f"lock cannot be used here ({exc})")
         return None
-    seq = writer.append_direct(ring, lock, request, timeout, runtime.sleep if runtime is not None else time.sleep)
     if seq is not None:
         _count(metrics.PUBLISHED)  # counted before the wake-up: a scrape never sees more delivered
-        wakeup.wake_workers()
+        try:
+            wakeup.wake_workers()
+        except OSError:  # no socket to send from (EMFILE): the hubs' fallback poll delivers it
+            pass
     return seq
+
+
+_warned = False
+
+
+def _warn_once(message: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        from ..log import get
+
+        get(__name__).warning(message)
 
 
 def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, timeout: Optional[float] = None) -> int:
@@ -768,8 +783,8 @@ def _publish(data: Data, channel: Optional[str], event: bool, runtime: Any, time
     # foreign thread of a gevent worker, a mule or a spooler blocks.
     waiting_rt = runtime if (uwsgi_thread and runtime is not None and runtime.NAME != "threads"
                              and _uwsgi.worker_id() > 0) else None
-    if ring is not None and (options.direct_events if event else options.direct_plain):
-        seq = _append_direct(ring, request, timeout, waiting_rt)
+    if ring is not None and options.direct:
+        seq = _append_direct(ring, request, event, timeout, waiting_rt)
         if seq is not None:
             return seq
     gate = _gate if _gate is not None and _gate.pid == os.getpid() else None

@@ -27,8 +27,10 @@ Byte layout (little-endian), the whole sharedarea:
                                   format, untouched by the ring itself
     248     4     owner         master pid of the uWSGI instance using a ring file
                                   (`from_file`; 0 for a sharedarea)
-    252     4     writers       1 when processes other than the mule may append, under the
-                                  instance's writer lock file (`writer`); 0: the mule alone
+    252     4     writers       what processes other than the mule may append, under the
+                                  instance's writer lock file (`writer`), set by the mule:
+                                  bit 0 (WRITERS_PLAIN) plain messages, bit 1 (WRITERS_EVENTS)
+                                  events; 0: the mule appends everything
     256     16 x index_entries    index: message seq -> record
                   entry:  seq u64 | offset u32 | length u32   (slot = seq % index_entries)
     256 + 16 x index_entries      data region, data_size bytes, records back to back:
@@ -85,6 +87,8 @@ HEADER_SIZE = 256
 BRIDGE_OFFSET = 64  # the bridge block: bytes 64..247 of the header
 _OWNER = 248
 _WRITERS = 252
+WRITERS_PLAIN = 0x01
+WRITERS_EVENTS = 0x02
 MIN_AREA = 64 * 1024
 
 _W_SEQ = 32
@@ -331,26 +335,28 @@ class BroadcastRing:
         """The header's bridge block (bytes 64..247), for `uwsgi_ws.broadcast.redis`."""
         return self.buf[BRIDGE_OFFSET:_OWNER]
 
-    def writable(self) -> bool:
+    def writable(self, event: bool = False) -> bool:
         """True when the broadcast mule laid this ring out (or resumed it) for this boot and
-        of this geometry, the state `format` leaves: then any process of the instance may
-        `append` under the writer lock. Read it with the lock held (`format` takes it)."""
+        of this geometry, the state `format` leaves, and lets other processes append a
+        plain message (an event: `event`) under the writer lock (the header's `writers`).
+        Read it with the lock held (`format` takes it)."""
         magic, version, entries, data_size, _, _, _, wpos, mule, boot = HEADER.unpack_from(self.buf, 0)
+        writers: int = struct.unpack_from("<I", self.buf, _WRITERS)[0]
         return bool(magic == MAGIC and version == VERSION and entries == self.entries and data_size == self.data_size
-                and wpos <= self.data_size and mule != 0 and boot == _boot_here()
-                and struct.unpack_from("<I", self.buf, _WRITERS)[0] == 1)
+                    and wpos <= self.data_size and mule != 0 and boot == _boot_here()
+                    and writers & (WRITERS_EVENTS if event else WRITERS_PLAIN))
 
     def max_frame_size(self, channel_len: int = 255) -> int:
         """The largest frame `append` accepts with a channel of that many bytes."""
         return (min(self.data_size // 4, 0xFFFFFFFF) & ~7) - RECORD.size - channel_len
 
-    # -- writer (the broadcast mule only) --------------------------------
+    # -- writers (under the writer lock, `uwsgi_ws.broadcast.writer`; `format`: the mule) --
 
-    def format(self, mule_id: int, shared_lock: bool = False) -> None:
+    def format(self, mule_id: int, writers: int = 0) -> None:
         """Resume the ring if it is intact, of this geometry and laid out since the
         machine booted, else lay it out anew with a fresh epoch. Then record
-        `mule_id` as the broadcast mule, and whether other processes may append
-        (`shared_lock`: the mule holds the instance's writer lock file, `writer`).
+        `mule_id` as the broadcast mule, and what other processes may append under
+        the instance's writer lock (`writers`: WRITERS_PLAIN | WRITERS_EVENTS, or 0).
 
         A ring file (`from_file`) is never synced: after a machine crash its pages
         on disk may predate messages clients saw, and resuming its numbering would
@@ -370,7 +376,7 @@ class BroadcastRing:
             HEADER.pack_into(self.buf, 0, b"\0" * 8, VERSION, self.entries, self.data_size, epoch, 0, 1, 0, 0, boot)
             self.buf[0:8] = MAGIC
         struct.pack_into("<I", self.buf, 56, mule_id)
-        struct.pack_into("<I", self.buf, _WRITERS, 1 if shared_lock else 0)
+        struct.pack_into("<I", self.buf, _WRITERS, writers)
 
     def append(self, frame: bytes, channel: str = "", flags: int = 0) -> int:
         """Append one frame; returns its sequence number. The caller holds the writer lock.

@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+import weakref
+from typing import Any, Callable, List, Optional, Tuple
 
 from .. import _uwsgi, frames
 from ..exceptions import PublishError, RingError
@@ -80,7 +82,15 @@ class WriterLock:
     calling thread, and `acquire`/`release` for callers that must not block
     (a greenlet: pass its runtime's sleep).
 
-    Thread-safe, fork-safe (each process opens the file anew). Not reentrant.
+    Thread-safe. Fork-safe: a forked child opens the file anew and starts with the
+    lock free (`os.register_at_fork`), whatever its parent's threads held. Not
+    reentrant.
+
+    The file is opened without following a symlink and must be this user's, mode
+    0600 or stricter (another user's file could be held by them for ever). Each
+    acquisition checks, with the flock held, that the path still names the locked
+    file: one removed and made anew (a tmp cleaner; `remove_stale_locks` in another
+    pid namespace) is reopened, so two processes never hold two different files.
     """
 
     def __init__(self, path: str) -> None:
@@ -88,13 +98,36 @@ class WriterLock:
         self._thread_lock = threading.Lock()
         self._fd = -1
         self._pid = 0
+        self._held = -1  # the fd locked by the current holder
+        _instances.add(self)
+
+    def _after_fork(self) -> None:
+        self._thread_lock = threading.Lock()
+        self._pid = 0  # the parent's fd shares its flock: open our own at the next use
+        self._held = -1
 
     def _fd_here(self) -> int:
+        """This process's fd of the lock file (the thread lock held, or before any use)."""
         pid = os.getpid()
-        if self._pid != pid:  # first use, or a forked child: its own open file description
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = pid
+        if self._pid != pid:  # first use, a forked child, or the file was replaced
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                    raise PermissionError(errno.EPERM, f"{self.path} is not this user's own file (uid "
+                                          f"{st.st_uid}, mode {st.st_mode & 0o777:04o}): remove it")
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd, self._pid = fd, pid  # (a parent's fd, after a fork, stays open: it is its)
         return self._fd
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            st, named = os.fstat(fd), os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return st.st_ino == named.st_ino and st.st_dev == named.st_dev
 
     def acquire(self, timeout: Optional[float] = None, sleep: Callable[[float], Any] = time.sleep) -> bool:
         """Take the lock.
@@ -108,21 +141,33 @@ class WriterLock:
             True when taken, False when `timeout` passed.
 
         Raises:
-            OSError: the lock file cannot be opened (the caller publishes through the
-                mule instead).
+            OSError: the lock file cannot be opened, is not this user's own, or
+                flock(2) fails otherwise (the caller then publishes through the mule).
         """
-        fd = self._fd_here()
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _FIRST_PAUSE
         while True:
             if self._thread_lock.acquire(False):
                 try:
+                    fd = self._fd_here()
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
                 except OSError as exc:
                     self._thread_lock.release()
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
                         raise
+                except BaseException:
+                    self._thread_lock.release()
+                    raise
+                else:
+                    if self._same_file(fd):
+                        self._held = fd
+                        return True
+                    # removed (and maybe made anew) since we opened it: open the path again
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    self._fd, self._pid = -1, 0
+                    self._thread_lock.release()
+                    continue
             if deadline is not None and time.monotonic() + pause > deadline:
                 return False
             sleep(pause)
@@ -130,8 +175,9 @@ class WriterLock:
 
     def release(self) -> None:
         """Release the lock taken by `acquire` (the same thread)."""
+        fd, self._held = self._held, -1
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 
@@ -141,6 +187,53 @@ class WriterLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+_instances: weakref.WeakSet[WriterLock] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for lock in list(_instances):
+        lock._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def remove_stale_locks(master: int) -> List[str]:
+    """Remove the lock files of this user's instances whose master is gone; returns
+    their paths. A file is removed only while its flock is taken here (no process of
+    a live instance, in another pid namespace say, is using it then; one that opens
+    it later finds it gone and opens the new one, `WriterLock.acquire`)."""
+    directory = lock_dir()
+    if directory is None:
+        return []
+    prefix = os.path.join(directory, f"{PREFIX}{os.getuid()}-")
+    removed = []
+    for path in glob.glob(glob.escape(prefix) + "*.lock"):
+        digits = path[len(prefix):-len(".lock")]
+        if not digits.isdigit() or int(digits) == master:
+            continue
+        try:
+            os.kill(int(digits), 0)
+            continue  # alive (or a reused pid): left alone
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass  # held: in use after all
+        finally:
+            os.close(fd)
+    return removed
 
 
 _lock: Optional[WriterLock] = None
@@ -213,19 +306,20 @@ def append_direct(ring: BroadcastRing, lock: WriterLock, request: bytes, timeout
 
     Returns:
         The message's seq (it is in the ring when this returns), or None, nothing
-        appended, when the broadcast mule has not laid the ring out yet
-        (`BroadcastRing.writable`): the caller publishes through the mule, which
-        waits for it.
+        appended, when the broadcast mule has not laid the ring out yet or keeps
+        such messages itself (`BroadcastRing.writable`): the caller publishes
+        through the mule.
 
     Raises:
         PublishError: the lock stayed held by another writer for `timeout` seconds (a
             stopped process holds it), or the request is malformed or does not fit.
+        OSError: the lock file cannot be used in this process (nothing appended).
     """
     if not lock.acquire(timeout, sleep):
         raise PublishError(f"publish failed after {timeout:g}s: the broadcast ring's writer lock {lock.path} "
                            "stayed held (a stopped process of the instance holds it?)")
     try:
-        if not ring.writable():
+        if not ring.writable(bool(request[4] & FLAG_EVENT)):
             return None
         return append_request(ring, request)
     except (ValueError, RingError) as exc:

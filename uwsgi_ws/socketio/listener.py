@@ -1,5 +1,5 @@
 """A worker-local listener of one broadcast channel: the messages published on
-it (by any worker, via the mule and the ring) arrive in a queue in this worker.
+it (by any worker, through the broadcast ring) arrive in a queue in this worker.
 
 A `ChannelListener` is a broadcast subscriber (`uwsgi_ws.broadcast.Subscriber`)
 with no socket: the hub hands it batches of ring entries from its waker task,
