@@ -22,6 +22,9 @@ publish path) from the deliveries; the difference between ``uwsgi_ws-1p``
 accept herd. Unlike ``run.py`` (the Node load client, every peer) this
 measures our own servers' split; its client is Python and shares the 2 cores.
 
+``--split`` reports user and system time apart: the kernel's share (the
+sends) against the user-space share (Python per message and per delivery).
+
 Setups:
 
 - ``prototype``: servers/prototype_server.py, 1 gevent worker (run.py's row);
@@ -67,8 +70,12 @@ SETUPS: Dict[str, tuple] = {
 }
 
 
+SPLIT = False  # --split: user and system time apart
+
+
 def _cpu_by_process(root: int) -> Dict[str, int]:
-    """{process title: utime+stime ticks} of the instance (titles from --auto-procname)."""
+    """{process title: utime+stime ticks} of the instance (titles from --auto-procname);
+    with SPLIT, {"<title> user": utime, "<title> sys": stime}."""
     out: Dict[str, int] = {}
     for pid in tree_pids(root) | {root}:
         try:
@@ -77,7 +84,11 @@ def _cpu_by_process(root: int) -> Dict[str, int]:
         except OSError:
             continue
         name = title.replace("uWSGI ", "") if title.startswith("uWSGI") else "master"
-        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+        if SPLIT:
+            out[name + " user"] = out.get(name + " user", 0) + int(fields[11])
+            out[name + " sys"] = out.get(name + " sys", 0) + int(fields[12])
+        else:
+            out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
     return out
 
 
@@ -192,7 +203,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--repo", type=Path, default=REPO, help="checkout the uwsgi_ws setups import")
     p.add_argument("--base-repo", type=Path, default=None, help="checkout of the uwsgi_ws-base setup")
+    p.add_argument("--split", action="store_true", help="user and system CPU time apart (per process)")
     args = p.parse_args(argv)
+    global SPLIT
+    SPLIT = args.split
     setups = [s for s in args.setups.split(",") if s]
     unknown = [s for s in setups if s not in SETUPS]
     if unknown or ("uwsgi_ws-base" in setups and args.base_repo is None):
