@@ -200,8 +200,6 @@ def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid, 
     names["master"] = f"{prefix}{master}-3c"
     names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(16, 24)})
     names["odd"] = f"{prefix}notapid-4d"
-    names["dead-lock"] = f"{prefix}{dead_pid}.lock"  # writer lock files: <prefix><master pid>.lock
-    names["alive-lock"] = f"{prefix}{alive_pid}.lock"
     names.update({f"dead{i}": f"{prefix}{dead_pid}-{i:x}" for i in range(24, 32)})
     for path in names.values():
         open(path, "wb").close()
@@ -209,7 +207,7 @@ def test_remove_stale_removes_journals_of_gone_masters_only(tmp_path, dead_pid, 
     other.write_bytes(b"")
     _remove_stale(prefix, master)
     left = {name for name, path in names.items() if os.path.exists(path)}
-    assert left == {"alive", "master", "odd", "alive-lock"}
+    assert left == {"alive", "master", "odd"}
     assert other.exists()
     # The liveness probe is signal 0: the live process was not signalled.
     os.kill(alive_pid, 0)

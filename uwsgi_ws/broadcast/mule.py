@@ -53,7 +53,6 @@ import errno
 import glob
 import mmap
 import os
-import re
 import select
 import socket
 import struct
@@ -407,13 +406,12 @@ class Journal:
 
 
 def _remove_stale(prefix: str, master: int) -> None:
-    """Remove the files `prefix` + "<master pid>..." (journals, writer lock files) of
-    instances whose master is gone."""
+    """Remove journals of instances whose master is gone (and our master's older epochs)."""
     for path in glob.glob(glob.escape(prefix) + "*"):
-        digits = re.match(r"\d+", path[len(prefix):])
-        if digits is None:
+        try:
+            pid = int(path[len(prefix):].split("-", 1)[0])
+        except ValueError:
             continue
-        pid = int(digits.group())
         if pid == master:
             continue
         try:
