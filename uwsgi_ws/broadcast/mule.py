@@ -412,14 +412,7 @@ def _remove_stale(prefix: str, master: int) -> None:
             pid = int(path[len(prefix):].split("-", 1)[0])
         except ValueError:
             continue
-        if pid == master:
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # alive (or a reused pid: left alone)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if pid == master or not writer.master_gone(pid):  # alive (or a reused pid): left alone
             continue
         try:
             os.unlink(path)

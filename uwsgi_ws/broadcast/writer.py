@@ -200,6 +200,18 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def master_gone(pid: int) -> bool:
+    """True when no process `pid` exists (a uWSGI master named in a file of ours is
+    gone); a live or another user's process (a reused pid, maybe) counts as there."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
 def remove_stale_locks(master: int) -> List[str]:
     """Remove the lock files of this user's instances whose master is gone; returns
     their paths. A file is removed only while its flock is taken here (no process of
@@ -212,14 +224,7 @@ def remove_stale_locks(master: int) -> List[str]:
     removed = []
     for path in glob.glob(glob.escape(prefix) + "*.lock"):
         digits = path[len(prefix):-len(".lock")]
-        if not digits.isdigit() or int(digits) == master:
-            continue
-        try:
-            os.kill(int(digits), 0)
-            continue  # alive (or a reused pid): left alone
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if not digits.isdigit() or int(digits) == master or not master_gone(int(digits)):
             continue
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
